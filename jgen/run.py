@@ -1,0 +1,48 @@
+"""Entry point behind launch.py: process setup, then the mode's function in jgen.train.loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from jgen.train import loop
+
+MODES = {"train": loop.train, "sample": loop.sample, "eval": loop.evaluate}
+
+
+def enable_compilation_cache(cache_dir: str | None = None) -> str:
+  """Turns on JAX's persistent compilation cache so a second launch skips most compiling."""
+  cache_dir = cache_dir or os.environ.get(
+      "JGEN_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jgen", "xla"))
+  os.makedirs(cache_dir, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return cache_dir
+
+
+def main(config, *, workdir: str, mode: str = "train", distributed: bool = False,
+         compilation_cache: bool = True):
+  """Runs `mode` ('train', 'sample' or 'eval') of the experiment `config` in `workdir`.
+
+  Args:
+    config: the experiment's ConfigDict.
+    workdir: where checkpoints, TensorBoard events and sample grids go (local or gs://).
+    mode: one of MODES.
+    distributed: call `jax.distributed.initialize()` first (multi-host GPU/TPU); each process
+      then loads its own share of every global batch.
+    compilation_cache: use the persistent compilation cache.
+  """
+  if mode not in MODES:
+    raise ValueError(f"unknown mode {mode!r}; choose one of {sorted(MODES)}")
+  if distributed:
+    jax.distributed.initialize()
+  if compilation_cache:
+    enable_compilation_cache()
+  logging.getLogger("jgen").setLevel(logging.INFO)
+  logging.getLogger("jgen").info("jax %s, backend %s, %d device(s), process %d/%d", jax.__version__,
+                                 jax.default_backend(), jax.device_count(),
+                                 jax.process_index(), jax.process_count())
+  return MODES[mode](config, workdir)

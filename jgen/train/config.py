@@ -1,0 +1,56 @@
+"""The shared base of every experiment config (ml_collections, translated at the boundary)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields every experiment has; experiments/*.py start from this and override."""
+  c = ml_collections.ConfigDict()
+  c.method = "diffusion.ddpm"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "digits"       # digits | tfds:NAME | folder:PATH | idx:DIR | npz:FILE
+  c.data.split = "train"
+  c.data.eval_split = "test"
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # tfds data_dir
+  c.data.image_size = 32
+  c.data.channels = 3
+  c.data.resize = False          # resize source images to image_size (else: shape must match)
+  c.data.batch_size = 128        # global batch, split over all devices of all processes
+  c.data.random_flip = False
+  c.data.prefetch = 2
+
+  c.model = ml_collections.ConfigDict()
+  c.model.dtype = "float32"      # compute dtype; bfloat16 on GPU/TPU. Params stay float32.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"
+  c.optim.lr = 2e-4
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.0
+  c.optim.warmup_steps = 0
+  c.optim.schedule = "constant"
+  c.optim.grad_clip_norm = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000
+  c.train.ema_decay = 0.9999
+  c.train.ema_warmup = False
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.sample_every = 0        # 0: only at the end
+  c.train.eval_every = 0          # 0: never during training
+  c.train.eval_batches = 4
+  c.train.async_checkpoints = True
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num = 64               # images written by --mode=sample and at sample_every
+  c.sample.batch_size = 64        # images per jitted sampler call
+  c.sample.seed = 1
+  return c

@@ -1,0 +1,276 @@
+"""The one loop: data, mesh, jitted donated steps, EMA, checkpoints, resume, logging, grids.
+
+`train`, `sample` and `evaluate` are the three modes of `launch.py`; each takes the experiment
+config and a work directory. Everything method-specific comes through `jgen.train.method`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from jgen import data as jdata
+from jgen.train import mesh as mesh_lib
+from jgen.train.checkpoint import Checkpointer
+from jgen.train.method import Method, load_method
+from jgen.train.state import TrainState
+from jgen.train.writers import MetricWriter, save_image_grid
+
+log = logging.getLogger("jgen")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the parameters became NaN/inf; the last good checkpoint is kept."""
+
+
+def _is_main() -> bool:
+  return jax.process_index() == 0
+
+
+def load_data(config, *, split: str):
+  """The source named by `config.data` for `split`, checked against the model's shape."""
+  d = config.data
+  return jdata.load_source(d.source, split=split, data_dir=d.data_dir,
+                           image_size=d.image_size, channels=d.channels, resize=d.resize)
+
+
+def _make_dataset(config, source, *, seed: int):
+  return jdata.make_dataset(source, global_batch_size=config.data.batch_size, seed=seed,
+                            random_flip=config.data.random_flip,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count())
+
+
+def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of a global batch, from the config alone (no data needed)."""
+  d = config.data
+  sharding = mesh_lib.batch_sharding(mesh)
+  shape = (d.batch_size, d.image_size, d.image_size, d.channels)
+  return {"image": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding),
+          "label": jax.ShapeDtypeStruct(shape[:1], jnp.int32, sharding=sharding)}
+
+
+def _abstract_state(method: Method, rng, batch, mesh) -> TrainState:
+  """The train state's shapes (via eval_shape, no compute) with replicated shardings."""
+  abstract = jax.eval_shape(method.init, rng, batch)
+  repl = mesh_lib.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+
+
+def restore_or_init(method: Method, config, mesh, ckpt: Checkpointer, first_batch
+                    ) -> TrainState:
+  """The latest checkpoint of the run if there is one, else a fresh state.
+
+  Initialization is `jax.jit(method.init, out_shardings=replicated)` (big_vision's pattern);
+  restoring builds no state at all, only its shapes.
+  """
+  rng = jax.random.key(config.seed)
+  abstract = _abstract_state(method, rng, first_batch, mesh)
+  if ckpt.latest_step() is not None:
+    items = ckpt.restore(abstract.checkpoint_items())
+    log.info("resumed from checkpoint step %d in %s", int(items["step"]), ckpt.directory)
+    return abstract.from_checkpoint_items(items)
+  init = jax.jit(method.init, out_shardings=mesh_lib.replicated(mesh))
+  return init(rng, first_batch)
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+_all_finite_jit = jax.jit(_all_finite)
+
+
+def _jit_sampler(method: Method, mesh):
+  """`method.sample` under one jit (the whole sampling chain is one compiled program)."""
+  return jax.jit(method.sample, static_argnums=2, out_shardings=mesh_lib.replicated(mesh))
+
+
+def _sample_images(sample_fn, state: TrainState, config, *, num: int, seed: int
+                   ) -> np.ndarray:
+  """`num` samples in [-1, 1] as a host array, in jitted chunks of config.sample.batch_size."""
+  chunk = min(config.sample.batch_size, num)
+  base = jax.random.key(seed)
+  out = [np.asarray(sample_fn(state, jax.random.fold_in(base, i), chunk))
+         for i in range(math.ceil(num / chunk))]
+  return np.concatenate(out)[:num]
+
+
+def _grid_cols(n: int) -> int:
+  return int(math.ceil(math.sqrt(n)))
+
+
+def train(config, workdir: str) -> TrainState:
+  """Trains `config.method` on `config.data`, resuming from `workdir` if it holds a run.
+
+  Returns:
+    The final train state (replicated over the mesh).
+  """
+  method = load_method(config)
+  mesh = mesh_lib.make_mesh()
+  jdata.check_batch_size(config.data.batch_size, num_devices=mesh.size,
+                         process_count=jax.process_count())
+  source = load_data(config, split=config.data.split)
+  dataset = _make_dataset(config, source, seed=config.seed)
+  eval_dataset = None
+  if config.train.eval_every and hasattr(method, "evaluate"):
+    eval_dataset = _make_dataset(config, load_data(config, split=config.data.eval_split),
+                                 seed=config.seed + 1)
+
+  sharding = mesh_lib.batch_sharding(mesh)
+  first_batch = jdata.shard_batch(dataset[0], sharding)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                      max_to_keep=config.train.keep_checkpoints,
+                      async_save=config.train.async_checkpoints)
+  state = restore_or_init(method, config, mesh, ckpt, first_batch)
+  start = int(state.step)
+  total = config.train.num_steps
+
+  repl = mesh_lib.replicated(mesh)
+
+  def step(state, batch):
+    return method.train_step(state, batch, state.step_rng())
+
+  step_fn = jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
+  eval_fn = (jax.jit(method.evaluate, out_shardings=repl) if eval_dataset is not None
+             else None)
+  sample_fn = _jit_sampler(method, mesh)
+  writer = MetricWriter(workdir, enabled=_is_main())
+  sample_dir = os.path.join(workdir, "samples")
+  log.info("training %s on %d device(s), %d process(es): steps %d..%d, global batch %d",
+           config.method, mesh.size, jax.process_count(), start, total, config.data.batch_size)
+
+  def save_checkpoint(step_now: int, metrics):
+    loss_ok = all(bool(np.isfinite(np.asarray(v)).all()) for v in metrics.values())
+    if not (loss_ok and bool(_all_finite_jit(state.params))):
+      raise NonFiniteLossError(
+          f"non-finite loss or parameters at step {step_now}; not saving. The last good "
+          f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is kept. Lower "
+          "--config.optim.lr, set --config.optim.grad_clip_norm, or check the data.")
+    ckpt.save(step_now, state.checkpoint_items())
+
+  def write_samples(step_now: int):
+    images = _sample_images(sample_fn, state, config, num=config.sample.num,
+                            seed=config.sample.seed)
+    if _is_main():
+      path = save_image_grid(images, os.path.join(sample_dir, f"step_{step_now:07d}.png"),
+                             ncol=_grid_cols(len(images)), upscale=_upscale(config))
+      writer.write_images(step_now, "samples", images)
+      log.info("wrote samples %s", path)
+
+  metrics = {}
+  tick, tick_step = time.time(), start
+  bar = tqdm.tqdm(total=total, initial=start, disable=not _is_main(), dynamic_ncols=True,
+                  desc="train", unit="step")
+  batches = jdata.iterate(dataset, start, prefetch=config.data.prefetch)
+  try:
+    for step_now in range(start + 1, total + 1):
+      batch = jdata.shard_batch(next(batches), sharding)
+      state, metrics = step_fn(state, batch)
+      bar.update(1)
+      last = step_now == total
+      if step_now % config.train.log_every == 0 or last:
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not all(math.isfinite(v) for v in host.values()):
+          raise NonFiniteLossError(
+              f"non-finite metrics {host} at step {step_now}. The last good checkpoint "
+              f"(step {ckpt.latest_step()}) in {ckpt.directory} is kept. Lower "
+              "--config.optim.lr, set --config.optim.grad_clip_norm, or check the data.")
+        now = time.time()
+        host["steps_per_sec"] = (step_now - tick_step) / max(now - tick, 1e-9)
+        tick, tick_step = now, step_now
+        bar.set_postfix(loss=f"{host.get('loss', float('nan')):.4f}")
+        writer.write_scalars(step_now, {f"train/{k}": v for k, v in host.items()})
+      if eval_fn is not None and (step_now % config.train.eval_every == 0 or last):
+        scalars = evaluate_loss(eval_fn, state, eval_dataset, sharding,
+                                num_batches=config.train.eval_batches, seed=config.seed)
+        writer.write_scalars(step_now, {f"eval/{k}": v for k, v in scalars.items()}, echo=True)
+      if step_now % config.train.checkpoint_every == 0 or last:
+        save_checkpoint(step_now, metrics)
+      if (config.train.sample_every and step_now % config.train.sample_every == 0) or last:
+        write_samples(step_now)
+  finally:
+    bar.close()
+    ckpt.close()
+    writer.close()
+  return state
+
+
+def evaluate_loss(eval_fn, state, dataset, sharding, *, num_batches: int, seed: int
+                  ) -> dict[str, float]:
+  """Averages `eval_fn(state, batch, rng)` metrics over the first `num_batches` batches."""
+  totals: dict[str, float] = {}
+  for i in range(num_batches):
+    batch = jdata.shard_batch(dataset[i], sharding)
+    m = jax.device_get(eval_fn(state, batch, jax.random.fold_in(jax.random.key(seed), i)))
+    for k, v in m.items():
+      totals[k] = totals.get(k, 0.0) + float(v) / num_batches
+  return totals
+
+
+def _upscale(config) -> int:
+  """Grid upscaling so that small images (8-16 px) are visible in a PNG viewer."""
+  return max(1, 64 // config.data.image_size)
+
+
+def _restore_for_inference(config, workdir: str):
+  method = load_method(config)
+  mesh = mesh_lib.make_mesh()
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  abstract = _abstract_state(method, jax.random.key(config.seed), abstract_batch(config, mesh),
+                             mesh)
+  items = ckpt.restore(abstract.checkpoint_items())
+  ckpt.close()
+  return method, mesh, abstract.from_checkpoint_items(items)
+
+
+def sample(config, workdir: str) -> dict[str, str]:
+  """Loads the latest checkpoint and writes config.sample.num samples (EMA params).
+
+  Writes `samples/<tag>.png` (a grid) and `samples/<tag>.npz` (uint8 images [N, H, W, C]),
+  where the tag names the step and the method's sampler settings.
+
+  Returns:
+    Paths of the written files.
+  """
+  method, mesh, state = _restore_for_inference(config, workdir)
+  t0 = time.time()
+  images = _sample_images(_jit_sampler(method, mesh), state, config, num=config.sample.num,
+                          seed=config.sample.seed)
+  seconds = time.time() - t0
+  tag = f"step{int(state.step)}_{getattr(method, 'sample_tag', 'samples')}"
+  out_dir = os.path.join(workdir, "samples")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {"png": os.path.join(out_dir, f"{tag}.png"),
+           "npz": os.path.join(out_dir, f"{tag}.npz")}
+  if _is_main():
+    save_image_grid(images, paths["png"], ncol=_grid_cols(len(images)), upscale=_upscale(config))
+    uint8 = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    np.savez_compressed(paths["npz"], images=uint8)
+    log.info("wrote %d samples in %.1fs: %s, %s", len(images), seconds, paths["png"],
+             paths["npz"])
+  return paths
+
+
+def evaluate(config, workdir: str) -> dict[str, Any]:
+  """Evaluates the latest checkpoint (EMA params) on config.data.eval_split."""
+  method, mesh, state = _restore_for_inference(config, workdir)
+  if not hasattr(method, "evaluate"):
+    raise ValueError(f"method {config.method} has no evaluate()")
+  dataset = _make_dataset(config, load_data(config, split=config.data.eval_split),
+                          seed=config.seed + 1)
+  eval_fn = jax.jit(method.evaluate, out_shardings=mesh_lib.replicated(mesh))
+  scalars = evaluate_loss(eval_fn, state, dataset, mesh_lib.batch_sharding(mesh),
+                          num_batches=config.train.eval_batches, seed=config.seed)
+  log.info("eval at step %d: %s", int(state.step), scalars)
+  return {"step": int(state.step), **scalars}

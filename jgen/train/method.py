@@ -1,0 +1,63 @@
+"""The method contract of the one train loop, and how a config names a method.
+
+A method (DDPM, WGAN-GP, VQ-VAE, Glow ...) is a small object with pure functions:
+
+* ``init(rng, batch) -> TrainState``
+* ``train_step(state, batch, rng) -> (state, metrics)``
+* ``sample(state, rng, n) -> images`` in [-1, 1], ``[n, H, W, C]``
+* optionally ``evaluate(state, batch, rng) -> metrics``
+
+The loop in `jgen.train.loop` owns everything else. A config names the method by module path
+(``config.method = "diffusion.ddpm"``); the module defines ``make_method(config)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+import jax
+
+from jgen.train.state import TrainState
+
+
+class Method(Protocol):
+  """What the loop needs from a method (see the module docstring)."""
+
+  def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+    ...
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    ...
+
+  def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
+    ...
+
+
+def load_method(config: Any) -> Method:
+  """Imports the module named by `config.method` and returns its `make_method(config)`.
+
+  `config.method` is a path relative to the `jgen` package ("diffusion.ddpm") or, for methods
+  that live in a researcher's own package, a full module path ("mylab.methods.my_gan").
+
+  Raises:
+    ValueError: no such module, or it defines no `make_method`.
+  """
+  name = config.method
+  module = None
+  for candidate in (f"jgen.{name}", name):
+    try:
+      module = importlib.import_module(candidate)
+      break
+    except ModuleNotFoundError as e:
+      if e.name is None or not candidate.startswith(e.name):
+        raise  # the module exists but one of its own imports is missing
+  if module is None:
+    raise ValueError(
+        f"unknown method {name!r}: neither jgen.{name} nor {name} is an importable module. "
+        "Set --config.method to a module under jgen/ that defines make_method(config), "
+        "e.g. 'diffusion.ddpm'.")
+  if not hasattr(module, "make_method"):
+    raise ValueError(f"method module {module.__name__} defines no make_method(config)")
+  return module.make_method(config)

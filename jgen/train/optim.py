@@ -1,0 +1,60 @@
+"""Optimizers and learning-rate schedules built from a config at the boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optax
+
+_OPTIMIZERS = {
+    "adam": lambda lr, c: optax.adam(lr, b1=c.get("b1", 0.9), b2=c.get("b2", 0.999),
+                                     eps=c.get("eps", 1e-8)),
+    "adamw": lambda lr, c: optax.adamw(lr, b1=c.get("b1", 0.9), b2=c.get("b2", 0.999),
+                                       eps=c.get("eps", 1e-8),
+                                       weight_decay=c.get("weight_decay", 0.0)),
+    "rmsprop": lambda lr, c: optax.rmsprop(lr, decay=c.get("decay", 0.9),
+                                           eps=c.get("eps", 1e-8)),
+    "sgd": lambda lr, c: optax.sgd(lr, momentum=c.get("momentum") or None),
+}
+
+
+def learning_rate_schedule(*, lr: float, warmup_steps: int = 0, schedule: str = "constant",
+                           total_steps: int | None = None) -> optax.Schedule:
+  """Linear warm-up from 0 to `lr`, then constant or cosine decay to 0 at `total_steps`."""
+  if schedule == "constant":
+    main = optax.constant_schedule(lr)
+  elif schedule == "cosine":
+    if not total_steps or total_steps <= warmup_steps:
+      raise ValueError(f"cosine schedule needs total_steps > warmup_steps, got "
+                       f"total_steps={total_steps}, warmup_steps={warmup_steps}")
+    main = optax.cosine_decay_schedule(lr, total_steps - warmup_steps)
+  else:
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; use 'constant' or 'cosine'")
+  if warmup_steps <= 0:
+    return main
+  warm = optax.linear_schedule(0.0, lr, warmup_steps)
+  return optax.join_schedules([warm, main], [warmup_steps])
+
+
+def make_optimizer(optim: Mapping[str, Any], *, total_steps: int | None = None
+                   ) -> optax.GradientTransformation:
+  """Builds `clip_by_global_norm -> optimizer(schedule)` from an optimizer config.
+
+  Args:
+    optim: mapping with `name` (adam, adamw, rmsprop, sgd), `lr`, optional `warmup_steps`,
+      `schedule` ('constant' or 'cosine'), `grad_clip_norm` (0 or None: no clipping) and the
+      optimizer's own fields (b1, b2, eps, weight_decay, decay, momentum).
+    total_steps: length of the run, for decaying schedules.
+  """
+  name = optim["name"]
+  if name not in _OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}")
+  lr = learning_rate_schedule(lr=optim["lr"], warmup_steps=optim.get("warmup_steps", 0),
+                              schedule=optim.get("schedule", "constant"),
+                              total_steps=total_steps)
+  tx = _OPTIMIZERS[name](lr, optim)
+  clip = optim.get("grad_clip_norm")
+  if clip:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  return tx

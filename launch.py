@@ -1,0 +1,38 @@
+"""Launches a jgen experiment: flags only, everything else lives in jgen.run.
+
+  python launch.py --config experiments/ddpm_digits.py --workdir /tmp/run
+  python launch.py --config experiments/ddpm_cifar.py --workdir /tmp/cifar \
+      --config.data.source=folder:../shared/data/cifar10-jpeg.zip
+  python launch.py --config experiments/ddpm_digits.py --workdir /tmp/run --mode=sample \
+      --config.sample.sampler=ddpm
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import jgen.run
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. experiments/ddpm_digits.py[:smoke]; "
+    "override fields with --config.optim.lr=1e-4.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events, samples.")
+flags.DEFINE_enum("mode", "train", sorted(jgen.run.MODES), "What to do with the experiment.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() first (multi-host GPU clusters, TPU pods).")
+flags.DEFINE_bool("compilation_cache", True,
+                  "Use JAX's persistent compilation cache (~/.cache/jgen/xla, or "
+                  "$JGEN_COMPILATION_CACHE).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  jgen.run.main(FLAGS.config, workdir=FLAGS.workdir, mode=FLAGS.mode,
+                distributed=FLAGS.distributed, compilation_cache=FLAGS.compilation_cache)
+
+
+if __name__ == "__main__":
+  app.run(main)
