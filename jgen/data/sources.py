@@ -1,0 +1,524 @@
+"""Random-access image sources: in-memory arrays, tfds (ArrayRecord), folders/zips, idx, npz.
+
+A *source* is what ``grain.MapDataset.source`` accepts: ``len(source)`` and
+``source[i] -> {'image': uint8 [H, W, C], 'label': int32 scalar}`` (no ``'label'`` key when
+the data has no labels), plus the attributes ``image_shape`` (H, W, C) and ``num_classes``
+(int, or None without labels).
+
+Everything except tfds is decoded into memory once (``ArraySource``), with no on-disk cache
+(CIFAR-10's 50,000 JPEGs decode in about 12 s, and a cache could go stale); tfds datasets are
+read lazily, record by record, from their ArrayRecord files (no TensorFlow needed), and are
+never downloaded: an unprepared dataset raises ``DatasetUnavailableError`` at once, where
+``tfds.data_source`` would retry its downloads for minutes offline.
+
+Shape policy (``image_size``/``channels``/``resize`` of ``load_source``): without ``resize``,
+data whose shape differs from the requested one raises ``ValueError`` naming both shapes --
+nothing is converted silently. ``resize=True`` adapts the data to the request: bilinear
+(antialiased, PIL) resize to ``image_size x image_size`` and channel conversion 1 -> 3
+(repeat), 3 -> 1 (ITU-R 601 luma), 4 -> 3 (alpha dropped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import re
+import struct
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "ArraySource",
+    "DatasetUnavailableError",
+    "TfdsSource",
+    "load_source",
+    "read_idx",
+]
+
+_LOCAL_FORMS = (
+    "--config.data.source=folder:PATH (directory or .zip of images, optional class "
+    "subfolders and train/ test/ folders), idx:DIR (MNIST-format idx files) or npz:FILE "
+    "(arrays 'images' and optional 'labels')"
+)
+_VALID_SPECS = (
+    "'digits', 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH', 'idx:DIR', 'npz:FILE'"
+)
+DIGITS_NUM_TEST = 297  # 'digits': the first 1,500 images are 'train', the last 297 'test'.
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+class DatasetUnavailableError(RuntimeError):
+  """The requested data is not on this machine (and will not be downloaded)."""
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def _convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  c = image.shape[-1]
+  if c == channels:
+    return image
+  if c == 1 and channels == 3:
+    return np.repeat(image, 3, axis=-1)
+  if c in (3, 4) and channels == 1:
+    luma = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
+  if c == 4 and channels == 3:
+    return image[..., :3]
+  raise ValueError(f"cannot convert images with {c} channels to {channels} channels")
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+  if image.shape[:2] == (size, size):
+    return image
+  planes = [
+      np.asarray(Image.fromarray(image[..., k]).resize((size, size), Image.Resampling.BILINEAR))
+      for k in range(image.shape[-1])
+  ]
+  return np.stack(planes, axis=-1)
+
+
+def _adapt(image: np.ndarray, image_size: int | None, channels: int | None) -> np.ndarray:
+  """Resizes/converts one uint8 [H, W, C] image (the ``resize=True`` path)."""
+  if channels is not None:
+    image = _convert_channels(image, channels)
+  if image_size is not None:
+    image = _resize(image, image_size)
+  return image
+
+
+def _check_shape(shape: Sequence[int | None], image_size: int | None, channels: int | None,
+                 what: str) -> None:
+  """Raises ValueError when ``shape`` (H, W, C) is not the requested one (no resize)."""
+  h, w, c = shape
+  bad_size = image_size is not None and (h, w) != (image_size, image_size)
+  bad_channels = channels is not None and c != channels
+  if not (bad_size or bad_channels):
+    return
+  wanted = (image_size or h, image_size or w, channels or c)
+  as_is = ""
+  if h == w and h is not None:
+    as_is = f"set --config.data.image_size={h} --config.data.channels={c} to use it as is, or "
+  raise ValueError(
+      f"{what} has images of shape {tuple(shape)} but shape {wanted} was asked for; "
+      f"{as_is}set --config.data.resize=True to resize it (and convert 1 <-> 3 channels)."
+  )
+
+
+def _conform(images: np.ndarray, *, image_size: int | None, channels: int | None,
+             resize: bool, what: str) -> np.ndarray:
+  """Checks (or, with ``resize``, adapts) a uint8 [N, H, W, C] stack to the requested shape."""
+  if not resize:
+    _check_shape(images.shape[1:], image_size, channels, what)
+    return images
+  if image_size is None and channels is None:
+    return images
+  return np.stack([_adapt(x, image_size, channels) for x in images])
+
+
+def _as_nhwc_uint8(images: np.ndarray, what: str) -> np.ndarray:
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4:
+    raise ValueError(f"{what}: expected images [N, H, W] or [N, H, W, C], got {images.shape}")
+  if images.dtype != np.uint8:
+    if not np.issubdtype(images.dtype, np.integer) or images.min(initial=0) < 0 or images.max(
+        initial=0) > 255:
+      raise ValueError(f"{what}: expected uint8 images in 0..255, got dtype {images.dtype}")
+    images = images.astype(np.uint8)
+  return images
+
+
+# ----------------------------------------------------------------------------- in memory
+
+
+class ArraySource:
+  """In-memory source over uint8 images [N, H, W, C] and optional integer labels [N]."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray | None = None,
+               num_classes: int | None = None, *, class_names: Sequence[str] | None = None):
+    """Labels default ``num_classes`` to ``max(labels) + 1``; images [N, H, W] get C = 1."""
+    images = _as_nhwc_uint8(images, "ArraySource")
+    if labels is not None:
+      labels = np.asarray(labels).astype(np.int32).reshape(-1)
+      if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+      if num_classes is None and len(labels):
+        num_classes = int(labels.max()) + 1
+      if len(labels) and (labels.min() < 0 or labels.max() >= (num_classes or 0)):
+        raise ValueError(f"labels must lie in 0..{num_classes}-1, got "
+                         f"{labels.min()}..{labels.max()}")
+    else:
+      num_classes = None
+    self.images = images
+    self.labels = labels
+    self.num_classes = num_classes
+    self.class_names = tuple(class_names) if class_names is not None else None
+    self.image_shape = tuple(images.shape[1:])
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    out = {"image": self.images[index]}
+    if self.labels is not None:
+      out["label"] = self.labels[index]
+    return out
+
+  def _getitems(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Batched read (grain calls this when present)."""
+    return [self[i] for i in indices]
+
+  def __repr__(self) -> str:
+    return (f"ArraySource(n={len(self)}, image_shape={self.image_shape}, "
+            f"num_classes={self.num_classes})")
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def _tfds_howto(name: str, variant_dir: str) -> str:
+  return (
+      f"Prepare it on a machine with network access, in ArrayRecord format:\n"
+      f"  python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+      f"file_format='array_record').download_and_prepare()\"\n"
+      f"(most image datasets need TensorFlow for this step), copy the resulting "
+      f"tensorflow_datasets/ folder (the one holding {name}/) here and set "
+      f"--config.data.data_dir to it (looked for {variant_dir}); or use local files with "
+      f"{_LOCAL_FORMS}."
+  )
+
+
+def _open_tfds(name: str, split: str, data_dir: str | None):
+  """Returns (builder, data source), never downloading: fails in seconds offline.
+
+  ``tfds.data_source`` would call ``download_and_prepare``, which offline retries for minutes
+  before failing; we build the builder and read the prepared ArrayRecord files only.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.DatasetNotFoundError as e:
+    first = str(e).splitlines()[0]
+    raise DatasetUnavailableError(
+        f"tfds:{name}: {first} Check the name (tfds.list_builders()) or use local files: "
+        f"{_LOCAL_FORMS}."
+    ) from e
+  try:
+    return builder, builder.as_data_source(split=split)
+  except (KeyError, ValueError, NotImplementedError, OSError) as e:
+    if not builder.is_prepared():
+      raise DatasetUnavailableError(
+          f"tfds:{name} is not prepared in {builder.data_dir} and is not downloaded "
+          f"(no network is assumed). {_tfds_howto(name, builder.data_dir)}"
+      ) from e
+    raise DatasetUnavailableError(
+        f"tfds:{name} is prepared in {builder.data_dir} (file format "
+        f"{builder.info.file_format}) but split '{split}' cannot be read with random access: "
+        f"{e}. Random access needs ArrayRecord files. {_tfds_howto(name, builder.data_dir)}"
+    ) from e
+
+
+class TfdsSource:
+  """Lazy source over a prepared tfds dataset (ArrayRecord files, no TensorFlow).
+
+  Records are read and decoded on access. ``image_size``/``channels``/``resize`` follow the
+  module's shape policy; datasets with images of varying size need ``resize=True``.
+  """
+
+  def __init__(self, name: str, *, split: str = "train", data_dir: str | None = None,
+               image_size: int | None = None, channels: int | None = None,
+               resize: bool = False, image_key: str = "image", label_key: str = "label"):
+    builder, self._ds = _open_tfds(name, split, data_dir)
+    features = builder.info.features
+    if image_key not in features:
+      raise ValueError(f"tfds:{name} has no feature '{image_key}' (features: {list(features)})")
+    shape = tuple(features[image_key].shape)
+    if len(shape) == 2:
+      shape = (*shape, 1)
+    self._what = f"tfds:{name} split '{split}'"
+    self._image_size, self._channels, self._resize = image_size, channels, resize
+    if resize:
+      shape = (image_size or shape[0], image_size or shape[1], channels or shape[2])
+    elif None not in shape:
+      _check_shape(shape, image_size, channels, self._what)
+    if None in shape:
+      raise ValueError(f"{self._what} has images of varying size {shape}; set "
+                       "--config.data.resize=True and --config.data.image_size")
+    self.image_shape = shape
+    self._image_key = image_key
+    self._label_key = label_key if label_key in features else None
+    self.num_classes = getattr(features[label_key], "num_classes", None) if self._label_key else None
+    self.class_names = None
+    if self._label_key and self.num_classes:
+      self.class_names = tuple(features[label_key].names)
+
+  def __len__(self) -> int:
+    return len(self._ds)
+
+  def _convert(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
+    image = np.asarray(example[self._image_key], np.uint8)
+    if image.ndim == 2:
+      image = image[..., None]
+    if self._resize:
+      image = _adapt(image, self._image_size, self._channels)
+    out = {"image": image}
+    if self._label_key:
+      out["label"] = np.int32(example[self._label_key])
+    return out
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return self._convert(self._ds[int(index)])
+
+  def _getitems(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Batched read: ArrayRecord reads the records in parallel."""
+    return [self._convert(ex) for ex in self._ds.__getitems__([int(i) for i in indices])]
+
+  def __repr__(self) -> str:
+    return f"TfdsSource({self._what}, n={len(self)}, image_shape={self.image_shape})"
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _missing(kind: str, path: str) -> DatasetUnavailableError:
+  return DatasetUnavailableError(
+      f"{kind} path {path!r} does not exist. Local data is read with {_LOCAL_FORMS}; "
+      "'digits' (bundled with scikit-learn) needs no files, and 'tfds:NAME' reads a dataset "
+      "prepared under --config.data.data_dir."
+  )
+
+
+def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
+  digits = load_digits()
+  images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int32)
+  cut = len(images) - DIGITS_NUM_TEST
+  if split == "train":
+    return images[:cut], labels[:cut]
+  if split == "test":
+    return images[cut:], labels[cut:]
+  raise ValueError(f"digits has splits 'train' and 'test', not {split!r}")
+
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an idx file (the MNIST format), gzipped when the name ends in .gz.
+
+  Layout: magic = two zero bytes, a dtype code (0x08 = uint8 ...) and the number of dimensions;
+  then each dimension as a big-endian uint32; then the data, big-endian, row-major.
+  """
+  with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+    data = f.read()
+  if len(data) < 4 or data[0] or data[1] or data[2] not in _IDX_DTYPES:
+    raise ValueError(f"{path} is not an idx file (magic bytes {data[:4].hex()})")
+  ndim = data[3]
+  header = 4 + 4 * ndim
+  if len(data) < header:
+    raise ValueError(f"{path}: truncated idx header")
+  dims = struct.unpack(f">{ndim}I", data[4:header])
+  dtype = np.dtype(_IDX_DTYPES[data[2]])
+  expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+  if len(data) - header != expected:
+    raise ValueError(f"{path}: header says {dims} ({expected} bytes of data), "
+                     f"file has {len(data) - header}")
+  return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _load_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+  prefixes = {"train": "train", "test": "t10k"}
+  if split not in prefixes:
+    raise ValueError(f"idx data has splits 'train' and 'test', not {split!r}")
+  names = sorted(os.listdir(directory))
+
+  def find(kind: str, ndim: int) -> str | None:
+    pattern = re.compile(rf"^{prefixes[split]}-{kind}[.-]idx{ndim}-ubyte(\.gz)?$")
+    found = [n for n in names if pattern.match(n)]
+    return os.path.join(directory, found[0]) if found else None
+
+  images_path, labels_path = find("images", 3), find("labels", 1)
+  if images_path is None:
+    raise DatasetUnavailableError(
+        f"no {prefixes[split]}-images-idx3-ubyte[.gz] for split '{split}' in {directory} "
+        f"(it holds: {', '.join(names) or 'nothing'}). Choose another split or directory, or "
+        f"use {_LOCAL_FORMS}."
+    )
+  images = read_idx(images_path)
+  if images.ndim != 3 or images.dtype != np.uint8:
+    raise ValueError(f"{images_path}: expected uint8 [N, H, W], got {images.dtype} {images.shape}")
+  labels = read_idx(labels_path) if labels_path else None
+  if labels is not None and labels.shape != images.shape[:1]:
+    raise ValueError(f"{labels_path}: {labels.shape} labels for {len(images)} images")
+  return images, labels
+
+
+def _load_npz(path: str, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+  with np.load(path) as f:
+    keys = set(f.files)
+
+    def pick(*names: str) -> np.ndarray | None:
+      for name in names:
+        if name in keys:
+          return f[name]
+      return None
+
+    images = pick(f"images_{split}", f"x_{split}", "images", "x")
+    if images is None:
+      raise ValueError(f"{path} has no array 'images' (or 'x'); it holds {sorted(keys)}")
+    labels = pick(f"labels_{split}", f"y_{split}", "labels", "y")
+  return images, labels
+
+
+def _is_image(name: str) -> bool:
+  parts = name.split("/")
+  return (name.lower().endswith(_IMAGE_EXTS) and not any(p.startswith(".") for p in parts)
+          and parts[0] != "__MACOSX")
+
+
+def _decode(blob: bytes) -> np.ndarray:
+  with Image.open(io.BytesIO(blob)) as im:
+    mode = "L" if im.mode in _GRAY_MODES else "RGB"
+    array = np.asarray(im if im.mode == mode else im.convert(mode))
+  return array[..., None] if array.ndim == 2 else array
+
+
+def _list_images(path: str, stack: contextlib.ExitStack
+                 ) -> tuple[list[str], list[str], Callable[[str], bytes]]:
+  """Image files of a folder or zip: (names to read, names from the data root, reader)."""
+  if zipfile.is_zipfile(path):
+    archive = stack.enter_context(zipfile.ZipFile(path))
+    files = sorted(n for n in archive.namelist() if not n.endswith("/") and _is_image(n))
+    # `zip -r data.zip data/` wraps everything in one folder: look inside it.
+    tops = {n.split("/")[0] for n in files}
+    if len(tops) == 1 and not tops & {"train", "test"} and all(n.count("/") >= 2 for n in files):
+      strip = len(tops.pop()) + 1
+      return files, [n[strip:] for n in files], archive.read
+    return files, files, archive.read
+  files = []
+  for root, dirs, names in os.walk(path):
+    dirs.sort()
+    rel_root = os.path.relpath(root, path).replace(os.sep, "/")
+    files += [n if rel_root == "." else f"{rel_root}/{n}" for n in names]
+  files = sorted(n for n in files if _is_image(n))
+
+  def read(name: str) -> bytes:
+    with open(os.path.join(path, name), "rb") as f:
+      return f.read()
+
+  return files, files, read
+
+
+def _load_folder(path: str, split: str, image_size: int | None, channels: int | None,
+                 resize: bool) -> ArraySource:
+  """Decodes an image folder or zip (layout rules: see ``load_source``)."""
+  with contextlib.ExitStack() as stack:
+    files, files_rel, read = _list_images(path, stack)
+    if not files:
+      raise DatasetUnavailableError(f"no image files ({', '.join(_IMAGE_EXTS)}) in {path}")
+    split_dirs = {n.split("/")[0] for n in files_rel if "/" in n} & {
+        "train", "test", "val", "validation"}
+    if split_dirs & {"train", "test"}:
+      if split not in split_dirs:
+        raise DatasetUnavailableError(
+            f"{path} has split folders {sorted(split_dirs)} but no '{split}/'; choose one of "
+            "them as the split.")
+      # Class names come from every split so that labels agree across splits.
+      class_names = sorted({n.split("/")[1] for n in files_rel
+                            if n.split("/")[0] in split_dirs and n.count("/") >= 2})
+      chosen = [(f, r[len(split) + 1:]) for f, r in zip(files, files_rel)
+                if r.startswith(split + "/")]
+    else:
+      class_names = sorted({r.split("/")[0] for r in files_rel if "/" in r})
+      chosen = list(zip(files, files_rel))
+    nested = [r for _, r in chosen if "/" in r]
+    if nested and len(nested) != len(chosen):
+      raise ValueError(f"{path}: images both directly in the folder and in class subfolders; "
+                       "put all images in class subfolders (labels) or none (no labels)")
+    # Serial decoding: for small images (CIFAR's 32x32 JPEGs) a thread pool is slower, the
+    # per-image cost being Python (GIL) overhead; CIFAR-10's 50,000 take about 12 s.
+    images = [_decode(read(f)) for f, _ in chosen]
+
+  labels = None
+  if nested:
+    class_index = {c: i for i, c in enumerate(class_names)}
+    labels = np.array([class_index[r.split("/")[0]] for _, r in chosen], np.int32)
+  if max(x.shape[-1] for x in images) == 3:  # a few gray images in a color folder
+    images = [_convert_channels(x, 3) for x in images]
+  shapes = {x.shape for x in images}
+  what = f"folder:{path} split '{split}'"
+  if len(shapes) > 1:
+    if not (resize and image_size):
+      raise ValueError(f"{what} has images of different shapes ({sorted(shapes)[:4]} ...); set "
+                       "--config.data.resize=True and --config.data.image_size")
+    images = [_adapt(x, image_size, channels) for x in images]
+  array = _conform(np.stack(images), image_size=image_size, channels=channels, resize=resize,
+                   what=what)
+  return ArraySource(array, labels, len(class_names) if nested else None,
+                     class_names=class_names if nested else None)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
+                image_size: int | None = None, channels: int | None = None,
+                resize: bool = False):
+  """Opens the data named by ``spec`` as a random-access source.
+
+  Args:
+    spec: one of
+      ``'digits'``: scikit-learn's 1,797 real 8x8 digits (gray levels 0..16 scaled to 0..255),
+        labels 0-9; 'train' = the first 1,500, 'test' = the last 297.
+      ``'tfds:NAME'``: a tfds dataset already prepared as ArrayRecord under ``data_dir``;
+        never downloads: fails at once with ``DatasetUnavailableError`` when not prepared.
+      ``'folder:PATH'``: a directory or .zip of images. If its top level has ``train/`` or
+        ``test/`` folders, ``PATH/<split>/`` is used, else the whole folder. Class subfolders
+        give labels (sorted names -> 0..K-1); images directly in the folder have none. Paths
+        are sorted, so the order is deterministic; decoded into memory.
+      ``'idx:DIR'``: MNIST-format files ``train-*`` ('train') / ``t10k-*`` ('test'):
+        ``<prefix>-images-idx3-ubyte[.gz]`` and optional ``<prefix>-labels-idx1-ubyte[.gz]``.
+      ``'npz:FILE'``: arrays ``images`` (or ``x``, or ``x_<split>``) and optional ``labels``
+        (or ``y``, ``y_<split>``).
+    split: 'train' or 'test' (tfds accepts its own split syntax, e.g. 'train[:10%]').
+    data_dir: tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    image_size: expected (or, with ``resize``, target) height and width.
+    channels: expected (or, with ``resize``, target) number of channels.
+    resize: adapt the images to ``image_size``/``channels`` instead of raising on mismatch.
+
+  Returns:
+    An ``ArraySource`` or, for tfds, a ``TfdsSource``.
+
+  Raises:
+    ValueError: unknown spec, or the data's shape differs from the requested one.
+    DatasetUnavailableError: the data is not on this machine (with how to provide it).
+  """
+  kind, _, arg = spec.partition(":")
+  shape_args = dict(image_size=image_size, channels=channels, resize=resize)
+  if spec == "digits":
+    images, labels = _load_digits(split)
+    return ArraySource(_conform(images, what="digits", **shape_args), labels, num_classes=10)
+  if kind == "tfds" and arg:
+    return TfdsSource(arg, split=split, data_dir=data_dir, **shape_args)
+  if kind not in ("folder", "idx", "npz") or not arg:
+    raise ValueError(f"unknown data source {spec!r}; valid forms: {_VALID_SPECS}")
+  path = os.path.expanduser(arg)
+  if not os.path.exists(path):
+    raise _missing(kind, path)
+  if kind == "folder":
+    return _load_folder(path, split, image_size, channels, resize)
+  images, labels = _load_idx(path, split) if kind == "idx" else _load_npz(path, split)
+  images = _as_nhwc_uint8(images, spec)
+  return ArraySource(_conform(images, what=f"{spec} split '{split}'", **shape_args), labels)
