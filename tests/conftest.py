@@ -1,0 +1,36 @@
+"""Shared test fixtures: repo paths and the tiny experiment configs."""
+
+import importlib.util
+import os
+import pathlib
+import tempfile
+
+import pytest
+
+# One persistent XLA compilation cache for the whole test session (and its subprocesses): the
+# loop tests run the same tiny config several times, and compiling dominates their time.
+os.environ.setdefault("JGEN_COMPILATION_CACHE",
+                      os.path.join(tempfile.gettempdir(), "jgen-test-xla-cache"))
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def load_experiment(name: str, arg: str | None = None):
+  """`get_config(arg)` of experiments/<name>.py, as launch.py's --config would load it."""
+  spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture
+def smoke_config():
+  return load_experiment("ddpm_digits", "smoke")
+
+
+def subprocess_env(**extra) -> dict:
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  env.update(extra)
+  return env

@@ -1,0 +1,175 @@
+"""The whole loop on a tiny config: train, checkpoint, resume, sample, eval, bad inputs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import jgen.data
+import jgen.run
+from jgen.train import CheckpointError, Checkpointer, NonFiniteLossError, load_method
+from tests.conftest import REPO, load_experiment, subprocess_env
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state.checkpoint_items())]
+
+
+def test_train_checkpoint_sample_eval(tmp_path, smoke_config):
+  workdir = str(tmp_path / "run")
+  state = jgen.run.main(smoke_config, workdir=workdir, mode="train")
+  assert int(state.step) == smoke_config.train.num_steps
+  assert Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3, 6]
+  assert os.path.exists(os.path.join(workdir, "samples", "step_0000006.png"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+
+  paths = jgen.run.main(smoke_config, workdir=workdir, mode="sample")
+  images = np.load(paths["npz"])["images"]
+  assert images.shape == (smoke_config.sample.num, 8, 8, 1) and images.dtype == np.uint8
+  assert os.path.exists(paths["png"])
+
+  result = jgen.run.main(smoke_config, workdir=workdir, mode="eval")
+  assert result["step"] == 6 and np.isfinite(result["loss"])
+
+
+def test_kill_and_resume_is_bitwise_equal(tmp_path, smoke_config, monkeypatch):
+  straight = jgen.run.main(smoke_config, workdir=str(tmp_path / "a"))
+
+  real_iterate = jgen.data.iterate
+
+  def killed_after_four(ds, start, **kw):
+    it = real_iterate(ds, start, **kw)
+    for _ in range(4):
+      yield next(it)
+    raise KeyboardInterrupt  # the run dies during step 5, after the step-3 checkpoint
+
+  workdir = str(tmp_path / "b")
+  monkeypatch.setattr(jgen.data, "iterate", killed_after_four)
+  with pytest.raises(KeyboardInterrupt):
+    jgen.run.main(smoke_config, workdir=workdir)
+  monkeypatch.setattr(jgen.data, "iterate", real_iterate)
+  assert Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3]
+  resumed = jgen.run.main(smoke_config, workdir=workdir)
+
+  for a, b in zip(_leaves(straight), _leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_config):
+  config = smoke_config
+  config.method = "tests.train.nan_method"
+  config.nan_after = 4
+  workdir = str(tmp_path / "run")
+  with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+    jgen.run.main(config, workdir=workdir)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  assert ckpt.all_steps() == [3]
+  method = load_method(config)
+  restored = ckpt.restore(jax.eval_shape(method.init, jax.random.key(0), {
+      "image": jax.ShapeDtypeStruct((8, 8, 8, 1), np.float32)}).checkpoint_items())
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["params"]))
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path, smoke_config):
+  workdir = str(tmp_path / "run")
+  smoke_config.train.num_steps = 3
+  jgen.run.main(smoke_config, workdir=workdir)
+  step_dir = os.path.join(workdir, "checkpoints", "3")
+  for root, _, files in os.walk(step_dir):
+    for f in files:
+      if not f.startswith("_"):
+        with open(os.path.join(root, f), "wb") as fh:
+          fh.write(b"garbage")
+  with pytest.raises(CheckpointError, match="corrupt"):
+    jgen.run.main(smoke_config, workdir=workdir, mode="sample")
+
+
+def test_unknown_method_fails_before_data(tmp_path, smoke_config):
+  smoke_config.method = "diffusion.nope"
+  smoke_config.data.source = "folder:/does/not/exist"
+  with pytest.raises(ValueError, match="unknown method 'diffusion.nope'"):
+    jgen.run.main(smoke_config, workdir=str(tmp_path))
+
+
+def test_unknown_mode(tmp_path, smoke_config):
+  with pytest.raises(ValueError, match="unknown mode"):
+    jgen.run.main(smoke_config, workdir=str(tmp_path), mode="fly")
+
+
+def test_missing_dataset_says_how_to_provide_it(tmp_path, smoke_config):
+  smoke_config.data.source = f"folder:{tmp_path}/no_such_dir"
+  with pytest.raises(jgen.data.DatasetUnavailableError, match="folder"):
+    jgen.run.main(smoke_config, workdir=str(tmp_path / "run"))
+
+
+def test_image_shape_mismatch(tmp_path, smoke_config):
+  smoke_config.data.resize = False  # digits are 8x8x1: ask for 3 channels
+  smoke_config.data.channels = 3
+  with pytest.raises(ValueError, match="channels"):
+    jgen.run.main(smoke_config, workdir=str(tmp_path))
+
+
+def test_cifar_config_builds_the_paper_model():
+  config = load_experiment("ddpm_cifar")
+  method = load_method(config)
+  batch = {"image": jax.ShapeDtypeStruct((128, 32, 32, 3), np.float32)}
+  state = jax.eval_shape(method.init, jax.random.key(0), batch)
+  n = sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))
+  assert abs(n - 35.7e6) / 35.7e6 < 0.005
+  assert method.schedule.num_timesteps == 1000
+  np.testing.assert_allclose(np.asarray(method.schedule.betas)[[0, -1]], [1e-4, 0.02], rtol=1e-6)
+
+
+_DEVICES_SCRIPT = """
+import json, sys, jax, numpy as np
+sys.path.insert(0, {repo!r})
+import jgen.run
+from tests.conftest import load_experiment
+c = load_experiment("ddpm_digits", "smoke")
+c.train.num_steps = 2
+c.train.eval_every = 0
+c.data.batch_size = {batch}
+try:
+    state = jgen.run.main(c, workdir={workdir!r})
+except ValueError as e:
+    print(json.dumps({{"error": str(e)}})); sys.exit(0)
+leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(state.params)]
+print(json.dumps({{"devices": jax.device_count(),
+                  "params": [float(np.sum(x * x)) for x in leaves]}}))
+"""
+
+
+def _run_devices(n, tmp_path, batch=8):
+  script = _DEVICES_SCRIPT.format(repo=str(REPO), workdir=str(tmp_path / f"d{n}_{batch}"),
+                                  batch=batch)
+  env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_eight_devices_match_one_device(tmp_path):
+  one, eight = _run_devices(1, tmp_path), _run_devices(8, tmp_path)
+  assert one["devices"] == 1 and eight["devices"] == 8
+  np.testing.assert_allclose(one["params"], eight["params"], rtol=1e-4)
+  bad = _run_devices(8, tmp_path, batch=12)
+  assert "batch_size" in bad["error"] and "8" in bad["error"]
+
+
+def test_launch_py_with_overrides(tmp_path):
+  workdir = str(tmp_path / "run")
+  cmd = [sys.executable, str(REPO / "launch.py"),
+         "--config", str(REPO / "experiments" / "ddpm_digits.py") + ":smoke",
+         "--workdir", workdir, "--config.train.num_steps=2", "--config.train.eval_every=0",
+         ]
+  out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600,
+                       check=False, cwd=str(tmp_path))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [2]
+  shutil.rmtree(workdir)
