@@ -21,8 +21,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.resize = True
   c.data.batch_size = 64
 
-  c.model.ch = 32
-  c.model.ch_mult = (1, 2, 2)
+  c.model.ch = 16
+  c.model.ch_mult = (1, 2, 4)
   c.model.num_res_blocks = 1
   c.model.attn_resolutions = (8,)
   c.model.dropout = 0.0
@@ -36,18 +36,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.diffusion.loss_type = "mse"
 
   c.optim.name = "adam"
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 200
+  c.optim.lr = 2e-3
+  c.optim.warmup_steps = 100
   c.optim.schedule = "cosine"
   c.optim.grad_clip_norm = 1.0
 
-  c.train.num_steps = 4000
-  c.train.ema_decay = 0.999
+  c.train.num_steps = 1000
+  c.train.ema_decay = 0.995
   c.train.ema_warmup = True
   c.train.log_every = 50
-  c.train.checkpoint_every = 1000
-  c.train.sample_every = 2000
-  c.train.eval_every = 1000
+  c.train.checkpoint_every = 500
+  c.train.sample_every = 500
+  c.train.eval_every = 500
   c.train.eval_batches = 4
 
   c.sample.sampler = "ddim"
