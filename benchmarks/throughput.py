@@ -52,7 +52,7 @@ def bench_train(config, mesh, batch_size, steps):
   step = jax.jit(lambda s, b: method.train_step(s, b, s.step_rng()), donate_argnums=0,
                  out_shardings=(replicated(mesh), replicated(mesh)))
   compiled, compile_s = _compile(step, state, batch)
-  state, _ = _timed(compiled, state, batch)  # warm-up
+  (state, _), _ = _timed(compiled, state, batch)  # warm-up
   t0 = time.perf_counter()
   for _ in range(steps):
     state, metrics = compiled(state, batch)
