@@ -1,0 +1,52 @@
+"""AE, DAE, VAE or VQ-VAE on MNIST-format data (28x28 padded by resizing to 32x32, 1 channel).
+
+  python launch.py --config experiments/autoencoder_mnist.py:vae --workdir /tmp/vae_mnist
+  # MNIST-format idx files on disk instead of tensorflow-datasets (e.g. Fashion-MNIST from
+  # Debian's dataset-fashion-mnist package):
+  python launch.py --config experiments/autoencoder_mnist.py:vqvae --workdir /tmp/vq_fmnist \
+      --config.data.source=idx:/usr/share/datasets/fashion-mnist
+
+The argument names the method (ae, dae, vae, vqvae); each starts from its digits config
+(experiments/<method>_digits.py) and scales data and network to MNIST.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+METHODS = ("ae", "dae", "vae", "vqvae")
+
+
+def _digits_config(method: str) -> ml_collections.ConfigDict:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{method}_digits.py")
+  spec = importlib.util.spec_from_file_location(f"{method}_digits", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(None)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg not in METHODS:
+    raise ValueError(f"autoencoder_mnist needs a method argument, one of {METHODS}: "
+                     f"experiments/autoencoder_mnist.py:vae (got {arg!r})")
+  c = _digits_config(arg)
+  c.data.source = "tfds:mnist"
+  c.data.image_size = 32
+  c.data.channels = 1
+  c.data.resize = True
+  c.data.batch_size = 128
+  c.model.ch = 32
+  c.model.ch_mult = (1, 2, 2, 2)
+  c.model.num_res_blocks = 1
+  c.model.num_groups = 8
+  c.model.latent_dim = 32
+  c.train.num_steps = 20_000
+  c.train.checkpoint_every = 2_000
+  c.train.eval_every = 2_000
+  c.train.eval_batches = 20
+  c.train.sample_every = 5_000
+  if arg == "vqvae":
+    c.vq.num_codes = 512
+    c.vq.code_dim = 32
+  return c
