@@ -17,7 +17,6 @@ usage over all held-out codes. Parameter counts exclude the VQ statistics.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import jax
@@ -28,8 +27,8 @@ from absl import app, flags
 from jgen.autoencoder import quantizer as vq
 from jgen.autoencoder.ae import corrupt
 from jgen.autoencoder.common import psnr
-from jgen.train import Checkpointer, load_method
-from jgen.train.loop import load_data
+from jgen.train.config import experiment_module
+from jgen.train.loop import load_data, restore_for_inference
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("run", [], "CONFIG[:VARIANT]=WORKDIR of a trained run.")
@@ -40,22 +39,8 @@ flags.DEFINE_integer("iwae_k", None, "IWAE samples (default: the config's vae.iw
 
 def load_config(spec: str):
   path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("experiment", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
-def restore(config, workdir: str):
-  method = load_method(config)
-  d = config.data
-  batch = {"image": jax.ShapeDtypeStruct((d.batch_size, d.image_size, d.image_size, d.channels),
-                                         jnp.float32)}
-  abstract = jax.eval_shape(method.init, jax.random.key(config.seed), batch)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  items = ckpt.restore(abstract.checkpoint_items())
-  ckpt.close()
-  return method, abstract.from_checkpoint_items(items)
+  name = os.path.splitext(os.path.basename(path))[0]
+  return experiment_module(name, path).get_config(arg or None)
 
 
 def heldout(config) -> np.ndarray:
@@ -73,7 +58,7 @@ def evaluate_run(spec: str, workdir: str) -> dict:
   config = load_config(spec)
   if FLAGS.iwae_k and "vae" in config:
     config.vae.iwae_k = FLAGS.iwae_k
-  method, state = restore(config, workdir)
+  method, _, state = restore_for_inference(config, workdir)
   images = heldout(config)
   kind = config.method.rsplit(".", 1)[-1]
   params = state.ema_params

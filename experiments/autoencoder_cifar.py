@@ -9,20 +9,16 @@ decoder (8-bit colour images; bits/dim reported at eval). The VQ-VAE follows the
 shape: a 8x8 map of codes, K=512.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from jgen.train.config import experiment_module
 
 METHODS = ("ae", "dae", "vae", "vqvae")
 
 
 def _digits_config(method: str) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{method}_digits.py")
-  spec = importlib.util.spec_from_file_location(f"{method}_digits", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("logistic" if method == "vae" else None)
+  variant = "logistic" if method == "vae" else None
+  return experiment_module(f"{method}_digits", __file__).get_config(variant)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -10,20 +10,15 @@ The argument names the method (ae, dae, vae, vqvae); each starts from its digits
 (experiments/<method>_digits.py) and scales data and network to MNIST.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from jgen.train.config import experiment_module
 
 METHODS = ("ae", "dae", "vae", "vqvae")
 
 
 def _digits_config(method: str) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{method}_digits.py")
-  spec = importlib.util.spec_from_file_location(f"{method}_digits", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(None)
+  return experiment_module(f"{method}_digits", __file__).get_config(None)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

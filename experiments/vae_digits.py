@@ -9,15 +9,11 @@ nats per image on held-out binarized digits; `--mode=sample` decodes prior sampl
 `:logistic` (discretized logistic decoder on 8-bit images), `:gaussian`, `:smoke`.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "ae_digits", os.path.join(os.path.dirname(os.path.abspath(__file__)), "ae_digits.py"))
-_ae = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_ae)
+from jgen.train.config import experiment_module
+
+_ae = experiment_module("ae_digits", __file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -9,15 +9,11 @@ reports reconstruction MSE/PSNR and the codebook perplexity; `--mode=sample` wri
 digits next to their reconstructions. `:smoke` is the tests' seconds-long run.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "ae_digits", os.path.join(os.path.dirname(os.path.abspath(__file__)), "ae_digits.py"))
-_ae = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_ae)
+from jgen.train.config import experiment_module
+
+_ae = experiment_module("ae_digits", __file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

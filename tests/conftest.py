@@ -1,11 +1,12 @@
 """Shared test fixtures: repo paths and the tiny experiment configs."""
 
-import importlib.util
 import os
 import pathlib
 import tempfile
 
 import pytest
+
+from jgen.train.config import experiment_module
 
 # One persistent XLA compilation cache for the whole test session (and its subprocesses): the
 # loop tests run the same tiny config several times, and compiling dominates their time.
@@ -18,10 +19,7 @@ SHARED = REPO.parent / "shared"
 
 def load_experiment(name: str, arg: str | None = None):
   """`get_config(arg)` of experiments/<name>.py, as launch.py's --config would load it."""
-  spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return experiment_module(name, str(REPO / "experiments" / "_")).get_config(arg)
 
 
 @pytest.fixture

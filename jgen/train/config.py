@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from types import ModuleType
+
 import ml_collections
+
+
+def experiment_module(name: str, beside: str) -> ModuleType:
+  """Loads the config file `<name>.py` in the folder of `beside` (an experiment's `__file__`).
+
+  Experiment files are loaded by path (as `--config` does), not imported as a package, so a config
+  that builds on another one (`vae_digits` on `ae_digits`) loads it with this.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(beside)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -223,7 +223,8 @@ def _upscale(config) -> int:
   return max(1, 64 // config.data.image_size)
 
 
-def _restore_for_inference(config, workdir: str):
+def restore_for_inference(config, workdir: str) -> tuple[Method, Any, TrainState]:
+  """(method, mesh, state) of the latest checkpoint in `workdir`, without building a fresh state."""
   method = load_method(config)
   mesh = mesh_lib.make_mesh()
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
@@ -243,7 +244,7 @@ def sample(config, workdir: str) -> dict[str, str]:
   Returns:
     Paths of the written files.
   """
-  method, mesh, state = _restore_for_inference(config, workdir)
+  method, mesh, state = restore_for_inference(config, workdir)
   t0 = time.time()
   images = _sample_images(_jit_sampler(method, mesh), state, config, num=config.sample.num,
                           seed=config.sample.seed)
@@ -264,7 +265,7 @@ def sample(config, workdir: str) -> dict[str, str]:
 
 def evaluate(config, workdir: str) -> dict[str, Any]:
   """Evaluates the latest checkpoint (EMA params) on config.data.eval_split."""
-  method, mesh, state = _restore_for_inference(config, workdir)
+  method, mesh, state = restore_for_inference(config, workdir)
   if not hasattr(method, "evaluate"):
     raise ValueError(f"method {config.method} has no evaluate()")
   dataset = _make_dataset(config, load_data(config, split=config.data.eval_split),
