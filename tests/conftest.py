@@ -6,6 +6,7 @@ import tempfile
 
 import pytest
 
+from jgen.train import Checkpointer
 from jgen.train.config import experiment_module
 
 # One persistent XLA compilation cache for the whole test session (and its subprocesses): the
@@ -32,3 +33,9 @@ def subprocess_env(**extra) -> dict:
   env.pop("XLA_FLAGS", None)
   env.update(extra)
   return env
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The checkpoint steps a run left in `workdir`."""
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    return ckpt.all_steps()

@@ -12,7 +12,7 @@ import jgen.run
 from jgen.autoencoder import likelihoods as lik
 from jgen.autoencoder.common import load_holdout
 from jgen.train import Checkpointer, load_method
-from tests.conftest import load_experiment
+from tests.conftest import checkpoint_steps, load_experiment
 
 NAMES = ("ae_digits", "dae_digits", "vae_digits", "vqvae_digits")
 
@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
 def test_train_then_sample(runs, name):
   config, workdir, state = runs(name)
   assert int(state.step) == config.train.num_steps
-  assert Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [4]
+  assert checkpoint_steps(workdir) == [4]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
   paths = jgen.run.main(config, workdir=workdir, mode="sample")
   images = np.load(paths["npz"])["images"]
@@ -53,8 +53,8 @@ def test_vqvae_statistics_are_trained_by_hand_and_checkpointed(runs):
   stats = state.params["vq_stats"]
   assert not np.allclose(stats["counts"], 1.0)  # moved from their initial value
   assert np.isfinite(state.params["codebook"]).all()
-  restored = Checkpointer(os.path.join(workdir, "checkpoints")).restore(
-      state.checkpoint_items())
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    restored = ckpt.restore(state.checkpoint_items())
   np.testing.assert_array_equal(restored["params"]["vq_stats"]["counts"], stats["counts"])
   np.testing.assert_array_equal(restored["params"]["codebook"], state.params["codebook"])
 

@@ -13,7 +13,7 @@ import pytest
 import jgen.data
 import jgen.run
 from jgen.train import CheckpointError, Checkpointer, NonFiniteLossError, load_method
-from tests.conftest import REPO, load_experiment, subprocess_env
+from tests.conftest import REPO, checkpoint_steps, load_experiment, subprocess_env
 
 
 def _leaves(state):
@@ -24,7 +24,7 @@ def test_train_checkpoint_sample_eval(tmp_path, smoke_config):
   workdir = str(tmp_path / "run")
   state = jgen.run.main(smoke_config, workdir=workdir, mode="train")
   assert int(state.step) == smoke_config.train.num_steps
-  assert Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3, 6]
+  assert checkpoint_steps(workdir) == [3, 6]
   assert os.path.exists(os.path.join(workdir, "samples", "step_0000006.png"))
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
@@ -53,7 +53,7 @@ def test_kill_and_resume_is_bitwise_equal(tmp_path, smoke_config, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     jgen.run.main(smoke_config, workdir=workdir)
   monkeypatch.setattr(jgen.data, "iterate", real_iterate)
-  assert Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3]
+  assert checkpoint_steps(workdir) == [3]
   resumed = jgen.run.main(smoke_config, workdir=workdir)
 
   for a, b in zip(_leaves(straight), _leaves(resumed), strict=True):
@@ -67,11 +67,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_config):
   workdir = str(tmp_path / "run")
   with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
     jgen.run.main(config, workdir=workdir)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  assert ckpt.all_steps() == [3]
+  assert checkpoint_steps(workdir) == [3]
   method = load_method(config)
-  restored = ckpt.restore(jax.eval_shape(method.init, jax.random.key(0), {
-      "image": jax.ShapeDtypeStruct((8, 8, 8, 1), np.float32)}).checkpoint_items())
+  abstract = jax.eval_shape(method.init, jax.random.key(0), {
+      "image": jax.ShapeDtypeStruct((8, 8, 8, 1), np.float32)})
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    restored = ckpt.restore(abstract.checkpoint_items())
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["params"]))
 
 
@@ -171,5 +172,5 @@ def test_launch_py_with_overrides(tmp_path):
   out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600,
                        check=False, cwd=str(tmp_path))
   assert out.returncode == 0, out.stderr[-3000:]
-  assert Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [2]
+  assert checkpoint_steps(workdir) == [2]
   shutil.rmtree(workdir)
