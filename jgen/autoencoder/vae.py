@@ -186,9 +186,7 @@ class VAE:
   def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
     beta = kl_weight(state.step, self.beta, self.kl_warmup_steps)
-    grads, metrics = jax.grad(self.loss_fn, has_aux=True)(state.params, batch, rng, beta)
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
-    return state.apply_gradients(grads), metrics
+    return state.gradient_step(self.loss_fn, batch, rng, beta)
 
   def evaluate(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
                ) -> dict[str, jax.Array]:

@@ -81,9 +81,7 @@ class DDPM:
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
-    grads, metrics = jax.grad(self.loss_fn, has_aux=True)(state.params, batch, rng)
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
-    return state.apply_gradients(grads), metrics
+    return state.gradient_step(self.loss_fn, batch, rng)
 
   def evaluate(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
                ) -> dict[str, jax.Array]:

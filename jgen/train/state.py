@@ -77,6 +77,15 @@ class TrainState:
                         ema_params=ema_update(self.ema_params, params, decay),
                         opt_state=opt_state)
 
+  def gradient_step(self, loss_fn, *args) -> tuple["TrainState", dict[str, jax.Array]]:
+    """One update from `loss_fn(params, *args) -> (loss, metrics)`.
+
+    Returns:
+      The updated state and `metrics` plus the gradients' global norm (`grad_norm`).
+    """
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(self.params, *args)
+    return self.apply_gradients(grads), {**metrics, "grad_norm": optax.global_norm(grads)}
+
   def checkpoint_items(self) -> dict[str, PyTree]:
     """The arrays that a checkpoint stores (everything but the static fields)."""
     return {"step": self.step, "params": self.params, "ema_params": self.ema_params,
