@@ -43,6 +43,8 @@ class TrainState:
     tx: the optax transformation (static).
     ema_decay: EMA decay (static).
     ema_warmup: whether the decay ramps up as (1+step)/(10+step) (static).
+    model_state: arrays a method carries that no optimizer updates (batch-norm
+      statistics, a second network's optimizer state, ...); checkpointed when non-empty.
   """
 
   step: jax.Array
@@ -53,16 +55,19 @@ class TrainState:
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
   ema_decay: float = flax.struct.field(pytree_node=False, default=0.9999)
   ema_warmup: bool = flax.struct.field(pytree_node=False, default=False)
+  model_state: PyTree = flax.struct.field(default_factory=dict)
 
   @classmethod
   def create(cls, *, params: PyTree, tx: optax.GradientTransformation, rng: jax.Array,
-             ema_decay: float, ema_warmup: bool = False) -> "TrainState":
+             ema_decay: float, ema_warmup: bool = False,
+             model_state: PyTree | None = None) -> "TrainState":
     """Builds the state at step 0; `rng` may be a typed key or raw uint32 key data."""
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
       rng = jax.random.key_data(rng)
     return cls(step=jnp.zeros((), jnp.int32), params=params,
                ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
-               rng=rng, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup)
+               rng=rng, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup,
+               model_state={} if model_state is None else model_state)
 
   def step_rng(self) -> jax.Array:
     """The key of the current step: `fold_in(rng, step)`."""
@@ -88,8 +93,11 @@ class TrainState:
 
   def checkpoint_items(self) -> dict[str, PyTree]:
     """The arrays that a checkpoint stores (everything but the static fields)."""
-    return {"step": self.step, "params": self.params, "ema_params": self.ema_params,
-            "opt_state": self.opt_state, "rng": self.rng}
+    items = {"step": self.step, "params": self.params, "ema_params": self.ema_params,
+             "opt_state": self.opt_state, "rng": self.rng}
+    if jax.tree.leaves(self.model_state):
+      items["model_state"] = self.model_state
+    return items
 
   def from_checkpoint_items(self, items: dict[str, PyTree]) -> "TrainState":
     """The state with its arrays replaced by restored `items`."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -174,3 +175,19 @@ def test_launch_py_with_overrides(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert checkpoint_steps(workdir) == [2]
   shutil.rmtree(workdir)
+
+
+def test_model_state_is_checkpointed_only_when_present():
+  import optax
+  from jgen.train.state import TrainState
+  tx = optax.sgd(0.1)
+  params = {"w": jnp.ones(3)}
+  plain = TrainState.create(params=params, tx=tx, rng=jax.random.key(0), ema_decay=0.9)
+  assert "model_state" not in plain.checkpoint_items()
+  stats = {"mean": jnp.zeros(3)}
+  with_state = TrainState.create(params=params, tx=tx, rng=jax.random.key(0), ema_decay=0.9,
+                                 model_state=stats)
+  items = with_state.checkpoint_items()
+  assert items["model_state"] is stats
+  restored = plain.from_checkpoint_items({**items, "model_state": {"mean": jnp.ones(3)}})
+  assert float(restored.model_state["mean"].sum()) == 3.0
