@@ -1,0 +1,200 @@
+"""Each GAN family through the whole loop on its smoke config, and the adversarial step's
+contracts: who updates what, clipping, the penalty, the batch split, conditioning."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jgen.run
+from jgen.gan import adversarial
+from jgen.train import Checkpointer, load_method
+from tests.conftest import checkpoint_steps, load_experiment
+
+NAMES = ("dcgan_digits", "cgan_digits", "wgan_digits", "wgan_gp_digits")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Smoke runs, each trained once on first use: name -> (config, workdir, final state)."""
+  cache = {}
+
+  def get(name):
+    if name not in cache:
+      config = load_experiment(name, "smoke")
+      workdir = str(tmp_path_factory.mktemp(name))
+      cache[name] = (config, workdir, jgen.run.main(config, workdir=workdir, mode="train"))
+    return cache[name]
+
+  return get
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_then_sample(runs, name):
+  config, workdir, state = runs(name)
+  assert int(state.step) == config.train.num_steps
+  assert checkpoint_steps(workdir) == [4]
+  assert set(state.params) == {"generator", "discriminator"}
+  assert set(state.ema_params) == {"generator"}
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+  paths = jgen.run.main(config, workdir=workdir, mode="sample")
+  images = np.load(paths["npz"])["images"]
+  assert images.shape == (config.sample.num, 8, 8, 1) and images.dtype == np.uint8
+  assert os.path.exists(paths["png"]) and images.std() > 0
+  if name == "wgan_digits":  # every critic weight stays clipped
+    for leaf in jax.tree.leaves(state.params["discriminator"]):
+      assert float(jnp.max(jnp.abs(leaf))) <= config.gan.clip + 1e-7
+
+
+def test_batch_norm_statistics_are_checkpointed(runs):
+  config, workdir, state = runs("dcgan_digits")
+  stats = state.model_state["generator"]["batch_stats"]
+  assert not np.allclose(jax.tree.leaves(stats)[0], 0.0) or not np.allclose(
+      jax.tree.leaves(stats)[1], 1.0)
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    restored = ckpt.restore(state.checkpoint_items())
+  for a, b in zip(jax.tree.leaves(restored["model_state"]), jax.tree.leaves(state.model_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _tiny(name, **overrides):
+  config = load_experiment(name, "smoke")
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def _batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  b, s = config.data.batch_size, config.data.image_size
+  return {"image": jnp.asarray(rng.uniform(-1, 1, (b, s, s, 1)), jnp.float32),
+          "label": jnp.asarray(rng.integers(0, 10, b), jnp.int32)}
+
+
+def _step(method, config, seed=0):
+  batch = _batch(config, seed)
+  state = method.init(jax.random.key(seed), batch)
+  new, metrics = jax.jit(method.train_step)(state, batch, jax.random.key(seed + 1))
+  return state, new, metrics
+
+
+def _changed(a, b):
+  return [not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+
+
+@pytest.mark.parametrize("frozen", ["generator", "discriminator"])
+def test_each_update_touches_only_its_own_network(frozen):
+  """With one network's learning rate at 0 its parameters stay bitwise equal; every kernel of
+  the other moves. (WGAN-GP: no batch norm in D, a gradient penalty and 5 critic steps; the
+  critic's output bias gets no gradient from the Wasserstein loss, mean(fake) - mean(real).)"""
+  config = _tiny("wgan_gp_digits")
+  (config.optim if frozen == "generator" else config.optim_d).lr = 0.0
+  method = load_method(config)
+  state, new, metrics = _step(method, config)
+  other = "discriminator" if frozen == "generator" else "generator"
+  assert not any(_changed(state.params[frozen], new.params[frozen]))
+  kernels = lambda p: {jax.tree_util.keystr(k): v
+                       for k, v in jax.tree_util.tree_flatten_with_path(p)[0]
+                       if "kernel" in jax.tree_util.keystr(k)}
+  assert kernels(state.params[other]) and all(_changed(kernels(state.params[other]),
+                                                       kernels(new.params[other])))
+  assert int(new.step) == 1 and np.isfinite(metrics["gp"]) and metrics["gp"] > 0
+  # Adam's step count: 5 critic updates, 1 generator update.
+  count = lambda s: int(jax.tree.leaves(s, is_leaf=lambda x: isinstance(
+      x, optax.ScaleByAdamState))[0].count)
+  assert count(new.opt_state["discriminator"]) == 5 and count(new.opt_state["generator"]) == 1
+
+
+def test_generator_loss_does_not_train_the_discriminator():
+  """The generator's gradient is w.r.t. G only; the critic's loss sees fakes as constants."""
+  config = _tiny("dcgan_digits")
+  method = load_method(config)
+  batch = _batch(config)
+  state = method.init(jax.random.key(0), batch)
+  p, ms = state.params, state.model_state
+  z = jax.random.normal(jax.random.key(1), (4, method.z_dim))
+
+  def joint(params):
+    return method.generator_loss_fn(params["generator"], ms["generator"],
+                                    params["discriminator"], ms["discriminator"], z, None)[0]
+
+  g = jax.grad(joint)(p)
+  assert all(np.abs(x).sum() > 0 for x in jax.tree.leaves(g["generator"]))
+
+  def critic(params):
+    fake, _ = method.generate(params["generator"], ms["generator"], z, train=True)
+    return method.discriminator_loss_fn(params["discriminator"], ms["discriminator"],
+                                        batch["image"][:4], jax.lax.stop_gradient(fake), None,
+                                        jax.random.key(2))[0]
+
+  g = jax.grad(critic)(p)
+  assert all(np.abs(x).sum() == 0 for x in jax.tree.leaves(g["generator"]))
+
+
+def test_wgan_clips_and_uses_rmsprop():
+  config = _tiny("wgan_digits")
+  method = load_method(config)
+  _, new, _ = _step(method, config)
+  leaves = jax.tree.leaves(new.params["discriminator"])
+  assert max(float(jnp.max(jnp.abs(x))) for x in leaves) <= 0.01
+  assert any(float(jnp.max(jnp.abs(x))) == pytest.approx(0.01) for x in leaves)
+  assert method.n_critic == 5 and method.loss == "wasserstein"
+
+
+def test_split_critic_batches():
+  x = jnp.arange(12)
+  chunks = adversarial.split_critic_batches(x, 3)
+  np.testing.assert_array_equal(chunks, [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]])
+  with pytest.raises(ValueError, match="multiple of n_critic"):
+    adversarial.split_critic_batches(jnp.arange(10), 3)
+
+
+def test_per_network_optimizer():
+  tx = adversarial.per_network({"a": optax.sgd(1.0), "b": optax.sgd(0.5)})
+  params = {"a": jnp.ones(2), "b": jnp.ones(3)}
+  updates, _ = tx.update({"a": jnp.ones(2), "b": jnp.ones(3)}, tx.init(params), params)
+  np.testing.assert_allclose(updates["a"], -1.0)
+  np.testing.assert_allclose(updates["b"], -0.5)
+
+
+def test_cgan_samples_follow_labels():
+  config = _tiny("cgan_digits")
+  method = load_method(config)
+  state = method.init(jax.random.key(0), _batch(config))
+  np.testing.assert_array_equal(method.sample_labels(12), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+  rng = jax.random.key(3)
+  a = method.sample_with_labels(state, rng, jnp.zeros(4, jnp.int32), 4)
+  b = method.sample_with_labels(state, rng, jnp.full(4, 7, jnp.int32), 4)
+  assert a.shape == (4, 8, 8, 1) and not np.allclose(a, b)
+
+
+def test_bad_configs():
+  with pytest.raises(ValueError, match="batch norm"):
+    load_method(_tiny("wgan_gp_digits", **{"model.d_norm": "batch"}))
+  with pytest.raises(ValueError, match="num_classes"):
+    load_method(_tiny("cgan_digits", **{"gan.num_classes": 0}))
+  with pytest.raises(ValueError, match="Wasserstein"):
+    load_method(_tiny("dcgan_digits", **{"gan.loss": "wasserstein"}))
+  with pytest.raises(ValueError, match="clip"):
+    load_method(_tiny("wgan_digits", **{"gan.clip": 0.0}))
+  with pytest.raises(ValueError, match="architecture"):
+    load_method(_tiny("dcgan_digits", **{"model.arch": "vit"}))
+
+
+@pytest.mark.parametrize("name", ["gan_mnist", "gan_cifar"])
+@pytest.mark.parametrize("method", ["dcgan", "cgan", "wgan", "wgan_gp"])
+def test_full_size_configs_build(name, method):
+  config = load_experiment(name, method)
+  m = load_method(config)
+  size, ch = config.data.image_size, config.data.channels
+  batch = {"image": jax.ShapeDtypeStruct((config.data.batch_size, size, size, ch), jnp.float32),
+           "label": jax.ShapeDtypeStruct((config.data.batch_size,), jnp.int32)}
+  state = jax.eval_shape(m.init, jax.random.key(0), batch)
+  _, metrics = jax.eval_shape(m.train_step, state, batch, jax.random.key(1))
+  assert "g_loss" in metrics
+  images = jax.eval_shape(lambda s, r: m.sample(s, r, 8), state, jax.random.key(1))
+  assert images.shape == (8, size, size, ch)
