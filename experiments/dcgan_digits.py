@@ -47,7 +47,7 @@ def gan_base(*, smoke: bool = False, n_critic: int = 1) -> ml_collections.Config
   c.optim.grad_clip_norm = 0.0
   c.optim_d = c.optim.copy_and_resolve_references()  # discriminator
 
-  c.train.num_steps = 3000
+  c.train.num_steps = 2000
   c.train.ema_decay = 0.999
   c.train.ema_warmup = True
   c.train.log_every = 100
