@@ -17,6 +17,7 @@ Two kinds exist:
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,7 +25,8 @@ import numpy as np
 
 from jgen.train.writers import to_uint8 as _writers_to_uint8
 
-__all__ = ["FeatureNet", "load", "to_uint8", "as_uint8", "iterate_batches", "SPECS"]
+__all__ = ["FeatureNet", "SPECS", "as_uint8", "cache_dir", "iterate_batches", "load",
+           "to_uint8"]
 
 SPECS = ("inception", "domain:digits", "domain:mnist", "domain:fashion_mnist")
 
@@ -39,6 +41,14 @@ class FeatureNet(Protocol):
 
   def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """uint8 NHWC images (any size, 1 or 3 channels) -> features [N, D] (+ logits [N, K])."""
+
+
+def cache_dir(*parts: str) -> str:
+  """``$JGEN_CACHE/<parts>`` (default ``~/.cache/jgen/<parts>``), created if missing."""
+  root = os.environ.get("JGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jgen")
+  path = os.path.join(root, *parts)
+  os.makedirs(path, exist_ok=True)
+  return path
 
 
 def to_uint8(images: Any) -> np.ndarray:
