@@ -150,6 +150,10 @@ class FlowMethod:
 
 def flow_method(config: Any, model: MultiScaleFlow) -> FlowMethod:
   """A `FlowMethod` for `model` from an experiment config (`flow`, `optim`, `train`, `sample`)."""
+  dtype = config.model.get("dtype", "float32")
+  if dtype != "float32":
+    raise ValueError(f"flows compute in float32 (their log-determinants sum thousands of terms); "
+                     f"got config.model.dtype={dtype!r}")
   f = config.flow
   return FlowMethod(model=model,
                     tx=make_optimizer(config.optim, total_steps=config.train.num_steps),

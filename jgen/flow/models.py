@@ -10,8 +10,9 @@ level, each with a standard-normal prior, and the log-det of the whole map:
 Every level but the last ends in a `Split` that factors out half of the channels (a Gaussian
 prior learned from the kept half in Glow, the standard normal in RealNVP); the last latent has a
 learned prior in Glow (`learn_top`). The model is built for one image shape: `forward` and
-`inverse` raise ValueError on any other. H and W must be powers of two with at least one
-squeeze per level; C may be anything (1 and 3 for images).
+`inverse` raise ValueError on any other. H and W must be divisible by `2^S` for the model's `S`
+squeezes: any power of two of at least `2^S` (8, 16, 32 ... for images), and also sizes such as
+MNIST's 28 x 28 with two squeezes (28 -> 14 -> 7). C may be anything (1 and 3 for images).
 """
 
 from __future__ import annotations
@@ -58,13 +59,15 @@ class MultiScaleFlow(nn.Module):
   learn_top = False
 
   def setup(self):
+    if len(self.image_shape) != 3 or self.num_levels < 1:
+      raise ValueError(f"{type(self).__name__} needs an image shape (H, W, C) and at least one "
+                       f"level, got {tuple(self.image_shape)} and {self.num_levels} levels")
     h, w, _ = self.image_shape
-    squeezes = sum(self.num_squeezes(i) for i in range(self.num_levels))
-    side = min(h, w)
-    if h & (h - 1) or w & (w - 1) or side < 2 ** squeezes:
-      raise ValueError(f"{type(self).__name__} with {self.num_levels} levels squeezes "
-                       f"{squeezes} times: height and width must be powers of two of at least "
-                       f"{2 ** squeezes}, got image shape {tuple(self.image_shape)}")
+    factor = 2 ** sum(self.num_squeezes(i) for i in range(self.num_levels))
+    if h % factor or w % factor:
+      raise ValueError(f"{type(self).__name__} with {self.num_levels} levels squeezes by "
+                       f"{factor}: height and width must be multiples of {factor} (e.g. powers "
+                       f"of two of at least {factor}), got image shape {tuple(self.image_shape)}")
     self.levels = [tuple(self.level_layers(i)) for i in range(self.num_levels)]
     self.splits = [Split(learned=self.split_learned) for _ in range(self.num_levels - 1)]
     self.top = LearnedPrior() if self.learn_top else None
