@@ -84,6 +84,16 @@ def check_layer(layer: nn.Module, x: jax.Array, seed: int = 1):
   return variables, z
 
 
+def init_and_forward(layer: nn.Module, x: jax.Array, seed: int = 0):
+  """`forward(x)` right after `init` on `x` (both jitted): the layer as initialized."""
+  @jax.jit
+  def run(x):
+    variables = layer.init(key(seed), x, method="forward")
+    return layer.apply(variables, x, method="forward")
+
+  return run(x)
+
+
 def data(shape, seed=0, batch=3):
   """Non-standardized inputs (offset and scaled per channel), so ActNorm has work to do."""
   k1, k2, k3 = jax.random.split(key(seed), 3)
@@ -144,8 +154,7 @@ def test_glow_coupling_starts_near_identity_scale():
   """Zero-initialized last layer: shift 0 and scale sigmoid(2) everywhere at init."""
   x = data((2, 2, 4))
   layer = fl.AffineCoupling(hidden=8, scale="sigmoid")
-  variables = layer.init(key(0), x, method="forward")
-  z, logdet = layer.apply(variables, x, method="forward")
+  z, logdet = init_and_forward(layer, x)
   s = jax.nn.sigmoid(2.0)
   np.testing.assert_allclose(z[..., 2:], x[..., 2:] * s, rtol=1e-6)
   np.testing.assert_allclose(logdet, np.full(3, 2 * 2 * 2 * np.log(s)), rtol=1e-6)
@@ -156,7 +165,7 @@ def test_actnorm_data_dependent_init_standardizes_each_channel():
   assert np.abs(np.asarray(x).mean(axis=(0, 1, 2))).max() > 0.1  # the data need standardizing
   layer = fl.ActNorm()
   variables = layer.init(key(0), x, method="forward")
-  z, logdet = layer.apply(variables, x, method="forward")
+  z, logdet = init_and_forward(layer, x)
   np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
   np.testing.assert_allclose(z.std(axis=(0, 1, 2)), 1.0, rtol=1e-4)
   std = np.asarray(x, np.float64).std(axis=(0, 1, 2))
@@ -188,9 +197,7 @@ def test_lu_invconv_weight_is_its_factorization():
 def test_invconv_starts_as_a_rotation():
   x = data((2, 2, 4))
   for lu in (False, True):
-    layer = fl.InvConv1x1(lu=lu)
-    variables = layer.init(key(3), x, method="forward")
-    z, logdet = layer.apply(variables, x, method="forward")
+    z, logdet = init_and_forward(fl.InvConv1x1(lu=lu), x)
     np.testing.assert_allclose(logdet, 0.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(z, axis=-1), np.linalg.norm(x, axis=-1),
                                rtol=1e-5)
