@@ -2,7 +2,8 @@
 
   python launch.py --config experiments/realnvp_digits.py --workdir /tmp/realnvp_digits
   python launch.py --config experiments/realnvp_digits.py --workdir /tmp/realnvp_digits --mode=eval
-  python launch.py --config experiments/realnvp_digits.py --workdir /tmp/realnvp_digits --mode=sample
+  python launch.py --config experiments/realnvp_digits.py --workdir /tmp/realnvp_digits \
+      --mode=sample
 
 The data go through RealNVP's logit transform (a = 0.05), whose log-det is part of the
 bits/dim. Variants: `:smoke` (a seconds-long run for the tests).
