@@ -309,9 +309,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--features", default="inception",
                  help="inception | domain:digits | domain:mnist | domain:fashion_mnist")
   p.add_argument("--batch_size", type=int, default=200)
-  p.add_argument("--weights", default=None, help="Inception weights file (see jgen.metrics.inception)")
+  p.add_argument("--weights", default=None,
+                 help="Inception weights file (see jgen.metrics.inception)")
+  p.add_argument("--dtype", default="float32", help="Inception compute dtype: float32|bfloat16")
+  p.add_argument("--domain_source", default=None,
+                 help="data of a domain classifier trained on first use (domain:mnist: idx:DIR)")
   p.add_argument("--kid", action="store_true", help="also print KID (needs images, not stats)")
-  p.add_argument("--split", default="train", help="split folder for folders/zips with train/ test/")
+  p.add_argument("--split", default="train",
+                 help="split folder for folders/zips with train/ test/")
   p.add_argument("--save_stats", default=None, metavar="OUT.npz",
                  help="write the statistics of PATH1 to this .npz")
   return p.parse_args(argv)
@@ -321,8 +326,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   """The command line; prints ``FID: <value>`` (and ``KID: <mean> +- <std>``)."""
   args = _parse_args(argv)
   kw: dict[str, Any] = {"batch_size": args.batch_size}
-  if args.features == "inception" and args.weights:
-    kw["weights"] = args.weights
+  if args.features == "inception":
+    kw.update(weights=args.weights, dtype=args.dtype)
+  elif args.domain_source:
+    kw["source"] = args.domain_source
   net = fnet.load(args.features, **kw)
   label = "FID" if args.features == "inception" else f"domain FID ({net.name})"
   stats, feats = [], []
@@ -347,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   note = "" if args.features == "inception" else f"  [{label}: not comparable to Inception FID]"
   print(f"FID: {result['fid']:.6f}{note}")
   if args.kid:
-    from jgen.metrics import kid as kid_lib  # pylint: disable=import-outside-toplevel
+    from jgen.metrics import mmd as kid_lib  # pylint: disable=import-outside-toplevel
     n = min(len(feats[0]), len(feats[1]))
     mean, std = kid_lib.kid(feats[0], feats[1], subset_size=min(1000, n))
     result.update(kid=mean, kid_std=std)
