@@ -70,4 +70,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.num = 64               # images written by --mode=sample and at sample_every
   c.sample.batch_size = 64        # images per jitted sampler call
   c.sample.seed = 1
+
+  # Sample metrics of --mode=eval (jgen.metrics.evaluate.evaluate_config), beside the method's
+  # own evaluate(): EMA samples against the statistics of config.data, cached per dataset+split.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.metrics = ""             # "" off; else a subset of "fid,kid,is,pr,dc", e.g. "fid,is,pr"
+  c.eval.features = "auto"        # auto (domain:<dataset> where jgen has one, else inception) |
+  #                                 inception | domain:digits | domain:mnist | domain:fashion_mnist
+  c.eval.num_samples = 10000      # generated images (drawn in chunks of sample.batch_size)
+  c.eval.batch_size = 200         # images per feature-network call
+  c.eval.dtype = "float32"        # Inception compute dtype (bfloat16 on GPU/TPU is faster)
+  c.eval.reference_split = ""     # "" = data.split (FID against the training split, as papers)
+  c.eval.reference_max_images = ml_collections.FieldReference(None, field_type=int)  # None: all
+  c.eval.num_reference_features = ml_collections.FieldReference(None, field_type=int)  # KID/P&R
+  c.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)  # None: search
+  c.eval.domain_source = ml_collections.FieldReference(None, field_type=str)  # domain:mnist data
+  c.eval.is_splits = 10
+  c.eval.pr_k = 3
+  c.eval.kid_subsets = 100
+  c.eval.kid_subset_size = 1000
+  c.eval.seed = 0                 # sampling key and real-subset / KID-subset seed
   return c

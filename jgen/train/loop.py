@@ -6,6 +6,7 @@ config and a work directory. Everything method-specific comes through `jgen.trai
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -264,14 +265,58 @@ def sample(config, workdir: str) -> dict[str, str]:
 
 
 def evaluate(config, workdir: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint (EMA params) on config.data.eval_split."""
+  """Evaluates the latest checkpoint (EMA params): the method's `evaluate` on
+  config.data.eval_split, and the sample metrics of ``config.eval`` (FID/KID/IS/P&R/D&C of EMA
+  samples, `jgen.metrics.evaluate.evaluate_config`; off unless ``config.eval.metrics`` is set).
+
+  Logs the results, writes them as ``eval/...`` scalars (sample metrics as
+  ``eval/<feature net>/<metric>``) and to ``workdir/eval_step<N>.json``.
+
+  Returns:
+    {"step", the method's metrics..., "sample_metrics": {...} when computed}.
+
+  Raises:
+    ValueError: the method has no evaluate() and no sample metrics are configured.
+  """
+  from jgen.metrics import evaluate as metrics_lib  # pylint: disable=import-outside-toplevel
+
   method, mesh, state = restore_for_inference(config, workdir)
-  if not hasattr(method, "evaluate"):
-    raise ValueError(f"method {config.method} has no evaluate()")
-  dataset = _make_dataset(config, load_data(config, split=config.data.eval_split),
-                          seed=config.seed + 1)
-  eval_fn = jax.jit(method.evaluate, out_shardings=mesh_lib.replicated(mesh))
-  scalars = evaluate_loss(eval_fn, state, dataset, mesh_lib.batch_sharding(mesh),
-                          num_batches=config.train.eval_batches, seed=config.seed)
-  log.info("eval at step %d: %s", int(state.step), scalars)
-  return {"step": int(state.step), **scalars}
+  step = int(state.step)
+  wants_samples = bool(metrics_lib.parse_metrics(config.get("eval", {}).get("metrics")))
+  if not hasattr(method, "evaluate") and not wants_samples:
+    raise ValueError(f"method {config.method} has no evaluate(); set --config.eval.metrics="
+                     "fid,is,pr for sample metrics")
+  result: dict[str, Any] = {"step": step}
+  if hasattr(method, "evaluate"):
+    dataset = _make_dataset(config, load_data(config, split=config.data.eval_split),
+                            seed=config.seed + 1)
+    eval_fn = jax.jit(method.evaluate, out_shardings=mesh_lib.replicated(mesh))
+    scalars = evaluate_loss(eval_fn, state, dataset, mesh_lib.batch_sharding(mesh),
+                            num_batches=config.train.eval_batches, seed=config.seed)
+    log.info("eval at step %d: %s", step, scalars)
+    result.update(scalars)
+  if wants_samples:
+    sampler = _jit_sampler(method, mesh)
+    base = jax.random.key(config.eval.seed)
+    sample_metrics = metrics_lib.evaluate_config(
+        config, lambda i, n: sampler(state, jax.random.fold_in(base, i), n))
+    if sample_metrics is not None:
+      log.info("sample metrics at step %d (%s features): %s", step,
+               sample_metrics["features"],
+               ", ".join(f"{k}={v:.5g}" for k, v in sample_metrics.items()
+                         if isinstance(v, float)))
+      result["sample_metrics"] = sample_metrics
+  if _is_main():
+    writer = MetricWriter(workdir)
+    scalars = {f"eval/{k}": v for k, v in result.items() if k != "step" and
+               isinstance(v, (int, float))}
+    samples = result.get("sample_metrics", {})
+    scalars.update({f"eval/{samples['features']}/{k}": v for k, v in samples.items()
+                    if isinstance(v, float)})
+    writer.write_scalars(step, scalars)
+    writer.close()
+    path = os.path.join(workdir, f"eval_step{step}.json")
+    with open(path, "w") as f:
+      json.dump(result, f, indent=2, sort_keys=True)
+    log.info("wrote %s", path)
+  return result

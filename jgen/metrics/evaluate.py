@@ -1,0 +1,256 @@
+"""Sample metrics of a generative model: FID, KID, IS, precision/recall, density/coverage.
+
+`image_metrics` scores images (an array or an iterable of chunks, streamed through the
+feature network) against a reference: Gaussian statistics for FID, real features for KID and
+the k-NN metrics. `sample_metrics` does the same for a sampler, ``sample_fn(i, n)`` giving the
+i-th chunk of n samples. `reference_features` caches real features of a dataset split next to
+`jgen.metrics.fid.reference_stats`' statistics. `evaluate_config` is the boundary with an
+experiment config (``config.eval``), used by ``launch.py --mode=eval``::
+
+  --config.eval.metrics=fid,is,pr          # off by default ("")
+  --config.eval.features=auto              # domain:digits for 'digits', else inception
+  --config.eval.num_samples=10000
+
+Metric names: "fid", "kid", "is", "pr" (precision & recall), "dc" (density & coverage).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from jgen.metrics import feature_net as fnet
+from jgen.metrics import fid as fid_lib
+from jgen.metrics import classifier_score as is_lib
+from jgen.metrics import mmd as kid_lib
+from jgen.metrics import precision_recall as pr_lib
+
+__all__ = ["METRICS", "auto_features", "evaluate_config", "image_metrics", "parse_metrics",
+           "reference_features", "sample_metrics"]
+
+log = logging.getLogger("jgen")
+
+METRICS = ("fid", "kid", "is", "pr", "dc")
+
+
+def parse_metrics(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+  """``"fid,is,pr"`` (or a sequence of names) -> ("fid", "is", "pr"); "" or None -> ().
+
+  Raises:
+    ValueError: for an unknown name.
+  """
+  if not spec:
+    return ()
+  names = spec.split(",") if isinstance(spec, str) else list(spec)
+  names = tuple(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
+  unknown = [n for n in names if n not in METRICS]
+  if unknown:
+    raise ValueError(f"unknown sample metric(s) {unknown}; choose from {', '.join(METRICS)}")
+  return names
+
+
+def auto_features(source: str) -> str:
+  """The feature network 'auto' picks for a data source: the domain classifier of that
+  dataset where jgen has one (``digits`` -> ``domain:digits``, Debian's Fashion-MNIST ->
+  ``domain:fashion_mnist``), else ``inception``."""
+  from jgen.metrics import domain  # pylint: disable=import-outside-toplevel
+
+  for name, spec in domain.DATASETS.items():
+    if spec.source is not None and spec.source == source:
+      return f"domain:{name}"
+  return "inception"
+
+
+def reference_features(net: fnet.FeatureNet, source: str, *, num: int, split: str = "train",
+                       seed: int = 0, data_dir: str | None = None,
+                       image_size: int | None = None, channels: int | None = None,
+                       resize: bool = False, batch_size: int = 200, cache: bool = True
+                       ) -> np.ndarray:
+  """Features [min(num, N), D] of a seeded random subset of a dataset split, cached as .npz.
+
+  A random subset (not the first images) because folder sources are sorted by class. The cache
+  sits beside `jgen.metrics.fid.reference_stats`' files
+  (``$JGEN_CACHE/fid_stats/<net.name>/...-features.npz``).
+  """
+  from jgen import data as jdata  # pylint: disable=import-outside-toplevel
+
+  key = f"{source}|{split}|{image_size}|{channels}|{resize}|{num}|{seed}"
+  name = fid_lib._slug(  # pylint: disable=protected-access
+      f"{source}-{split}-{image_size}x{channels}{'r' if resize else ''}-n{num}-s{seed}")
+  path = (os.path.join(fnet.cache_dir("fid_stats", net.name), f"{name}-features.npz")
+          if cache else None)
+  if path and os.path.exists(path):
+    with np.load(path) as f:
+      if str(f["key"]) == key:
+        return f["features"]
+  src = jdata.load_source(source, split=split, data_dir=data_dir, image_size=image_size,
+                          channels=channels, resize=resize)
+  n = min(num, len(src))
+  index = np.sort(np.random.default_rng(seed).permutation(len(src))[:n])
+
+  def chunks() -> Iterator[np.ndarray]:
+    for start in range(0, n, batch_size):
+      part = index[start:start + batch_size]
+      if hasattr(src, "images"):
+        yield src.images[part]
+      else:
+        yield np.stack([src[int(i)]["image"] for i in part])
+
+  _, kept = fid_lib.accumulate(net, chunks(), batch_size=batch_size, keep=("features",))
+  features = kept["features"]
+  if path:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, features=features, key=np.array(key))
+    os.replace(tmp, path)
+  return features
+
+
+def image_metrics(images: np.ndarray | Iterable[np.ndarray], net: fnet.FeatureNet, *,
+                  metrics: Sequence[str] = ("fid", "is", "pr"),
+                  reference_stats: fid_lib.GaussianStats | dict[str, Any] | None = None,
+                  reference_features: np.ndarray | None = None, batch_size: int = 200,
+                  is_splits: int = 10, k: int = 3, kid_subsets: int = 100,
+                  kid_subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
+  """Sample metrics of `images` (uint8 or [-1, 1] floats, an array or chunks) under `net`.
+
+  Args:
+    images: the generated images.
+    net: the feature network (`jgen.metrics.feature_net.load`).
+    metrics: names from `METRICS`.
+    reference_stats: real statistics ({'mu', 'sigma'} or a GaussianStats), for "fid".
+    reference_features: real features [N, D], for "kid", "pr", "dc".
+    batch_size: images per network call.
+    is_splits: IS splits.
+    k: the nearest neighbour of precision/recall and density/coverage.
+    kid_subsets, kid_subset_size: KID subsets.
+    seed: KID subset seed.
+
+  Returns:
+    {"fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "density", "coverage",
+    "num_samples"}, the keys of the metrics asked for.
+
+  Raises:
+    ValueError: an unknown metric, or a reference a metric needs is missing.
+  """
+  metrics = parse_metrics(metrics)
+  if "fid" in metrics and reference_stats is None:
+    raise ValueError("FID needs reference_stats")
+  if {"kid", "pr", "dc"} & set(metrics) and reference_features is None:
+    raise ValueError("KID, precision/recall and density/coverage need reference_features")
+  keep = ((("features",) if {"kid", "pr", "dc"} & set(metrics) else ())
+          + (("logits",) if "is" in metrics else ()))
+  logits: list[np.ndarray] = []
+  chunks = fnet.iterate_batches(images, batch_size)
+  stats = fid_lib.GaussianStats(net.feature_dim)
+  feats: list[np.ndarray] = []
+  for batch in chunks:
+    out = net(batch)
+    stats.update(out["features"])
+    if "features" in keep:
+      feats.append(np.asarray(out["features"], np.float32))
+    if "logits" in keep:
+      logits.append(np.asarray(is_lib.logits_for_is(out), np.float32))
+  result: dict[str, float] = {"num_samples": float(stats.count)}
+  if "fid" in metrics:
+    result["fid"] = fid_lib.fid_from_stats(stats, reference_stats)
+  if "is" in metrics:
+    result["is"], result["is_std"] = is_lib.inception_score(np.concatenate(logits),
+                                                            splits=is_splits)
+  fake = np.concatenate(feats) if feats else None
+  if "kid" in metrics:
+    result["kid"], result["kid_std"] = kid_lib.kid(
+        reference_features, fake, num_subsets=kid_subsets, subset_size=kid_subset_size,
+        seed=seed)
+  if {"pr", "dc"} & set(metrics):
+    scores = pr_lib.prdc(reference_features, fake, k=k)
+    if "pr" in metrics:
+      result.update(precision=scores["precision"], recall=scores["recall"])
+    if "dc" in metrics:
+      result.update(density=scores["density"], coverage=scores["coverage"])
+  return result
+
+
+def sample_metrics(sample_fn: Callable[[int, int], Any], num_samples: int,
+                   net: fnet.FeatureNet, *, sample_batch_size: int = 100,
+                   **kwargs: Any) -> dict[str, float]:
+  """`image_metrics` of `num_samples` samples drawn chunk by chunk, never all in memory.
+
+  Args:
+    sample_fn: (chunk index i, n) -> n images [n, H, W, C] in [-1, 1] (or uint8); chunk i must
+      use its own randomness (e.g. ``fold_in(key, i)``).
+    num_samples: total samples (the last chunk is trimmed).
+    net: the feature network.
+    sample_batch_size: n of every `sample_fn` call (one compiled sampler shape).
+    **kwargs: `image_metrics` arguments (metrics, reference_stats, reference_features, ...).
+  """
+  size = min(sample_batch_size, num_samples)
+
+  def chunks() -> Iterator[np.ndarray]:
+    for i in range(math.ceil(num_samples / size)):
+      yield np.asarray(sample_fn(i, size))[:num_samples - i * size]
+
+  return image_metrics(chunks(), net, **kwargs)
+
+
+def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any]
+                    ) -> dict[str, Any] | None:
+  """The sample metrics ``config.eval`` asks for, of `sample_fn` against ``config.data``.
+
+  Reads ``config.eval``: metrics ("fid,is,pr"; "" = off), features ("auto", "inception",
+  "domain:<dataset>"), num_samples, batch_size, dtype, reference_split ("" = data.split),
+  reference_max_images (images of the FID statistics; None = the whole split),
+  num_reference_features (real images of KID/P&R/D&C; None = num_samples), inception_weights,
+  domain_source, is_splits, pr_k, kid_subsets, kid_subset_size.
+
+  Returns:
+    {"features": net name, metric: value, ...}, or None when no metrics are asked for, or
+    when ``features="auto"`` resolves to a network that is unavailable here (Inception
+    weights or the domain data absent; logged).
+  """
+  ev = config.get("eval")
+  metrics = parse_metrics(ev.get("metrics") if ev is not None else None)
+  if not metrics:
+    return None
+  from jgen import data as jdata  # pylint: disable=import-outside-toplevel
+  from jgen.metrics import weights  # pylint: disable=import-outside-toplevel
+
+  d = config.data
+  spec = auto_features(d.source) if ev.features == "auto" else ev.features
+  kwargs: dict[str, Any] = {"batch_size": ev.batch_size}
+  if spec == "inception":
+    kwargs.update(weights=ev.inception_weights, dtype=ev.dtype)
+  else:
+    kwargs.update(source=ev.domain_source)
+  try:
+    net = fnet.load(spec, **kwargs)
+  except (weights.InceptionWeightsNotFoundError, jdata.DatasetUnavailableError) as e:
+    if ev.features != "auto":
+      raise
+    log.warning("sample metrics skipped: eval.features='auto' chose %s, which is unavailable "
+                "here: %s", spec, e)
+    return None
+  split = ev.reference_split or d.split
+  data_kw = dict(split=split, data_dir=d.data_dir, image_size=d.image_size,
+                 channels=d.channels, resize=d.resize, batch_size=ev.batch_size)
+  ref_stats = None
+  if "fid" in metrics:
+    ref_stats = fid_lib.reference_stats(net, d.source, max_images=ev.reference_max_images,
+                                        **data_kw)
+  ref_feats = None
+  if {"kid", "pr", "dc"} & set(metrics):
+    ref_feats = reference_features(net, d.source, num=ev.num_reference_features
+                                   or ev.num_samples, seed=ev.seed, **data_kw)
+  log.info("sample metrics %s of %d samples with %s features against %s/%s",
+           ",".join(metrics), ev.num_samples, net.name, d.source, split)
+  result = sample_metrics(sample_fn, ev.num_samples, net,
+                          sample_batch_size=config.sample.batch_size, metrics=metrics,
+                          reference_stats=ref_stats, reference_features=ref_feats,
+                          batch_size=ev.batch_size, is_splits=ev.is_splits, k=ev.pr_k,
+                          kid_subsets=ev.kid_subsets, kid_subset_size=ev.kid_subset_size,
+                          seed=ev.seed)
+  return {"features": net.name, **result}

@@ -1,0 +1,160 @@
+"""Sample metrics over a feature net, the reference caches, the config boundary and
+``--mode=eval`` of a tiny trained model."""
+
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+import jgen.run
+from jgen import data as jdata
+from jgen.metrics import (classifier_score, evaluate, feature_net, fid, mmd, precision_recall,
+                          weights)
+from jgen.train import loop
+from jgen.train.config import base_config
+from tests.conftest import load_experiment
+from tests.metrics.conftest import random_domain_net
+
+
+def digits(n, seed=0):
+  images = jdata.load_source("digits", split="train").images
+  return images[np.random.default_rng(seed).permutation(len(images))[:n]]
+
+
+def test_parse_metrics_and_auto_features():
+  assert evaluate.parse_metrics("fid, IS,pr,fid") == ("fid", "is", "pr")
+  assert evaluate.parse_metrics("") == evaluate.parse_metrics(None) == ()
+  assert evaluate.parse_metrics(["kid", "dc"]) == ("kid", "dc")
+  with pytest.raises(ValueError, match="unknown sample metric"):
+    evaluate.parse_metrics("fid,lpips")
+  assert evaluate.auto_features("digits") == "domain:digits"
+  assert evaluate.auto_features("idx:/usr/share/datasets/fashion-mnist") == (
+      "domain:fashion_mnist")
+  assert evaluate.auto_features("tfds:cifar10") == "inception"
+
+
+def test_image_metrics_equal_the_metric_functions():
+  net = random_domain_net(batch_size=16)
+  real, fake = digits(60, seed=1), digits(50, seed=2) // 2  # darker "samples"
+  ref_out, fake_out = net(real), net(fake)
+  ref_stats = fid.GaussianStats(net.feature_dim).update(ref_out["features"])
+  chunks = [fake[:7], fake[7:30], fake[30:]]  # streamed in uneven chunks
+  got = evaluate.image_metrics(iter(chunks), net, metrics=evaluate.METRICS, batch_size=16,
+                               reference_stats={"mu": ref_stats.mean, "sigma": ref_stats.cov},
+                               reference_features=ref_out["features"], is_splits=5,
+                               kid_subsets=10, kid_subset_size=40)
+  fake_stats = fid.GaussianStats(net.feature_dim).update(fake_out["features"])
+  assert got["num_samples"] == 50
+  assert got["fid"] == pytest.approx(fid.fid_from_stats(fake_stats, ref_stats), rel=1e-6)
+  assert (got["is"], got["is_std"]) == pytest.approx(
+      classifier_score.inception_score(fake_out["logits"], splits=5), rel=1e-6)
+  assert (got["kid"], got["kid_std"]) == pytest.approx(
+      mmd.kid(ref_out["features"], fake_out["features"], num_subsets=10, subset_size=40),
+      rel=1e-4, abs=1e-7)
+  scores = precision_recall.prdc(ref_out["features"], fake_out["features"])
+  assert {k: got[k] for k in scores} == scores
+  assert got["fid"] > 0
+  with pytest.raises(ValueError, match="reference_features"):
+    evaluate.image_metrics(fake, net, metrics=("pr",))
+
+
+def test_sample_metrics_draw_chunks_of_one_shape():
+  net = random_domain_net(batch_size=8)
+  images = digits(23).astype(np.float32) / 127.5 - 1.0
+  calls = []
+
+  def sample_fn(i, n):
+    calls.append((i, n))
+    return np.resize(images[i * n:], (n, *images.shape[1:]))
+
+  stats = fid.GaussianStats(net.feature_dim).update(net(digits(40, seed=3))["features"])
+  got = evaluate.sample_metrics(sample_fn, 23, net, sample_batch_size=10, metrics=("fid", "is"),
+                                reference_stats=stats, is_splits=2)
+  assert calls == [(0, 10), (1, 10), (2, 10)]
+  direct = evaluate.image_metrics(images, net, metrics=("fid", "is"), reference_stats=stats,
+                                  is_splits=2)
+  assert got == pytest.approx(direct, rel=1e-9)
+
+
+def test_reference_features_are_a_cached_random_subset(monkeypatch, isolated_cache):
+  net = random_domain_net()
+  feats = evaluate.reference_features(net, "digits", num=30, seed=5, image_size=8, channels=1)
+  images = jdata.load_source("digits", split="train").images
+  index = np.sort(np.random.default_rng(5).permutation(len(images))[:30])
+  np.testing.assert_allclose(feats, net(images[index])["features"], rtol=1e-6)
+  assert any(f.endswith("-features.npz")
+             for f in os.listdir(isolated_cache / "fid_stats" / "domain-digits"))
+
+  def unavailable(*args, **kwargs):
+    raise AssertionError("the cached features should have been used")
+
+  monkeypatch.setattr(jdata, "load_source", unavailable)
+  np.testing.assert_array_equal(
+      evaluate.reference_features(net, "digits", num=30, seed=5, image_size=8, channels=1), feats)
+
+
+def test_evaluate_config_off_auto_skip_and_explicit_failure(tmp_path, monkeypatch, caplog):
+  config = base_config()
+  assert evaluate.evaluate_config(config, lambda i, n: None) is None  # off by default
+  config.eval.metrics = "fid"
+  config.data.source = "folder:/nowhere"  # auto -> inception, whose weights are absent here
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+  monkeypatch.delenv("JGEN_INCEPTION_WEIGHTS", raising=False)
+  monkeypatch.setattr(weights, "_fid_helper_file", lambda: None)
+  with caplog.at_level(logging.WARNING, logger="jgen"):
+    assert evaluate.evaluate_config(config, lambda i, n: None) is None
+  assert "sample metrics skipped" in caplog.text and "inception" in caplog.text
+  config.eval.features = "inception"
+  with pytest.raises(weights.InceptionWeightsNotFoundError):
+    evaluate.evaluate_config(config, lambda i, n: None)
+  assert evaluate.evaluate_config(ml_collections.ConfigDict({"data": {}}), None) is None
+
+
+def test_launch_eval_computes_sample_metrics_of_a_trained_model(tmp_path, monkeypatch,
+                                                                isolated_cache):
+  """`--mode=eval` of the DDPM smoke run: the method's loss and FID/KID/IS/P&R/D&C of its EMA
+  samples against digits (an untrained domain net stands in for the trained one)."""
+  config = load_experiment("ddpm_digits", "smoke")
+  workdir = str(tmp_path / "run")
+  jgen.run.main(config, workdir=workdir, mode="train")
+  config.eval.metrics = "fid,kid,is,pr,dc"
+  config.eval.num_samples = 20
+  config.eval.num_reference_features = 30
+  config.eval.reference_max_images = 300
+  config.eval.is_splits = 2
+  config.eval.kid_subsets = 5
+  loaded = []
+
+  def load(spec, **kwargs):
+    loaded.append((spec, kwargs))
+    return random_domain_net(batch_size=kwargs["batch_size"])
+
+  monkeypatch.setattr(feature_net, "load", load)
+  result = jgen.run.main(config, workdir=workdir, mode="eval")
+  assert loaded == [("domain:digits", {"batch_size": 200, "source": None})]  # 'auto'
+  assert result["step"] == 6 and np.isfinite(result["loss"])
+  metrics = result["sample_metrics"]
+  assert metrics["features"] == "domain-digits" and metrics["num_samples"] == 20
+  for key in ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "density",
+              "coverage"):
+    assert np.isfinite(metrics[key]), key
+  assert metrics["fid"] > 0 and 1 <= metrics["is"] <= 10
+  with open(os.path.join(workdir, "eval_step6.json")) as f:
+    assert json.load(f) == result
+  cached = os.listdir(isolated_cache / "fid_stats" / "domain-digits")
+  assert len([f for f in cached if f.endswith("-features.npz")]) == 1 and len(cached) == 2
+
+  # The FID is that of the EMA samples drawn with fold_in(key(eval.seed), i), recomputed here.
+  method, mesh, state = loop.restore_for_inference(config, workdir)
+  sampler = jax.jit(method.sample, static_argnums=2)
+  samples = np.concatenate([np.asarray(sampler(state, jax.random.fold_in(
+      jax.random.key(config.eval.seed), i), 8)) for i in range(3)])[:20]
+  net = random_domain_net()
+  reference = fid.reference_stats(net, "digits", image_size=8, channels=1, resize=True,
+                                  max_images=300)
+  again = evaluate.image_metrics(samples, net, metrics=("fid",), reference_stats=reference)
+  assert again["fid"] == pytest.approx(metrics["fid"], rel=1e-5)
