@@ -158,3 +158,13 @@ def test_launch_eval_computes_sample_metrics_of_a_trained_model(tmp_path, monkey
                                   max_images=300)
   again = evaluate.image_metrics(samples, net, metrics=("fid",), reference_stats=reference)
   assert again["fid"] == pytest.approx(metrics["fid"], rel=1e-5)
+
+  # A method without evaluate() (a GAN, say): sample metrics only, and an error without them.
+  config.method = "tests.metrics.sampler_method"
+  config.eval.metrics = "fid"
+  only = jgen.run.main(config, workdir=workdir, mode="eval")
+  assert set(only) == {"step", "sample_metrics"}
+  assert only["sample_metrics"]["fid"] == pytest.approx(metrics["fid"], rel=1e-6)
+  config.eval.metrics = ""
+  with pytest.raises(ValueError, match="no evaluate"):
+    jgen.run.main(config, workdir=workdir, mode="eval")
