@@ -14,10 +14,15 @@ np.savez('/tmp/mnist_split.npz', x_train=x[:9000], x_test=x[9000:])"
   python launch.py --config experiments/flow_mnist.py:glow --workdir /tmp/glow_mnist \
       --config.data.source=npz:/tmp/mnist_split.npz
 
+On 2 CPU cores a 10-minute Glow run is 1,200 steps of a 155k-parameter model (64 channels,
+0.43 s/step): add `--config.model.hidden=64 --config.train.num_steps=1200
+--config.train.eval_every=600 --config.train.checkpoint_every=600` (the default, 128 channels
+and 20,000 steps, is 439k parameters at 1.1 s/step there).
+
 Full MNIST-format idx files work too (`--config.data.source=idx:/usr/share/datasets/fashion-mnist`
 for Debian's Fashion-MNIST). The flows run on the 28x28 images themselves (two squeezes:
-28 -> 14 -> 7), so the bits/dim are those of MNIST as published (RealNVP/Glow-type flows reach
-about 1.05 with long training), not of a padded or resized copy.
+28 -> 14 -> 7), so the bits/dim are those of the 28x28 images (published flows reach about
+1.0-1.1 after long training), not of a padded or resized copy.
 
 The argument is `glow` or `realnvp`, optionally followed by `,additive` (Glow with additive
 couplings) and/or `,smoke` (a tiny model for the tests): `flow_mnist.py:glow,smoke`.

@@ -7,7 +7,9 @@
 
 `--mode=eval` prints held-out bits/dim (8-bit data, uniform dequantization, the -log 256 term
 included); `--mode=sample` writes a grid and an .npz of samples at `sample.temperature` (0.7).
-Variants: `:additive` (additive couplings), `:smoke` (a seconds-long run for the tests).
+3,500 steps of the 155k-parameter model (L = 2, K = 8, 64 channels) take about 9 minutes on 2 CPU
+cores (0.14 s/step). Variants: `:additive` (additive couplings), `:smoke` (a seconds-long run
+for the tests).
 """
 
 import ml_collections
@@ -73,6 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.coupling = "additive" if arg == "additive" else "affine"
   c.model.lu = True
   c.model.learn_top = True
+  if arg != "smoke":
+    c.train.num_steps = 3500
   if arg == "smoke":
     c.model.num_steps = 1
     c.model.hidden = 8

@@ -6,7 +6,9 @@
       --mode=sample
 
 The data go through RealNVP's logit transform (a = 0.05), whose log-det is part of the
-bits/dim. Variants: `:smoke` (a seconds-long run for the tests).
+bits/dim. 800 steps of the 388k-parameter model (2 levels, coupling networks of 2 residual
+blocks with 32 channels) take about 9 minutes on 2 CPU cores (0.6 s/step). Variants: `:smoke`
+(a seconds-long run for the tests).
 """
 
 import ml_collections
@@ -26,6 +28,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.hidden = 32
   c.model.num_blocks = 2
   c.model.actnorm = True
+  if arg != "smoke":
+    c.train.num_steps = 800
+    c.train.eval_every = 400
+    c.train.checkpoint_every = 400
   if arg == "smoke":
     c.model.num_levels = 1  # 4 checkerboard couplings: compile time dominates the tests
     c.model.hidden = 8
