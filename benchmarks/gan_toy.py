@@ -3,7 +3,7 @@
   python benchmarks/gan_toy.py                      # all methods, both datasets, seed 0
   python benchmarks/gan_toy.py --methods wgan_gp --datasets ring --steps 3000 --seed 1
 
-MLP generator and discriminator (3 x 256 ReLU, z in R^2), batch 256, the papers' toy optimizers
+MLP generator and discriminator (3 x `--hidden` ReLU, z in R^2), batch 256, the papers' toy optimizers
 (`jgen.gan.toy.TOY_METHODS`); each run is one jitted `lax.scan`. Prints, per run: modes covered
 (>= min_count of 2,500 samples within 3 std of the mode), the share of high-quality samples
 (within 3 std of the nearest mode) and the wall time including compilation. `--plot` writes a
@@ -25,6 +25,8 @@ flags.DEFINE_list("methods", list(toy.TOY_METHODS), "Methods of jgen.gan.toy.TOY
 flags.DEFINE_list("datasets", ["ring", "grid"], "ring and/or grid.")
 flags.DEFINE_integer("steps", 2000, "Generator steps.")
 flags.DEFINE_integer("seed", 0, "Seed of initialization, data and noise.")
+flags.DEFINE_integer("hidden", 512, "Width of the 3 hidden layers of G and D (512 in the "
+                     "WGAN-GP authors' toy code).")
 flags.DEFINE_float("ring_std", 0.05, "Standard deviation of each ring mode.")
 flags.DEFINE_float("grid_std", 0.05, "Standard deviation of each grid mode.")
 flags.DEFINE_integer("min_count", 20, "High-quality samples (of 2,500) that cover a mode.")
@@ -40,11 +42,11 @@ def main(argv):
     for name in FLAGS.methods:
       t0 = time.time()
       samples = toy.train_toy(toy.TOY_METHODS[name], means, std, jax.random.key(FLAGS.seed),
-                              steps=FLAGS.steps)
+                              steps=FLAGS.steps, hidden=FLAGS.hidden)
       m = toy.mode_metrics(samples, means, std, min_count=FLAGS.min_count)
       rows.append((name, dataset, std, m, time.time() - t0))
       scatters.append((f"{name} / {dataset}", samples, means))
-  print(f"steps {FLAGS.steps}, seed {FLAGS.seed}, 2,500 samples, mode covered at >= "
+  print(f"steps {FLAGS.steps}, hidden {FLAGS.hidden}, seed {FLAGS.seed}, 2,500 samples, mode covered at >= "
         f"{FLAGS.min_count} samples within 3 std")
   print("| method | dataset | std | modes covered | high quality (within 3 std) | s |")
   print("|---|---|---|---|---|---|")
