@@ -23,7 +23,7 @@ from jgen.train import mesh as mesh_lib
 from jgen.train.checkpoint import Checkpointer
 from jgen.train.method import Method, load_method
 from jgen.train.state import TrainState
-from jgen.train.writers import MetricWriter, save_image_grid
+from jgen.train.writers import MetricWriter, save_image_grid, to_uint8
 
 log = logging.getLogger("jgen")
 
@@ -250,6 +250,11 @@ def sample(config, workdir: str) -> dict[str, str]:
   images = _sample_images(_jit_sampler(method, mesh), state, config, num=config.sample.num,
                           seed=config.sample.seed)
   seconds = time.time() - t0
+  bad = int(np.sum(~np.isfinite(np.asarray(images)).reshape(len(images), -1).all(axis=1)))
+  if bad:
+    log.warning("%d of %d samples have non-finite pixels (written black): the model's sampler "
+                "overflowed; train longer or sample more conservatively (e.g. a lower "
+                "sample.temperature for flows)", bad, len(images))
   tag = f"step{int(state.step)}_{getattr(method, 'sample_tag', 'samples')}"
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
@@ -257,8 +262,7 @@ def sample(config, workdir: str) -> dict[str, str]:
            "npz": os.path.join(out_dir, f"{tag}.npz")}
   if _is_main():
     save_image_grid(images, paths["png"], ncol=_grid_cols(len(images)), upscale=_upscale(config))
-    uint8 = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    np.savez_compressed(paths["npz"], images=uint8)
+    np.savez_compressed(paths["npz"], images=to_uint8(images))
     log.info("wrote %d samples in %.1fs: %s, %s", len(images), seconds, paths["png"],
              paths["npz"])
   return paths

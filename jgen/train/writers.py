@@ -14,8 +14,8 @@ log = logging.getLogger("jgen")
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-  """Maps float images in [-1, 1] to uint8 [0, 255] (clipping outside values)."""
-  images = np.asarray(images, np.float32)
+  """Maps float images in [-1, 1] to uint8 [0, 255] (clipping outside values; NaN -> 0)."""
+  images = np.nan_to_num(np.asarray(images, np.float32), nan=-1.0, posinf=1.0, neginf=-1.0)
   return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
