@@ -1,9 +1,16 @@
 """Random-access image sources: in-memory arrays, tfds (ArrayRecord), folders/zips, idx, npz.
 
 A *source* is what ``grain.MapDataset.source`` accepts: ``len(source)`` and
-``source[i] -> {'image': uint8 [H, W, C], 'label': int32 scalar}`` (no ``'label'`` key when
-the data has no labels), plus the attributes ``image_shape`` (H, W, C) and ``num_classes``
-(int, or None without labels).
+``source[i] -> dict[str, np.ndarray]`` of named fields, plus the attributes
+``element_spec`` (``{name: (shape, dtype)}`` describing ``source[i]``), ``image_shape``
+(H, W, C of the images the model makes) and ``num_classes`` (int, or None without labels).
+
+Field conventions (shared by every source and by ``jgen.data.pipeline``):
+  ``image``: uint8 [H, W, C]; ``label``: int32 scalar class; ``attributes``: float32 [K]
+  multi-hot (names in ``source.attribute_names``); ``source``/``target``: uint8 [H, W, C] of a
+  paired translation (``jgen.data.paired``, ``jgen.data.derived``); ``image_a``/``image_b``:
+  uint8 [H, W, C] of two unpaired domains; ``mask``: float32 [H, W, 1], 1 on the pixels to fill.
+This module holds the single-image sources (``image`` and optional ``label``/``attributes``).
 
 Everything except tfds is decoded into memory once (``ArraySource``), with no on-disk cache
 (CIFAR-10's 50,000 JPEGs decode in about 12 s, and a cache could go stale); tfds datasets are
@@ -11,11 +18,11 @@ read lazily, record by record, from their ArrayRecord files (no TensorFlow neede
 never downloaded: an unprepared dataset raises ``DatasetUnavailableError`` at once, where
 ``tfds.data_source`` would retry its downloads for minutes offline.
 
-Shape policy (``image_size``/``channels``/``resize`` of ``load_source``): without ``resize``,
-data whose shape differs from the requested one raises ``ValueError`` naming both shapes --
-nothing is converted silently. ``resize=True`` adapts the data to the request: bilinear
-(antialiased, PIL) resize to ``image_size x image_size`` and channel conversion 1 -> 3
-(repeat), 3 -> 1 (ITU-R 601 luma), 4 -> 3 (alpha dropped).
+Shape policy (``image_size``/``channels``/``resize`` of ``jgen.data.load_source``): without
+``resize``, data whose shape differs from the requested one raises ``ValueError`` naming both
+shapes -- nothing is converted silently. ``resize=True`` adapts the data to the request:
+bilinear (antialiased, PIL) resize to ``image_size x image_size`` and channel conversion
+1 -> 3 (repeat), 3 -> 1 (ITU-R 601 luma), 4 -> 3 (alpha dropped).
 """
 
 from __future__ import annotations
@@ -36,20 +43,25 @@ from PIL import Image
 __all__ = [
     "ArraySource",
     "DatasetUnavailableError",
+    "ElementSpec",
     "TfdsSource",
-    "load_source",
+    "as_nhwc_uint8",
+    "load_image_source",
     "read_idx",
+    "stack_images",
 ]
+
+ElementSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
+"""``{field: (shape, dtype)}`` of one example ``source[i]``."""
 
 _LOCAL_FORMS = (
     "--config.data.source=folder:PATH (directory or .zip of images, optional class "
-    "subfolders and train/ test/ folders), idx:DIR (MNIST-format idx files) or npz:FILE "
-    "(arrays 'images' and optional 'labels')"
-)
-_VALID_SPECS = (
-    "'digits', 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH', 'idx:DIR', 'npz:FILE'"
+    "subfolders and train/ test/ folders), idx:DIR (MNIST-format idx files), npz:FILE "
+    "(arrays 'images' and optional 'labels'), paired:PATH or unpaired:PATH"
 )
 DIGITS_NUM_TEST = 297  # 'digits': the first 1,500 images are 'train', the last 297 'test'.
+_SINGLE_SPECS = (
+    "'digits', 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH', 'idx:DIR', 'npz:FILE'")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
@@ -123,7 +135,8 @@ def _conform(images: np.ndarray, *, image_size: int | None, channels: int | None
   return np.stack([_adapt(x, image_size, channels) for x in images])
 
 
-def _as_nhwc_uint8(images: np.ndarray, what: str) -> np.ndarray:
+def as_nhwc_uint8(images: np.ndarray, what: str) -> np.ndarray:
+  """uint8 [N, H, W, C] from [N, H, W] or [N, H, W, C] integers in 0..255, else ValueError."""
   images = np.asarray(images)
   if images.ndim == 3:
     images = images[..., None]
@@ -141,12 +154,15 @@ def _as_nhwc_uint8(images: np.ndarray, what: str) -> np.ndarray:
 
 
 class ArraySource:
-  """In-memory source over uint8 images [N, H, W, C] and optional integer labels [N]."""
+  """In-memory source over uint8 images [N, H, W, C] and optional integer labels [N].
+
+  Fields: ``image`` and, with labels, ``label`` (int32).
+  """
 
   def __init__(self, images: np.ndarray, labels: np.ndarray | None = None,
                num_classes: int | None = None, *, class_names: Sequence[str] | None = None):
     """Labels default ``num_classes`` to ``max(labels) + 1``; images [N, H, W] get C = 1."""
-    images = _as_nhwc_uint8(images, "ArraySource")
+    images = as_nhwc_uint8(images, "ArraySource")
     if labels is not None:
       labels = np.asarray(labels).astype(np.int32).reshape(-1)
       if len(labels) != len(images):
@@ -163,6 +179,9 @@ class ArraySource:
     self.num_classes = num_classes
     self.class_names = tuple(class_names) if class_names is not None else None
     self.image_shape = tuple(images.shape[1:])
+    self.element_spec: ElementSpec = {"image": (self.image_shape, np.dtype(np.uint8))}
+    if labels is not None:
+      self.element_spec["label"] = ((), np.dtype(np.int32))
 
   def __len__(self) -> int:
     return len(self.images)
@@ -228,16 +247,35 @@ def _open_tfds(name: str, split: str, data_dir: str | None):
     ) from e
 
 
+def _attribute_names(features, key: str) -> tuple[str, ...] | None:
+  """Sorted names of a tfds ``FeaturesDict`` of scalar bool/int features, else None."""
+  if key not in features or not hasattr(features[key], "keys"):
+    return None
+  feature = features[key]
+  names = tuple(sorted(feature.keys()))
+  return names if names and all(_is_flag(feature[n]) for n in names) else None
+
+
+def _is_flag(feature) -> bool:
+  """A scalar bool (or integer 0/1) tfds feature."""
+  dtype = np.dtype(feature.np_dtype)
+  return tuple(feature.shape) == () and (dtype == np.bool_ or np.issubdtype(dtype, np.integer))
+
+
 class TfdsSource:
   """Lazy source over a prepared tfds dataset (ArrayRecord files, no TensorFlow).
 
-  Records are read and decoded on access. ``image_size``/``channels``/``resize`` follow the
-  module's shape policy; datasets with images of varying size need ``resize=True``.
+  Records are read and decoded on access. Fields: ``image``; ``label`` when the dataset has a
+  ``label`` feature; ``attributes`` (float32 multi-hot [K]) when it has an ``attributes``
+  dict of scalar bool features (celeb_a's 40), in the sorted order of ``attribute_names``.
+  ``image_size``/``channels``/``resize`` follow the module's shape policy; datasets with
+  images of varying size need ``resize=True``.
   """
 
   def __init__(self, name: str, *, split: str = "train", data_dir: str | None = None,
                image_size: int | None = None, channels: int | None = None,
-               resize: bool = False, image_key: str = "image", label_key: str = "label"):
+               resize: bool = False, image_key: str = "image", label_key: str = "label",
+               attributes_key: str = "attributes"):
     builder, self._ds = _open_tfds(name, split, data_dir)
     features = builder.info.features
     if image_key not in features:
@@ -257,10 +295,18 @@ class TfdsSource:
     self.image_shape = shape
     self._image_key = image_key
     self._label_key = label_key if label_key in features else None
-    self.num_classes = getattr(features[label_key], "num_classes", None) if self._label_key else None
+    self.num_classes = (getattr(features[label_key], "num_classes", None)
+                        if self._label_key else None)
     self.class_names = None
     if self._label_key and self.num_classes:
       self.class_names = tuple(features[label_key].names)
+    self.attribute_names = _attribute_names(features, attributes_key)
+    self._attributes_key = attributes_key
+    self.element_spec: ElementSpec = {"image": (self.image_shape, np.dtype(np.uint8))}
+    if self._label_key:
+      self.element_spec["label"] = ((), np.dtype(np.int32))
+    if self.attribute_names:
+      self.element_spec["attributes"] = ((len(self.attribute_names),), np.dtype(np.float32))
 
   def __len__(self) -> int:
     return len(self._ds)
@@ -274,6 +320,9 @@ class TfdsSource:
     out = {"image": image}
     if self._label_key:
       out["label"] = np.int32(example[self._label_key])
+    if self.attribute_names:
+      values = example[self._attributes_key]
+      out["attributes"] = np.array([values[n] for n in self.attribute_names], np.float32)
     return out
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
@@ -455,55 +504,41 @@ def _load_folder(path: str, split: str, image_size: int | None, channels: int | 
   if nested:
     class_index = {c: i for i, c in enumerate(class_names)}
     labels = np.array([class_index[r.split("/")[0]] for _, r in chosen], np.int32)
+  array = stack_images(images, what=f"folder:{path} split '{split}'", image_size=image_size,
+                       channels=channels, resize=resize)
+  return ArraySource(array, labels, len(class_names) if nested else None,
+                     class_names=class_names if nested else None)
+
+
+def stack_images(images: Sequence[np.ndarray], *, what: str, image_size: int | None,
+                 channels: int | None, resize: bool) -> np.ndarray:
+  """Stacks decoded uint8 [H, W, C] images into [N, H, W, C] under the shape policy.
+
+  A few gray images among color ones become RGB; differing shapes need ``resize`` and
+  ``image_size``; the result is checked (or adapted) against ``image_size``/``channels``.
+  """
   if max(x.shape[-1] for x in images) == 3:  # a few gray images in a color folder
     images = [_convert_channels(x, 3) for x in images]
   shapes = {x.shape for x in images}
-  what = f"folder:{path} split '{split}'"
   if len(shapes) > 1:
     if not (resize and image_size):
       raise ValueError(f"{what} has images of different shapes ({sorted(shapes)[:4]} ...); set "
                        "--config.data.resize=True and --config.data.image_size")
     images = [_adapt(x, image_size, channels) for x in images]
-  array = _conform(np.stack(images), image_size=image_size, channels=channels, resize=resize,
-                   what=what)
-  return ArraySource(array, labels, len(class_names) if nested else None,
-                     class_names=class_names if nested else None)
+  return _conform(np.stack(images), image_size=image_size, channels=channels, resize=resize,
+                  what=what)
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- by spec
 
 
-def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
-                image_size: int | None = None, channels: int | None = None,
-                resize: bool = False):
-  """Opens the data named by ``spec`` as a random-access source.
+def load_image_source(spec: str, *, split: str = "train", data_dir: str | None = None,
+                      image_size: int | None = None, channels: int | None = None,
+                      resize: bool = False, valid_specs: str = _SINGLE_SPECS):
+  """Opens a single-image spec: 'digits', 'tfds:NAME', 'folder:PATH', 'idx:DIR', 'npz:FILE'.
 
-  Args:
-    spec: one of
-      ``'digits'``: scikit-learn's 1,797 real 8x8 digits (gray levels 0..16 scaled to 0..255),
-        labels 0-9; 'train' = the first 1,500, 'test' = the last 297.
-      ``'tfds:NAME'``: a tfds dataset already prepared as ArrayRecord under ``data_dir``;
-        never downloads: fails at once with ``DatasetUnavailableError`` when not prepared.
-      ``'folder:PATH'``: a directory or .zip of images. If its top level has ``train/`` or
-        ``test/`` folders, ``PATH/<split>/`` is used, else the whole folder. Class subfolders
-        give labels (sorted names -> 0..K-1); images directly in the folder have none. Paths
-        are sorted, so the order is deterministic; decoded into memory.
-      ``'idx:DIR'``: MNIST-format files ``train-*`` ('train') / ``t10k-*`` ('test'):
-        ``<prefix>-images-idx3-ubyte[.gz]`` and optional ``<prefix>-labels-idx1-ubyte[.gz]``.
-      ``'npz:FILE'``: arrays ``images`` (or ``x``, or ``x_<split>``) and optional ``labels``
-        (or ``y``, ``y_<split>``).
-    split: 'train' or 'test' (tfds accepts its own split syntax, e.g. 'train[:10%]').
-    data_dir: tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
-    image_size: expected (or, with ``resize``, target) height and width.
-    channels: expected (or, with ``resize``, target) number of channels.
-    resize: adapt the images to ``image_size``/``channels`` instead of raising on mismatch.
-
-  Returns:
-    An ``ArraySource`` or, for tfds, a ``TfdsSource``.
-
-  Raises:
-    ValueError: unknown spec, or the data's shape differs from the requested one.
-    DatasetUnavailableError: the data is not on this machine (with how to provide it).
+  The forms and arguments are those of ``jgen.data.load_source`` (which documents them and
+  adds the pair, domain and derived forms); ``valid_specs`` is quoted for an unknown spec.
   """
   kind, _, arg = spec.partition(":")
   shape_args = dict(image_size=image_size, channels=channels, resize=resize)
@@ -513,12 +548,18 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
   if kind == "tfds" and arg:
     return TfdsSource(arg, split=split, data_dir=data_dir, **shape_args)
   if kind not in ("folder", "idx", "npz") or not arg:
-    raise ValueError(f"unknown data source {spec!r}; valid forms: {_VALID_SPECS}")
-  path = os.path.expanduser(arg)
-  if not os.path.exists(path):
-    raise _missing(kind, path)
+    raise ValueError(f"unknown data source {spec!r}; valid forms: {valid_specs}")
+  path = checked_path(kind, arg)
   if kind == "folder":
     return _load_folder(path, split, image_size, channels, resize)
   images, labels = _load_idx(path, split) if kind == "idx" else _load_npz(path, split)
-  images = _as_nhwc_uint8(images, spec)
+  images = as_nhwc_uint8(images, spec)
   return ArraySource(_conform(images, what=f"{spec} split '{split}'", **shape_args), labels)
+
+
+def checked_path(kind: str, arg: str) -> str:
+  """``arg`` with ~ expanded; raises DatasetUnavailableError when it does not exist."""
+  path = os.path.expanduser(arg)
+  if not os.path.exists(path):
+    raise _missing(kind, path)
+  return path

@@ -1,4 +1,4 @@
-"""Tests of jgen.data.pipeline: determinism, epochs, flips, per-process sharding, iterate, devices."""
+"""Tests of jgen.data.pipeline: determinism, epochs, flips, sharding, iterate, batch_spec."""
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -131,3 +131,51 @@ def test_shard_batch(num_devices):
   assert batch["image"].shape == local["image"].shape and batch["label"].dtype == np.int32
   np.testing.assert_array_equal(np.asarray(batch["image"]), local["image"])
   np.testing.assert_array_equal(np.asarray(batch["label"]), local["label"])
+
+
+class _FieldsSource:
+  """Example i: every kind of field, with values derived from i."""
+
+  element_spec = {
+      "image": ((H, W, 1), np.dtype(np.uint8)),
+      "label": ((), np.dtype(np.int64)),
+      "attributes": ((3,), np.dtype(np.bool_)),
+      "mask": ((H, W, 1), np.dtype(np.float32)),
+      "code": ((2,), np.dtype(np.uint8)),
+  }
+
+  def __len__(self):
+    return N
+
+  def __getitem__(self, i):
+    image = _source().images[i]
+    return {"image": image, "label": np.int64(i), "attributes": np.array([i % 2, 1, 0], bool),
+            "mask": (image > 100).astype(np.float32), "code": np.array([i, 255], np.uint8)}
+
+
+def test_batch_spec_conversion_rules():
+  spec = jdata.batch_spec(_FieldsSource.element_spec, 12)
+  assert {k: (v.shape, v.dtype) for k, v in spec.items()} == {
+      "image": ((12, H, W, 1), np.float32), "label": ((12,), np.int32),
+      "attributes": ((12, 3), np.float32), "mask": ((12, H, W, 1), np.float32),
+      "code": ((12, 2), np.int32)}
+  assert "label" not in jdata.batch_spec(_FieldsSource.element_spec, 12, drop_labels=True)
+  with pytest.raises(TypeError, match="'caption'"):
+    jdata.batch_spec({"caption": ((), np.dtype("U8"))}, 2)
+
+
+def test_every_field_kept_converted_and_flipped_jointly():
+  src = _FieldsSource()
+  for drop_labels in (False, True):
+    ds = jdata.make_dataset(src, global_batch_size=16, seed=0, random_flip=True,
+                            drop_labels=drop_labels)
+    batch = ds[2]
+    spec = jdata.batch_spec(src.element_spec, 16, drop_labels=drop_labels)
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+        k: (v.shape, v.dtype) for k, v in spec.items()}
+  ids = batch["code"][:, 0]
+  np.testing.assert_array_equal(batch["code"][:, 1], 255)  # integers: values, not rescaled
+  np.testing.assert_array_equal(batch["attributes"][:, 0], ids % 2)
+  # The mask was computed from the unflipped image and flips with it.
+  np.testing.assert_array_equal(batch["mask"] > 0, batch["image"] > 100 / 127.5 - 1)
+  assert _is_flipped(batch).any() and not _is_flipped(batch).all()

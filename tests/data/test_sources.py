@@ -1,7 +1,6 @@
 """Tests of jgen.data.sources: digits, folder/zip, idx, npz, tfds (offline), bad inputs."""
 
 import gzip
-import os
 import pathlib
 import struct
 import time
@@ -14,6 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jgen import data as jdata
+from tests.data.helpers import check_specs
 
 SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared"
 MNIST_TEST = SHARED / "data" / "mnist-test"
@@ -33,6 +33,7 @@ def test_digits_real_split_and_labels():
   assert ex["image"].dtype == np.uint8 and ex["image"].shape == (8, 8, 1)
   assert ex["label"].dtype == np.int32 and ex["label"] == 0  # load_digits() starts with a 0
   assert train.images.max() == 255 and train.images.min() == 0
+  assert train.element_spec == {"image": ((8, 8, 1), np.uint8), "label": ((), np.int32)}
   assert set(np.unique(train.labels)) == set(range(10)) == set(np.unique(test.labels))
 
 
@@ -103,6 +104,7 @@ def test_folder_without_labels_gray_and_resize(tmp_path):
     Image.fromarray(a).save(tmp_path / f"{i}.png")
   src = jdata.load_source(f"folder:{tmp_path}", split="test")  # no split folders: all of it
   assert len(src) == 3 and src.num_classes is None and "label" not in src[0]
+  assert src.element_spec == {"image": ((7, 7, 1), np.uint8)}
   np.testing.assert_array_equal(src[2]["image"][..., 0], arrays[2])
   Image.fromarray(arrays[0][:5, :5]).save(tmp_path / "3.png")
   with pytest.raises(ValueError, match="different shapes"):
@@ -205,6 +207,20 @@ def test_tfds_mocked_data_source():
       jdata.load_source("tfds:mnist", image_size=32)
     src = jdata.load_source("tfds:mnist", image_size=32, resize=True)
     assert src[0]["image"].shape == (32, 32, 1)
+    assert src.element_spec == {"image": ((32, 32, 1), np.uint8), "label": ((), np.int32)}
+
+
+def test_tfds_attributes_mocked(monkeypatch):
+  # tfds's mock data source breaks batched reads (its __getitems__ is bound without `self`).
+  monkeypatch.delattr(jdata.TfdsSource, "_getitems")
+  with tfds.testing.mock_data(num_examples=4):
+    src = jdata.load_source("tfds:celeb_a", split="train", image_size=8, resize=True)
+    names = src.attribute_names
+    assert len(names) == 40 and list(names) == sorted(names) and "Smiling" in names
+    assert src.element_spec == {"image": ((8, 8, 3), np.uint8), "attributes": ((40,), np.float32)}
+    raw = src._ds[2]["attributes"]
+    np.testing.assert_array_equal(src[2]["attributes"], [float(raw[n]) for n in names])
+    check_specs(src, random_flip=True)
 
 
 def test_tfds_unprepared_fails_fast(tmp_path):
