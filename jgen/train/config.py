@@ -53,6 +53,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 0
   c.optim.schedule = "constant"
   c.optim.grad_clip_norm = 1.0
+  # Trainable-parameter rules (jgen.train.rules): ((regex over '/'-joined parameter paths,
+  # learning-rate multiplier or 'frozen'), ...); the first match wins, unmatched leaves train
+  # at 1.0, a rule matching nothing is an error. E.g. --config.optim.rules="(('lora/.*', 1.0),
+  # ('.*', 'frozen'))" trains the adapters only.
+  c.optim.rules = ()
+
+  # Start from another run's checkpoint (jgen.train.init_from): frozen arrays
+  # (into='frozen/<name>') or pretrained parameters (into='params' or 'params/<path>', the
+  # leaves selected by `match`). Off while workdir is None. Named extra loads go in sub-dicts
+  # (c.init_from.teacher = ConfigDict(...)) with the same fields.
+  c.init_from = ml_collections.ConfigDict()
+  c.init_from.workdir = ml_collections.FieldReference(None, field_type=str)
+  c.init_from.step = ml_collections.FieldReference(None, field_type=int)  # None: latest
+  c.init_from.source = "ema"      # an EMA name | params | model_state | frozen
+  c.init_from.subtree = ""        # '/'-path inside the source ("" = all)
+  c.init_from.into = "params"     # params | params/<path> | frozen/<name>
+  c.init_from.match = ".*"        # regex over the loaded paths: which leaves to load
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
@@ -70,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.num = 64               # images written by --mode=sample and at sample_every
   c.sample.batch_size = 64        # images per jitted sampler call
   c.sample.seed = 1
+  c.sample.labels = ""            # conditional methods: "" = every class in turn, or "3", "0,2,4"
 
   # Sample metrics of --mode=eval (jgen.metrics.evaluate.evaluate_config), beside the method's
   # own evaluate(): EMA samples against the statistics of config.data, cached per dataset+split.

@@ -19,9 +19,12 @@ import numpy as np
 import tqdm
 
 from jgen import data as jdata
+from jgen.nn import conditioning
 from jgen.train import mesh as mesh_lib
 from jgen.train.checkpoint import Checkpointer
-from jgen.train.method import Method, load_method
+from jgen.train import init_from as init_from_lib
+from jgen.train import rules as rules_lib
+from jgen.train.method import Conditional, Evaluates, Method, load_method, sample_tag
 from jgen.train.state import TrainState
 from jgen.train.writers import MetricWriter, save_image_grid, to_uint8
 
@@ -40,7 +43,8 @@ def load_data(config, *, split: str):
   """The source named by `config.data` for `split`, checked against the model's shape."""
   d = config.data
   return jdata.load_source(d.source, split=split, data_dir=d.data_dir,
-                           image_size=d.image_size, channels=d.channels, resize=d.resize)
+                           image_size=d.image_size, channels=d.channels, resize=d.resize,
+                           seed=config.seed)
 
 
 def _make_dataset(config, source, *, seed: int):
@@ -50,37 +54,69 @@ def _make_dataset(config, source, *, seed: int):
                             process_count=jax.process_count())
 
 
-def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of a global batch, from the config alone (no data needed)."""
-  d = config.data
+def abstract_batch(config, mesh, source) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of a global batch, from the source's element spec (no data read)."""
   sharding = mesh_lib.batch_sharding(mesh)
-  shape = (d.batch_size, d.image_size, d.image_size, d.channels)
-  return {"image": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding),
-          "label": jax.ShapeDtypeStruct(shape[:1], jnp.int32, sharding=sharding)}
+  spec = jdata.batch_spec(source.element_spec, config.data.batch_size)
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in spec.items()}
 
 
-def _abstract_state(method: Method, rng, batch, mesh) -> TrainState:
+def _rules(config) -> tuple:
+  return rules_lib.parse_rules(config.optim.get("rules", ()))
+
+
+def _init_fn(method: Method, config):
+  """`method.init` followed by the config's trainable-parameter rules."""
+  rules = _rules(config)
+  return lambda rng, batch: method.init(rng, batch).with_rules(rules)
+
+
+def _abstract_state(method: Method, config, rng, batch, mesh) -> TrainState:
   """The train state's shapes (via eval_shape, no compute) with replicated shardings."""
-  abstract = jax.eval_shape(method.init, rng, batch)
+  abstract = jax.eval_shape(_init_fn(method, config), rng, batch)
   repl = mesh_lib.replicated(mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
 
 
-def restore_or_init(method: Method, config, mesh, ckpt: Checkpointer, first_batch
-                    ) -> TrainState:
+def restore_or_init(method: Method, config, mesh, ckpt: Checkpointer, first_batch, *,
+                    workdir: str) -> TrainState:
   """The latest checkpoint of the run if there is one, else a fresh state.
 
-  Initialization is `jax.jit(method.init, out_shardings=replicated)` (big_vision's pattern);
-  restoring builds no state at all, only its shapes.
+  A fresh state is `jax.jit(init, out_shardings=replicated)` (big_vision's pattern), then the
+  `config.init_from` loads put in (checked against the state's shapes first; passed to a jitted
+  function as arguments, so never compile-time constants), then the rules applied (optimizer
+  state and EMAs start from the loaded parameters). Restoring builds no state at all, only its
+  shapes, and checks restored frozen arrays against the fingerprints the run recorded.
   """
   rng = jax.random.key(config.seed)
-  abstract = _abstract_state(method, rng, first_batch, mesh)
+  abstract = _abstract_state(method, config, rng, first_batch, mesh)
   if ckpt.latest_step() is not None:
     items = ckpt.restore(abstract.checkpoint_items())
     log.info("resumed from checkpoint step %d in %s", int(items["step"]), ckpt.directory)
-    return abstract.from_checkpoint_items(items)
-  init = jax.jit(method.init, out_shardings=mesh_lib.replicated(mesh))
-  return init(rng, first_batch)
+    state = abstract.from_checkpoint_items(items)
+    init_from_lib.verify_frozen(workdir, state.frozen)
+    return state
+  loads, steps = [], []
+  for spec in init_from_lib.parse_init_from(config):
+    tree, step = init_from_lib.load(spec)
+    loads.append((spec, tree))
+    steps.append(step)
+    log.info("init_from %s: %s step %d (%s/%s) -> %s", spec.name, spec.workdir, step,
+             spec.source, spec.subtree, spec.into)
+  init_from_lib.check_loads(abstract, loads)
+  repl = mesh_lib.replicated(mesh)
+  rules = _rules(config)
+  state = jax.jit(method.init, out_shardings=repl)(rng, first_batch)
+
+  def put(state, trees):
+    placed = [(spec, tree) for (spec, _), tree in zip(loads, trees)]
+    return init_from_lib.apply_loads(state, placed).with_rules(rules)
+
+  trees = jax.device_put([tree for _, tree in loads], repl)
+  state = jax.jit(put, donate_argnums=0, out_shardings=repl)(state, trees)
+  if loads and _is_main():
+    init_from_lib.write_record(workdir, loads, steps)
+  return state
 
 
 def _all_finite(tree) -> jax.Array:
@@ -93,17 +129,38 @@ _all_finite_jit = jax.jit(_all_finite)
 
 
 def _jit_sampler(method: Method, mesh):
-  """`method.sample` under one jit (the whole sampling chain is one compiled program)."""
-  return jax.jit(method.sample, static_argnums=2, out_shardings=mesh_lib.replicated(mesh))
+  """The method's sampler under one jit (the whole sampling chain is one compiled program):
+  `fn(state, rng, n)`, or `fn(state, rng, labels)` for a `Conditional` method."""
+  repl = mesh_lib.replicated(mesh)
+  if isinstance(method, Conditional):
+    def conditional(state, rng, labels):
+      return method.sample_conditional(state, rng, {"label": labels}, labels.shape[0])
+    return jax.jit(conditional, out_shardings=repl)
+  return jax.jit(method.sample, static_argnums=2, out_shardings=repl)
 
 
-def _sample_images(sample_fn, state: TrainState, config, *, num: int, seed: int
-                   ) -> np.ndarray:
-  """`num` samples in [-1, 1] as a host array, in jitted chunks of config.sample.batch_size."""
+def _sample_labels(method: Method, config, num: int) -> np.ndarray | None:
+  """Labels of a conditional method's samples (`config.sample.labels`), else None."""
+  if not isinstance(method, Conditional):
+    return None
+  return conditioning.sample_labels(config.sample.get("labels", ""), num, method.num_classes)
+
+
+def _draw(sample_fn, state: TrainState, rng: jax.Array, n: int, labels: np.ndarray | None
+          ) -> jax.Array:
+  return sample_fn(state, rng, n) if labels is None else sample_fn(state, rng, labels[:n])
+
+
+def _sample_images(sample_fn, state: TrainState, config, *, num: int, seed: int,
+                   labels: np.ndarray | None = None) -> np.ndarray:
+  """`num` samples in [-1, 1] as a host array, in jitted chunks of config.sample.batch_size
+  (conditioned on `labels` [num] when given)."""
   chunk = min(config.sample.batch_size, num)
   base = jax.random.key(seed)
-  out = [np.asarray(sample_fn(state, jax.random.fold_in(base, i), chunk))
-         for i in range(math.ceil(num / chunk))]
+  out = []
+  for i in range(math.ceil(num / chunk)):
+    part = None if labels is None else np.resize(labels[i * chunk:(i + 1) * chunk], chunk)
+    out.append(np.asarray(_draw(sample_fn, state, jax.random.fold_in(base, i), chunk, part)))
   return np.concatenate(out)[:num]
 
 
@@ -124,7 +181,7 @@ def train(config, workdir: str) -> TrainState:
   source = load_data(config, split=config.data.split)
   dataset = _make_dataset(config, source, seed=config.seed)
   eval_dataset = None
-  if config.train.eval_every and hasattr(method, "evaluate"):
+  if config.train.eval_every and isinstance(method, Evaluates):
     eval_dataset = _make_dataset(config, load_data(config, split=config.data.eval_split),
                                  seed=config.seed + 1)
 
@@ -133,7 +190,7 @@ def train(config, workdir: str) -> TrainState:
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                       max_to_keep=config.train.keep_checkpoints,
                       async_save=config.train.async_checkpoints)
-  state = restore_or_init(method, config, mesh, ckpt, first_batch)
+  state = restore_or_init(method, config, mesh, ckpt, first_batch, workdir=workdir)
   start = int(state.step)
   total = config.train.num_steps
 
@@ -146,6 +203,7 @@ def train(config, workdir: str) -> TrainState:
   eval_fn = (jax.jit(method.evaluate, out_shardings=repl) if eval_dataset is not None
              else None)
   sample_fn = _jit_sampler(method, mesh)
+  sample_labels = _sample_labels(method, config, config.sample.num)
   writer = MetricWriter(workdir, enabled=_is_main())
   sample_dir = os.path.join(workdir, "samples")
   log.info("training %s on %d device(s), %d process(es): steps %d..%d, global batch %d",
@@ -162,7 +220,7 @@ def train(config, workdir: str) -> TrainState:
 
   def write_samples(step_now: int):
     images = _sample_images(sample_fn, state, config, num=config.sample.num,
-                            seed=config.sample.seed)
+                            seed=config.sample.seed, labels=sample_labels)
     if _is_main():
       path = save_image_grid(images, os.path.join(sample_dir, f"step_{step_now:07d}.png"),
                              ncol=_grid_cols(len(images)), upscale=_upscale(config))
@@ -229,8 +287,8 @@ def restore_for_inference(config, workdir: str) -> tuple[Method, Any, TrainState
   method = load_method(config)
   mesh = mesh_lib.make_mesh()
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  abstract = _abstract_state(method, jax.random.key(config.seed), abstract_batch(config, mesh),
-                             mesh)
+  batch = abstract_batch(config, mesh, load_data(config, split=config.data.split))
+  abstract = _abstract_state(method, config, jax.random.key(config.seed), batch, mesh)
   items = ckpt.restore(abstract.checkpoint_items())
   ckpt.close()
   return method, mesh, abstract.from_checkpoint_items(items)
@@ -247,22 +305,26 @@ def sample(config, workdir: str) -> dict[str, str]:
   """
   method, mesh, state = restore_for_inference(config, workdir)
   t0 = time.time()
+  labels = _sample_labels(method, config, config.sample.num)
   images = _sample_images(_jit_sampler(method, mesh), state, config, num=config.sample.num,
-                          seed=config.sample.seed)
+                          seed=config.sample.seed, labels=labels)
   seconds = time.time() - t0
   bad = int(np.sum(~np.isfinite(np.asarray(images)).reshape(len(images), -1).all(axis=1)))
   if bad:
     log.warning("%d of %d samples have non-finite pixels (written black): the model's sampler "
                 "overflowed; train longer or sample more conservatively (e.g. a lower "
                 "sample.temperature for flows)", bad, len(images))
-  tag = f"step{int(state.step)}_{getattr(method, 'sample_tag', 'samples')}"
+  tag = f"step{int(state.step)}_{sample_tag(method)}"
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
   paths = {"png": os.path.join(out_dir, f"{tag}.png"),
            "npz": os.path.join(out_dir, f"{tag}.npz")}
   if _is_main():
     save_image_grid(images, paths["png"], ncol=_grid_cols(len(images)), upscale=_upscale(config))
-    np.savez_compressed(paths["npz"], images=to_uint8(images))
+    arrays = {"images": to_uint8(images)}
+    if labels is not None:
+      arrays["labels"] = labels
+    np.savez_compressed(paths["npz"], **arrays)
     log.info("wrote %d samples in %.1fs: %s, %s", len(images), seconds, paths["png"],
              paths["npz"])
   return paths
@@ -287,11 +349,11 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   method, mesh, state = restore_for_inference(config, workdir)
   step = int(state.step)
   wants_samples = bool(metrics_lib.parse_metrics(config.get("eval", {}).get("metrics")))
-  if not hasattr(method, "evaluate") and not wants_samples:
+  if not isinstance(method, Evaluates) and not wants_samples:
     raise ValueError(f"method {config.method} has no evaluate(); set --config.eval.metrics="
                      "fid,is,pr for sample metrics")
   result: dict[str, Any] = {"step": step}
-  if hasattr(method, "evaluate"):
+  if isinstance(method, Evaluates):
     dataset = _make_dataset(config, load_data(config, split=config.data.eval_split),
                             seed=config.seed + 1)
     eval_fn = jax.jit(method.evaluate, out_shardings=mesh_lib.replicated(mesh))
@@ -302,8 +364,13 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   if wants_samples:
     sampler = _jit_sampler(method, mesh)
     base = jax.random.key(config.eval.seed)
-    sample_metrics = metrics_lib.evaluate_config(
-        config, lambda i, n: sampler(state, jax.random.fold_in(base, i), n))
+    labels = _sample_labels(method, config, config.sample.batch_size)
+
+    def draw(i, n):
+      return _draw(sampler, state, jax.random.fold_in(base, i), n,
+                   None if labels is None else np.resize(labels, n))
+
+    sample_metrics = metrics_lib.evaluate_config(config, draw)
     if sample_metrics is not None:
       log.info("sample metrics at step %d (%s features): %s", step,
                sample_metrics["features"],

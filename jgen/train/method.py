@@ -5,7 +5,14 @@ A method (DDPM, WGAN-GP, VQ-VAE, Glow ...) is a small object with pure functions
 * ``init(rng, batch) -> TrainState``
 * ``train_step(state, batch, rng) -> (state, metrics)``
 * ``sample(state, rng, n) -> images`` in [-1, 1], ``[n, H, W, C]``
-* optionally ``evaluate(state, batch, rng) -> metrics``
+Optional members are declared as protocols of their own, which the loop checks with
+``isinstance`` (no ``hasattr`` probing):
+
+* `Evaluates`: ``evaluate(state, batch, rng) -> metrics`` (held-out scalars);
+* `TagsSamples`: ``sample_tag`` (a string naming the sampler settings in file names);
+* `Conditional`: ``num_classes`` and ``sample_conditional(state, rng, conditions, n)``, where
+  ``conditions`` follows `jgen.nn.conditioning` (``{"label": int32 [n], ...}``); the loop takes
+  the labels from ``config.sample.labels`` and writes them into the samples ``.npz``.
 
 The loop in `jgen.train.loop` owns everything else. A config names the method by module path
 (``config.method = "diffusion.ddpm"``); the module defines ``make_method(config)``.
@@ -14,7 +21,7 @@ The loop in `jgen.train.loop` owns everything else. A config names the method by
 from __future__ import annotations
 
 import importlib
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 
@@ -33,6 +40,40 @@ class Method(Protocol):
 
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     ...
+
+
+@runtime_checkable
+class Evaluates(Protocol):
+  """A method with held-out metrics (`--mode=eval`, `train.eval_every`)."""
+
+  def evaluate(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
+               ) -> dict[str, jax.Array]:
+    ...
+
+
+@runtime_checkable
+class TagsSamples(Protocol):
+  """A method that names its sampler settings in sample file names."""
+
+  @property
+  def sample_tag(self) -> str:
+    ...
+
+
+@runtime_checkable
+class Conditional(Protocol):
+  """A class-conditional method: samples for given conditions (`jgen.nn.conditioning`)."""
+
+  num_classes: int
+
+  def sample_conditional(self, state: TrainState, rng: jax.Array,
+                         conditions: dict[str, jax.Array], n: int) -> jax.Array:
+    ...
+
+
+def sample_tag(method: Any) -> str:
+  """The method's `sample_tag`, or "samples"."""
+  return method.sample_tag if isinstance(method, TagsSamples) else "samples"
 
 
 def load_method(config: Any) -> Method:

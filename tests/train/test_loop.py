@@ -188,6 +188,6 @@ def test_model_state_is_checkpointed_only_when_present():
   with_state = TrainState.create(params=params, tx=tx, rng=jax.random.key(0), ema_decay=0.9,
                                  model_state=stats)
   items = with_state.checkpoint_items()
-  assert items["model_state"] is stats
+  assert items["model_state"] == stats
   restored = plain.from_checkpoint_items({**items, "model_state": {"mean": jnp.ones(3)}})
   assert float(restored.model_state["mean"].sum()) == 3.0
