@@ -50,8 +50,7 @@ def heldout(config) -> np.ndarray:
 
 
 def num_params(params) -> int:
-  nets = {k: v for k, v in params.items() if k != "vq_stats"}
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nets)))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
 def evaluate_run(spec: str, workdir: str) -> dict:

@@ -13,19 +13,13 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-METHODS = ("ae", "dae", "vae", "vqvae")
-
-
-def _digits_config(method: str) -> ml_collections.ConfigDict:
-  variant = "logistic" if method == "vae" else None
-  return experiment_module(f"{method}_digits", __file__).get_config(variant)
+_base = experiment_module("base_autoencoder", beside=__file__)
+METHODS = _base.METHODS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in METHODS:
-    raise ValueError(f"autoencoder_cifar needs a method argument, one of {METHODS}: "
-                     f"experiments/autoencoder_cifar.py:vqvae (got {arg!r})")
-  c = _digits_config(arg)
+  method = _base.method_arg("autoencoder_cifar", arg)
+  c = _base.get_config(method, "logistic" if method == "vae" else None)
   c.data.source = "tfds:cifar10"
   c.data.image_size = 32
   c.data.channels = 3
@@ -43,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 5_000
   c.train.eval_batches = 20
   c.train.sample_every = 10_000
-  if arg == "vqvae":
+  if method == "vqvae":
     c.vq.num_codes = 512
     c.vq.code_dim = 64
   return c

@@ -7,25 +7,20 @@
       --config.data.source=idx:/usr/share/datasets/fashion-mnist
 
 The argument names the method (ae, dae, vae, vqvae); each starts from its digits config
-(experiments/<method>_digits.py) and scales data and network to MNIST.
+(experiments/base_autoencoder.py) and sets data and network for MNIST.
 """
 
 import ml_collections
 
 from jgen.train.config import experiment_module
 
-METHODS = ("ae", "dae", "vae", "vqvae")
-
-
-def _digits_config(method: str) -> ml_collections.ConfigDict:
-  return experiment_module(f"{method}_digits", __file__).get_config(None)
+_base = experiment_module("base_autoencoder", beside=__file__)
+METHODS = _base.METHODS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in METHODS:
-    raise ValueError(f"autoencoder_mnist needs a method argument, one of {METHODS}: "
-                     f"experiments/autoencoder_mnist.py:vae (got {arg!r})")
-  c = _digits_config(arg)
+  method = _base.method_arg("autoencoder_mnist", arg)
+  c = _base.get_config(method, None)
   c.data.source = "tfds:mnist"
   c.data.image_size = 32
   c.data.channels = 1
@@ -41,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 2_000
   c.train.eval_batches = 20
   c.train.sample_every = 5_000
-  if arg == "vqvae":
+  if method == "vqvae":
     c.vq.num_codes = 512
     c.vq.code_dim = 32
   return c

@@ -12,18 +12,13 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-_ae = experiment_module("ae_digits", __file__)
+_base = experiment_module("base_autoencoder", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = _ae.autoencoder_base("smoke" if arg == "smoke" else None)
-  c.method = "autoencoder.dae"
-  c.ae = ml_collections.ConfigDict()
-  c.ae.loss = "mse"
-  c.ae.corruption = "dropout" if arg == "dropout" else "gaussian"
-  c.ae.corruption_level = 0.3 if arg == "dropout" else 0.5
+  if arg not in (None, "smoke", "dropout"):
+    raise ValueError(f"unknown variant {arg!r} of dae_digits; use 'dropout' or 'smoke'")
+  c = _base.digits(_base.get_config("dae", arg), smoke=arg == "smoke")
   if arg == "smoke":
     c.train.eval_every = 0  # evaluate() is the AE's, run by ae_digits:smoke
-  elif arg not in (None, "dropout"):
-    raise ValueError(f"unknown variant {arg!r} of dae_digits; use 'dropout' or 'smoke'")
   return c

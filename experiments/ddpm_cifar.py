@@ -9,12 +9,13 @@
 
 import ml_collections
 
-from jgen.train.config import base_config
+from jgen.train.config import experiment_module
+
+_base = experiment_module("base_ddpm", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = base_config()
-  c.method = "diffusion.ddpm"
+  c = _base.get_config()
 
   c.data.source = "tfds:cifar10"
   c.data.image_size = 32
@@ -29,14 +30,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dropout = 0.1
   c.model.num_groups = 32
 
-  c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.schedule = "linear"
-  c.diffusion.num_timesteps = 1000
-  c.diffusion.beta_start = 1e-4
-  c.diffusion.beta_end = 0.02
-  c.diffusion.loss_type = "mse"
-
-  c.optim.name = "adam"
   c.optim.lr = 2e-4
   c.optim.warmup_steps = 5000
   c.optim.grad_clip_norm = 1.0
@@ -47,14 +40,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 10_000
   c.train.sample_every = 50_000
   c.train.eval_every = 10_000
-
-  c.sample.sampler = "ddim"        # or "ddpm" (ancestral, 1000 steps)
-  c.sample.steps = 50
-  c.sample.eta = 0.0
-  c.sample.spacing = "uniform"
-  c.sample.clip_denoised = True
-  c.sample.num = 64
-  c.sample.batch_size = 64
 
   if arg == "bf16":
     c.model.dtype = "bfloat16"

@@ -8,12 +8,13 @@ WORKDIR/samples/. Variant `:smoke` is a seconds-long run used by the tests.
 
 import ml_collections
 
-from jgen.train.config import base_config
+from jgen.train.config import experiment_module
+
+_base = experiment_module("base_ddpm", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = base_config()
-  c.method = "diffusion.ddpm"
+  c = _base.get_config()
 
   c.data.source = "digits"
   c.data.image_size = 16
@@ -28,14 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.num_groups = 8
 
-  c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.schedule = "linear"
-  c.diffusion.num_timesteps = 1000
-  c.diffusion.beta_start = 1e-4
-  c.diffusion.beta_end = 0.02
-  c.diffusion.loss_type = "mse"
-
-  c.optim.name = "adam"
   c.optim.lr = 2e-3
   c.optim.warmup_steps = 100
   c.optim.schedule = "cosine"
@@ -49,14 +42,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.sample_every = 500
   c.train.eval_every = 500
   c.train.eval_batches = 4
-
-  c.sample.sampler = "ddim"
-  c.sample.steps = 50
-  c.sample.eta = 0.0
-  c.sample.spacing = "uniform"
-  c.sample.clip_denoised = True
-  c.sample.num = 64
-  c.sample.batch_size = 64
 
   if arg == "smoke":
     c.data.image_size = 8

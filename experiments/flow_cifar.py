@@ -29,12 +29,12 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-_mnist = experiment_module("flow_mnist", __file__)
+_base = experiment_module("base_flow", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  method, options = _mnist.parse_arg("flow_cifar", arg)
-  c = _mnist.digits_config(method, options)
+  method, options = _base.parse_arg("flow_cifar", arg)
+  c = _base.get_config(method, additive="additive" in options)
   c.data.source = "tfds:cifar10"
   c.data.image_size = 32
   c.data.channels = 3
@@ -72,20 +72,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 0
     c.train.num_steps = 500_000
   if "smoke" in options:
-    c.model.num_levels = 2
-    c.model.hidden = 8
-    if method == "glow":
-      c.model.num_steps = 1
-    else:
-      c.model.num_blocks = 1
-    c.data.batch_size = 8
-    c.optim.warmup_steps = 0
-    c.train.num_steps = 2
-    c.train.log_every = 1
-    c.train.checkpoint_every = 2
-    c.train.eval_every = 2
-    c.train.eval_batches = 1
-    c.train.sample_every = 0
-    c.sample.num = 8
-    c.sample.batch_size = 8
+    _base.smoke(c, method)
   return c

@@ -32,31 +32,12 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-METHODS = ("glow", "realnvp")
-OPTIONS = ("additive", "smoke")
-
-
-def parse_arg(name: str, arg: str | None) -> tuple[str, set[str]]:
-  """`'glow,smoke'` -> `('glow', {'smoke'})`, checked against METHODS and OPTIONS."""
-  method, *options = (arg or "").split(",")
-  if method not in METHODS or not set(options) <= set(OPTIONS):
-    raise ValueError(f"{name} needs a method argument, one of {METHODS}, optionally followed by "
-                     f"options from {OPTIONS}: experiments/{name}.py:glow or :glow,smoke "
-                     f"(got {arg!r})")
-  if "additive" in options and method != "glow":
-    raise ValueError(f"{name}: 'additive' is an option of glow only (got {arg!r})")
-  return method, set(options)
-
-
-def digits_config(method: str, options: set[str]) -> ml_collections.ConfigDict:
-  """The digits config of `method` (experiments/<method>_digits.py) to start from."""
-  variant = "additive" if "additive" in options else None
-  return experiment_module(f"{method}_digits", __file__).get_config(variant)
+_base = experiment_module("base_flow", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  method, options = parse_arg("flow_mnist", arg)
-  c = digits_config(method, options)
+  method, options = _base.parse_arg("flow_mnist", arg)
+  c = _base.get_config(method, additive="additive" in options)
   c.data.source = "tfds:mnist"
   c.data.image_size = 28
   c.data.channels = 1
@@ -77,20 +58,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 1_000
   c.train.eval_batches = 15      # 960 images: nearly all of a 1,000-image holdout
   if "smoke" in options:
-    c.model.num_levels = 2
-    c.model.hidden = 8
-    if method == "glow":
-      c.model.num_steps = 1
-    else:
-      c.model.num_blocks = 1
-    c.data.batch_size = 8
-    c.optim.warmup_steps = 0
-    c.optim.schedule = "constant"
-    c.train.num_steps = 2
-    c.train.log_every = 1
-    c.train.checkpoint_every = 2
-    c.train.eval_every = 2
-    c.train.eval_batches = 1
-    c.sample.num = 8
-    c.sample.batch_size = 8
+    _base.smoke(c, method)
   return c

@@ -15,25 +15,19 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-_glow = experiment_module("glow_digits", __file__)
+_base = experiment_module("base_flow", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, "smoke"):
     raise ValueError(f"unknown variant {arg!r} of realnvp_digits; use 'smoke'")
-  c = _glow.flow_base(arg)
-  c.method = "flow.realnvp"
-  c.flow.preprocessing = "logit"
-  c.model.num_levels = 2
-  c.model.hidden = 32
-  c.model.num_blocks = 2
-  c.model.actnorm = True
-  if arg != "smoke":
-    c.train.num_steps = 800
-    c.train.eval_every = 400
-    c.train.checkpoint_every = 400
+  c = _base.digits(_base.get_config("realnvp"), smoke=arg == "smoke")
   if arg == "smoke":
     c.model.num_levels = 1  # 4 checkerboard couplings: compile time dominates the tests
     c.model.hidden = 8
     c.model.num_blocks = 1
+  else:
+    c.train.num_steps = 800
+    c.train.eval_every = 400
+    c.train.checkpoint_every = 400
   return c

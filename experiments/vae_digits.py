@@ -13,25 +13,18 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-_ae = experiment_module("ae_digits", __file__)
+_base = experiment_module("base_autoencoder", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = _ae.autoencoder_base("smoke" if arg == "smoke" else None)
-  c.method = "autoencoder.vae"
-  c.vae = ml_collections.ConfigDict()
-  c.vae.likelihood = arg if arg in ("logistic", "gaussian") else "bernoulli"
-  c.vae.beta = 1.0
-  c.vae.kl_warmup_steps = 300
-  c.vae.iwae_k = 100
-  c.train.num_steps = 2000
-  c.train.checkpoint_every = 2000
+  if arg not in (None, "smoke", "logistic", "gaussian"):
+    raise ValueError(f"unknown variant {arg!r} of vae_digits; use 'logistic', 'gaussian' or "
+                     "'smoke'")
+  c = _base.digits(_base.get_config("vae", arg), smoke=arg == "smoke")
   if arg == "smoke":
     c.vae.kl_warmup_steps = 2
     c.vae.iwae_k = 3
-    c.train.num_steps = 4
-    c.train.checkpoint_every = 4
-  elif arg not in (None, "logistic", "gaussian"):
-    raise ValueError(f"unknown variant {arg!r} of vae_digits; use 'logistic', 'gaussian' or "
-                     "'smoke'")
+  else:
+    c.train.num_steps = 2000
+    c.train.checkpoint_every = 2000
   return c

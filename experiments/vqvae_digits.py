@@ -13,26 +13,15 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-_ae = experiment_module("ae_digits", __file__)
+_base = experiment_module("base_autoencoder", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = _ae.autoencoder_base("smoke" if arg == "smoke" else None)
-  c.method = "autoencoder.vqvae"
-  c.model.spatial = True
-  c.vq = ml_collections.ConfigDict()
-  c.vq.num_codes = 128
-  c.vq.code_dim = 16
-  c.vq.beta = 0.25
-  c.vq.ema = arg != "grad"
-  c.vq.decay = 0.99
-  c.vq.epsilon = 1e-5
-  c.vq.restart_every = 100
-  c.vq.restart_threshold = 0.03
+  if arg not in (None, "smoke", "grad"):
+    raise ValueError(f"unknown variant {arg!r} of vqvae_digits; use 'grad' or 'smoke'")
+  c = _base.digits(_base.get_config("vqvae", arg), smoke=arg == "smoke")
   if arg == "smoke":
     c.vq.num_codes = 16
     c.vq.code_dim = 4
     c.vq.restart_every = 2
-  elif arg not in (None, "grad"):
-    raise ValueError(f"unknown variant {arg!r} of vqvae_digits; use 'grad' or 'smoke'")
   return c

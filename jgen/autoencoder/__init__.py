@@ -12,7 +12,7 @@ from jgen.autoencoder.likelihoods import (bernoulli_log_prob, binarize, diag_gau
                                           discretized_logistic_log_prob, gaussian_kl,
                                           gaussian_log_prob, reparameterize,
                                           standard_normal_log_prob)
-from jgen.autoencoder.networks import Decoder, Encoder, ResBlock, init_encoder_decoder
+from jgen.autoencoder.networks import Decoder, Encoder, init_encoder_decoder
 from jgen.autoencoder.quantizer import (QuantizerOutput, codebook_perplexity,
                                         ema_codebook_update, nearest_code, quantize,
                                         restart_dead_codes)
@@ -20,7 +20,7 @@ from jgen.autoencoder.vae import VAE, iwae_bound, kl_weight, lerp
 from jgen.autoencoder.vqvae import VQVAE, masked_optimizer
 
 __all__ = [
-    "Autoencoder", "Decoder", "Encoder", "QuantizerOutput", "ResBlock", "VAE", "VQVAE",
+    "Autoencoder", "Decoder", "Encoder", "QuantizerOutput", "VAE", "VQVAE",
     "bernoulli_log_prob", "binarize", "codebook_perplexity", "corrupt", "diag_gaussian_log_prob",
     "discretized_logistic_log_prob", "ema_codebook_update", "gaussian_kl", "gaussian_log_prob",
     "init_encoder_decoder", "iwae_bound", "kl_weight", "lerp", "likelihoods", "masked_optimizer",

@@ -5,6 +5,10 @@ with `config.ae.corruption` = 'gaussian' (additive N(0, level^2) noise) or 'drop
 pixel set to -1, the data minimum, with probability `level`: masking noise); the loss compares
 the reconstruction of the corrupted input with the clean image. `config.method =
 "autoencoder.dae"` is a shortcut that insists on a corruption.
+
+`sample` shows held-out inputs next to their reconstructions; an autoencoder has no prior to
+sample, so FID of `sample` is refused and reconstruction FID (`--config.eval.metrics=rfid`,
+through `reconstruct_images`) is offered instead.
 """
 
 from __future__ import annotations
@@ -116,12 +120,19 @@ class Autoencoder:
     _, metrics = self.loss_fn(state.ema_params, batch, rng, train=False)
     return metrics
 
+  sample_is_reconstruction = True  # sample() shows reconstructions: no sample metrics of it
+
+  def reconstruct_images(self, state: TrainState, images: jax.Array) -> jax.Array:
+    """Reconstructions in [-1, 1] of (uncorrupted) images in [-1, 1], EMA params: what
+    reconstruction FID scores."""
+    return jnp.clip(self.reconstruct(state.ema_params, images), -1.0, 1.0)
+
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
-    """Held-out inputs (corrupted for a DAE) interleaved with their reconstructions."""
+    """Held-out inputs (corrupted for a DAE) interleaved with their reconstructions, cycled to
+    `n` images: a picture of the model, not samples (see `sample_is_reconstruction`)."""
     x = jnp.asarray(self.holdout)
     x_in = jnp.clip(corrupt(x, rng, self.corruption, self.corruption_level), -1.0, 1.0)
-    x_hat = jnp.clip(self.reconstruct(state.ema_params, x_in), -1.0, 1.0)
-    return interleave(x_in, x_hat, n)
+    return interleave(x_in, self.reconstruct_images(state, x_in), n)
 
   @property
   def sample_tag(self) -> str:

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jgen.autoencoder.networks import Decoder, Encoder
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from jgen.nn.dtypes import compute_dtype
 
 __all__ = ["interleave", "load_holdout", "make_networks", "psnr", "reconstruction_error"]
 
@@ -27,11 +26,9 @@ def make_networks(config: Any, *, encoder_features: int, decoder_channels: int
     decoder_channels: decoder output channels.
   """
   m = config.model
-  if m.dtype not in DTYPES:
-    raise ValueError(f"unknown compute dtype {m.dtype!r}; choose one of {sorted(DTYPES)}")
   shared = dict(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                 spatial=m.spatial, num_groups=m.num_groups, dropout=m.dropout,
-                dtype=DTYPES[m.dtype])
+                dtype=compute_dtype(m.dtype))
   return (Encoder(out_features=encoder_features, **shared),
           Decoder(image_size=config.data.image_size, out_channels=decoder_channels, **shared))
 

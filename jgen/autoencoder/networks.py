@@ -4,7 +4,8 @@
 `spatial=True`, a map `[B, H / 2^L, W / 2^L, out_features]` where `L = len(ch_mult) - 1`.
 `Decoder` mirrors it back to `[B, H, W, out_channels]`. Both take any power-of-two image size
 (at least 2^L), any number of channels, a compute `dtype` (float32 params; outputs are float32)
-and a keyword-only `train` flag (dropout in the residual blocks).
+and a keyword-only `train` flag (dropout in the residual blocks, `jgen.nn.layers.ResBlock` with
+group norm and SiLU).
 
 Encoder and decoder are separate modules so a method can put a quantizer, a sampler or a
 posterior between them; `init_encoder_decoder` builds their joint parameter tree
@@ -20,10 +21,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jgen.nn.layers import Norm, ResBlock
+
 Dtype = Any
 PyTree = Any
 
-__all__ = ["Decoder", "Encoder", "ResBlock", "check_image_size", "init_encoder_decoder",
+__all__ = ["Decoder", "Encoder", "check_image_size", "init_encoder_decoder",
            "latent_resolution", "latent_shape"]
 
 
@@ -42,39 +45,18 @@ def latent_resolution(image_size: int, ch_mult: Sequence[int]) -> int:
   return image_size // 2 ** (len(ch_mult) - 1)
 
 
-def _norm(num_groups: int, features: int, dtype: Dtype):
+def _norm(num_groups: int, dtype: Dtype) -> Norm:
   """GroupNorm with `num_groups` groups (0: no normalization)."""
-  if num_groups <= 0:
-    return lambda x: x
-  return nn.GroupNorm(num_groups=min(num_groups, features), dtype=dtype)
+  return Norm("group" if num_groups > 0 else "none", max(num_groups, 1), dtype=dtype)
 
 
-class ResBlock(nn.Module):
-  """Pre-activation residual block: (norm, SiLU, conv3x3) x 2, 1x1 shortcut on width change.
-
-  Attributes:
-    features: output channels.
-    num_groups: GroupNorm groups (0: no normalization).
-    dropout: dropout rate before the second convolution (train only).
-    dtype: compute dtype.
-  """
-
-  features: int
-  num_groups: int = 0
-  dropout: float = 0.0
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    h = nn.silu(_norm(self.num_groups, x.shape[-1], self.dtype)(x))
-    h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(h)
-    h = nn.silu(_norm(self.num_groups, self.features, self.dtype)(h))
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Conv(self.features, (3, 3), dtype=self.dtype,
-                kernel_init=nn.initializers.variance_scaling(0.1, "fan_avg", "uniform"))(h)
-    if x.shape[-1] != self.features:
-      x = nn.Conv(self.features, (1, 1), dtype=self.dtype)(x)
-    return x + h
+def _res_block(features: int, num_groups: int, dropout: float, dtype: Dtype) -> ResBlock:
+  """Pre-activation block: (norm, SiLU, conv3x3) x 2, dropout before the second conv (scaled
+  down at init: variance scaling 0.1), 1x1 shortcut on a width change."""
+  return ResBlock(features, norm="group" if num_groups > 0 else "none",
+                  num_groups=max(num_groups, 1), activation=nn.silu, dropout=dropout,
+                  out_kernel_init=nn.initializers.variance_scaling(0.1, "fan_avg", "uniform"),
+                  dtype=dtype)
 
 
 class Encoder(nn.Module):
@@ -108,10 +90,11 @@ class Encoder(nn.Module):
     h = nn.Conv(self.ch * self.ch_mult[0], (3, 3), dtype=self.dtype)(x.astype(self.dtype))
     for i, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
-        h = ResBlock(self.ch * mult, self.num_groups, self.dropout, self.dtype)(h, train=train)
+        h = _res_block(self.ch * mult, self.num_groups, self.dropout, self.dtype)(
+            h, train=train)
       if i + 1 < len(self.ch_mult):
         h = nn.Conv(self.ch * self.ch_mult[i + 1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
-    h = nn.silu(_norm(self.num_groups, h.shape[-1], self.dtype)(h))
+    h = nn.silu(_norm(min(self.num_groups, h.shape[-1]), self.dtype)(h))
     if self.spatial:
       out = nn.Conv(self.out_features, (1, 1), dtype=self.dtype)(h)
     else:
@@ -153,13 +136,13 @@ class Decoder(nn.Module):
       h = nn.Dense(r * r * width, dtype=self.dtype)(z).reshape(z.shape[0], r, r, width)
     for i in reversed(range(len(self.ch_mult))):
       for _ in range(self.num_res_blocks):
-        h = ResBlock(self.ch * self.ch_mult[i], self.num_groups, self.dropout,
-                     self.dtype)(h, train=train)
+        h = _res_block(self.ch * self.ch_mult[i], self.num_groups, self.dropout,
+                       self.dtype)(h, train=train)
       if i > 0:
         b, hh, ww, c = h.shape
         h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
         h = nn.Conv(self.ch * self.ch_mult[i - 1], (3, 3), dtype=self.dtype)(h)
-    h = nn.silu(_norm(self.num_groups, h.shape[-1], self.dtype)(h))
+    h = nn.silu(_norm(min(self.num_groups, h.shape[-1]), self.dtype)(h))
     return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
 
 

@@ -24,6 +24,7 @@ import optax
 from jgen.autoencoder import likelihoods as lik
 from jgen.autoencoder.common import make_networks
 from jgen.autoencoder.networks import Decoder, Encoder, init_encoder_decoder, latent_shape
+from jgen.flow.likelihood import bits_per_dim
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 
@@ -151,7 +152,7 @@ class VAE:
   def _metrics(self, rec, kl, num_dims: int) -> dict[str, jax.Array]:
     elbo = jnp.mean(rec - kl)
     return {"elbo": elbo, "rec": jnp.mean(rec), "kl": jnp.mean(kl),
-            "bpd": -elbo / (num_dims * math.log(2.0))}
+            "bpd": bits_per_dim(elbo, num_dims, n_bits=0)}
 
   def loss_fn(self, params, batch: dict[str, jax.Array], rng: jax.Array,
               beta: jax.Array | float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -198,7 +199,7 @@ class VAE:
     ll = jnp.mean(self.iwae_log_likelihood(state.ema_params, batch["image"], iwae_rng,
                                            self.iwae_k))
     return {**metrics, "loss": -metrics["elbo"], "iwae_ll": ll,
-            "iwae_bpd": -ll / (num_dims * math.log(2.0))}
+            "iwae_bpd": bits_per_dim(ll, num_dims, n_bits=0)}
 
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     """Decoder means of `n` latents from the prior N(0, I), EMA params, in [-1, 1]."""

@@ -6,17 +6,23 @@ Loss: MSE reconstruction + codebook loss + beta * commitment loss (beta = 0.25),
 `vq.ema=True` the codebook follows EMA statistics (decay 0.99, Laplace smoothing) instead of
 the codebook loss. Dead codes are re-seeded every `vq.restart_every` steps.
 
-Where the non-gradient state lives: `TrainState` has no field for it, so the parameter tree is
+Where the arrays live (the rule of `jgen.train.state`: `params` is the Flax `params`
+collection, everything else is `model_state`):
 
-    params = {"encoder": ..., "decoder": ..., "codebook": [K, D],
-              "vq_stats": {"counts": [K], "sums": [K, D]}}
+    params = {"encoder": ..., "decoder": ..., "codebook": [K, D]}
+    model_state = {"vq_stats": {"counts": [K], "sums": [K, D]}}
 
-and the optimizer is `optax.multi_transform` that applies the configured optimizer to the
-networks (and to the codebook when it is learned by gradient) and `optax.set_to_zero()` to
-`vq_stats` (and to the EMA codebook). `train_step` writes the new statistics and codebook by
-hand, then applies the gradients, so they are checkpointed and resumed with everything else and
-`ema_params` holds their running average like any other parameter. The running counts are kept
-in both modes: they measure code usage and find dead codes.
+The codebook is the decoder's input weights and stays in `params` (and so in the parameter EMA
+that `evaluate` and `sample` use); with `vq.ema=True` it follows the EMA statistics instead of
+its gradient, so `masked_optimizer` gives it `optax.set_to_zero()`. The statistics are
+non-gradient state: never optimized, never averaged, checkpointed and resumed with the state's
+`model_state`. `train_step` writes the new statistics and codebook by hand, then applies the
+gradients. The running counts are kept in both modes: they measure code usage and find dead
+codes.
+
+`sample` returns held-out inputs next to their reconstructions, not samples of a generative
+model: sample metrics (FID ...) of it are refused by `jgen.metrics.evaluate.evaluate_config`;
+`reconstruct_images` serves reconstruction FID (`--config.eval.metrics=rfid`) instead.
 """
 
 from __future__ import annotations
@@ -41,12 +47,11 @@ __all__ = ["VQVAE", "make_method", "masked_optimizer"]
 
 def masked_optimizer(tx: optax.GradientTransformation, *, learn_codebook: bool
                      ) -> optax.GradientTransformation:
-  """`tx` on the networks (and the codebook if `learn_codebook`), no update elsewhere."""
+  """`tx` on every parameter but the codebook, which `tx` updates only if `learn_codebook`
+  (otherwise the EMA statistics set it: `optax.set_to_zero()`)."""
   def labels(params):
     def label(path, _):
-      top = path[0].key
-      trained = top in ("encoder", "decoder") or (top == "codebook" and learn_codebook)
-      return "train" if trained else "frozen"
+      return "frozen" if path[0].key == "codebook" and not learn_codebook else "train"
     return jax.tree_util.tree_map_with_path(label, params)
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
@@ -95,11 +100,10 @@ class VQVAE:
     pick_rng, noise_rng = jax.random.split(code_rng)
     pick = jax.random.randint(pick_rng, (self.num_codes,), 0, flat.shape[0])
     codebook = flat[pick] + 0.01 * vq.init_codebook(noise_rng, self.num_codes, z.shape[-1])
-    params = {"encoder": enc, "decoder": dec, "codebook": codebook,
-              "vq_stats": {"counts": jnp.ones((self.num_codes,), jnp.float32),
-                           "sums": codebook}}
-    return TrainState.create(params=params, tx=self.tx, rng=state_rng,
-                             ema_decay=self.ema_decay, ema_warmup=self.ema_warmup)
+    stats = {"counts": jnp.ones((self.num_codes,), jnp.float32), "sums": codebook}
+    return TrainState.create(params={"encoder": enc, "decoder": dec, "codebook": codebook},
+                             tx=self.tx, rng=state_rng, ema_decay=self.ema_decay,
+                             ema_warmup=self.ema_warmup, model_state={"vq_stats": stats})
 
   def encode(self, params, x: jax.Array, *, train: bool = False,
              rng: jax.Array | None = None) -> jax.Array:
@@ -148,18 +152,19 @@ class VQVAE:
     loss_rng, restart_rng = jax.random.split(rng)
     grads, (metrics, z, indices) = jax.grad(self.loss_fn, has_aux=True)(
         state.params, batch, loss_rng)
-    params = state.params
-    stats = params["vq_stats"]
+    stats = state.model_state["vq_stats"]
     counts, sums, ema_codebook = vq.ema_codebook_update(
         stats["counts"], stats["sums"], z, indices, decay=self.decay, epsilon=self.epsilon)
-    codebook = ema_codebook if self.ema else params["codebook"]
+    codebook = ema_codebook if self.ema else state.params["codebook"]
     active = (self.restart_every > 0) & ((state.step + 1) % max(self.restart_every, 1) == 0)
     codebook, counts, sums, restarted = vq.restart_dead_codes(
         restart_rng, codebook, counts, sums, z, threshold=self.restart_threshold, active=active)
-    params = {**params, "codebook": codebook, "vq_stats": {"counts": counts, "sums": sums}}
+    state = state.replace(params={**state.params, "codebook": codebook},
+                          model_state={**state.model_state,
+                                       "vq_stats": {"counts": counts, "sums": sums}})
     metrics = {**metrics, "grad_norm": optax.global_norm(grads),
                "restarted": restarted.astype(jnp.float32)}
-    return state.replace(params=params).apply_gradients(grads), metrics
+    return state.apply_gradients(grads), metrics
 
   def evaluate(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
                ) -> dict[str, jax.Array]:
@@ -167,12 +172,18 @@ class VQVAE:
     _, (metrics, _, _) = self.loss_fn(state.ema_params, batch, rng, train=False)
     return metrics
 
+  sample_is_reconstruction = True  # sample() shows reconstructions: no sample metrics of it
+
+  def reconstruct_images(self, state: TrainState, images: jax.Array) -> jax.Array:
+    """Reconstructions in [-1, 1] of images in [-1, 1] (EMA params): reconstruction FID."""
+    x_hat, _, _ = self.forward(state.ema_params, images)
+    return jnp.clip(x_hat, -1.0, 1.0)
+
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
-    """Held-out inputs interleaved with their reconstructions."""
+    """Held-out inputs interleaved with their reconstructions, cycled to `n` images."""
     del rng
     x = jnp.asarray(self.holdout)
-    x_hat, _, _ = self.forward(state.ema_params, x)
-    return interleave(x, jnp.clip(x_hat, -1.0, 1.0), n)
+    return interleave(x, self.reconstruct_images(state, x), n)
 
   @property
   def sample_tag(self) -> str:

@@ -16,12 +16,12 @@ import optax
 from jgen.diffusion.losses import ddpm_loss
 from jgen.diffusion.samplers import ddim_sample, ddpm_sample
 from jgen.diffusion.schedules import Schedule, get_schedule
+from jgen.nn.dtypes import compute_dtype
 from jgen.nn.unet import UNet
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 
 SAMPLERS = ("ddpm", "ddim")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -110,14 +110,11 @@ class DDPM:
 
 def make_unet(model_config: Any) -> UNet:
   """The U-Net of a `config.model` block."""
-  if model_config.dtype not in DTYPES:
-    raise ValueError(f"unknown compute dtype {model_config.dtype!r}; choose one of "
-                     f"{sorted(DTYPES)}")
   return UNet(ch=model_config.ch, ch_mult=tuple(model_config.ch_mult),
               num_res_blocks=model_config.num_res_blocks,
               attn_resolutions=tuple(model_config.attn_resolutions),
               dropout=model_config.dropout, num_groups=model_config.num_groups,
-              dtype=DTYPES[model_config.dtype])
+              dtype=compute_dtype(model_config.dtype))
 
 
 def make_method(config: Any) -> DDPM:

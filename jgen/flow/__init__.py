@@ -2,8 +2,8 @@
 
 Methods of the loop (`config.method`): `flow.realnvp`, `flow.glow`. The pieces are pure and
 usable without the loop: the invertible layers (`layers`: ActNorm, 1x1 convolutions, couplings,
-squeeze, split), the multi-scale models (`models`) and the dequantization and bits/dim
-arithmetic (`likelihood`).
+squeeze, split), the multi-scale models (`models`) and the dequantization, standard-normal and
+bits/dim arithmetic (`likelihood`, shared with the VAE).
 """
 
 from jgen.flow import layers, likelihood, models
@@ -11,9 +11,9 @@ from jgen.flow.layers import (ActNorm, AdditiveCoupling, AffineCoupling, Couplin
                               InvConv1x1, LearnedPrior, Split, Squeeze, ZeroConv,
                               checkerboard_mask, squeeze, unsqueeze)
 from jgen.flow.likelihood import (bits_per_dim, dequantize, postprocess, preprocess, quantize,
-                                  to_levels)
+                                  standard_normal_log_prob, to_levels)
 from jgen.flow.method import FlowMethod, flow_method
-from jgen.flow.models import Glow, MultiScaleFlow, RealNVP, standard_normal_log_prob
+from jgen.flow.models import Glow, MultiScaleFlow, RealNVP
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineCoupling", "CouplingNet", "FlowMethod", "Glow",

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jgen.flow import likelihood as lik
-from jgen.flow.models import MultiScaleFlow, standard_normal_log_prob
+from jgen.flow.models import MultiScaleFlow
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 

@@ -25,14 +25,9 @@ import jax.numpy as jnp
 
 from jgen.flow.layers import (ActNorm, AdditiveCoupling, AffineCoupling, InvConv1x1,
                               LearnedPrior, Split, Squeeze)
+from jgen.flow.likelihood import standard_normal_log_prob
 
-__all__ = ["Glow", "MultiScaleFlow", "RealNVP", "standard_normal_log_prob"]
-
-
-def standard_normal_log_prob(z: jax.Array) -> jax.Array:
-  """`log N(z; 0, I)` per example (sum over all but the batch axis), nats."""
-  z = z.reshape(z.shape[0], -1).astype(jnp.float32)
-  return -0.5 * jnp.sum(z * z + jnp.log(2.0 * jnp.pi), axis=-1)
+__all__ = ["Glow", "MultiScaleFlow", "RealNVP"]
 
 
 def _squeezed(shape: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -11,7 +11,16 @@ experiment config (``config.eval``), used by ``launch.py --mode=eval``::
   --config.eval.features=auto              # domain:digits for 'digits', else inception
   --config.eval.num_samples=10000
 
-Metric names: "fid", "kid", "is", "pr" (precision & recall), "dc" (density & coverage).
+Metric names: "fid", "kid", "is", "pr" (precision & recall), "dc" (density & coverage), and
+"rfid" (reconstruction FID, `reconstruction_fid`).
+
+Methods whose `sample()` shows held-out reconstructions instead of samples (the AE, DAE and
+VQ-VAE: ``sample_is_reconstruction = True``) are refused the sample metrics: they would score a
+few reconstructions cycled to fill ``num_samples``. Their metric is "rfid": every image of
+``config.data.eval_split`` reconstructed once, against the statistics of those same held-out
+images (not the ``reference_split`` statistics of FID), so it measures what reconstruction
+loses and not the gap between the train and test splits (the rFID of VQGAN / latent diffusion
+papers).
 """
 
 from __future__ import annotations
@@ -30,12 +39,13 @@ from jgen.metrics import classifier_score as is_lib
 from jgen.metrics import mmd as kid_lib
 from jgen.metrics import precision_recall as pr_lib
 
-__all__ = ["METRICS", "auto_features", "evaluate_config", "image_metrics", "parse_metrics",
-           "reference_features", "sample_metrics"]
+__all__ = ["METRICS", "SAMPLE_METRICS", "auto_features", "evaluate_config", "image_metrics",
+           "parse_metrics", "reconstruction_fid", "reference_features", "sample_metrics"]
 
 log = logging.getLogger("jgen")
 
-METRICS = ("fid", "kid", "is", "pr", "dc")
+SAMPLE_METRICS = ("fid", "kid", "is", "pr", "dc")
+METRICS = (*SAMPLE_METRICS, "rfid")
 
 
 def parse_metrics(spec: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -93,21 +103,52 @@ def reference_features(net: fnet.FeatureNet, source: str, *, num: int, split: st
   n = min(num, len(src))
   index = np.sort(np.random.default_rng(seed).permutation(len(src))[:n])
 
-  def chunks() -> Iterator[np.ndarray]:
-    for start in range(0, n, batch_size):
-      part = index[start:start + batch_size]
-      if hasattr(src, "images"):
-        yield src.images[part]
-      else:
-        yield np.stack([src[int(i)]["image"] for i in part])
-
-  _, kept = fid_lib.accumulate(net, chunks(), batch_size=batch_size, keep=("features",))
+  _, kept = fid_lib.accumulate(net, _source_chunks(src, index, batch_size),
+                               batch_size=batch_size, keep=("features",))
   features = kept["features"]
   if path:
     tmp = path + ".tmp.npz"
     np.savez(tmp, features=features, key=np.array(key))
     os.replace(tmp, path)
   return features
+
+
+def _source_chunks(src: Any, index: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+  """uint8 images `src[index]` of a data source, `batch_size` at a time."""
+  for start in range(0, len(index), batch_size):
+    part = index[start:start + batch_size]
+    if hasattr(src, "images"):
+      yield src.images[part]
+    else:
+      yield np.stack([src[int(i)]["image"] for i in part])
+
+
+def reconstruction_fid(reconstruct_fn: Callable[[np.ndarray], Any],
+                       images: Iterable[np.ndarray], net: fnet.FeatureNet, *,
+                       batch_size: int = 100) -> dict[str, float]:
+  """rFID: FID of the reconstructions of `images` against the statistics of `images` themselves.
+
+  Args:
+    reconstruct_fn: images `[batch_size, H, W, C]` in [-1, 1] -> their reconstructions in
+      [-1, 1] (or uint8); always called with `batch_size` images (the last batch is padded by
+      repeating its last image, the padding dropped), so it compiles once.
+    images: uint8 images (or [-1, 1] floats), an iterable of chunks; each image is
+      reconstructed once.
+    net: the feature network.
+    batch_size: images per `reconstruct_fn` call.
+
+  Returns:
+    {"rfid", "rfid_num_images"}.
+  """
+  real = fid_lib.GaussianStats(net.feature_dim)
+  fake = fid_lib.GaussianStats(net.feature_dim)
+  for batch in fnet.iterate_batches(images, batch_size):
+    n = len(batch)
+    x = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+    x_hat = np.asarray(reconstruct_fn(x.astype(np.float32) / 127.5 - 1.0))[:n]
+    real.update(net(batch)["features"])
+    fake.update(net(x_hat)["features"])
+  return {"rfid": fid_lib.fid_from_stats(fake, real), "rfid_num_images": float(real.count)}
 
 
 def image_metrics(images: np.ndarray | Iterable[np.ndarray], net: fnet.FeatureNet, *,
@@ -197,9 +238,37 @@ def sample_metrics(sample_fn: Callable[[int, int], Any], num_samples: int,
   return image_metrics(chunks(), net, **kwargs)
 
 
-def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any]
+def _check_method(config: Any, metrics: Sequence[str], method: Any,
+                  reconstruct_fn: Callable | None) -> None:
+  """Raises ValueError for metrics the method cannot be scored on (before any features)."""
+  sampled = [m for m in metrics if m in SAMPLE_METRICS]
+  if sampled and getattr(method, "sample_is_reconstruction", False):
+    raise ValueError(
+        f"method {config.get('method')} ({type(method).__name__}) has no generative sampler: "
+        f"its sample() returns held-out reconstructions cycled to fill n, so sample metrics "
+        f"{','.join(sampled)} would score repeated reconstructions. Use reconstruction FID "
+        f"instead: --config.eval.metrics=rfid (every image of data.eval_split reconstructed "
+        f"once, against those images' statistics)")
+  if "rfid" in metrics and reconstruct_fn is None:
+    raise ValueError(
+        f"rfid (reconstruction FID) needs a method that reconstructs images "
+        f"(reconstruct_images(state, images), e.g. the AE or VQ-VAE); method "
+        f"{config.get('method')} gave no reconstruct_fn")
+
+
+def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any], *,
+                    method: Any = None,
+                    reconstruct_fn: Callable[[np.ndarray], Any] | None = None
                     ) -> dict[str, Any] | None:
   """The sample metrics ``config.eval`` asks for, of `sample_fn` against ``config.data``.
+
+  Args:
+    config: the experiment config.
+    sample_fn: (chunk index i, n) -> n samples in [-1, 1].
+    method: the method object; one with ``sample_is_reconstruction = True`` is refused the
+      sample metrics (ValueError).
+    reconstruct_fn: images [n, H, W, C] in [-1, 1] -> reconstructions (the method's
+      ``reconstruct_images`` with the state bound), for "rfid".
 
   Reads ``config.eval``: metrics ("fid,is,pr"; "" = off), features ("auto", "inception",
   "domain:<dataset>"), num_samples, batch_size, dtype, reference_split ("" = data.split),
@@ -210,12 +279,17 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any]
   Returns:
     {"features": net name, metric: value, ...}, or None when no metrics are asked for, or
     when ``features="auto"`` resolves to a network that is unavailable here (Inception
-    weights or the domain data absent; logged).
+    weights or the domain data absent; logged). "rfid" adds {"rfid", "rfid_num_images"}.
+
+  Raises:
+    ValueError: sample metrics of a method whose sample() shows reconstructions, or "rfid"
+      without a `reconstruct_fn`; raised before any feature extraction.
   """
   ev = config.get("eval")
   metrics = parse_metrics(ev.get("metrics") if ev is not None else None)
   if not metrics:
     return None
+  _check_method(config, metrics, method, reconstruct_fn)
   from jgen import data as jdata  # pylint: disable=import-outside-toplevel
   from jgen.metrics import weights  # pylint: disable=import-outside-toplevel
 
@@ -234,23 +308,34 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any]
     log.warning("sample metrics skipped: eval.features='auto' chose %s, which is unavailable "
                 "here: %s", spec, e)
     return None
+  result: dict[str, Any] = {"features": net.name}
+  if "rfid" in metrics:
+    src = jdata.load_source(d.source, split=d.eval_split, data_dir=d.data_dir,
+                            image_size=d.image_size, channels=d.channels, resize=d.resize)
+    log.info("reconstruction FID of all %d images of %s/%s with %s features", len(src),
+             d.source, d.eval_split, net.name)
+    size = config.sample.batch_size
+    result.update(reconstruction_fid(
+        reconstruct_fn, _source_chunks(src, np.arange(len(src)), size), net, batch_size=size))
+  sampled = [m for m in metrics if m in SAMPLE_METRICS]
+  if not sampled:
+    return result
   split = ev.reference_split or d.split
   data_kw = dict(split=split, data_dir=d.data_dir, image_size=d.image_size,
                  channels=d.channels, resize=d.resize, batch_size=ev.batch_size)
   ref_stats = None
-  if "fid" in metrics:
+  if "fid" in sampled:
     ref_stats = fid_lib.reference_stats(net, d.source, max_images=ev.reference_max_images,
                                         **data_kw)
   ref_feats = None
-  if {"kid", "pr", "dc"} & set(metrics):
+  if {"kid", "pr", "dc"} & set(sampled):
     ref_feats = reference_features(net, d.source, num=ev.num_reference_features
                                    or ev.num_samples, seed=ev.seed, **data_kw)
   log.info("sample metrics %s of %d samples with %s features against %s/%s",
-           ",".join(metrics), ev.num_samples, net.name, d.source, split)
-  result = sample_metrics(sample_fn, ev.num_samples, net,
-                          sample_batch_size=config.sample.batch_size, metrics=metrics,
-                          reference_stats=ref_stats, reference_features=ref_feats,
-                          batch_size=ev.batch_size, is_splits=ev.is_splits, k=ev.pr_k,
-                          kid_subsets=ev.kid_subsets, kid_subset_size=ev.kid_subset_size,
-                          seed=ev.seed)
-  return {"features": net.name, **result}
+           ",".join(sampled), ev.num_samples, net.name, d.source, split)
+  result.update(sample_metrics(
+      sample_fn, ev.num_samples, net, sample_batch_size=config.sample.batch_size,
+      metrics=sampled, reference_stats=ref_stats, reference_features=ref_feats,
+      batch_size=ev.batch_size, is_splits=ev.is_splits, k=ev.pr_k, kid_subsets=ev.kid_subsets,
+      kid_subset_size=ev.kid_subset_size, seed=ev.seed))
+  return result

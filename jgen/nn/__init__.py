@@ -1,27 +1,41 @@
 """Neural-network building blocks and backbones."""
 
 from jgen.nn.layers import (
+    DDPM_NAMES,
+    NORMS,
+    RESAMPLES,
     AttnBlock,
     Downsample,
-    GroupNorm32,
-    ResnetBlock,
+    Norm,
+    ResBlock,
+    ResBlockNames,
     Upsample,
     ddpm_conv,
     ddpm_dense,
+    ddpm_res_block,
     default_init,
+    mean_pool,
     timestep_embedding,
+    upsample_nearest,
 )
 from jgen.nn.unet import UNet
 
 __all__ = [
     "AttnBlock",
+    "DDPM_NAMES",
     "Downsample",
-    "GroupNorm32",
-    "ResnetBlock",
+    "NORMS",
+    "Norm",
+    "RESAMPLES",
+    "ResBlock",
+    "ResBlockNames",
     "UNet",
     "Upsample",
     "ddpm_conv",
     "ddpm_dense",
+    "ddpm_res_block",
     "default_init",
+    "mean_pool",
     "timestep_embedding",
+    "upsample_nearest",
 ]

@@ -14,7 +14,8 @@ the per-example gradient penalty) or 'none'.
 DCGAN (Radford et al. 2016): any power-of-two size >= 8 and any number of channels; stride-2
 4x4 (transposed) convolutions, ReLU in G, LeakyReLU(0.2) in D, no normalization on D's first
 layer. ResNet (Gulrajani et al. 2017, CIFAR-10): pre-activation residual blocks with nearest
-upsampling in G and mean pooling in D; at 32x32 and 128 features it is the paper's network.
+upsampling in G and mean pooling in D (`jgen.nn.layers.ResBlock` with ReLU); at 32x32 and 128
+features it is the paper's network.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jgen.nn.layers import Norm, ResBlock, ResBlockNames
 
 Array = jax.Array
 Dtype = Any
@@ -43,25 +46,6 @@ def num_resamplings(image_size: int) -> int:
   if image_size < 8 or image_size & (image_size - 1):
     raise ValueError(f"GAN image size must be a power of two >= 8, got {image_size}")
   return int(math.log2(image_size)) - 2
-
-
-class Norm(nn.Module):
-  """'batch' | 'layer' | 'none' normalization of an NHWC (or [B, F]) tensor."""
-
-  kind: str = "batch"
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    if self.kind == "batch":
-      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          dtype=self.dtype)(x)
-    if self.kind == "layer":
-      axes = tuple(range(1, x.ndim))
-      return nn.LayerNorm(reduction_axes=axes, feature_axes=-1, dtype=self.dtype)(x)
-    if self.kind == "none":
-      return x
-    raise ValueError(f"unknown normalization {self.kind!r}; choose one of {NORMS}")
 
 
 def _with_label(z: Array, labels: Array | None, num_classes: int, embed_dim: int,
@@ -122,11 +106,11 @@ class DCGANGenerator(nn.Module):
     h = _with_label(z, labels, self.num_classes, self.embed_dim, self.dtype)
     f = self.features * 2 ** (n - 1)
     h = nn.Dense(4 * 4 * f, dtype=self.dtype)(h).reshape(-1, 4, 4, f)
-    h = nn.relu(Norm(self.norm, self.dtype)(h, train=train))
+    h = nn.relu(Norm(self.norm, dtype=self.dtype)(h, train=train))
     for _ in range(n - 1):
       f //= 2
       h = nn.ConvTranspose(f, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype)(h)
-      h = nn.relu(Norm(self.norm, self.dtype)(h, train=train))
+      h = nn.relu(Norm(self.norm, dtype=self.dtype)(h, train=train))
     h = nn.ConvTranspose(self.channels, (4, 4), strides=(2, 2), padding="SAME",
                          dtype=self.dtype)(h)
     return jnp.tanh(h.astype(jnp.float32))
@@ -160,7 +144,7 @@ class DCGANDiscriminator(nn.Module):
     for i in range(n):
       h = nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype)(h)
       if i > 0:
-        h = Norm(self.norm, self.dtype)(h, train=train)
+        h = Norm(self.norm, dtype=self.dtype)(h, train=train)
       h = nn.leaky_relu(h, 0.2)
       f *= 2
     h = h.reshape(h.shape[0], -1)
@@ -170,47 +154,13 @@ class DCGANDiscriminator(nn.Module):
     return out
 
 
-def _upsample(x: Array) -> Array:
-  b, h, w, c = x.shape
-  return jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
-
-
-def _mean_pool(x: Array) -> Array:
-  return nn.avg_pool(x, (2, 2), strides=(2, 2))
-
-
-class ResBlock(nn.Module):
-  """Pre-activation residual block: [norm, relu, conv3x3] x 2, resampled 'up', 'down' or 'none'.
-
-  Up: nearest upsampling before the first conv and on the shortcut (conv1x1). Down: mean
-  pooling after the second conv and on the shortcut (conv1x1, then pool). `first` is the
-  critic's first block: no activation before its first conv (it reads the image).
-  """
-
-  features: int
-  resample: str = "none"
-  norm: str = "none"
-  first: bool = False
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    h = x
-    if not self.first:
-      h = nn.relu(Norm(self.norm, self.dtype)(h, train=train))
-    if self.resample == "up":
-      h = _upsample(h)
-    h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(h)
-    h = nn.relu(Norm(self.norm, self.dtype)(h, train=train))
-    h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(h)
-    skip = x
-    if self.resample == "up":
-      skip = _upsample(skip)
-    if self.resample != "none" or x.shape[-1] != self.features:
-      skip = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(skip)
-    if self.resample == "down":
-      h, skip = _mean_pool(h), _mean_pool(skip)
-    return h + skip
+def _res_block(features: int, resample: str, norm: str, dtype: Dtype, *,
+               first: bool = False) -> ResBlock:
+  """WGAN-GP's pre-activation block: [norm, relu, conv3x3] x 2, resampled 'up' (nearest, before
+  the first conv and the 1x1 shortcut) or 'down' (mean pooling after the second conv and the
+  shortcut); `first` is the critic's first block (no activation before it reads the image)."""
+  return ResBlock(features, norm=norm, activation=nn.relu, resample=resample, first=first,
+                  names=ResBlockNames(shortcut="shortcut"), dtype=dtype)
 
 
 class ResNetGenerator(nn.Module):
@@ -238,8 +188,8 @@ class ResNetGenerator(nn.Module):
     h = _with_label(z, labels, self.num_classes, self.embed_dim, self.dtype)
     h = nn.Dense(4 * 4 * self.features, dtype=self.dtype)(h).reshape(-1, 4, 4, self.features)
     for _ in range(n):
-      h = ResBlock(self.features, "up", self.norm, dtype=self.dtype)(h, train=train)
-    h = nn.relu(Norm(self.norm, self.dtype)(h, train=train))
+      h = _res_block(self.features, "up", self.norm, self.dtype)(h, train=train)
+    h = nn.relu(Norm(self.norm, dtype=self.dtype)(h, train=train))
     h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(h)
     return jnp.tanh(h.astype(jnp.float32))
 
@@ -270,10 +220,10 @@ class ResNetCritic(nn.Module):
         x = _concat_label_planes(x, labels, self.num_classes)
     h = x.astype(self.dtype)
     for i in range(n_down):
-      h = ResBlock(self.features, "down", self.norm, first=i == 0, dtype=self.dtype)(
+      h = _res_block(self.features, "down", self.norm, self.dtype, first=i == 0)(
           h, train=train)
     for _ in range(2):
-      h = ResBlock(self.features, "none", self.norm, dtype=self.dtype)(h, train=train)
+      h = _res_block(self.features, "none", self.norm, self.dtype)(h, train=train)
     h = jnp.mean(nn.relu(h), axis=(1, 2))
     out = nn.Dense(1, dtype=self.dtype)(h)[:, 0].astype(jnp.float32)
     if self.num_classes and self.conditioning == "projection":

@@ -1,13 +1,18 @@
-"""Building blocks of the DDPM U-Net (Ho et al., 2020).
+"""Building blocks shared by the families: the one residual block, norms, attention, resampling.
+
+The residual block (`ResBlock`) serves the DDPM U-Net (`ddpm_res_block`), the autoencoders'
+encoder/decoder and the WGAN-GP ResNet generator and critic; its fields pick the norm, the
+activation, an optional conditioning embedding, dropout, up/down-sampling and the shortcut.
 
 All tensors are NHWC. Every module takes ``dtype`` (the compute dtype) and
 ``param_dtype`` (the dtype parameters are stored in), so bfloat16 compute with
 float32 parameters works. Group normalisation statistics and attention
 softmaxes are always computed in float32.
 
-Weights use the initialisation of the official DDPM code: variance scaling
-with ``fan_avg`` and a uniform distribution (scale 1), zero biases. The last
-convolution of each residual branch (``ResnetBlock.conv2`` and
+The DDPM pieces (``ddpm_conv``, ``ddpm_dense``, ``ddpm_res_block``, ``AttnBlock``,
+``Downsample``, ``Upsample``) use the initialisation of the official DDPM code: variance
+scaling with ``fan_avg`` and a uniform distribution (scale 1), zero biases. The last
+convolution of each residual branch (``ddpm_res_block``'s ``conv2`` and
 ``AttnBlock.proj_out``) is zero-initialised (DDPM uses scale 1e-10, which is
 zero for all practical purposes), so every block starts as the identity.
 """
@@ -15,7 +20,8 @@ zero for all practical purposes), so every block starts as the identity.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,14 +32,21 @@ Dtype = Any
 
 __all__ = [
     "AttnBlock",
+    "DDPM_NAMES",
     "Downsample",
-    "GroupNorm32",
-    "ResnetBlock",
+    "NORMS",
+    "Norm",
+    "RESAMPLES",
+    "ResBlock",
+    "ResBlockNames",
     "Upsample",
     "ddpm_conv",
     "ddpm_dense",
+    "ddpm_res_block",
     "default_init",
+    "mean_pool",
     "timestep_embedding",
+    "upsample_nearest",
 ]
 
 
@@ -128,92 +141,190 @@ def ddpm_dense(
   )
 
 
-class GroupNorm32(nn.Module):
-  """Group normalisation computed in float32, cast back to ``dtype``.
+NORMS = ("group", "batch", "layer", "none")
+
+
+class Norm(nn.Module):
+  """The normalizations of the residual blocks: 'group', 'batch', 'layer' or 'none'.
+
+  'group' normalizes in float32 and casts back to ``dtype`` (its parameters sit in a submodule
+  ``norm``, the layout of the DDPM checkpoints); 'batch' keeps running statistics in the
+  ``batch_stats`` collection, updated when ``train=True`` (momentum 0.9); 'layer' normalizes
+  each example over all its axes but the batch axis (the WGAN-GP critic's choice: batch norm
+  breaks the per-example gradient penalty).
 
   Attributes:
-    num_groups: Number of groups; must divide the channel count.
-    epsilon: Numerical stability constant.
+    kind: One of ``NORMS``.
+    num_groups: Groups of 'group'; must divide the channel count.
+    epsilon: Numerical stability constant; ``None``: 1e-5 for 'batch', else 1e-6.
     dtype: Output dtype.
     param_dtype: Dtype of the scale and bias parameters.
   """
 
+  kind: str = "group"
   num_groups: int = 32
-  epsilon: float = 1e-6
+  epsilon: float | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    """Normalises ``x`` of shape ``[..., C]`` over groups of channels.
+  def __call__(self, x: Array, *, train: bool = False) -> Array:
+    """Normalises ``x`` of shape ``[B, ..., C]``.
 
     Raises:
-      ValueError: If ``num_groups`` does not divide the channel count.
+      ValueError: An unknown kind, or ``num_groups`` does not divide the channel count.
     """
-    channels = x.shape[-1]
-    if channels % self.num_groups != 0:
-      raise ValueError(f"num_groups={self.num_groups} must divide the channel "
-                       f"count {channels}.")
-    y = nn.GroupNorm(
-        num_groups=self.num_groups,
-        epsilon=self.epsilon,
-        dtype=jnp.float32,
-        param_dtype=self.param_dtype,
-        name="norm",
-    )(x.astype(jnp.float32))
-    return y.astype(self.dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.kind == "group":
+      channels = x.shape[-1]
+      if channels % self.num_groups != 0:
+        raise ValueError(f"num_groups={self.num_groups} must divide the channel "
+                         f"count {channels}.")
+      y = nn.GroupNorm(num_groups=self.num_groups, epsilon=self.epsilon or 1e-6,
+                       dtype=jnp.float32, param_dtype=self.param_dtype,
+                       name="norm")(x.astype(jnp.float32))
+      return y.astype(self.dtype)
+    if self.kind == "batch":
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                          epsilon=self.epsilon or 1e-5, **kw)(x)
+    if self.kind == "layer":
+      return nn.LayerNorm(reduction_axes=tuple(range(1, x.ndim)), feature_axes=-1,
+                          epsilon=self.epsilon or 1e-6, **kw)(x)
+    if self.kind == "none":
+      return x
+    raise ValueError(f"unknown normalization {self.kind!r}; choose one of {NORMS}")
 
 
-class ResnetBlock(nn.Module):
-  """DDPM residual block with timestep conditioning.
+class ResBlockNames(NamedTuple):
+  """Names of a `ResBlock`'s submodules; ``None`` lets Flax number them (``Conv_0`` ...).
 
-  ``GroupNorm -> swish -> conv3x3 -> + Dense(swish(temb)) -> GroupNorm ->
-  swish -> dropout -> conv3x3`` (the last conv zero-initialised), added to
-  the input, which goes through a 1x1 conv when the channel count changes.
+  The names are the parameter paths (and, through Flax's key folding, the random streams of
+  their initialisers), so each family keeps the layout its checkpoints were written with.
+  """
+
+  norm1: str | None = None
+  conv1: str | None = None
+  emb_proj: str | None = None
+  norm2: str | None = None
+  conv2: str | None = None
+  shortcut: str | None = None
+
+
+DDPM_NAMES = ResBlockNames("norm1", "conv1", "temb_proj", "norm2", "conv2", "nin_shortcut")
+RESAMPLES = ("none", "up", "down")
+
+
+class ResBlock(nn.Module):
+  """The one pre-activation residual block of jgen (DDPM U-Net, autoencoders, WGAN-GP ResNet).
+
+  ``norm1 -> act -> [up] -> conv3x3 -> [+ Dense(act(emb))] -> norm2 -> act -> dropout ->
+  conv3x3 -> [down]``, added to the input, which goes through a ``shortcut_kernel`` conv when
+  the channel count changes or the block resamples (upsampled before it, mean-pooled after it).
+  Up is 2x nearest neighbour, down 2x2 mean pooling.
 
   Attributes:
-    out_ch: Output channels; ``None`` keeps the input channel count.
-    dropout: Dropout rate, using the ``'dropout'`` rng collection.
-    num_groups: Groups of the group normalisations.
+    features: Output channels; ``None`` keeps the input channel count.
+    norm: Normalization kind (`NORMS`).
+    num_groups: Groups of 'group' norm (at most one group per channel).
+    activation: Nonlinearity (``nn.silu``: DDPM's swish; ``nn.relu``: WGAN-GP).
+    dropout: Dropout rate before the second conv (``'dropout'`` rngs, train only).
+    resample: 'none', 'up' or 'down'.
+    first: No norm and activation before the first conv (a critic's block on the image).
+    shortcut_kernel: Kernel size of the shortcut conv (1 or 3).
+    kernel_init: Initialiser of the first conv, the embedding projection and the shortcut.
+    out_kernel_init: Initialiser of the second conv (zeros: the block starts as identity).
+    names: Submodule names (`ResBlockNames`; `DDPM_NAMES` for the U-Net).
     dtype: Compute dtype.
     param_dtype: Parameter dtype.
   """
 
-  out_ch: int | None = None
-  dropout: float = 0.0
+  features: int | None = None
+  norm: str = "group"
   num_groups: int = 32
+  activation: Callable[[Array], Array] = nn.silu
+  dropout: float = 0.0
+  resample: str = "none"
+  first: bool = False
+  shortcut_kernel: int = 1
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  out_kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  names: ResBlockNames = ResBlockNames()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def _norm(self, x: Array, name: str | None, *, train: bool) -> Array:
+    groups = min(self.num_groups, x.shape[-1])
+    return Norm(self.norm, groups, dtype=self.dtype, param_dtype=self.param_dtype,
+                name=name)(x, train=train)
+
+  def _conv(self, features: int, kernel: int, init, name: str | None) -> nn.Conv:
+    return nn.Conv(features, (kernel, kernel), padding="SAME", kernel_init=init,
+                   bias_init=nn.initializers.zeros, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name=name)
+
   @nn.compact
-  def __call__(self, x: Array, temb: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, emb: Array | None = None, *, train: bool) -> Array:
     """Applies the block.
 
     Args:
       x: Features ``[B, H, W, C_in]``.
-      temb: Timestep embedding ``[B, D]``.
-      train: Enables dropout when True.
+      emb: Optional conditioning embedding ``[B, D]`` (a timestep embedding), projected to
+        ``features`` and added after the first conv.
+      train: Batch statistics and dropout when True.
 
     Returns:
-      Features ``[B, H, W, out_ch]`` in ``dtype``.
+      Features ``[B, H', W', features]`` in ``dtype`` (H' = 2H up, H/2 down).
+
+    Raises:
+      ValueError: An unknown ``resample`` (or norm: see `Norm`).
     """
+    if self.resample not in RESAMPLES:
+      raise ValueError(f"unknown resample {self.resample!r}; choose one of {RESAMPLES}")
     x = x.astype(self.dtype)
-    out_ch = self.out_ch if self.out_ch is not None else x.shape[-1]
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = dict(num_groups=self.num_groups, **kw)
-
-    h = nn.swish(GroupNorm32(name="norm1", **norm)(x))
-    h = ddpm_conv(out_ch, 3, name="conv1", **kw)(h)
-    temb = nn.swish(temb.astype(self.dtype))
-    t = ddpm_dense(out_ch, name="temb_proj", **kw)(temb)
-    h = h + t[:, None, None, :]
-    h = nn.swish(GroupNorm32(name="norm2", **norm)(h))
+    out_ch = self.features if self.features is not None else x.shape[-1]
+    n = self.names
+    h = x
+    if not self.first:
+      h = self.activation(self._norm(h, n.norm1, train=train))
+    if self.resample == "up":
+      h = upsample_nearest(h)
+    h = self._conv(out_ch, 3, self.kernel_init, n.conv1)(h)
+    if emb is not None:
+      e = nn.Dense(out_ch, kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name=n.emb_proj)(
+                       self.activation(emb.astype(self.dtype)))
+      h = h + e[:, None, None, :]
+    h = self.activation(self._norm(h, n.norm2, train=train))
     h = nn.Dropout(rate=self.dropout, deterministic=not train)(h)
-    h = ddpm_conv(out_ch, 3, init_scale=0.0, name="conv2", **kw)(h)
+    h = self._conv(out_ch, 3, self.out_kernel_init, n.conv2)(h)
 
-    if x.shape[-1] != out_ch:
-      x = ddpm_conv(out_ch, 1, name="nin_shortcut", **kw)(x)
-    return x + h
+    skip = upsample_nearest(x) if self.resample == "up" else x
+    if self.resample != "none" or x.shape[-1] != out_ch:
+      skip = self._conv(out_ch, self.shortcut_kernel, self.kernel_init, n.shortcut)(skip)
+    if self.resample == "down":
+      h, skip = mean_pool(h), mean_pool(skip)
+    return skip + h
+
+
+def ddpm_res_block(features: int | None = None, *, dropout: float = 0.0, num_groups: int = 32,
+                   dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+                   name: str | None = None) -> ResBlock:
+  """The DDPM U-Net's `ResBlock`: group norm, swish, timestep embedding, dropout, 1x1 shortcut,
+  the DDPM initialisation (last conv zero) and the official checkpoints' parameter names."""
+  return ResBlock(features=features, norm="group", num_groups=num_groups, activation=nn.swish,
+                  dropout=dropout, kernel_init=default_init(1.0), out_kernel_init=default_init(0.0),
+                  names=DDPM_NAMES, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def upsample_nearest(x: Array) -> Array:
+  """2x nearest-neighbour upsampling of ``[B, H, W, C]``."""
+  b, h, w, c = x.shape
+  return jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
+
+
+def mean_pool(x: Array) -> Array:
+  """2x2 mean pooling (stride 2) of ``[B, H, W, C]``."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
 class AttnBlock(nn.Module):
@@ -236,7 +347,7 @@ class AttnBlock(nn.Module):
     b, hgt, wid, c = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-    h = GroupNorm32(num_groups=self.num_groups, name="norm", **kw)(x)
+    h = Norm("group", self.num_groups, name="norm", **kw)(x)
     q = ddpm_dense(c, name="q", **kw)(h).reshape(b, hgt * wid, c)
     k = ddpm_dense(c, name="k", **kw)(h).reshape(b, hgt * wid, c)
     v = ddpm_dense(c, name="v", **kw)(h).reshape(b, hgt * wid, c)
@@ -274,7 +385,7 @@ class Downsample(nn.Module):
           param_dtype=self.param_dtype,
           name="conv",
       )(x)
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    return mean_pool(x)
 
 
 class Upsample(nn.Module):

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 from jgen.nn.layers import (
     AttnBlock,
     Downsample,
-    GroupNorm32,
-    ResnetBlock,
+    Norm,
+    ResBlock,
     Upsample,
     ddpm_conv,
     ddpm_dense,
+    ddpm_res_block,
     timestep_embedding,
 )
 
@@ -97,14 +98,9 @@ class UNet(nn.Module):
     attn_res = tuple(self.attn_resolutions)
     num_levels = len(self.ch_mult)
 
-    def res_block(features: int, name: str) -> ResnetBlock:
-      return ResnetBlock(
-          out_ch=features,
-          dropout=self.dropout,
-          num_groups=self.num_groups,
-          name=name,
-          **kw,
-      )
+    def res_block(features: int, name: str) -> ResBlock:
+      return ddpm_res_block(features, dropout=self.dropout, num_groups=self.num_groups,
+                            name=name, **kw)
 
     def attn_block(name: str) -> AttnBlock:
       return AttnBlock(num_groups=self.num_groups, name=name, **kw)
@@ -153,6 +149,6 @@ class UNet(nn.Module):
         )
         h = up(h)
 
-    h = nn.swish(GroupNorm32(num_groups=self.num_groups, name="norm_out", **kw)(h))
+    h = nn.swish(Norm("group", self.num_groups, name="norm_out", **kw)(h))
     h = ddpm_conv(out_ch, 3, init_scale=0.0, name="conv_out", **kw)(h)
     return h.astype(jnp.float32)

@@ -92,7 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Sample metrics of --mode=eval (jgen.metrics.evaluate.evaluate_config), beside the method's
   # own evaluate(): EMA samples against the statistics of config.data, cached per dataset+split.
   c.eval = ml_collections.ConfigDict()
-  c.eval.metrics = ""             # "" off; else a subset of "fid,kid,is,pr,dc", e.g. "fid,is,pr"
+  c.eval.metrics = ""             # "" off; else a subset of "fid,kid,is,pr,dc", e.g. "fid,is,pr";
+  #                                 autoencoders: "rfid" (every held-out image reconstructed once)
   c.eval.features = "auto"        # auto (domain:<dataset> where jgen has one, else inception) |
   #                                 inception | domain:digits | domain:mnist | domain:fashion_mnist
   c.eval.num_samples = 10000      # generated images (drawn in chunks of sample.batch_size)

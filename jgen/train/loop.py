@@ -24,7 +24,8 @@ from jgen.train import mesh as mesh_lib
 from jgen.train.checkpoint import Checkpointer
 from jgen.train import init_from as init_from_lib
 from jgen.train import rules as rules_lib
-from jgen.train.method import Conditional, Evaluates, Method, load_method, sample_tag
+from jgen.train.method import (Conditional, Evaluates, Method, Reconstructs, load_method,
+                               sample_tag)
 from jgen.train.state import TrainState
 from jgen.train.writers import MetricWriter, save_image_grid, to_uint8
 
@@ -370,7 +371,12 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
       return _draw(sampler, state, jax.random.fold_in(base, i), n,
                    None if labels is None else np.resize(labels, n))
 
-    sample_metrics = metrics_lib.evaluate_config(config, draw)
+    reconstruct_fn = None
+    if isinstance(method, Reconstructs):
+      recon = jax.jit(method.reconstruct_images, out_shardings=mesh_lib.replicated(mesh))
+      reconstruct_fn = lambda images: recon(state, images)
+    sample_metrics = metrics_lib.evaluate_config(config, draw, method=method,
+                                                 reconstruct_fn=reconstruct_fn)
     if sample_metrics is not None:
       log.info("sample metrics at step %d (%s features): %s", step,
                sample_metrics["features"],

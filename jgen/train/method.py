@@ -12,7 +12,8 @@ Optional members are declared as protocols of their own, which the loop checks w
 * `TagsSamples`: ``sample_tag`` (a string naming the sampler settings in file names);
 * `Conditional`: ``num_classes`` and ``sample_conditional(state, rng, conditions, n)``, where
   ``conditions`` follows `jgen.nn.conditioning` (``{"label": int32 [n], ...}``); the loop takes
-  the labels from ``config.sample.labels`` and writes them into the samples ``.npz``.
+  the labels from ``config.sample.labels`` and writes them into the samples ``.npz``;
+* `Reconstructs`: ``reconstruct_images(state, images) -> images`` (reconstruction FID).
 
 The loop in `jgen.train.loop` owns everything else. A config names the method by module path
 (``config.method = "diffusion.ddpm"``); the module defines ``make_method(config)``.
@@ -68,6 +69,14 @@ class Conditional(Protocol):
 
   def sample_conditional(self, state: TrainState, rng: jax.Array,
                          conditions: dict[str, jax.Array], n: int) -> jax.Array:
+    ...
+
+
+@runtime_checkable
+class Reconstructs(Protocol):
+  """An autoencoder: reconstructions of given images (reconstruction FID, `rfid`)."""
+
+  def reconstruct_images(self, state: TrainState, images: jax.Array) -> jax.Array:
     ...
 
 

@@ -48,14 +48,17 @@ def test_train_then_sample(runs, name):
     np.testing.assert_array_equal(images[0::2], expected)
 
 
-def test_vqvae_statistics_are_trained_by_hand_and_checkpointed(runs):
+def test_vqvae_statistics_are_model_state_trained_by_hand_and_checkpointed(runs):
   config, workdir, state = runs("vqvae_digits")
-  stats = state.params["vq_stats"]
+  assert set(state.params) == {"encoder", "decoder", "codebook"}  # params are params only
+  stats = state.model_state["vq_stats"]
   assert not np.allclose(stats["counts"], 1.0)  # moved from their initial value
+  assert "vq_stats" not in state.emas["ema"]  # never averaged
   assert np.isfinite(state.params["codebook"]).all()
   with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     restored = ckpt.restore(state.checkpoint_items())
-  np.testing.assert_array_equal(restored["params"]["vq_stats"]["counts"], stats["counts"])
+  np.testing.assert_array_equal(restored["model_state"]["vq_stats"]["counts"], stats["counts"])
+  np.testing.assert_array_equal(restored["model_state"]["vq_stats"]["sums"], stats["sums"])
   np.testing.assert_array_equal(restored["params"]["codebook"], state.params["codebook"])
 
 

@@ -4,7 +4,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from jgen.autoencoder.common import make_networks
 from jgen.autoencoder.networks import Decoder, Encoder, latent_shape
+from tests.conftest import load_experiment
 
 
 @pytest.mark.parametrize("size,channels,spatial,ch_mult", [
@@ -33,3 +35,14 @@ def test_bad_image_sizes_are_rejected(size):
   with pytest.raises(ValueError, match="power of two|too small"):
     jax.eval_shape(lambda x: enc.init(jax.random.key(0), x, train=False),
                    jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32))
+
+
+def test_compute_dtype_from_the_one_table():
+  """float16 is refused (jgen does not scale losses); bfloat16 computes, params stay float32."""
+  config = load_experiment("ae_digits", "smoke")
+  config.model.dtype = "bfloat16"
+  encoder, decoder = make_networks(config, encoder_features=4, decoder_channels=1)
+  assert encoder.dtype == decoder.dtype == jnp.bfloat16
+  config.model.dtype = "float16"
+  with pytest.raises(ValueError, match="loss scaling"):
+    make_networks(config, encoder_features=4, decoder_channels=1)

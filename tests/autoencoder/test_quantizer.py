@@ -72,13 +72,12 @@ def test_perplexity_and_dead_code_restart():
   np.testing.assert_array_equal(same[0], codebook)
 
 
-def test_masked_optimizer_leaves_the_statistics_alone():
-  params = {"encoder": jnp.ones(2), "decoder": jnp.ones(2), "codebook": jnp.ones(2),
-            "vq_stats": {"counts": jnp.ones(2)}}
+def test_masked_optimizer_masks_only_the_ema_codebook():
+  params = {"encoder": jnp.ones(2), "decoder": jnp.ones(2), "codebook": jnp.ones(2)}
   grads = jax.tree.map(jnp.ones_like, params)
   for learn, moved in ((True, True), (False, False)):
     tx = masked_optimizer(optax.sgd(0.5), learn_codebook=learn)
     updates, _ = tx.update(grads, tx.init(params), params)
     assert np.all(updates["encoder"] == -0.5)
-    assert np.all(updates["vq_stats"]["counts"] == 0)
+    assert np.all(updates["decoder"] == -0.5)
     assert bool(np.all(updates["codebook"] == -0.5)) == moved

@@ -2,10 +2,12 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from jgen.diffusion import get_schedule, predict_eps_from_x0, q_sample
+from jgen.diffusion.ddpm import make_unet
 from jgen.diffusion.losses import ddpm_loss
 
 T = 50
@@ -102,3 +104,14 @@ def test_jit_and_grad(schedule, x0):
 def test_shape_mismatch_of_model_output_is_caught(schedule, x0):
   with pytest.raises(AssertionError):
     ddpm_loss(lambda x_t, t: x_t[..., :1], schedule, x0, jax.random.PRNGKey(0))
+
+
+def test_compute_dtypes_come_from_the_one_table():
+  """float16 is refused (jgen does not scale losses); bfloat16 and float32 are offered."""
+  model = ml_collections.ConfigDict(dict(ch=8, ch_mult=(1,), num_res_blocks=1,
+                                         attn_resolutions=(), dropout=0.0, num_groups=4,
+                                         dtype="bfloat16"))
+  assert make_unet(model).dtype == jnp.bfloat16
+  model.dtype = "float16"
+  with pytest.raises(ValueError, match="loss scaling"):
+    make_unet(model)

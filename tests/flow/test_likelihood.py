@@ -12,7 +12,7 @@ import pytest
 
 from jgen.flow import likelihood as lik
 from jgen.flow.method import FlowMethod
-from jgen.flow.models import standard_normal_log_prob
+from jgen.flow.likelihood import standard_normal_log_prob
 
 
 class StandardNormal(nn.Module):

@@ -168,3 +168,78 @@ def test_launch_eval_computes_sample_metrics_of_a_trained_model(tmp_path, monkey
   config.eval.metrics = ""
   with pytest.raises(ValueError, match="no evaluate"):
     jgen.run.main(config, workdir=workdir, mode="eval")
+
+
+class _Reconstructs:
+  """A method whose sample() shows reconstructions (as the AE and VQ-VAE do)."""
+
+  sample_is_reconstruction = True
+
+
+def _rfid_config(metrics):
+  config = base_config()
+  config.method = "autoencoder.ae"
+  config.data.update(source="digits", image_size=8, channels=1, resize=False)
+  config.eval.metrics = metrics
+  config.sample.batch_size = 40
+  return config
+
+
+def test_sample_metrics_of_reconstructions_are_refused_before_any_features(monkeypatch):
+  def no_features(*args, **kwargs):
+    raise AssertionError("no feature network may load for a refused metric")
+
+  monkeypatch.setattr(feature_net, "load", no_features)
+  for metrics in ("fid", "kid,pr", "fid,rfid"):
+    with pytest.raises(ValueError, match=r"autoencoder\.ae.*reconstructions.*metrics=rfid"):
+      evaluate.evaluate_config(_rfid_config(metrics), lambda i, n: None, method=_Reconstructs(),
+                               reconstruct_fn=lambda x: x)
+  with pytest.raises(ValueError, match="rfid .*reconstruct"):
+    evaluate.evaluate_config(_rfid_config("rfid"), lambda i, n: None, method=object())
+
+
+def test_reconstruction_fid_of_every_held_out_image_once(monkeypatch):
+  """rFID against the held-out images' own statistics, each image reconstructed once, in
+  calls of one shape (the last batch padded)."""
+  net = random_domain_net(batch_size=64)
+  monkeypatch.setattr(feature_net, "load", lambda spec, **kwargs: net)
+  held_out = jdata.load_source("digits", split="test", image_size=8, channels=1).images
+  calls = []
+
+  def darker(x):
+    calls.append(x.shape[0])
+    return x * 0.5 - 0.5
+
+  got = evaluate.evaluate_config(_rfid_config("rfid"), None, method=_Reconstructs(),
+                                 reconstruct_fn=darker)
+  assert set(got) == {"features", "rfid", "rfid_num_images"}
+  assert got["rfid_num_images"] == len(held_out) and set(calls) == {40}
+  assert len(calls) == -(-len(held_out) // 40)
+  x = held_out.astype(np.float32) / 127.5 - 1.0
+  real = fid.GaussianStats(net.feature_dim).update(net(held_out)["features"])
+  fake = fid.GaussianStats(net.feature_dim).update(net(darker(x))["features"])
+  assert got["rfid"] == pytest.approx(fid.fid_from_stats(fake, real), rel=1e-5)
+  same = evaluate.evaluate_config(_rfid_config("rfid"), None, method=_Reconstructs(),
+                                  reconstruct_fn=lambda x: x)
+  assert abs(same["rfid"]) < 1e-3 < got["rfid"]  # a perfect reconstruction scores 0
+
+
+def test_rfid_of_a_trained_autoencoder(tmp_path, monkeypatch):
+  """The AE smoke run through `reconstruct_images`, jitted and bound to the restored state the
+  way `jgen.train.loop.evaluate` passes it; its FID is refused."""
+  config = load_experiment("ae_digits", "smoke")
+  workdir = str(tmp_path / "run")
+  jgen.run.main(config, workdir=workdir, mode="train")
+  method, _, state = loop.restore_for_inference(config, workdir)
+  assert method.sample_is_reconstruction
+  monkeypatch.setattr(feature_net, "load",
+                      lambda spec, **kwargs: random_domain_net(batch_size=kwargs["batch_size"]))
+  reconstruct = jax.jit(method.reconstruct_images)
+  config.eval.metrics = "rfid"
+  got = evaluate.evaluate_config(config, None, method=method,
+                                 reconstruct_fn=lambda x: reconstruct(state, x))
+  assert got["features"] == "domain-digits" and np.isfinite(got["rfid"]) and got["rfid"] > 0
+  assert got["rfid_num_images"] == len(loop.load_data(config, split=config.data.eval_split))
+  config.eval.metrics = "fid"
+  with pytest.raises(ValueError, match="reconstruction FID"):
+    evaluate.evaluate_config(config, None, method=method)

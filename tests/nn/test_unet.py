@@ -17,7 +17,8 @@ import pytest
 from jgen.nn import (
     AttnBlock,
     Downsample,
-    ResnetBlock,
+    ResBlock,
+    ddpm_res_block,
     UNet,
     Upsample,
     timestep_embedding,
@@ -201,10 +202,10 @@ def test_layer_shapes():
   def abstract(module, *args, **kwargs):
     return jax.eval_shape(lambda *a: module.init_with_output(_key(0), *a, **kwargs), *args)
 
-  out, v = abstract(ResnetBlock(out_ch=32, num_groups=8), x, temb, train=False)
+  out, v = abstract(ddpm_res_block(32, num_groups=8), x, temb, train=False)
   assert "nin_shortcut" in v["params"]
   assert out.shape == (2, 8, 8, 32)
-  _, v = abstract(ResnetBlock(num_groups=8), x, temb, train=False)
+  _, v = abstract(ddpm_res_block(num_groups=8), x, temb, train=False)
   assert "nin_shortcut" not in v["params"]
 
   out, _ = abstract(AttnBlock(num_groups=8), x)
@@ -220,7 +221,7 @@ def test_blocks_are_identity_at_init():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((1, 4, 4, 8)), jnp.float32)
   temb = jnp.asarray(rng.standard_normal((1, 16)), jnp.float32)
-  block = ResnetBlock(num_groups=4)
+  block = ddpm_res_block(num_groups=4)
   out, _ = jax.jit(lambda k: block.init_with_output(k, x, temb, train=False))(_key(0))
   np.testing.assert_allclose(np.asarray(out), np.asarray(x), atol=1e-6)
   attn = AttnBlock(num_groups=4)
