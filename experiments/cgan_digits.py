@@ -11,13 +11,11 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-_dcgan = experiment_module("dcgan_digits", __file__)
+_base = experiment_module("base_gan", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = _dcgan.gan_base(smoke=arg == "smoke")
-  c.method = "gan.cgan"
-  c.gan.num_classes = 10
+  c = _base.digits_config("cgan", smoke=arg == "smoke")
   if arg == "concat":
     c.model.conditioning = "concat"
   elif arg not in (None, "smoke"):

@@ -17,14 +17,15 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-METHODS = ("dcgan", "cgan", "wgan", "wgan_gp")
+_base = experiment_module("base_gan", beside=__file__)
+METHODS = _base.METHODS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in METHODS:
     raise ValueError(f"gan_cifar needs a method argument, one of {METHODS}: "
                      f"experiments/gan_cifar.py:wgan_gp (got {arg!r})")
-  c = experiment_module(f"{arg}_digits", __file__).get_config(None)
+  c = _base.digits_config(arg)
   c.data.source = "tfds:cifar10"
   c.data.image_size = 32
   c.data.channels = 3
@@ -43,11 +44,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.d_features = 128
     c.model.g_norm = "batch"
     c.model.d_norm = "none"
-    for optim in (c.optim, c.optim_d):
-      optim.lr = 2e-4
-      optim.b1 = 0.0
-      optim.b2 = 0.9
-      optim.schedule = "cosine"
+    c.optim.lr = 2e-4             # both networks (optim_d follows optim)
+    c.optim.b1 = 0.0
+    c.optim.b2 = 0.9
+    c.optim.schedule = "cosine"
   if arg == "cgan":
     c.gan.loss = "hinge"
   return c

@@ -7,22 +7,23 @@
       --config.data.source=idx:/usr/share/datasets/fashion-mnist
 
 The argument names the method (dcgan, cgan, wgan, wgan_gp); each starts from its digits config
-(experiments/<method>_digits.py) and scales data and networks to 32x32 (DCGAN G 4x4x256 ->
-8x8x128 -> 16x16x64 -> 32x32x1).
+(`digits_config` of experiments/base_gan.py) and scales data and networks to 32x32 (DCGAN G
+4x4x256 -> 8x8x128 -> 16x16x64 -> 32x32x1).
 """
 
 import ml_collections
 
 from jgen.train.config import experiment_module
 
-METHODS = ("dcgan", "cgan", "wgan", "wgan_gp")
+_base = experiment_module("base_gan", beside=__file__)
+METHODS = _base.METHODS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in METHODS:
     raise ValueError(f"gan_mnist needs a method argument, one of {METHODS}: "
                      f"experiments/gan_mnist.py:wgan_gp (got {arg!r})")
-  c = experiment_module(f"{arg}_digits", __file__).get_config(None)
+  c = _base.digits_config(arg)
   c.data.source = "tfds:mnist"
   c.data.image_size = 32
   c.data.channels = 1

@@ -10,19 +10,10 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-_dcgan = experiment_module("dcgan_digits", __file__)
+_base = experiment_module("base_gan", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, "smoke"):
     raise ValueError(f"unknown variant {arg!r} of wgan_gp_digits; use 'smoke'")
-  c = _dcgan.gan_base(smoke=arg == "smoke", n_critic=5)
-  c.method = "gan.wgan_gp"
-  c.gan.loss = "wasserstein"
-  c.gan.gp_weight = 10.0
-  c.model.d_norm = "layer"
-  c.optim.lr = 1e-4
-  c.optim.b1 = 0.0
-  c.optim.b2 = 0.9
-  c.optim_d = c.optim.copy_and_resolve_references()
-  return c
+  return _base.digits_config("wgan_gp", smoke=arg == "smoke")

@@ -1,4 +1,5 @@
-"""GANs: adversarial losses and penalties (`jgen.gan.losses`), one module per GAN family."""
+"""GANs: adversarial losses and penalties (`jgen.gan.losses`), the pure adversarial updates
+(`jgen.gan.updates`) and one module per GAN family composing them."""
 
 from jgen.gan.losses import (
     LOSSES,
@@ -8,8 +9,19 @@ from jgen.gan.losses import (
     gradient_penalty,
     r1_penalty,
 )
+from jgen.gan.updates import (
+    Regularizer,
+    clip_projection,
+    discriminator_update,
+    generator_update,
+    module_apply,
+    path_length,
+    r1,
+    update,
+)
 
 __all__ = [
-    "LOSSES", "clip_weights", "discriminator_loss", "generator_loss", "gradient_penalty",
-    "r1_penalty",
+    "LOSSES", "Regularizer", "clip_projection", "clip_weights", "discriminator_loss",
+    "discriminator_update", "generator_loss", "generator_update", "gradient_penalty",
+    "module_apply", "path_length", "r1", "r1_penalty", "update",
 ]

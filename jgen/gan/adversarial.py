@@ -1,20 +1,24 @@
-"""The adversarial train step shared by every GAN family, as a method of the one loop.
+"""The GAN method of the one loop: a composition of the pure updates of `jgen.gan.updates`.
 
-A `GAN` holds both networks and both optimizers; one loop step is one jitted update of both:
-`n_critic` discriminator (critic) steps, then one generator step, then the generator's EMA.
+One loop step is `n_critic` `discriminator_update`s, then one `generator_update` (which also
+advances the generator's EMA, `EmaSpec("ema", decay, warmup, "generator/.*")`). The same
+`GAN.train_step` drives the loop's dcgan / cgan / wgan / wgan_gp and the 2-D toy trainer of
+`jgen.gan.toy`: there is one adversarial step in the code base.
 
 State layout (`jgen.train.TrainState`):
 
-* `params = {"generator": ..., "discriminator": ...}`;
-* `opt_state = {"generator": ..., "discriminator": ...}`, each network's own optax state; the
-  static `tx` is `per_network({...})`, the two optimizers side by side (its `init` builds that
-  dict). The GAN step updates one network at a time with `GAN.tx_g` / `GAN.tx_d` and never calls
-  `TrainState.apply_gradients` (whose EMA covers all params);
-* `ema_params = {"generator": ...}`: only the generator is averaged (sampling uses it);
+* `params = {"generator": ..., "discriminator": ...}`, `tx = per_network({...})`, so
+  `opt_state = {"generator": ..., "discriminator": ...}`, each network's own optax state;
+* `emas = {"ema": {"generator": ...}}`: only the generator is averaged (sampling uses
+  `state.ema_params["generator"]`);
 * `model_state = {"generator": {...}, "discriminator": {...}}`: batch-norm statistics
   (`{"batch_stats": ...}`, empty without batch norm); the generator's statistics go with its EMA
   parameters at sampling time;
-* `step` counts generator updates; the discriminator's optimizer counts its own.
+* `step` counts generator updates; the critic's k-th update of step s is its update number
+  s * n_critic + k (what its lazy regularizers test).
+
+Regularizers: `gp_weight` (WGAN-GP), `r1_gamma` with `r1_every` (lazy R1: every k-th critic
+step, gamma scaled by k), `clip` (a projection after every critic step).
 
 Real data: the loop's batch holds `n_critic * b` images (set `data.batch_size` to that); the
 critic step k reads images k, k + n_critic, k + 2 n_critic, ... (every shard of a
@@ -33,39 +37,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jgen.gan import losses
+from jgen.gan import losses, updates
 from jgen.nn import gan as nets
+from jgen.nn.dtypes import compute_dtype
 from jgen.train.optim import make_optimizer
-from jgen.train.state import TrainState, ema_decay_at, ema_update
+from jgen.train.state import EmaSpec, TrainState, per_network
 
 PyTree = Any
 
-__all__ = ["GAN", "ARCHS", "gan_from_config", "per_network", "split_critic_batches"]
-
-NETWORKS = ("generator", "discriminator")
+__all__ = ["ARCHS", "GAN", "ConditionalGAN", "discriminator_optim", "gan_from_config",
+           "split_critic_batches"]
 
 # arch -> (generator class, discriminator class)
 ARCHS = {
     "dcgan": (nets.DCGANGenerator, nets.DCGANDiscriminator),
     "resnet": (nets.ResNetGenerator, nets.ResNetCritic),
 }
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def per_network(txs: Mapping[str, optax.GradientTransformation]
-                ) -> optax.GradientTransformation:
-  """Optimizers side by side: `txs[k]` updates the subtree `params[k]` with its own state."""
-
-  def init(params):
-    return {k: tx.init(params[k]) for k, tx in txs.items()}
-
-  def update(grads, state, params=None):
-    out = {k: tx.update(grads[k], state[k], None if params is None else params[k])
-           for k, tx in txs.items()}
-    return {k: u for k, (u, _) in out.items()}, {k: s for k, (_, s) in out.items()}
-
-  return optax.GradientTransformation(init, update)
 
 
 def split_critic_batches(x: jax.Array, n: int) -> jax.Array:
@@ -90,8 +77,10 @@ class GAN:
     n_critic: discriminator steps per generator step.
     gp_weight: WGAN-GP gradient penalty lambda (0: none).
     r1_gamma: R1 penalty gamma (0: none).
+    r1_every: lazy R1 interval in critic steps (StyleGAN2: 16); gamma is scaled by it.
     clip: clip every discriminator weight to [-clip, clip] after each of its steps (0: none).
-    ema_decay, ema_warmup: EMA of the generator's parameters, used by `sample`.
+    ema_decay, ema_warmup: EMA of the generator's parameters, used by `sample` (decay 0: no
+      EMA, `sample` uses the trained generator).
     name: the family's name (sample file tags).
   """
 
@@ -105,6 +94,7 @@ class GAN:
   n_critic: int = 1
   gp_weight: float = 0.0
   r1_gamma: float = 0.0
+  r1_every: int = 1
   clip: float = 0.0
   ema_decay: float = 0.999
   ema_warmup: bool = True
@@ -119,10 +109,31 @@ class GAN:
       raise ValueError("gradient penalties need a critic that scores each example on its own: "
                        "use layer or no normalization in the discriminator, not batch norm")
 
-  # ------------------------------------------------------------------ networks
+  # ------------------------------------------------------------------ the composition
 
-  def _labels(self, batch: Mapping[str, jax.Array]) -> jax.Array | None:
-    return batch["label"] if self.num_classes else None
+  @property
+  def g_apply(self) -> updates.ApplyFn:
+    return updates.module_apply(self.generator)
+
+  @property
+  def d_apply(self) -> updates.ApplyFn:
+    return updates.module_apply(self.discriminator)
+
+  def regularizers(self) -> tuple[updates.Regularizer, ...]:
+    """The critic's regularizer terms."""
+    regs = []
+    if self.gp_weight:
+      regs.append(updates.gradient_penalty(self.d_apply, weight=self.gp_weight))
+    if self.r1_gamma:
+      regs.append(updates.r1(self.d_apply, gamma=self.r1_gamma, every=self.r1_every))
+    return tuple(regs)
+
+  def projections(self) -> tuple:
+    """The critic's projections after each of its steps (WGAN's clipping)."""
+    return (updates.clip_projection(self.clip),) if self.clip else ()
+
+  def _conditions(self, labels: jax.Array | None) -> dict[str, jax.Array] | None:
+    return None if labels is None else {"label": labels}
 
   def sample_labels(self, n: int) -> jax.Array | None:
     """Labels of `sample(state, rng, n)`: 0, 1, ..., num_classes - 1, 0, 1, ... (None if
@@ -133,13 +144,13 @@ class GAN:
                labels: jax.Array | None = None, *, train: bool = False
                ) -> tuple[jax.Array, PyTree]:
     """`(images, new_model_state)` of the generator (statistics change only with `train`)."""
-    return _apply(self.generator, params, model_state, z, labels, train=train)
+    return self.g_apply(params, model_state, z, self._conditions(labels), train=train)
 
   def discriminate(self, params: PyTree, model_state: PyTree, x: jax.Array,
                    labels: jax.Array | None = None, *, train: bool = False
                    ) -> tuple[jax.Array, PyTree]:
     """`(scores [B], new_model_state)` of the discriminator."""
-    return _apply(self.discriminator, params, model_state, x, labels, train=train)
+    return self.d_apply(params, model_state, x, self._conditions(labels), train=train)
 
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     g_rng, d_rng, state_rng = jax.random.split(rng, 3)
@@ -150,43 +161,12 @@ class GAN:
     params = {"generator": g_vars.pop("params"), "discriminator": d_vars.pop("params")}
     if self.clip:
       params["discriminator"] = losses.clip_weights(params["discriminator"], self.clip)
-    tx = per_network({"generator": self.tx_g, "discriminator": self.tx_d})
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params,
-        ema_params={"generator": jax.tree.map(jnp.copy, params["generator"])},
-        opt_state=tx.init(params), rng=jax.random.key_data(state_rng), tx=tx,
-        ema_decay=self.ema_decay, ema_warmup=self.ema_warmup,
+    emas = ((EmaSpec("ema", self.ema_decay, self.ema_warmup, "generator/.*"),)
+            if self.ema_decay else ())
+    return TrainState.create(
+        params=params, tx=per_network({"generator": self.tx_g, "discriminator": self.tx_d}),
+        rng=state_rng, emas=emas,
         model_state={"generator": dict(g_vars), "discriminator": dict(d_vars)})
-
-  # ------------------------------------------------------------------ losses
-
-  def discriminator_loss_fn(self, d_params: PyTree, d_state: PyTree, real: jax.Array,
-                            fake: jax.Array, labels: jax.Array | None, rng: jax.Array
-                            ) -> tuple[jax.Array, tuple[PyTree, dict[str, jax.Array]]]:
-    """`(loss, (new_d_state, metrics))` of one critic step on real and (fixed) fake images."""
-    real_logits, d_state = self.discriminate(d_params, d_state, real, labels, train=True)
-    fake_logits, d_state = self.discriminate(d_params, d_state, fake, labels, train=True)
-    adv = losses.discriminator_loss(self.loss, real_logits, fake_logits)
-    metrics = {"d_loss": adv, "real_score": jnp.mean(real_logits),
-               "fake_score": jnp.mean(fake_logits)}
-    loss = adv
-    d_fn = lambda v: self.discriminate(d_params, d_state, v, labels, train=True)[0]
-    if self.gp_weight:
-      metrics["gp"] = losses.gradient_penalty(d_fn, real, fake, rng, weight=self.gp_weight)
-      loss = loss + metrics["gp"]
-    if self.r1_gamma:
-      metrics["r1"] = losses.r1_penalty(d_fn, real, gamma=self.r1_gamma)
-      loss = loss + metrics["r1"]
-    return loss, (d_state, metrics)
-
-  def generator_loss_fn(self, g_params: PyTree, g_state: PyTree, d_params: PyTree,
-                        d_state: PyTree, z: jax.Array, labels: jax.Array | None
-                        ) -> tuple[jax.Array, tuple[PyTree, dict[str, jax.Array]]]:
-    """`(loss, (new_g_state, metrics))` of one generator step (D's statistics not updated)."""
-    fake, g_state = self.generate(g_params, g_state, z, labels, train=True)
-    logits, _ = self.discriminate(d_params, d_state, fake, labels, train=True)
-    loss = losses.generator_loss(self.loss, logits)
-    return loss, (g_state, {"g_loss": loss})
 
   # ------------------------------------------------------------------ the loop's contract
 
@@ -196,44 +176,28 @@ class GAN:
     reals = split_critic_batches(batch["image"], n)
     labels = split_critic_batches(batch["label"], n) if self.num_classes else None
     b = reals.shape[1]
+    regs, projections = self.regularizers(), self.projections()
     g_params, g_state = state.params["generator"], state.model_state["generator"]
 
-    def critic_step(carry, k):
-      d_params, d_opt, d_state = carry
-      z_rng, gp_rng = jax.random.split(jax.random.fold_in(rng, k))
-      y = None if labels is None else labels[k]
-      fake, _ = self.generate(g_params, g_state, jax.random.normal(z_rng, (b, self.z_dim)), y,
-                              train=True)
-      grads, (d_state, metrics) = jax.grad(self.discriminator_loss_fn, has_aux=True)(
-          d_params, d_state, reals[k], jax.lax.stop_gradient(fake), y, gp_rng)
-      updates, d_opt = self.tx_d.update(grads, d_opt, d_params)
-      d_params = optax.apply_updates(d_params, updates)
-      if self.clip:
-        d_params = losses.clip_weights(d_params, self.clip)
-      return (d_params, d_opt, d_state), {**metrics, "d_grad_norm": optax.global_norm(grads)}
+    def critic_step(state, k):
+      z_rng, reg_rng = jax.random.split(jax.random.fold_in(rng, k))
+      cond = None if labels is None else {"label": labels[k]}
+      fake, _ = self.g_apply(g_params, g_state, jax.random.normal(z_rng, (b, self.z_dim)),
+                             cond, train=True)
+      return updates.discriminator_update(
+          state, self.d_apply, reals[k], fake, rng=reg_rng, step=state.step * n + k,
+          conditions=cond, loss=self.loss, regularizers=regs, projections=projections)
 
-    carry = (state.params["discriminator"], state.opt_state["discriminator"],
-             state.model_state["discriminator"])
     # Unrolled: XLA:CPU runs convolutions inside a while loop far slower (about 30x here).
-    (d_params, d_opt, d_state), d_metrics = jax.lax.scan(critic_step, carry, jnp.arange(n),
-                                                         unroll=True)
+    state, d_metrics = jax.lax.scan(critic_step, state, jnp.arange(n), unroll=True)
     d_metrics = jax.tree.map(jnp.mean, d_metrics)
 
     z = jax.random.normal(jax.random.fold_in(rng, n), (b, self.z_dim))
-    y = None if labels is None else labels[0]
-    g_grads, (g_state, g_metrics) = jax.grad(self.generator_loss_fn, has_aux=True)(
-        g_params, g_state, d_params, d_state, z, y)
-    updates, g_opt = self.tx_g.update(g_grads, state.opt_state["generator"], g_params)
-    g_params = optax.apply_updates(g_params, updates)
-    decay = ema_decay_at(state.step, state.ema_decay, warmup=state.ema_warmup)
-    state = state.replace(
-        step=state.step + 1,
-        params={"generator": g_params, "discriminator": d_params},
-        ema_params={"generator": ema_update(state.ema_params["generator"], g_params, decay)},
-        opt_state={"generator": g_opt, "discriminator": d_opt},
-        model_state={"generator": g_state, "discriminator": d_state})
-    metrics = {**d_metrics, **g_metrics, "g_grad_norm": optax.global_norm(g_grads),
-               "loss": d_metrics["d_loss"]}
+    cond = None if labels is None else {"label": labels[0]}
+    state, g_metrics = updates.generator_update(
+        state, self.g_apply, self.d_apply, z, rng=jax.random.fold_in(rng, n + 1),
+        step=state.step, conditions=cond, loss=self.loss)
+    metrics = {**d_metrics, **g_metrics, "loss": d_metrics["d_loss"]}
     if self.loss == "wasserstein":  # the critic's estimate of W1 (its negated loss)
       metrics["wasserstein"] = -d_metrics["d_loss"]
     return state, metrics
@@ -243,7 +207,7 @@ class GAN:
     """The discriminator's loss and mean scores on held-out real images vs EMA samples
     (statistics in inference mode); `wasserstein` = mean real - mean fake score."""
     x = batch["image"]
-    labels = self._labels(batch)
+    labels = batch["label"] if self.num_classes else None
     fake, _ = self.generate(state.ema_params["generator"], state.model_state["generator"],
                             jax.random.normal(rng, (x.shape[0], self.z_dim)), labels)
     d_params, d_state = state.params["discriminator"], state.model_state["discriminator"]
@@ -270,39 +234,59 @@ class GAN:
     return f"{self.name}_ema"
 
 
-def _apply(module: nn.Module, params: PyTree, model_state: PyTree, x: jax.Array,
-           labels: jax.Array | None, *, train: bool) -> tuple[jax.Array, PyTree]:
-  variables = {"params": params, **model_state}
-  if train and model_state:
-    out, updates = module.apply(variables, x, labels, train=True, mutable=list(model_state))
-    return out, dict(updates)
-  return module.apply(variables, x, labels, train=train), model_state
+@dataclasses.dataclass(frozen=True, eq=False)
+class ConditionalGAN(GAN):
+  """A class-conditional `GAN` (`num_classes` > 0): also the loop's `Conditional` method."""
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.num_classes < 1:
+      raise ValueError(f"a ConditionalGAN needs num_classes > 0, got {self.num_classes}")
+
+  def sample_conditional(self, state: TrainState, rng: jax.Array,
+                         conditions: Mapping[str, jax.Array], n: int) -> jax.Array:
+    """`n` images for `conditions["label"]` (int32 `[n]`; `jgen.nn.conditioning`)."""
+    return self.sample_with_labels(state, rng, conditions["label"], n)
+
+
+def discriminator_optim(config: Any) -> dict[str, Any]:
+  """The discriminator's optimizer config: `config.optim` with the fields that
+  `config.optim_d` sets on its own (not None) put in.
+
+  `optim_d`'s fields are placeholders (None: "follow optim"), so `--config.optim.lr=1e-4`
+  moves both networks and `--config.optim_d.lr=4e-4` the discriminator only. `rules` are not
+  an optimizer field (they select trainable leaves of the whole tree).
+  """
+  optim = {k: v for k, v in config.optim.items() if k != "rules"}
+  own = {k: v for k, v in config.get("optim_d", {}).items() if v is not None}
+  return {**optim, **own}
 
 
 def gan_from_config(config: Any, **fixed) -> GAN:
-  """Translates a config (`model`, `gan`, `optim` for G, `optim_d` for D, `train`) into a GAN.
+  """Translates a config (`model`, `gan`, `optim` for G, `optim_d` over it for D, `train`)
+  into a GAN (a `ConditionalGAN` when `num_classes` > 0).
 
   `fixed` overrides fields a family defines (e.g. `loss="wasserstein"` for WGAN).
   """
   m, g = config.model, config.gan
   if m.arch not in ARCHS:
     raise ValueError(f"unknown GAN architecture {m.arch!r}; choose one of {sorted(ARCHS)}")
-  if m.dtype not in DTYPES:
-    raise ValueError(f"unknown compute dtype {m.dtype!r}; choose one of {sorted(DTYPES)}")
+  dtype = compute_dtype(m.dtype)
   g_cls, d_cls = ARCHS[m.arch]
   num_classes = fixed.pop("num_classes", g.num_classes)
-  dtype = DTYPES[m.dtype]
   generator = g_cls(image_size=config.data.image_size, channels=config.data.channels,
                     features=m.g_features, num_classes=num_classes, embed_dim=m.embed_dim,
                     norm=m.g_norm, dtype=dtype)
   discriminator = d_cls(features=m.d_features, num_classes=num_classes,
                         conditioning=m.conditioning, norm=m.d_norm, dtype=dtype)
   fields = dict(loss=g.loss, z_dim=m.z_dim, n_critic=g.n_critic, gp_weight=g.gp_weight,
-                r1_gamma=g.r1_gamma, clip=g.clip, ema_decay=config.train.ema_decay,
-                ema_warmup=config.train.ema_warmup)
+                r1_gamma=g.r1_gamma, r1_every=g.get("r1_every", 1), clip=g.clip,
+                ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)
   fields.update(fixed)
   total = config.train.num_steps
-  return GAN(generator=generator, discriminator=discriminator,
+  cls = ConditionalGAN if num_classes else GAN
+  return cls(generator=generator, discriminator=discriminator,
              tx_g=make_optimizer(config.optim, total_steps=total),
-             tx_d=make_optimizer(config.optim_d, total_steps=total * fields["n_critic"]),
+             tx_d=make_optimizer(discriminator_optim(config),
+                                 total_steps=total * fields["n_critic"]),
              num_classes=num_classes, **fields)

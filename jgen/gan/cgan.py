@@ -5,7 +5,9 @@ The generator concatenates a label embedding to z; the discriminator conditions 
 concatenated to the image (`"concat"`). Critic steps read the real batch's labels and make
 fakes of the same labels; the generator step uses the labels of the first real chunk.
 `sample(state, rng, n)` makes classes 0, 1, ..., 9, 0, 1, ... (`sample_labels(n)`); any other
-labels: `sample_with_labels`. `gan.num_classes` must be > 0; any loss of `jgen.gan.LOSSES`.
+labels: `sample_conditional(state, rng, {"label": labels}, n)` (the loop's `Conditional`
+contract, `config.sample.labels`) or `sample_with_labels(state, rng, labels, n)`.
+`gan.num_classes` must be > 0; any loss of `jgen.gan.LOSSES`.
 """
 
 from __future__ import annotations

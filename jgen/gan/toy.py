@@ -5,28 +5,26 @@ Data: `ring` (8 Gaussians evenly spaced on a circle of radius 2) and `grid` (25 
 likely. A sample is *high quality* if it lies within 3 std of its nearest mode, and a mode is
 *covered* if at least `min_count` high-quality samples fall on it (VEEGAN/PacGAN-style).
 
-`train_toy` trains an MLP generator and discriminator with the pure losses and penalties of
-`jgen.gan.losses`: the whole run (n_critic critic steps and one generator step per iteration)
-is one `lax.scan` inside one `jit`.
+`train_toy` trains an MLP generator and discriminator with the loop's adversarial step
+(`jgen.gan.adversarial.GAN.train_step`, a composition of `jgen.gan.updates`): the whole run
+(n_critic critic steps and one generator step per iteration) is one `lax.scan` inside one
+`jit`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgen.gan import losses
+from jgen.gan.adversarial import GAN
 from jgen.nn.gan import MLPDiscriminator, MLPGenerator
 
-PyTree = Any
-
 __all__ = ["ToyConfig", "TOY_METHODS", "mixture_means", "mode_metrics", "sample_mixture",
-           "train_toy"]
+           "toy_gan", "train_toy"]
 
 
 def mixture_means(kind: str) -> np.ndarray:
@@ -91,60 +89,38 @@ def _optimizer(c: ToyConfig) -> optax.GradientTransformation:
   raise ValueError(f"unknown toy optimizer {c.optimizer!r}; choose 'adam' or 'rmsprop'")
 
 
+def toy_gan(c: ToyConfig, *, hidden: int = 256, z_dim: int = 2) -> GAN:
+  """The `GAN` method of a toy run: MLP G and D (3 x `hidden` ReLU), no generator EMA."""
+  tx = _optimizer(c)
+  return GAN(generator=MLPGenerator(out_dim=2, hidden=(hidden,) * 3),
+             discriminator=MLPDiscriminator(hidden=(hidden,) * 3), tx_g=tx, tx_d=tx,
+             loss=c.loss, z_dim=z_dim, n_critic=c.n_critic, gp_weight=c.gp_weight,
+             clip=c.clip, ema_decay=0.0, name=f"toy_{c.loss}")
+
+
 def train_toy(c: ToyConfig, means: np.ndarray, std: float, rng: jax.Array, *, steps: int,
               batch: int = 256, hidden: int = 256, z_dim: int = 2, num_samples: int = 2500
               ) -> np.ndarray:
   """Trains on the mixture for `steps` generator steps; returns `num_samples` generated points.
 
-  Every critic step draws a fresh real batch and fresh noise; keys come from
-  `fold_in(rng, step)`.
+  Each iteration is `toy_gan(c).train_step` (the loop's GAN step) on a fresh real batch of
+  `n_critic * batch` points (every critic step gets its own `batch` of them, and fresh noise);
+  keys come from `fold_in(rng, step)`.
   """
-  g = MLPGenerator(out_dim=2, hidden=(hidden,) * 3)
-  d = MLPDiscriminator(hidden=(hidden,) * 3)
-  tx = _optimizer(c)
+  gan = toy_gan(c, hidden=hidden, z_dim=z_dim)
   means = jnp.asarray(means)
-  g_rng, d_rng, run_rng, out_rng = jax.random.split(rng, 4)
-  g_params = g.init(g_rng, jnp.zeros((1, z_dim)))
-  d_params = d.init(d_rng, jnp.zeros((1, 2)))
-  if c.clip:
-    d_params = losses.clip_weights(d_params, c.clip)
+  init_rng, run_rng, out_rng = jax.random.split(rng, 3)
 
-  def d_loss(dp, real, fake, key):
-    d_fn = lambda x: d.apply(dp, x)
-    loss = losses.discriminator_loss(c.loss, d_fn(real), d_fn(fake))
-    if c.gp_weight:
-      loss = loss + losses.gradient_penalty(d_fn, real, fake, key, weight=c.gp_weight)
-    return loss
-
-  def g_loss(gp, dp, z):
-    return losses.generator_loss(c.loss, d.apply(dp, g.apply(gp, z)))
-
-  def step(carry, i):
-    gp, dp, g_opt, d_opt = carry
-    key = jax.random.fold_in(run_rng, i)
-
-    def critic(inner, k):
-      dp, d_opt = inner
-      r_key, z_key, p_key = jax.random.split(jax.random.fold_in(key, k), 3)
-      real = sample_mixture(r_key, means, std, batch)
-      fake = g.apply(gp, jax.random.normal(z_key, (batch, z_dim)))
-      grads = jax.grad(d_loss)(dp, real, fake, p_key)
-      updates, d_opt = tx.update(grads, d_opt, dp)
-      dp = optax.apply_updates(dp, updates)
-      if c.clip:
-        dp = losses.clip_weights(dp, c.clip)
-      return (dp, d_opt), None
-
-    (dp, d_opt), _ = jax.lax.scan(critic, (dp, d_opt), jnp.arange(c.n_critic))
-    z = jax.random.normal(jax.random.fold_in(key, c.n_critic), (batch, z_dim))
-    grads = jax.grad(g_loss)(gp, dp, z)
-    updates, g_opt = tx.update(grads, g_opt, gp)
-    return (optax.apply_updates(gp, updates), dp, g_opt, d_opt), None
+  def step(state, i):
+    data_rng, step_rng = jax.random.split(jax.random.fold_in(run_rng, i))
+    real = sample_mixture(data_rng, means, std, c.n_critic * batch)
+    state, _ = gan.train_step(state, {"image": real}, step_rng)
+    return state, None
 
   @jax.jit
-  def run(gp, dp):
-    carry = (gp, dp, tx.init(gp), tx.init(dp))
-    (gp, _, _, _), _ = jax.lax.scan(step, carry, jnp.arange(steps))
-    return g.apply(gp, jax.random.normal(out_rng, (num_samples, z_dim)))
+  def run():
+    state = gan.init(init_rng, {"image": jnp.zeros((1, 2))})
+    state, _ = jax.lax.scan(step, state, jnp.arange(steps))
+    return gan.sample(state, out_rng, num_samples)
 
-  return np.asarray(run(g_params, d_params))
+  return np.asarray(run())

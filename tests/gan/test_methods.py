@@ -10,8 +10,9 @@ import optax
 import pytest
 
 import jgen.run
-from jgen.gan import adversarial
+from jgen.gan import adversarial, updates
 from jgen.train import Checkpointer, load_method
+from jgen.train.method import Conditional
 from tests.conftest import checkpoint_steps, load_experiment
 
 NAMES = ("dcgan_digits", "cgan_digits", "wgan_digits", "wgan_gp_digits")
@@ -38,7 +39,8 @@ def test_train_then_sample(runs, name):
   assert int(state.step) == config.train.num_steps
   assert checkpoint_steps(workdir) == [4]
   assert set(state.params) == {"generator", "discriminator"}
-  assert set(state.ema_params) == {"generator"}
+  assert set(state.emas["ema"]) == {"generator"}  # only the generator is averaged
+  assert set(state.ema_params) == {"generator", "discriminator"}
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
   paths = jgen.run.main(config, workdir=workdir, mode="sample")
   images = np.load(paths["npz"])["images"]
@@ -92,7 +94,10 @@ def test_each_update_touches_only_its_own_network(frozen):
   the other moves. (WGAN-GP: no batch norm in D, a gradient penalty and 5 critic steps; the
   critic's output bias gets no gradient from the Wasserstein loss, mean(fake) - mean(real).)"""
   config = _tiny("wgan_gp_digits")
-  (config.optim if frozen == "generator" else config.optim_d).lr = 0.0
+  if frozen == "generator":  # optim_d follows optim unless set on its own
+    config.optim.lr, config.optim_d.lr = 0.0, 1e-4
+  else:
+    config.optim_d.lr = 0.0
   method = load_method(config)
   state, new, metrics = _step(method, config)
   other = "discriminator" if frozen == "generator" else "generator"
@@ -109,30 +114,41 @@ def test_each_update_touches_only_its_own_network(frozen):
   assert count(new.opt_state["discriminator"]) == 5 and count(new.opt_state["generator"]) == 1
 
 
-def test_generator_loss_does_not_train_the_discriminator():
-  """The generator's gradient is w.r.t. G only; the critic's loss sees fakes as constants."""
+def test_each_update_leaves_the_other_network_alone():
+  """discriminator_update changes only D (and its optimizer state); generator_update only G,
+  its optimizer state, its EMA and the step; the critic sees the fakes as constants."""
   config = _tiny("dcgan_digits")
   method = load_method(config)
   batch = _batch(config)
   state = method.init(jax.random.key(0), batch)
-  p, ms = state.params, state.model_state
   z = jax.random.normal(jax.random.key(1), (4, method.z_dim))
+  fake, _ = method.generate(state.params["generator"], state.model_state["generator"], z)
+  d_new, _ = updates.discriminator_update(state, method.d_apply, batch["image"][:4], fake,
+                                          rng=jax.random.key(2), loss=method.loss)
+  assert all(_changed(state.params["discriminator"], d_new.params["discriminator"]))
+  for tree in ("params", "opt_state", "emas"):
+    assert not any(_changed(getattr(state, tree)["generator"] if tree != "emas"
+                            else state.emas["ema"], getattr(d_new, tree)["generator"]
+                            if tree != "emas" else d_new.emas["ema"]))
+  assert int(d_new.step) == 0
+  g_new, m = updates.generator_update(state, method.g_apply, method.d_apply, z,
+                                      rng=jax.random.key(3), loss=method.loss)
+  assert not any(_changed(state.params["discriminator"], g_new.params["discriminator"]))
+  assert not any(_changed(state.opt_state["discriminator"], g_new.opt_state["discriminator"]))
+  assert all(_changed(state.params["generator"], g_new.params["generator"]))
+  assert any(_changed(state.emas["ema"], g_new.emas["ema"]))
+  assert int(g_new.step) == 1 and float(m["g_grad_norm"]) > 0
 
-  def joint(params):
-    return method.generator_loss_fn(params["generator"], ms["generator"],
-                                    params["discriminator"], ms["discriminator"], z, None)[0]
 
-  g = jax.grad(joint)(p)
-  assert all(np.abs(x).sum() > 0 for x in jax.tree.leaves(g["generator"]))
-
-  def critic(params):
-    fake, _ = method.generate(params["generator"], ms["generator"], z, train=True)
-    return method.discriminator_loss_fn(params["discriminator"], ms["discriminator"],
-                                        batch["image"][:4], jax.lax.stop_gradient(fake), None,
-                                        jax.random.key(2))[0]
-
-  g = jax.grad(critic)(p)
-  assert all(np.abs(x).sum() == 0 for x in jax.tree.leaves(g["generator"]))
+def test_optim_d_follows_optim_unless_set():
+  config = _tiny("wgan_gp_digits")
+  assert adversarial.discriminator_optim(config) == {
+      k: v for k, v in config.optim.items() if k != "rules"}
+  config.optim.lr = 3e-4
+  config.optim_d.b2 = 0.99
+  d = adversarial.discriminator_optim(config)
+  assert d["lr"] == 3e-4 and d["b2"] == 0.99 and config.optim.b2 == 0.9
+  assert d["name"] == "adam" and d["b1"] == 0.0
 
 
 def test_wgan_clips_and_uses_rmsprop():
@@ -153,14 +169,6 @@ def test_split_critic_batches():
     adversarial.split_critic_batches(jnp.arange(10), 3)
 
 
-def test_per_network_optimizer():
-  tx = adversarial.per_network({"a": optax.sgd(1.0), "b": optax.sgd(0.5)})
-  params = {"a": jnp.ones(2), "b": jnp.ones(3)}
-  updates, _ = tx.update({"a": jnp.ones(2), "b": jnp.ones(3)}, tx.init(params), params)
-  np.testing.assert_allclose(updates["a"], -1.0)
-  np.testing.assert_allclose(updates["b"], -0.5)
-
-
 def test_cgan_samples_follow_labels():
   config = _tiny("cgan_digits")
   method = load_method(config)
@@ -170,6 +178,10 @@ def test_cgan_samples_follow_labels():
   a = method.sample_with_labels(state, rng, jnp.zeros(4, jnp.int32), 4)
   b = method.sample_with_labels(state, rng, jnp.full(4, 7, jnp.int32), 4)
   assert a.shape == (4, 8, 8, 1) and not np.allclose(a, b)
+  assert method.num_classes == 10 and isinstance(method, Conditional)
+  c = method.sample_conditional(state, rng, {"label": jnp.full(4, 7, jnp.int32)}, 4)
+  np.testing.assert_array_equal(b, c)
+  assert not isinstance(load_method(_tiny("dcgan_digits")), Conditional)
 
 
 def test_bad_configs():
