@@ -51,6 +51,18 @@ def test_train_then_sample(runs, name):
       assert float(jnp.max(jnp.abs(leaf))) <= config.gan.clip + 1e-7
 
 
+def test_conditional_samples_carry_their_labels(runs):
+  config, workdir, _ = runs("cgan_digits")
+  data = np.load(jgen.run.main(config, workdir=workdir, mode="sample")["npz"])
+  np.testing.assert_array_equal(data["labels"], np.arange(config.sample.num) % 10)
+  config.sample.labels = "3,5"
+  data = np.load(jgen.run.main(config, workdir=workdir, mode="sample")["npz"])
+  np.testing.assert_array_equal(data["labels"], np.resize([3, 5], config.sample.num))
+  unconditional, workdir, _ = runs("dcgan_digits")
+  data = np.load(jgen.run.main(unconditional, workdir=workdir, mode="sample")["npz"])
+  assert "labels" not in data
+
+
 def test_batch_norm_statistics_are_checkpointed(runs):
   config, workdir, state = runs("dcgan_digits")
   stats = state.model_state["generator"]["batch_stats"]
