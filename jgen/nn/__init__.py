@@ -5,6 +5,7 @@ from jgen.nn.layers import (
     NORMS,
     RESAMPLES,
     AttnBlock,
+    CrossAttnBlock,
     Downsample,
     Norm,
     ResBlock,
@@ -18,10 +19,12 @@ from jgen.nn.layers import (
     timestep_embedding,
     upsample_nearest,
 )
+from jgen.nn import conditioning
 from jgen.nn.unet import UNet
 
 __all__ = [
     "AttnBlock",
+    "CrossAttnBlock",
     "DDPM_NAMES",
     "Downsample",
     "NORMS",
@@ -30,6 +33,7 @@ __all__ = [
     "ResBlock",
     "ResBlockNames",
     "UNet",
+    "conditioning",
     "Upsample",
     "ddpm_conv",
     "ddpm_dense",

@@ -32,6 +32,7 @@ Dtype = Any
 
 __all__ = [
     "AttnBlock",
+    "CrossAttnBlock",
     "DDPM_NAMES",
     "Downsample",
     "NORMS",
@@ -355,6 +356,59 @@ class AttnBlock(nn.Module):
     logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (c**-0.5)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     h = jnp.einsum("bij,bjc->bic", weights, v).reshape(b, hgt, wid, c)
+    h = ddpm_dense(c, init_scale=0.0, name="proj_out", **kw)(h)
+    return x + h
+
+
+class CrossAttnBlock(nn.Module):
+  """Multi-head cross-attention from a feature map to a context sequence, residual.
+
+  Queries come from the group-normalised feature map, keys and values from the context
+  ``[B, L, D]`` (text-encoder tokens: latent diffusion's conditioning); the output projection is
+  zero-initialised, so the block starts as the identity. Heads split the ``C`` channels, so
+  the parameter count does not depend on ``num_heads``: ``2 C^2 + 2 D C + 6 C`` (norm ``2C``;
+  ``q`` and ``proj_out`` ``C^2 + C`` each; ``k`` and ``v`` ``D C + C`` each).
+
+  Attributes:
+    num_groups: Groups of the feature map's group normalisation.
+    num_heads: Attention heads; must divide the channel count.
+    dtype: Compute dtype (logits and softmax are float32).
+    param_dtype: Parameter dtype.
+  """
+
+  num_groups: int = 32
+  num_heads: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, context: Array) -> Array:
+    """Attends from ``x`` ``[B, H, W, C]`` to ``context`` ``[B, L, D]``; returns ``[B, H, W, C]``.
+
+    Raises:
+      ValueError: ``context`` is not ``[B, L, D]`` with the batch size of ``x``, or
+        ``num_heads`` does not divide ``C``.
+    """
+    x = x.astype(self.dtype)
+    b, hgt, wid, c = x.shape
+    if context.ndim != 3 or context.shape[0] != b:
+      raise ValueError(f"context must have shape [B, L, D] with B={b}, got shape "
+                       f"{context.shape}.")
+    if c % self.num_heads:
+      raise ValueError(f"num_heads={self.num_heads} must divide the channel count {c}.")
+    heads, d = self.num_heads, c // self.num_heads
+    length = context.shape[1]
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    context = context.astype(self.dtype)
+
+    h = Norm("group", self.num_groups, name="norm", **kw)(x)
+    q = ddpm_dense(c, name="q", **kw)(h).reshape(b, hgt * wid, heads, d)
+    k = ddpm_dense(c, name="k", **kw)(context).reshape(b, length, heads, d)
+    v = ddpm_dense(c, name="v", **kw)(context).reshape(b, length, heads, d)
+
+    logits = jnp.einsum("bihd,bjhd->bhij", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    h = jnp.einsum("bhij,bjhd->bihd", weights, v).reshape(b, hgt, wid, c)
     h = ddpm_dense(c, init_scale=0.0, name="proj_out", **kw)(h)
     return x + h
 

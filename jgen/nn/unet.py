@@ -1,12 +1,27 @@
-"""The DDPM U-Net noise-prediction network (Ho et al., 2020).
+"""The DDPM U-Net noise-prediction network (Ho et al., 2020), optionally conditional.
 
 Follows the official CIFAR-10 model: with ``ch=128, ch_mult=(1, 2, 2, 2),
 num_res_blocks=2, attn_resolutions=(16,)`` on 32x32x3 inputs it has
 35,746,307 parameters.
+
+Three optional conditionings, all off by default (the unconditional network, its parameter
+tree and its outputs are unchanged), take their inputs from one conditions dict
+(`jgen.nn.conditioning`):
+
+* ``num_classes > 0``: ``label`` int32 ``[B]``; a ``num_classes + 1``-row embedding (the last
+  row is the null class of classifier-free guidance) added to the timestep embedding, as in
+  guided-diffusion: ``emb = time_mlp(t) + label_emb(label)``. Adds ``(num_classes + 1) * 4 ch``.
+* ``context_dim > 0``: ``context`` float32 ``[B, L, context_dim]``; a `CrossAttnBlock` after
+  every self-attention block (the attention resolutions and the middle), as in latent
+  diffusion. Adds ``2 C^2 + 2 context_dim C + 6 C`` per attention block of ``C`` channels.
+* ``cond_channels > 0``: ``image`` float32 ``[B, H, W, cond_channels]`` concatenated to the
+  input channels (super-resolution callers upsample the low-resolution image to ``H, W``
+  first). Adds ``9 cond_channels ch`` to the input conv.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -15,6 +30,7 @@ import jax.numpy as jnp
 
 from jgen.nn.layers import (
     AttnBlock,
+    CrossAttnBlock,
     Downsample,
     Norm,
     ResBlock,
@@ -32,10 +48,11 @@ __all__ = ["UNet"]
 
 
 class UNet(nn.Module):
-  """DDPM U-Net predicting the noise ``eps`` from ``(x_t, t)``.
+  """DDPM U-Net predicting the noise ``eps`` from ``(x_t, t)`` and optional conditions.
 
   Attention is applied after a residual block whenever the current feature
-  map height is in ``attn_resolutions``.
+  map height is in ``attn_resolutions``, and in the middle of the network; with
+  ``context_dim > 0`` each such self-attention is followed by cross-attention to the context.
 
   Attributes:
     ch: Base channel count.
@@ -47,6 +64,12 @@ class UNet(nn.Module):
     num_groups: Groups of every group normalisation.
     out_ch: Output channels; ``None`` means the input channel count.
     resamp_with_conv: Use convolutions when down/upsampling.
+    num_classes: Classes of the ``label`` condition; 0: no label conditioning. The label
+      embedding has ``num_classes + 1`` rows; label ``num_classes`` is the null class.
+    context_dim: Feature size ``D`` of the ``context`` condition ``[B, L, D]``; 0: no
+      cross-attention.
+    cross_attn_heads: Heads of the cross-attention blocks (does not change the parameter count).
+    cond_channels: Channels of the ``image`` condition concatenated to the input; 0: none.
     dtype: Compute dtype. The output is always float32.
     param_dtype: Parameter dtype.
   """
@@ -59,6 +82,10 @@ class UNet(nn.Module):
   num_groups: int = 32
   out_ch: int | None = None
   resamp_with_conv: bool = True
+  num_classes: int = 0
+  context_dim: int = 0
+  cross_attn_heads: int = 1
+  cond_channels: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -75,24 +102,84 @@ class UNet(nn.Module):
                        f"for ch_mult={tuple(self.ch_mult)}, got H={height}, "
                        f"W={width}.")
 
+  @property
+  def condition_keys(self) -> tuple[str, ...]:
+    """The condition keys this network needs, e.g. ``("label",)``; ``()`` if unconditional."""
+    keys = []
+    if self.num_classes > 0:
+      keys.append("label")
+    if self.context_dim > 0:
+      keys.append("context")
+    if self.cond_channels > 0:
+      keys.append("image")
+    return tuple(keys)
+
+  def _check_conditions(self, x: Array, conditions: Mapping[str, Array] | None
+                        ) -> dict[str, Array]:
+    """The needed conditions as arrays, checked against ``x``.
+
+    Raises:
+      KeyError: A condition the network needs is missing.
+      ValueError: A condition the network was not built for, or one of the wrong shape or
+        dtype.
+    """
+    conditions = {} if conditions is None else dict(conditions)
+    needed = self.condition_keys
+    extra = sorted(k for k in conditions if k not in needed and k != "null")
+    if extra:
+      raise ValueError(f"UNet got conditions {extra} it was not built for (it takes "
+                       f"{list(needed)}); set num_classes / context_dim / cond_channels.")
+    missing = [k for k in needed if k not in conditions]
+    if missing:
+      raise KeyError(f"UNet(num_classes={self.num_classes}, context_dim={self.context_dim}, "
+                     f"cond_channels={self.cond_channels}) needs the condition(s) {missing}; "
+                     f"got {sorted(conditions)}.")
+    out = {k: jnp.asarray(conditions[k]) for k in needed}
+    b, hgt, wid = x.shape[:3]
+    if "label" in out:
+      label = out["label"]
+      if label.shape != (b,) or not jnp.issubdtype(label.dtype, jnp.integer):
+        raise ValueError(f"label must be an integer array of shape [B]=({b},) with values in "
+                         f"0..{self.num_classes} ({self.num_classes}: null), got "
+                         f"{label.dtype}{label.shape}.")
+    if "context" in out:
+      context = out["context"]
+      if context.ndim != 3 or context.shape[0] != b or context.shape[2] != self.context_dim:
+        raise ValueError(f"context must have shape [B, L, context_dim]=({b}, L, "
+                         f"{self.context_dim}), got shape {context.shape}.")
+    if "image" in out:
+      image = out["image"]
+      if image.shape != (b, hgt, wid, self.cond_channels):
+        raise ValueError(f"image must have shape [B, H, W, cond_channels]=({b}, {hgt}, {wid}, "
+                         f"{self.cond_channels}), got shape {image.shape}.")
+    return out
+
   @nn.compact
-  def __call__(self, x: Array, t: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, t: Array, conditions: Mapping[str, Array] | None = None, *,
+               train: bool) -> Array:
     """Predicts the noise.
 
     Args:
       x: Noisy images ``[B, H, W, C]``.
       t: Timesteps ``[B]``, integer or floating point.
+      conditions: The conditions dict (`jgen.nn.conditioning`) with the `condition_keys`
+        entries: ``label`` int32 ``[B]``, ``context`` ``[B, L, context_dim]``, ``image``
+        ``[B, H, W, cond_channels]``; a ``null`` entry is ignored (the null condition is in
+        the values). ``None`` or ``{}`` for an unconditional network.
       train: Enables dropout (needs a ``'dropout'`` rng) when True.
 
     Returns:
       A float32 array of shape ``[B, H, W, out_ch or C]``.
 
     Raises:
-      ValueError: If the input shapes are invalid.
+      KeyError: A needed condition is missing.
+      ValueError: If the input or condition shapes are invalid, or a condition is given
+        that the network was not built for.
     """
     x = jnp.asarray(x)
     t = jnp.asarray(t)
     self._check_inputs(x, t)
+    cond = self._check_conditions(x, conditions)
     out_ch = self.out_ch if self.out_ch is not None else x.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     attn_res = tuple(self.attn_resolutions)
@@ -105,12 +192,25 @@ class UNet(nn.Module):
     def attn_block(name: str) -> AttnBlock:
       return AttnBlock(num_groups=self.num_groups, name=name, **kw)
 
+    def attention(h: Array, name: str, cross_name: str) -> Array:
+      h = attn_block(name)(h)
+      if self.context_dim > 0:
+        h = CrossAttnBlock(num_groups=self.num_groups, num_heads=self.cross_attn_heads,
+                           name=cross_name, **kw)(h, cond["context"])
+      return h
+
     temb = timestep_embedding(t, self.ch)
     temb = ddpm_dense(4 * self.ch, name="temb_dense0", **kw)(temb)
     temb = nn.swish(temb)
     temb = ddpm_dense(4 * self.ch, name="temb_dense1", **kw)(temb)
+    if self.num_classes > 0:
+      temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, name="label_emb", **kw)(
+          cond["label"])
 
-    h = ddpm_conv(self.ch, 3, name="conv_in", **kw)(x.astype(self.dtype))
+    h = x.astype(self.dtype)
+    if self.cond_channels > 0:
+      h = jnp.concatenate([h, cond["image"].astype(self.dtype)], axis=-1)
+    h = ddpm_conv(self.ch, 3, name="conv_in", **kw)(h)
     hs = [h]
     for level, mult in enumerate(self.ch_mult):
       for block in range(self.num_res_blocks):
@@ -118,7 +218,7 @@ class UNet(nn.Module):
         block_fn = res_block(self.ch * mult, prefix)
         h = block_fn(hs[-1], temb, train=train)
         if h.shape[1] in attn_res:
-          h = attn_block(f"{prefix}_attn")(h)
+          h = attention(h, f"{prefix}_attn", f"{prefix}_cross_attn")
         hs.append(h)
       if level != num_levels - 1:
         down = Downsample(
@@ -131,7 +231,7 @@ class UNet(nn.Module):
     h = hs[-1]
     mid_ch = h.shape[-1]
     h = res_block(mid_ch, "mid_block_1")(h, temb, train=train)
-    h = attn_block("mid_attn_1")(h)
+    h = attention(h, "mid_attn_1", "mid_cross_attn_1")
     h = res_block(mid_ch, "mid_block_2")(h, temb, train=train)
 
     for level in reversed(range(num_levels)):
@@ -140,7 +240,7 @@ class UNet(nn.Module):
         h = jnp.concatenate([h, hs.pop()], axis=-1)
         h = res_block(self.ch * self.ch_mult[level], prefix)(h, temb, train=train)
         if h.shape[1] in attn_res:
-          h = attn_block(f"{prefix}_attn")(h)
+          h = attention(h, f"{prefix}_attn", f"{prefix}_cross_attn")
       if level != 0:
         up = Upsample(
             with_conv=self.resamp_with_conv,
