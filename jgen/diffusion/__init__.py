@@ -1,6 +1,21 @@
-"""Diffusion models: noise schedules, training losses and samplers."""
+"""Diffusion models: noise schedules, training losses, parameterizations, samplers and solvers."""
 
 from jgen.diffusion.losses import ddpm_loss
+from jgen.diffusion.parameterization import (
+    PREDICTIONS,
+    alpha_sigma,
+    convert_prediction,
+    eps_mse_weight,
+    predict_eps,
+    predict_x0,
+    sigma_to_timestep,
+    snr,
+    timestep_to_sigma,
+    to_eps_fn,
+    to_x0_fn,
+    training_target,
+    v_target,
+)
 from jgen.diffusion.samplers import (
     ddim_interpolate,
     ddim_sample,
@@ -19,8 +34,37 @@ from jgen.diffusion.schedules import (
     q_posterior_mean_variance,
     q_sample,
 )
+from jgen.diffusion.solvers import (
+    DPM_SPACINGS,
+    dpm_timesteps,
+    dpmpp_2m_sample,
+    euler_sample,
+    heun_sample,
+    karras_sigmas,
+    schedule_sigmas,
+)
 
 __all__ = [
+    "PREDICTIONS",
+    "alpha_sigma",
+    "convert_prediction",
+    "eps_mse_weight",
+    "predict_eps",
+    "predict_x0",
+    "sigma_to_timestep",
+    "snr",
+    "timestep_to_sigma",
+    "to_eps_fn",
+    "to_x0_fn",
+    "training_target",
+    "v_target",
+    "DPM_SPACINGS",
+    "dpm_timesteps",
+    "dpmpp_2m_sample",
+    "euler_sample",
+    "heun_sample",
+    "karras_sigmas",
+    "schedule_sigmas",
     "Schedule",
     "cosine_beta_schedule",
     "ddim_interpolate",
