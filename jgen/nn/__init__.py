@@ -20,6 +20,7 @@ from jgen.nn.layers import (
     upsample_nearest,
 )
 from jgen.nn import conditioning
+from jgen.nn.classifier import NoisyClassifier
 from jgen.nn.unet import UNet
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Downsample",
     "NORMS",
     "Norm",
+    "NoisyClassifier",
     "RESAMPLES",
     "ResBlock",
     "ResBlockNames",
