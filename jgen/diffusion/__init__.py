@@ -1,5 +1,12 @@
 """Diffusion models: noise schedules, training losses, parameterizations, samplers and solvers."""
 
+from jgen.diffusion.classifier_guidance import (
+    classifier_grad_fn,
+    classifier_guided_ddpm_sample,
+    classifier_guided_eps_fn,
+    classifier_log_prob_grad,
+)
+from jgen.diffusion.guidance import cfg_eps_fn, concat_conditions
 from jgen.diffusion.losses import ddpm_loss
 from jgen.diffusion.parameterization import (
     PREDICTIONS,
@@ -45,6 +52,12 @@ from jgen.diffusion.solvers import (
 )
 
 __all__ = [
+    "cfg_eps_fn",
+    "concat_conditions",
+    "classifier_grad_fn",
+    "classifier_guided_ddpm_sample",
+    "classifier_guided_eps_fn",
+    "classifier_log_prob_grad",
     "PREDICTIONS",
     "alpha_sigma",
     "convert_prediction",

@@ -1,4 +1,4 @@
-"""Training losses for epsilon-prediction diffusion models."""
+"""Training losses of diffusion models (eps, x0 or v prediction)."""
 
 from typing import Callable
 
@@ -6,6 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jgen.diffusion.parameterization import training_target
 from jgen.diffusion.schedules import Schedule, q_sample
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -20,8 +21,13 @@ def ddpm_loss(
     rng: jax.Array,
     *,
     loss_type: str = "mse",
+    prediction: str = "eps",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The DDPM 'simple' loss E_{t, eps} ||eps - eps_fn(x_t, t)||^2 (Ho et al. 2020).
+
+  With `prediction` 'x0' or 'v' the network predicts that quantity instead and the target is
+  `jgen.diffusion.training_target` (x0, or v = alpha_t eps - sigma_t x0; the implied weightings
+  of the eps error are in `jgen.diffusion.parameterization`).
 
   `rng` is split as `t_rng, noise_rng = jax.random.split(rng)`; t is drawn
   uniformly from {0, ..., T-1} with `t_rng` and the noise with `noise_rng`.
@@ -32,6 +38,7 @@ def ddpm_loss(
     x0: Clean data, shape [B, ...].
     rng: PRNG key.
     loss_type: 'mse' (squared error) or 'l1' (absolute error).
+    prediction: what `eps_fn` predicts: 'eps', 'x0' or 'v'.
 
   Returns:
     (loss, metrics): the batch mean of the per-example mean-over-pixels
@@ -48,9 +55,11 @@ def ddpm_loss(
   t = jax.random.randint(t_rng, (batch,), 0, schedule.num_timesteps, dtype=jnp.int32)
   noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
   x_t = q_sample(schedule, x0, t, noise)
-  eps = eps_fn(x_t, t)
-  chex.assert_equal_shape([eps, noise])
-  diff = eps - noise
+  pred = eps_fn(x_t, t)
+  target = noise if prediction == "eps" else training_target(schedule, x0, t, noise,
+                                                              prediction=prediction)
+  chex.assert_equal_shape([pred, target])
+  diff = pred - target
   err = jnp.square(diff) if loss_type == "mse" else jnp.abs(diff)
   per_example = jnp.mean(err.reshape(batch, -1), axis=1)
   loss = jnp.mean(per_example)
