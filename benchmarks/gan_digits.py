@@ -1,4 +1,4 @@
-"""Prints the evidence table of trained digits GANs, judged by the digits domain classifier.
+"""Prints the evidence table of trained digits generators, judged by the digits domain classifier.
 
   python benchmarks/gan_digits.py \
       --run experiments/dcgan_digits.py=/tmp/dcgan_digits \
@@ -6,9 +6,13 @@
       --run experiments/wgan_digits.py=/tmp/wgan_digits \
       --run experiments/wgan_gp_digits.py=/tmp/wgan_gp_digits
 
-Each `--run CONFIG[:VARIANT]=WORKDIR` restores the latest checkpoint of a run and draws
-`--num` samples from its EMA generator (a class-conditional generator is asked for the classes
-0..9 in turn). The samples go through `jgen.metrics.domain`'s digits classifier (a small conv
+Each `--run CONFIG[:VARIANT]=WORKDIR[@KEY=VALUE;...]` restores the latest checkpoint of a run
+(GANs, DDPMs: any method of the loop) and draws `--num` samples with its EMA parameters; a
+`Conditional` method is asked for the classes 0..9 in turn. `@...` overrides config fields for
+sampling, e.g. a guidance sweep of a conditional DDPM:
+
+  python benchmarks/gan_digits.py --run experiments/ddpm_cond_digits.py=/tmp/cond@sample.guidance_scale=0 \
+      --run experiments/ddpm_cond_digits.py=/tmp/cond@sample.guidance_scale=3 The samples go through `jgen.metrics.domain`'s digits classifier (a small conv
 net jgen trains on the digits train split; its held-out accuracy is printed), which gives:
 
 * confidence: the mean top-class softmax probability (a recognisable digit scores near 1);
@@ -27,6 +31,7 @@ column compares generators with real data at the same sample size.
 
 from __future__ import annotations
 
+import ast
 import os
 
 import jax
@@ -38,6 +43,7 @@ from jgen.metrics import feature_net as fnet
 from jgen.metrics import fid as fid_lib
 from jgen.train.config import experiment_module
 from jgen.train.loop import load_data, restore_for_inference
+from jgen.train.method import Conditional
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("run", [], "CONFIG[:VARIANT]=WORKDIR of a trained run.")
@@ -47,10 +53,19 @@ flags.DEFINE_integer("seed", 0, "Seed of the latent noise.")
 flags.DEFINE_float("covered_share", 0.05, "Share of predictions that makes a class covered.")
 
 
-def load_config(spec: str):
+def load_config(spec: str, overrides: str = ""):
+  """The config of `CONFIG[:VARIANT]` with `KEY=VALUE;...` overrides (Python literals)."""
   path, _, arg = spec.partition(":")
   name = os.path.splitext(os.path.basename(path))[0]
-  return experiment_module(name, path).get_config(arg or None)
+  config = experiment_module(name, path).get_config(arg or None)
+  for item in filter(None, overrides.split(";")):
+    key, _, value = item.partition("=")
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(ast.literal_eval(value))
+  return config
 
 
 def split_images(config, split: str) -> np.ndarray:
@@ -75,16 +90,20 @@ def class_scores(outputs: dict, asked: np.ndarray | None, covered_share: float) 
 
 
 def generate(method, state, num: int, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """uint8 samples of the EMA generator and the labels asked for (None if unconditional)."""
-  labels = method.sample_labels(num)
-  fn = jax.jit(method.sample_with_labels, static_argnums=3)
+  """uint8 samples (EMA parameters) and the labels asked for (None if unconditional)."""
+  conditional = isinstance(method, Conditional)
+  labels = (np.arange(num) % method.num_classes).astype(np.int32) if conditional else None
+  if conditional:
+    fn = jax.jit(lambda s, r, y: method.sample_conditional(s, r, {"label": y}, y.shape[0]))
+  else:
+    fn = jax.jit(method.sample, static_argnums=2)
   images = []
   for i in range(0, num, batch):
-    y = None if labels is None else labels[i:i + batch]
-    images.append(np.asarray(fn(state, jax.random.fold_in(jax.random.key(seed), i), y,
-                                min(batch, num - i))))
-  asked = None if labels is None else np.asarray(labels)
-  return fnet.to_uint8(np.concatenate(images)), asked
+    rng = jax.random.fold_in(jax.random.key(seed), i)
+    n = min(batch, num - i)
+    images.append(np.asarray(fn(state, rng, labels[i:i + n]) if conditional else
+                             fn(state, rng, n)))
+  return fnet.to_uint8(np.concatenate(images)), labels
 
 
 def main(argv):
@@ -94,8 +113,9 @@ def main(argv):
   net = domain.load_feature_net("digits")
   rows, train_stats, reference, num_real = [], None, None, 0
   for run in FLAGS.run:
-    spec, _, workdir = run.partition("=")
-    config = load_config(spec)
+    spec, _, rest = run.partition("=")
+    workdir, _, overrides = rest.partition("@")
+    config = load_config(spec, overrides)
     if train_stats is None:
       train_stats = fid_lib.GaussianStats(net.feature_dim).update(
           net(split_images(config, config.data.split))["features"])
@@ -114,7 +134,7 @@ def main(argv):
     out = net(images)
     stats = fid_lib.GaussianStats(net.feature_dim).update(out["features"])
     small = fid_lib.GaussianStats(net.feature_dim).update(out["features"][:num_real])
-    rows.append({"run": spec, "steps": int(jax.device_get(state.step)),
+    rows.append({"run": spec + (f" ({overrides})" if overrides else ""), "steps": int(jax.device_get(state.step)),
                  **class_scores(out, asked, FLAGS.covered_share),
                  "fid": fid_lib.fid_from_stats(stats, train_stats),
                  "fid_small": fid_lib.fid_from_stats(small, train_stats)})
