@@ -28,12 +28,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jgen.diffusion.schedules import (
-    Schedule,
-    extract,
-    predict_x0_from_eps,
-    q_posterior_mean_variance,
-)
+from jgen.diffusion.samplers import ddpm_sample
+from jgen.diffusion.schedules import Schedule, extract
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -123,7 +119,7 @@ def classifier_guided_ddpm_sample(
 ) -> jax.Array:
   """Ancestral sampling with the classifier-shifted mean (Dhariwal & Nichol, Algorithm 1).
 
-  Each step forms the DDPM posterior mean mu and variance Sigma from eps_fn (x_0 prediction
+  `ddpm_sample` with a `mean_shift`: each step forms the DDPM posterior mean mu and variance Sigma from eps_fn (x_0 prediction
   clipped to [-1, 1] with `clip_denoised`, as `ddpm_sample`), then draws
   ``x_{t-1} = mu + s Sigma grad_fn(x_t, t) + sqrt(Sigma_clipped) z`` with no noise at t = 0.
   The shift uses the posterior variance beta_t (1 - abar_{t-1}) / (1 - abar_t) (zero at
@@ -144,31 +140,8 @@ def classifier_guided_ddpm_sample(
   Returns:
     The samples, shape `shape`.
   """
-  shape = tuple(int(d) for d in shape)
-  if len(shape) < 2:
-    raise ValueError(f"shape must be [B, ...] with rank >= 2, got {shape}")
-  init_rng, step_rng = jax.random.split(rng)
-  if x_T is None:
-    x_T = jax.random.normal(init_rng, shape, jnp.float32)
-  else:
-    chex.assert_shape(x_T, shape)
-    x_T = jnp.asarray(x_T, jnp.float32)
-  num_timesteps = schedule.num_timesteps
-  guide = not (isinstance(scale, (int, float)) and scale == 0)
-
-  def step(x, i):
-    t = jnp.full((shape[0],), num_timesteps - 1 - i, dtype=jnp.int32)
-    eps = eps_fn(x, t)
-    chex.assert_equal_shape([eps, x])
-    x0 = predict_x0_from_eps(schedule, x, t, eps)
-    if clip_denoised:
-      x0 = jnp.clip(x0, -1.0, 1.0)
-    mean, variance, log_var = q_posterior_mean_variance(schedule, x0, x, t)
-    if guide:
-      mean = mean + scale * variance * grad_fn(x, t).astype(x.dtype)
-    noise = jax.random.normal(jax.random.fold_in(step_rng, i), shape, x.dtype)
-    nonzero = jnp.where(i < num_timesteps - 1, 1.0, 0.0).astype(x.dtype)
-    return mean + nonzero * jnp.exp(0.5 * log_var) * noise, None
-
-  x, _ = jax.lax.scan(step, x_T, jnp.arange(num_timesteps, dtype=jnp.int32))
-  return x
+  shift = None
+  if not (isinstance(scale, (int, float)) and scale == 0):
+    shift = lambda x, t, variance: scale * variance * grad_fn(x, t)
+  return ddpm_sample(eps_fn, schedule, rng, shape, clip_denoised=clip_denoised, x_T=x_T,
+                     mean_shift=shift)

@@ -26,8 +26,10 @@ EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 SPACINGS = ("uniform", "quadratic")
 
 
-def _init(rng: jax.Array, shape: Sequence[int],
+def initial_noise(rng: jax.Array, shape: Sequence[int],
           x_T: jax.Array | None) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
+  """`(x_T, step_rng, shape)`: x_T from the first half of `split(rng)` unless given, the
+  per-step key from the second (every sampler and solver starts this way)."""
   shape = tuple(int(d) for d in shape)
   if len(shape) < 2:
     raise ValueError(f"shape must be [B, ...] with rank >= 2, got {shape}")
@@ -61,6 +63,7 @@ def ddpm_sample(
     clip_denoised: bool = True,
     x_T: jax.Array | None = None,
     return_trajectory: bool = False,
+    mean_shift: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Ancestral sampling over all T steps (Ho et al. 2020).
 
@@ -76,6 +79,8 @@ def ddpm_sample(
     clip_denoised: Clip the x_0 prediction to [-1, 1].
     x_T: Optional starting noise of shape `shape` (at step T - 1).
     return_trajectory: Also return the states visited.
+    mean_shift: `(x_t, t, posterior variance) -> delta` added to each step's posterior mean
+      (classifier guidance: `s * variance * grad log p(y | x_t)`); None adds nothing.
 
   Returns:
     The samples, shape `shape`; with `return_trajectory`, a tuple
@@ -83,13 +88,15 @@ def ddpm_sample(
     trajectory[k] is the state at noise level alphas_cumprod[T - 1 - k]
     (trajectory[0] = x_T) and trajectory[T] equals the samples.
   """
-  x_T, step_rng, shape = _init(rng, shape, x_T)
+  x_T, step_rng, shape = initial_noise(rng, shape, x_T)
   num_timesteps = schedule.num_timesteps
 
   def step(x, i):
     t = jnp.full((shape[0],), num_timesteps - 1 - i, dtype=jnp.int32)
     x0, _ = _predict(eps_fn, schedule, x, t, clip_denoised)
-    mean, _, log_var = q_posterior_mean_variance(schedule, x0, x, t)
+    mean, variance, log_var = q_posterior_mean_variance(schedule, x0, x, t)
+    if mean_shift is not None:
+      mean = mean + mean_shift(x, t, variance).astype(x.dtype)
     noise = jax.random.normal(jax.random.fold_in(step_rng, i), shape, x.dtype)
     nonzero = jnp.where(i < num_timesteps - 1, 1.0, 0.0).astype(x.dtype)
     x = mean + nonzero * jnp.exp(0.5 * log_var) * noise
@@ -169,7 +176,7 @@ def ddim_sample(
   """
   taus = ddim_timesteps(schedule.num_timesteps, steps, spacing)
   deterministic = isinstance(eta, (int, float)) and eta == 0
-  x_T, step_rng, shape = _init(rng, shape, x_T)
+  x_T, step_rng, shape = initial_noise(rng, shape, x_T)
   abar = schedule.alphas_cumprod[taus[::-1]]
   abar_prev = jnp.concatenate(
       [schedule.alphas_cumprod[taus[::-1][1:]],

@@ -35,25 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jgen.diffusion.parameterization import sigma_to_timestep
+from jgen.diffusion.samplers import initial_noise
 from jgen.diffusion.schedules import Schedule
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 DPM_SPACINGS = ("linspace", "leading", "trailing")
-
-
-def _init(rng: jax.Array, shape: Sequence[int],
-          x_T: jax.Array | None) -> tuple[jax.Array, tuple[int, ...]]:
-  shape = tuple(int(d) for d in shape)
-  if len(shape) < 2:
-    raise ValueError(f"shape must be [B, ...] with rank >= 2, got {shape}")
-  if x_T is None:
-    init_rng, _ = jax.random.split(rng)
-    x_T = jax.random.normal(init_rng, shape, jnp.float32)
-  else:
-    chex.assert_shape(x_T, shape)
-    x_T = jnp.asarray(x_T, jnp.float32)
-  return x_T, shape
 
 
 def dpm_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") -> np.ndarray:
@@ -134,7 +121,7 @@ def dpmpp_2m_sample(
     The samples, shape `shape`.
   """
   ts = dpm_timesteps(schedule.num_timesteps, steps, spacing)
-  x_T, shape = _init(rng, shape, x_T)
+  x_T, _, shape = initial_noise(rng, shape, x_T)
   alpha = schedule.sqrt_alphas_cumprod[ts]
   sigma = schedule.sqrt_one_minus_alphas_cumprod[ts]
   lam = jnp.log(alpha) - jnp.log(sigma)
@@ -216,7 +203,7 @@ def _denoiser(eps_fn: EpsFn, schedule: Schedule, batch: int,
 def _karras_init(schedule: Schedule, rng: jax.Array, shape: Sequence[int], x_T: jax.Array | None,
                  steps: int, rho: float) -> tuple[jax.Array, tuple[int, ...], jax.Array]:
   """Returns (x at sigma_max, static shape, the [steps + 1] sigma grid)."""
-  x_T, shape = _init(rng, shape, x_T)
+  x_T, _, shape = initial_noise(rng, shape, x_T)
   sigmas = schedule_sigmas(schedule, steps, rho=rho)
   # x = x_t / sqrt(abar) at t = T - 1: the same state as x_T for ddim_sample.
   x = x_T * jnp.sqrt(1.0 + jnp.square(sigmas[0]))
