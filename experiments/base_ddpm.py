@@ -99,3 +99,53 @@ def digits(smoke: bool = False) -> ml_collections.ConfigDict:
     c.sample.num = 8
     c.sample.batch_size = 8
   return c
+
+
+def cifar(variant: str | None = None) -> ml_collections.ConfigDict:
+  """DDPM on CIFAR-10, the paper's setup (Ho et al. 2020) that ddpm_cifar is and ddpm_cond_cifar
+  builds on; `variant` 'bf16' (bfloat16 compute) or 'smoke' (seconds)."""
+  c = get_config()
+
+  c.data.source = "tfds:cifar10"
+  c.data.image_size = 32
+  c.data.channels = 3
+  c.data.batch_size = 128
+  c.data.random_flip = True
+
+  c.model.ch = 128
+  c.model.ch_mult = (1, 2, 2, 2)
+  c.model.num_res_blocks = 2
+  c.model.attn_resolutions = (16,)
+  c.model.dropout = 0.1
+  c.model.num_groups = 32
+
+  c.optim.lr = 2e-4
+  c.optim.warmup_steps = 5000
+  c.optim.grad_clip_norm = 1.0
+
+  c.train.num_steps = 800_000
+  c.train.ema_decay = 0.9999
+  c.train.log_every = 100
+  c.train.checkpoint_every = 10_000
+  c.train.sample_every = 50_000
+  c.train.eval_every = 10_000
+
+  if variant == "bf16":
+    c.model.dtype = "bfloat16"
+  elif variant == "smoke":
+    c.data.batch_size = 8
+    c.model.ch = 32
+    c.model.ch_mult = (1, 2)
+    c.model.num_res_blocks = 1
+    c.model.num_groups = 8
+    c.diffusion.num_timesteps = 100
+    c.optim.warmup_steps = 10
+    c.train.num_steps = 20
+    c.train.log_every = 5
+    c.train.checkpoint_every = 10
+    c.train.sample_every = 0
+    c.train.eval_every = 0
+    c.sample.steps = 10
+    c.sample.num = 16
+    c.sample.batch_size = 16
+  return c
