@@ -9,20 +9,34 @@
 Each `--run CONFIG[:VARIANT]=WORKDIR[@KEY=VALUE;...]` restores the latest checkpoint of a run
 (GANs, DDPMs: any method of the loop) and draws `--num` samples with its EMA parameters; a
 `Conditional` method is asked for the classes 0..9 in turn. `@...` overrides config fields for
-sampling, e.g. a guidance sweep of a conditional DDPM:
+sampling, e.g. a classifier-free guidance sweep of a conditional DDPM, with a plot:
 
-  python benchmarks/gan_digits.py --run experiments/ddpm_cond_digits.py=/tmp/cond@sample.guidance_scale=0 \
-      --run experiments/ddpm_cond_digits.py=/tmp/cond@sample.guidance_scale=3 The samples go through `jgen.metrics.domain`'s digits classifier (a small conv
-net jgen trains on the digits train split; its held-out accuracy is printed), which gives:
+  python benchmarks/gan_digits.py --plot /tmp/cfg.png --plot_key sample.guidance_scale \
+      --run experiments/ddpm_cond_digits.py=/tmp/cond@sample.guidance_scale=0 \
+      --run experiments/ddpm_cond_digits.py=/tmp/cond@sample.guidance_scale=3
+
+or classifier guidance of an unconditional one by a `noisy_classifier_digits` run:
+
+  python benchmarks/gan_digits.py --plot /tmp/clf.png --plot_key sample.classifier_scale \
+      --run "experiments/ddpm_digits.py=/tmp/ddpm@sample.classifier.workdir='/tmp/clf';sample.classifier_scale=3"
+
+The samples go through `jgen.metrics.domain`'s digits classifier (a small conv net jgen trains
+on the digits train split; its held-out accuracy is printed), which gives:
 
 * confidence: the mean top-class softmax probability (a recognisable digit scores near 1);
 * classes covered: classes that receive at least half their uniform share (5%) of the
   classifier's predictions, and the largest share any one class gets (mode collapse shows up
   as few classes and a large share);
 * accuracy (conditional generators only): the share of samples classified as the asked class;
+* precision and recall (Kynkaanniemi et al. 2019, k = 3): the share of samples inside the
+  k-NN manifold of the train digits' features (fidelity), and of train digits inside the
+  samples' manifold (diversity);
 * domain FID: the Frechet distance between the classifier's features of the samples and of the
   digits train split (1,500 images). **Not Inception FID**: comparable only to other figures of
   the same classifier.
+
+`--plot PATH --plot_key KEY` draws precision, recall and accuracy against the value each run
+sets for KEY (matplotlib: `pip install -e ".[plot]"`).
 
 The first row scores the 297 real held-out digits the same way. FID is biased upward by small
 samples, so the last column computes every run's FID from its first 297 samples too: that
@@ -41,8 +55,9 @@ from absl import app, flags
 from jgen.metrics import domain
 from jgen.metrics import feature_net as fnet
 from jgen.metrics import fid as fid_lib
+from jgen.metrics import precision_recall as pr_lib
 from jgen.train.config import experiment_module
-from jgen.train.loop import load_data, restore_for_inference
+from jgen.train.loop import jit_sampler, load_data, restore_for_inference
 from jgen.train.method import Conditional
 
 FLAGS = flags.FLAGS
@@ -51,6 +66,11 @@ flags.DEFINE_integer("num", 1000, "Samples per run.")
 flags.DEFINE_integer("batch", 100, "Samples per jitted generator call.")
 flags.DEFINE_integer("seed", 0, "Seed of the latent noise.")
 flags.DEFINE_float("covered_share", 0.05, "Share of predictions that makes a class covered.")
+flags.DEFINE_integer("pr_k", 3, "k of the k-NN manifolds of precision and recall.")
+flags.DEFINE_string("plot", "", "Write a PNG of precision / recall / accuracy against "
+                    "--plot_key to this path (needs the plot extra: matplotlib).")
+flags.DEFINE_string("plot_key", "", "The swept override of the plot's x axis, e.g. "
+                    "sample.guidance_scale.")
 
 
 def load_config(spec: str, overrides: str = ""):
@@ -89,21 +109,54 @@ def class_scores(outputs: dict, asked: np.ndarray | None, covered_share: float) 
   return row
 
 
-def generate(method, state, num: int, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """uint8 samples (EMA parameters) and the labels asked for (None if unconditional)."""
+def generate(method, mesh, state, num: int, batch: int, seed: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 samples (EMA parameters) and the labels asked for (None if unconditional), through
+  the loop's jitted sampler (which also hands a guiding classifier to the sampler)."""
   conditional = isinstance(method, Conditional)
   labels = (np.arange(num) % method.num_classes).astype(np.int32) if conditional else None
-  if conditional:
-    fn = jax.jit(lambda s, r, y: method.sample_conditional(s, r, {"label": y}, y.shape[0]))
-  else:
-    fn = jax.jit(method.sample, static_argnums=2)
+  fn = jit_sampler(method, mesh)
   images = []
   for i in range(0, num, batch):
     rng = jax.random.fold_in(jax.random.key(seed), i)
     n = min(batch, num - i)
-    images.append(np.asarray(fn(state, rng, labels[i:i + n]) if conditional else
-                             fn(state, rng, n)))
+    images.append(np.asarray(fn(state, rng, labels[i:i + n] if conditional else n)))
   return fnet.to_uint8(np.concatenate(images)), labels
+
+
+def override_value(overrides: str, key: str) -> float | None:
+  """The number that `KEY=VALUE;...` sets for `key` (None if it does not set it)."""
+  for item in filter(None, overrides.split(";")):
+    k, _, v = item.partition("=")
+    if k == key:
+      return float(ast.literal_eval(v))
+  return None
+
+
+def plot_rows(rows: list[dict], key: str, path: str) -> str:
+  """Writes precision, recall and asked-class accuracy against `key` (one PNG) and returns
+  `path`. Needs matplotlib (`pip install -e ".[plot]"`)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  points = sorted((r["x"], r) for r in rows if r.get("x") is not None)
+  if not points:
+    raise app.UsageError(f"no --run sets {key}=...; --plot_key must be a swept override")
+  xs = [x for x, _ in points]
+  fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+  for name, label in (("precision", "precision"), ("recall", "recall"),
+                      ("accuracy", "accuracy (asked class)")):
+    if all(name in r for _, r in points):
+      ax.plot(xs, [r[name] for _, r in points], marker="o", label=label)
+  ax.set_xlabel(key)
+  ax.set_ylim(0, 1.02)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="best", fontsize=8)
+  ax.set_title(f"digits: {points[0][1]['spec']}, {FLAGS.num} samples", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path
 
 
 def main(argv):
@@ -111,42 +164,50 @@ def main(argv):
   if not FLAGS.run:
     raise app.UsageError("give at least one --run CONFIG=WORKDIR")
   net = domain.load_feature_net("digits")
-  rows, train_stats, reference, num_real = [], None, None, 0
+  rows, train, train_stats, reference, num_real = [], None, None, None, 0
   for run in FLAGS.run:
     spec, _, rest = run.partition("=")
     workdir, _, overrides = rest.partition("@")
     config = load_config(spec, overrides)
     if train_stats is None:
-      train_stats = fid_lib.GaussianStats(net.feature_dim).update(
-          net(split_images(config, config.data.split))["features"])
+      train = net(split_images(config, config.data.split))["features"]
+      train_stats = fid_lib.GaussianStats(net.feature_dim).update(train)
       real = net(split_images(config, config.data.eval_split))
       test_labels = np.asarray([load_data(config, split=config.data.eval_split)[i]["label"]
                                 for i in range(len(real["features"]))])
       num_real = len(real["features"])
       reference = {"run": "real held-out digits", "steps": "-",
                    **class_scores(real, test_labels, FLAGS.covered_share),
+                   **pr_lib.prdc(train, real["features"], k=FLAGS.pr_k),
                    "fid": float("nan"),
                    "fid_small": fid_lib.fid_from_stats(
                        fid_lib.GaussianStats(net.feature_dim).update(real["features"]),
                        train_stats)}
-    method, _, state = restore_for_inference(config, workdir)
-    images, asked = generate(method, state, FLAGS.num, FLAGS.batch, FLAGS.seed)
+    method, mesh, state = restore_for_inference(config, workdir)
+    images, asked = generate(method, mesh, state, FLAGS.num, FLAGS.batch, FLAGS.seed)
     out = net(images)
     stats = fid_lib.GaussianStats(net.feature_dim).update(out["features"])
     small = fid_lib.GaussianStats(net.feature_dim).update(out["features"][:num_real])
-    rows.append({"run": spec + (f" ({overrides})" if overrides else ""), "steps": int(jax.device_get(state.step)),
+    rows.append({"run": spec + (f" ({overrides})" if overrides else ""), "spec": spec,
+                 "x": override_value(overrides, FLAGS.plot_key) if FLAGS.plot_key else None,
+                 "steps": int(jax.device_get(state.step)),
                  **class_scores(out, asked, FLAGS.covered_share),
+                 **pr_lib.prdc(train, out["features"], k=FLAGS.pr_k),
                  "fid": fid_lib.fid_from_stats(stats, train_stats),
                  "fid_small": fid_lib.fid_from_stats(small, train_stats)})
   print(f"domain classifier: {net!r}; {FLAGS.num} samples per run, seed {FLAGS.seed}; "
-        f"a class is covered at >= {100 * FLAGS.covered_share:.0f}% of predictions")
+        f"a class is covered at >= {100 * FLAGS.covered_share:.0f}% of predictions; "
+        f"precision / recall (k = {FLAGS.pr_k}) against the {len(train)} train digits")
   print(f"| run | steps | confidence | classes covered | max class share | accuracy (asked class)"
-        f" | domain FID ({FLAGS.num}) | domain FID ({num_real}) |")
-  print("|---|---|---|---|---|---|---|---|")
+        f" | precision | recall | domain FID ({FLAGS.num}) | domain FID ({num_real}) |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in [reference, *rows]:
     acc = f"{100 * r['accuracy']:.1f}%" if "accuracy" in r else "-"
     print(f"| {r['run']} | {r['steps']} | {r['confidence']:.3f} | {r['classes']}/10 | "
-          f"{100 * r['max_share']:.1f}% | {acc} | {r['fid']:.2f} | {r['fid_small']:.2f} |")
+          f"{100 * r['max_share']:.1f}% | {acc} | {r['precision']:.3f} | {r['recall']:.3f} | "
+          f"{r['fid']:.2f} | {r['fid_small']:.2f} |")
+  if FLAGS.plot:
+    print(f"wrote {plot_rows(rows, FLAGS.plot_key, FLAGS.plot)}")
 
 
 if __name__ == "__main__":

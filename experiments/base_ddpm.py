@@ -41,6 +41,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.dpm_spacing = "linspace"  # dpmpp_2m: linspace | leading | trailing
   c.sample.rho = 7.0               # euler, heun: Karras sigma-grid exponent
   c.sample.guidance_scale = 1.0    # conditional models: CFG w (1 = conditional, 0 = uncond.)
+  # Classifier guidance (Dhariwal & Nichol): a diffusion.noisy_classifier run trained on this
+  # model's data and noise process; its EMA classifier adds classifier_scale * grad log p(y|x_t).
+  c.sample.classifier = ml_collections.ConfigDict()
+  c.sample.classifier.workdir = ""  # "" off
+  c.sample.classifier.step = ml_collections.FieldReference(None, field_type=int)  # None: latest
+  c.sample.classifier_scale = 0.0   # s (0: unguided; the classifier is not called)
   c.sample.clip_denoised = True
   c.sample.num = 64
   c.sample.batch_size = 64

@@ -10,11 +10,12 @@ y with scale s:
   built by `classifier_guided_eps_fn` -- guidance wraps a denoiser into another denoiser;
 * ancestral sampling shifts the mean of each step instead (Eq. 10 / Algorithm 1),
   ``x_{t-1} ~ N(mu + s Sigma grad_x log p_phi(y | x_t, t), Sigma)``, in
-  `classifier_guided_ddpm_sample`. `jgen.diffusion.ddpm_sample` takes no mean-shift hook, and
-  with ``clip_denoised`` the shift cannot be folded into eps, so this sampler is its own
-  `lax.scan` over the shared pieces of `jgen.diffusion.schedules` (`predict_x0_from_eps`,
-  `q_posterior_mean_variance`); it keeps `ddpm_sample`'s key and noise conventions, so at
-  s = 0 it returns `ddpm_sample`'s samples for the same key.
+  `classifier_guided_ddpm_sample`: `jgen.diffusion.ddpm_sample` with its `mean_shift` hook
+  (with ``clip_denoised`` the shift cannot be folded into eps), so it keeps `ddpm_sample`'s key
+  and noise conventions and at s = 0 returns `ddpm_sample`'s samples for the same key.
+
+Through the loop: `--config.sample.classifier.workdir=<a diffusion.noisy_classifier run>` and
+`--config.sample.classifier_scale=s` (`jgen.diffusion.ddpm.ConditionalDDPM`).
 
 A ``GradFn`` is ``(x_t [B, ...], t [B] int32) -> grad_x log p(y | x_t, t)`` for labels bound
 in advance (`classifier_grad_fn`).

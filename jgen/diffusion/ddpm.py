@@ -13,6 +13,12 @@ boundary; the model, schedule, loss and samplers stay pure and usable without th
   with probability `config.diffusion.cond_drop_prob`) and sampled with guidance scale
   `config.sample.guidance_scale` (`jgen.diffusion.guidance`: 1 = conditional, 0 =
   unconditional). Only it is the loop's `Conditional` method.
+* `config.sample.classifier.workdir` (and optional `.step`) names a trained
+  `diffusion.noisy_classifier` run; its EMA classifier guides the sampler with scale
+  `config.sample.classifier_scale` (Dhariwal & Nichol 2021, `jgen.diffusion.classifier_guidance`:
+  on the mean for 'ddpm', on eps for every other sampler). Unconditional and conditional
+  models alike then become a `ConditionalDDPM` (samples for asked labels); the classifier is
+  read when the method is made and reaches the jitted sampler as `state.frozen["classifier"]`.
 """
 
 from __future__ import annotations
@@ -25,11 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jgen.diffusion.classifier_guidance import (classifier_grad_fn,
+                                                classifier_guided_ddpm_sample,
+                                                classifier_guided_eps_fn)
 from jgen.diffusion.guidance import cfg_eps_fn
 from jgen.diffusion.losses import ddpm_loss
 from jgen.diffusion.parameterization import PREDICTIONS, to_eps_fn
+from jgen.diffusion.noisy_classifier import GuidingClassifier, load_guiding_classifier
 from jgen.diffusion.samplers import ddim_sample, ddpm_sample
-from jgen.diffusion.schedules import Schedule, get_schedule
+from jgen.diffusion.schedules import Schedule, schedule_from_config
 from jgen.diffusion.solvers import DPM_SPACINGS, dpmpp_2m_sample, euler_sample, heun_sample
 from jgen.nn.conditioning import conditions_from_batch, drop_conditions, null_conditions
 from jgen.nn.dtypes import compute_dtype
@@ -93,12 +103,14 @@ class DDPM:
     if self.dpm_spacing not in DPM_SPACINGS:
       raise ValueError(f"unknown dpm_spacing {self.dpm_spacing!r}; choose one of "
                        f"{DPM_SPACINGS}")
-    if self.model.num_classes > 0 and not isinstance(self, ConditionalDDPM):
-      raise ValueError(f"the U-Net is class-conditional (num_classes={self.model.num_classes});"
-                       " use ConditionalDDPM (make_method does when model.num_classes > 0)")
-    if not isinstance(self, ConditionalDDPM) and self.guidance_scale != 1.0:
-      raise ValueError(f"guidance_scale={self.guidance_scale} needs a class-conditional model; "
-                       "set model.num_classes > 0 (or sample.guidance_scale=1.0)")
+    if not isinstance(self, ConditionalDDPM):
+      if self.model.num_classes > 0:
+        raise ValueError(f"the U-Net is class-conditional (num_classes="
+                         f"{self.model.num_classes}); use ConditionalDDPM (make_method does "
+                         "when model.num_classes > 0)")
+      if self.guidance_scale != 1.0:
+        raise ValueError(f"guidance_scale={self.guidance_scale} needs a class-conditional "
+                         "model; set model.num_classes > 0 (or sample.guidance_scale=1.0)")
 
   @property
   def num_classes(self) -> int:
@@ -113,7 +125,8 @@ class DDPM:
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     params_rng, state_rng = jax.random.split(rng)
     x = batch["image"][:1]
-    conditions = ({"label": jnp.zeros((1,), jnp.int32)} if self.num_classes > 0 else None)
+    conditions = ({"label": jnp.zeros((1,), jnp.int32)} if self.model.num_classes > 0
+                  else None)
     params = self.model.init(params_rng, x, jnp.zeros((1,), jnp.int32), conditions,
                              train=False)
     return TrainState.create(params=params, tx=self.tx, rng=state_rng,
@@ -159,12 +172,23 @@ class DDPM:
                                 prediction=self.prediction, loss_type=self.loss_type)
     return metrics
 
-  def run_sampler(self, eps_fn: ModelFn, rng: jax.Array, n: int) -> jax.Array:
-    """`n` images in [-1, 1] from `eps_fn(x_t, t)` with the configured sampler."""
+  def run_sampler(self, eps_fn: ModelFn, rng: jax.Array, n: int, *,
+                  grad_fn: ModelFn | None = None, grad_scale: float = 0.0) -> jax.Array:
+    """`n` images in [-1, 1] from `eps_fn(x_t, t)` with the configured sampler.
+
+    With `grad_fn` (grad_x log p(y | x_t, t) of a classifier) the sampler is classifier-guided
+    with scale `grad_scale`: the ancestral mean shifted by s Sigma grad ('ddpm'), or eps by
+    -sqrt(1 - abar_t) s grad (every other sampler).
+    """
     shape = (n, *self.image_shape)
     clip = self.clip_denoised
+    if self.sampler == "ddpm" and grad_fn is not None:
+      return classifier_guided_ddpm_sample(eps_fn, self.schedule, rng, shape, grad_fn,
+                                           grad_scale, clip_denoised=clip)
     if self.sampler == "ddpm":
       return ddpm_sample(eps_fn, self.schedule, rng, shape, clip_denoised=clip)
+    if grad_fn is not None:
+      eps_fn = classifier_guided_eps_fn(eps_fn, grad_fn, self.schedule, grad_scale)
     if self.sampler == "ddim":
       return ddim_sample(eps_fn, self.schedule, rng, shape, steps=self.sample_steps,
                          eta=self.eta, spacing=self.spacing, clip_denoised=clip)
@@ -193,23 +217,63 @@ class DDPM:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ConditionalDDPM(DDPM):
-  """A class-conditional `DDPM` (the U-Net has `num_classes` > 0) with classifier-free guidance.
+  """A `DDPM` that samples for asked labels: the loop's `Conditional` method.
 
-  Trains on the batch's ``label`` with each example's label replaced by the null class
-  (`num_classes`) with probability `cond_drop_prob`; samples with guidance scale
-  `guidance_scale` (`jgen.diffusion.guidance.cfg_eps_fn`). The loop's `Conditional` method.
+  The labels steer the sampler through a class-conditional U-Net (`num_classes` > 0) with
+  classifier-free guidance, through a guiding classifier (`classifier`), or both:
+
+  * a conditional U-Net trains on the batch's ``label``, each example's label replaced by the
+    null class (`num_classes`) with probability `cond_drop_prob`, and samples with guidance
+    scale `guidance_scale` (`jgen.diffusion.guidance.cfg_eps_fn`);
+  * a `classifier` (loaded from a `diffusion.noisy_classifier` run) adds
+    `classifier_scale` * grad_x log p(y | x_t, t) (`DDPM.run_sampler`); training is unchanged.
+
+  Attributes:
+    classifier: the guiding classifier (None: classifier-free guidance only).
+    classifier_scale: classifier guidance scale s (0: the classifier is not called).
   """
 
+  classifier: GuidingClassifier | None = None
+  classifier_scale: float = 0.0
+
   def __post_init__(self):
+    if self.model.num_classes < 1 and self.classifier is None:
+      raise ValueError("a ConditionalDDPM needs a class-conditional U-Net (model.num_classes "
+                       "> 0) or a guiding classifier (sample.classifier.workdir)")
+    if self.model.num_classes < 1 and self.guidance_scale != 1.0:
+      raise ValueError(f"guidance_scale={self.guidance_scale} (classifier-free guidance) needs "
+                       "a class-conditional U-Net; set model.num_classes > 0, or guide with "
+                       "the classifier alone (sample.guidance_scale=1.0, "
+                       "sample.classifier_scale=s)")
     super().__post_init__()
-    if self.num_classes < 1:
-      raise ValueError(f"a ConditionalDDPM needs a U-Net with num_classes > 0, got "
-                       f"{self.num_classes}")
     if not 0.0 <= self.cond_drop_prob < 1.0:
       raise ValueError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
+    if self.classifier is not None:
+      self.classifier.check_guides(self.schedule, self.image_shape)
+      if self.model.num_classes > 0 and self.model.num_classes != self.classifier.num_classes:
+        raise ValueError(f"the U-Net has {self.model.num_classes} classes, the classifier in "
+                         f"{self.classifier.workdir} {self.classifier.num_classes}: guide with "
+                         "a classifier of the same classes")
+    elif self.classifier_scale != 0.0:
+      raise ValueError(f"classifier_scale={self.classifier_scale} needs a guiding classifier: "
+                       "set sample.classifier.workdir to a diffusion.noisy_classifier run")
+
+  @property
+  def num_classes(self) -> int:
+    """Classes of the label condition (the U-Net's, else the guiding classifier's)."""
+    return self.model.num_classes or self.classifier.num_classes
+
+  @property
+  def sample_frozen(self) -> dict[str, Any]:
+    """The guiding classifier's parameters, as `state.frozen["classifier"]` of the sampler."""
+    return {} if self.classifier is None else {"classifier": self.classifier.params}
 
   def guided_eps_fn(self, params, conditions: Conditions) -> ModelFn:
-    """The CFG denoiser `eps_fn(x_t, t)` for `conditions` at scale `guidance_scale`."""
+    """The denoiser `eps_fn(x_t, t)` for `conditions`: CFG at scale `guidance_scale` with a
+    conditional U-Net, the plain model otherwise (classifier guidance is `run_sampler`'s)."""
+    if self.model.num_classes < 1:
+      return self.eps_fn(params)
+
     def eps_cond_fn(x, t, c):
       return self.eps_fn(params, c, train=False)(x, t)
     null = null_conditions(conditions, num_classes=self.num_classes)
@@ -217,12 +281,26 @@ class ConditionalDDPM(DDPM):
 
   def sample_conditional(self, state: TrainState, rng: jax.Array,
                          conditions: dict[str, jax.Array], n: int) -> jax.Array:
-    """`n` images for `conditions` (``{"label": int32 [n]}``, `jgen.nn.conditioning`)."""
+    """`n` images for `conditions` (``{"label": int32 [n]}``, `jgen.nn.conditioning`).
+
+    With a classifier, `state.frozen` must hold its parameters under ``"classifier"`` (the
+    loop's `jit_sampler` puts `sample_frozen` there).
+    """
     conditions = {k: jnp.asarray(v) for k, v in conditions.items()}
     for k, v in conditions.items():
       if v.shape[0] != n:
         raise ValueError(f"condition {k!r} has batch {v.shape[0]}, expected n={n}")
-    return self.run_sampler(self.guided_eps_fn(state.ema_params, conditions), rng, n)
+    eps_fn = self.guided_eps_fn(state.ema_params, conditions)
+    grad_fn = None
+    if self.classifier is not None and self.classifier_scale != 0.0:
+      if "classifier" not in state.frozen:
+        raise ValueError("classifier guidance reads the classifier from state.frozen"
+                         "['classifier']: sample through jgen.train.loop.jit_sampler, or pass "
+                         "state.replace(frozen={**state.frozen, **method.sample_frozen})")
+      logits_fn = self.classifier.logits_fn(state.frozen["classifier"])
+      grad_fn = classifier_grad_fn(logits_fn, conditions["label"])
+    return self.run_sampler(eps_fn, rng, n, grad_fn=grad_fn,
+                            grad_scale=self.classifier_scale)
 
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     """`n` images, every class in turn (labels 0, 1, ..., K-1, 0, ...)."""
@@ -231,7 +309,12 @@ class ConditionalDDPM(DDPM):
 
   @property
   def sample_tag(self) -> str:
-    return f"{super().sample_tag}_w{self.guidance_scale:g}"
+    tag = super().sample_tag
+    if self.model.num_classes > 0:
+      tag += f"_w{self.guidance_scale:g}"
+    if self.classifier is not None:
+      tag += f"_clf{self.classifier_scale:g}"
+    return tag
 
 
 def make_unet(model_config: Any) -> UNet:
@@ -245,20 +328,26 @@ def make_unet(model_config: Any) -> UNet:
 
 
 def make_method(config: Any) -> DDPM:
-  """Translates an experiment config into a `DDPM` (a `ConditionalDDPM` if num_classes > 0)."""
-  d = config.diffusion
-  schedule = get_schedule(d.schedule, d.num_timesteps,
-                          **({"beta_start": d.beta_start, "beta_end": d.beta_end}
-                             if d.schedule == "linear" else {}))
+  """Translates an experiment config into a `DDPM`, or a `ConditionalDDPM` when the U-Net is
+  class-conditional (`model.num_classes` > 0) or a classifier guides (`sample.classifier`)."""
   s = config.sample
   model = make_unet(config.model)
-  cls = ConditionalDDPM if model.num_classes > 0 else DDPM
-  return cls(model=model, schedule=schedule,
+  kwargs = {}
+  clf = s.get("classifier", {})
+  if clf.get("workdir"):
+    kwargs = {"classifier": load_guiding_classifier(clf.workdir, clf.get("step")),
+              "classifier_scale": float(s.get("classifier_scale", 0.0))}
+  elif s.get("classifier_scale", 0.0):
+    raise ValueError(f"sample.classifier_scale={s.classifier_scale} needs a guiding classifier:"
+                     " set sample.classifier.workdir to a diffusion.noisy_classifier run")
+  cls = ConditionalDDPM if model.num_classes > 0 or kwargs else DDPM
+  return cls(model=model, schedule=schedule_from_config(config.diffusion),
              tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
              image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
              ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup,
-             loss_type=d.loss_type, prediction=d.get("prediction", "eps"),
+             loss_type=config.diffusion.loss_type,
+             prediction=config.diffusion.get("prediction", "eps"),
              sampler=s.sampler, sample_steps=s.steps, eta=s.eta, spacing=s.spacing,
              dpm_spacing=s.get("dpm_spacing", "linspace"), rho=s.get("rho", 7.0),
              clip_denoised=s.clip_denoised, guidance_scale=s.get("guidance_scale", 1.0),
-             cond_drop_prob=d.get("cond_drop_prob", 0.1))
+             cond_drop_prob=config.diffusion.get("cond_drop_prob", 0.1), **kwargs)

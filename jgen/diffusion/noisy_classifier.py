@@ -20,11 +20,13 @@ from typing import Any, Callable
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from jgen.diffusion.schedules import Schedule, get_schedule, q_sample
+from jgen.diffusion.schedules import Schedule, q_sample, schedule_from_config
 from jgen.nn.classifier import NoisyClassifier
 from jgen.nn.dtypes import compute_dtype
+from jgen.train import init_from, run_record
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 
@@ -169,19 +171,94 @@ def make_classifier(model_config: Any) -> NoisyClassifier:
                          dtype=compute_dtype(model_config.dtype))
 
 
-def make_schedule_from_config(diffusion_config: Any) -> Schedule:
-  """The schedule of a `config.diffusion` block (as `diffusion.ddpm` builds it)."""
-  d = diffusion_config
-  return get_schedule(d.schedule, d.num_timesteps,
-                      **({"beta_start": d.beta_start, "beta_end": d.beta_end}
-                         if d.schedule == "linear" else {}))
+@dataclasses.dataclass(frozen=True, eq=False)
+class GuidingClassifier:
+  """A trained noise-aware classifier, loaded from its run to guide a diffusion sampler.
+
+  Attributes:
+    model: the classifier network (`model.apply(params, x_t, t, train=False) -> logits`).
+    params: its EMA parameters as host arrays (the guided sampler takes them as an argument,
+      `state.frozen["classifier"]`, never as compile-time constants).
+    schedule: the noise process it was trained on.
+    image_shape: (H, W, C) it was trained on.
+    workdir: the classifier run's work directory.
+    step: the checkpoint step loaded.
+  """
+
+  model: NoisyClassifier
+  params: Any
+  schedule: Schedule
+  image_shape: tuple[int, int, int]
+  workdir: str
+  step: int
+
+  @property
+  def num_classes(self) -> int:
+    return self.model.num_classes
+
+  def logits_fn(self, params) -> LogitsFn:
+    """The classifier as `logits_fn(x_t, t)` (dropout off), for `classifier_grad_fn`."""
+    return lambda x, t: self.model.apply(params, x, t, train=False)
+
+  def check_guides(self, schedule: Schedule, image_shape: tuple[int, int, int]) -> None:
+    """Raises ValueError unless the classifier was trained on `schedule` and `image_shape`.
+
+    Guidance adds grad_x log p(y | x_t, t) at the sampler's t; a classifier trained on another
+    noise process sees inputs of another noise level at the same t.
+    """
+    problems = []
+    if tuple(image_shape) != tuple(self.image_shape):
+      problems.append(f"image shape {tuple(image_shape)} vs the classifier's "
+                      f"{tuple(self.image_shape)}")
+    if schedule.num_timesteps != self.schedule.num_timesteps:
+      problems.append(f"num_timesteps {schedule.num_timesteps} vs the classifier's "
+                      f"{self.schedule.num_timesteps}")
+    elif not np.allclose(np.asarray(schedule.betas), np.asarray(self.schedule.betas),
+                         rtol=1e-5, atol=1e-8):
+      problems.append("the betas differ (diffusion.schedule / beta_start / beta_end)")
+    if problems:
+      raise ValueError(
+          f"the classifier in {self.workdir} (step {self.step}) cannot guide this model: "
+          + "; ".join(problems) + ". Train the classifier with this model's data and "
+          "diffusion settings (experiments/noisy_classifier_digits.py shows how).")
+
+
+def load_guiding_classifier(workdir: str, step: int | None = None) -> GuidingClassifier:
+  """The EMA classifier of a `diffusion.noisy_classifier` run, built from its run record.
+
+  Reads the classifier run's recorded config (`jgen.train.run_record`) for the network and the
+  noise process, and its checkpoint (latest, or `step`) through `jgen.train.init_from`; shapes
+  are checked against the network before anything compiles.
+
+  Raises:
+    ValueError: `workdir` is not a noisy-classifier run, or its checkpoint does not fit.
+  """
+  config = run_record.latest_config(workdir)
+  if config.get("method") != "diffusion.noisy_classifier":
+    raise ValueError(f"{workdir} is a {config.get('method')!r} run; classifier guidance needs "
+                     "a 'diffusion.noisy_classifier' run (experiments/noisy_classifier_digits.py)")
+  model = make_classifier(config.model)
+  image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  spec = init_from.InitFrom(workdir=workdir, step=step, source="ema",
+                            into="frozen/classifier", name="sample.classifier")
+  params, loaded_step = init_from.load(spec)
+  abstract = jax.eval_shape(lambda rng: model.init(rng, jnp.zeros((1, *image_shape)),
+                                                   jnp.zeros((1,), jnp.int32), train=False),
+                            jax.random.key(0))
+  init_from.raise_problems(
+      init_from.fit_problems(abstract, params, where="sample.classifier", what="ema",
+                             require_all=True),
+      what=f"the classifier checkpoint {workdir} step {loaded_step}")
+  return GuidingClassifier(model=model, params=params,
+                           schedule=schedule_from_config(config.diffusion),
+                           image_shape=image_shape, workdir=workdir, step=loaded_step)
 
 
 def make_method(config: Any) -> NoisyClassifierMethod:
   """Translates an experiment config into a `NoisyClassifierMethod`."""
   return NoisyClassifierMethod(
       model=make_classifier(config.model),
-      schedule=make_schedule_from_config(config.diffusion),
+      schedule=schedule_from_config(config.diffusion),
       tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
       image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
       ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup,

@@ -6,7 +6,7 @@ Tables are computed in float64 NumPy and stored as float32 JAX arrays in a
 `Schedule` pytree, so a schedule can be passed straight into `jax.jit`.
 """
 
-from typing import Callable
+from typing import Any, Callable
 
 import chex
 from flax import struct
@@ -166,6 +166,15 @@ def get_schedule(name: str, num_timesteps: int, **kwargs) -> Schedule:
   if name not in _BETA_SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; valid names: {sorted(_BETA_SCHEDULES)}")
   return make_schedule(_BETA_SCHEDULES[name](num_timesteps, **kwargs))
+
+
+def schedule_from_config(diffusion_config: Any) -> Schedule:
+  """The schedule of an experiment's `config.diffusion` block (``schedule``, ``num_timesteps``
+  and, for 'linear', ``beta_start`` / ``beta_end``): what every diffusion method trains on."""
+  d = diffusion_config
+  kwargs = ({"beta_start": d.beta_start, "beta_end": d.beta_end} if d.schedule == "linear"
+            else {})
+  return get_schedule(d.schedule, d.num_timesteps, **kwargs)
 
 
 def extract(table: jnp.ndarray, t: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:

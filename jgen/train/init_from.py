@@ -42,7 +42,8 @@ from jgen.train import rules as rules_lib
 PyTree = Any
 
 __all__ = ["InitFrom", "InitFromError", "apply_loads", "check_loads", "fingerprint",
-           "load", "parse_init_from", "read_record", "verify_frozen", "write_record"]
+           "fit_problems", "load", "parse_init_from", "raise_problems", "read_record",
+           "verify_frozen", "write_record"]
 
 RECORD = "init_from.json"
 SOURCES_FIXED = ("params", "model_state", "frozen")
@@ -174,6 +175,36 @@ def _target(spec: InitFrom) -> tuple[str, str]:
   return head, rest
 
 
+def fit_problems(target: PyTree, tree: PyTree, *, where: str, what: str,
+                 require_all: bool) -> list[str]:
+  """Each leaf of the loaded `tree` that is absent in `target` or differs in shape or dtype
+  (and, with `require_all`, each target leaf the tree lacks), as messages under `where`."""
+  want = rules_lib.flat(target) if isinstance(target, Mapping) else {"": target}
+  have = rules_lib.flat(tree) if isinstance(tree, Mapping) else {"": tree}
+  problems = []
+  for path, x in sorted(have.items()):
+    at = f"{where}/{path}".rstrip("/")
+    if path not in want:
+      problems.append(f"{at}: in the checkpoint {x.shape} {x.dtype}, absent in this model")
+    elif tuple(want[path].shape) != tuple(x.shape) or want[path].dtype != x.dtype:
+      problems.append(f"{at}: checkpoint {tuple(x.shape)} {x.dtype} vs model "
+                      f"{tuple(want[path].shape)} {want[path].dtype}")
+  if require_all:
+    for path in sorted(set(want) - set(have)):
+      problems.append(f"{where}/{path}: the model needs it, the checkpoint ({what}) has no "
+                      "such leaf")
+  return problems
+
+
+def raise_problems(problems: list[str], *, what: str = "init_from") -> None:
+  """One `InitFromError` listing every problem (nothing when there are none)."""
+  if problems:
+    raise InitFromError(f"{what} does not fit this model ({len(problems)} problem(s)):\n  "
+                        + "\n  ".join(problems)
+                        + "\nLoad a matching subtree (init_from.subtree / init_from.match) or "
+                        "change the model config to the checkpoint's.")
+
+
 def check_loads(abstract_state: Any, loads: list[tuple[InitFrom, PyTree]]) -> None:
   """Raises one `InitFromError` listing every loaded path whose target is missing or differs in
   shape or dtype (runs on shapes only, before any compile)."""
@@ -186,24 +217,9 @@ def check_loads(abstract_state: Any, loads: list[tuple[InitFrom, PyTree]]) -> No
     except InitFromError as e:
       problems.append(str(e))
       continue
-    want = rules_lib.flat(target) if isinstance(target, Mapping) else {"": target}
-    have = rules_lib.flat(tree) if isinstance(tree, Mapping) else {"": tree}
-    for path, x in sorted(have.items()):
-      where = f"{spec.into}/{path}".rstrip("/")
-      if path not in want:
-        problems.append(f"{where}: in the checkpoint {x.shape} {x.dtype}, absent in this model")
-      elif tuple(want[path].shape) != tuple(x.shape) or want[path].dtype != x.dtype:
-        problems.append(f"{where}: checkpoint {tuple(x.shape)} {x.dtype} vs model "
-                        f"{tuple(want[path].shape)} {want[path].dtype}")
-    if head == "frozen":
-      for path in sorted(set(want) - set(have)):
-        problems.append(f"{spec.into}/{path}: the model needs it, the checkpoint "
-                        f"({spec.source}/{spec.subtree}) has no such leaf")
-  if problems:
-    raise InitFromError(f"init_from does not fit this model ({len(problems)} problem(s)):\n  "
-                        + "\n  ".join(problems)
-                        + "\nLoad a matching subtree (init_from.subtree / init_from.match) or "
-                        "change the model config to the checkpoint's.")
+    problems += fit_problems(target, tree, where=spec.into,
+                             what=f"{spec.source}/{spec.subtree}", require_all=head == "frozen")
+  raise_problems(problems)
 
 
 def apply_loads(state: Any, loads: list[tuple[InitFrom, PyTree]]) -> Any:

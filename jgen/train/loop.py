@@ -24,8 +24,9 @@ from jgen.train import mesh as mesh_lib
 from jgen.train.checkpoint import Checkpointer
 from jgen.train import init_from as init_from_lib
 from jgen.train import rules as rules_lib
-from jgen.train.method import (Conditional, Evaluates, Method, Reconstructs, load_method,
-                               sample_tag)
+from jgen.train import run_record
+from jgen.train.method import (Conditional, Evaluates, Method, Reconstructs, SamplesWithFrozen,
+                               load_method, sample_tag)
 from jgen.train.state import TrainState
 from jgen.train.writers import MetricWriter, save_image_grid, to_uint8
 
@@ -129,18 +130,34 @@ def _all_finite(tree) -> jax.Array:
 _all_finite_jit = jax.jit(_all_finite)
 
 
-def _jit_sampler(method: Method, mesh):
+def jit_sampler(method: Method, mesh):
   """The method's sampler under one jit (the whole sampling chain is one compiled program):
-  `fn(state, rng, n)`, or `fn(state, rng, labels)` for a `Conditional` method."""
+  `fn(state, rng, n)`, or `fn(state, rng, labels)` for a `Conditional` method.
+
+  A `SamplesWithFrozen` method's `sample_frozen` arrays are put on the mesh once and passed to
+  the jitted function as `state.frozen` entries on every call.
+  """
   repl = mesh_lib.replicated(mesh)
+  extra = dict(method.sample_frozen) if isinstance(method, SamplesWithFrozen) else {}
+  extra = jax.device_put(extra, repl)
+
+  def with_extra(state):
+    clash = sorted(set(extra) & set(state.frozen))
+    if clash:
+      raise ValueError(f"the sampler's frozen arrays {clash} clash with the run's own frozen "
+                       "arrays of the same name")
+    return state.replace(frozen={**state.frozen, **extra}) if extra else state
+
   if isinstance(method, Conditional):
     def conditional(state, rng, labels):
       return method.sample_conditional(state, rng, {"label": labels}, labels.shape[0])
-    return jax.jit(conditional, out_shardings=repl)
-  return jax.jit(method.sample, static_argnums=2, out_shardings=repl)
+    fn = jax.jit(conditional, out_shardings=repl)
+    return lambda state, rng, labels: fn(with_extra(state), rng, labels)
+  fn = jax.jit(method.sample, static_argnums=2, out_shardings=repl)
+  return lambda state, rng, n: fn(with_extra(state), rng, n)
 
 
-def _sample_labels(method: Method, config, num: int) -> np.ndarray | None:
+def labels_for_samples(method: Method, config, num: int) -> np.ndarray | None:
   """Labels of a conditional method's samples (`config.sample.labels`), else None."""
   if not isinstance(method, Conditional):
     return None
@@ -152,8 +169,8 @@ def _draw(sample_fn, state: TrainState, rng: jax.Array, n: int, labels: np.ndarr
   return sample_fn(state, rng, n) if labels is None else sample_fn(state, rng, labels[:n])
 
 
-def _sample_images(sample_fn, state: TrainState, config, *, num: int, seed: int,
-                   labels: np.ndarray | None = None) -> np.ndarray:
+def sample_images(sample_fn, state: TrainState, config, *, num: int, seed: int,
+                  labels: np.ndarray | None = None) -> np.ndarray:
   """`num` samples in [-1, 1] as a host array, in jitted chunks of config.sample.batch_size
   (conditioned on `labels` [num] when given)."""
   chunk = min(config.sample.batch_size, num)
@@ -194,6 +211,8 @@ def train(config, workdir: str) -> TrainState:
   state = restore_or_init(method, config, mesh, ckpt, first_batch, workdir=workdir)
   start = int(state.step)
   total = config.train.num_steps
+  if _is_main():
+    run_record.append_start(workdir, config, step=start)
 
   repl = mesh_lib.replicated(mesh)
 
@@ -203,8 +222,8 @@ def train(config, workdir: str) -> TrainState:
   step_fn = jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
   eval_fn = (jax.jit(method.evaluate, out_shardings=repl) if eval_dataset is not None
              else None)
-  sample_fn = _jit_sampler(method, mesh)
-  sample_labels = _sample_labels(method, config, config.sample.num)
+  sample_fn = jit_sampler(method, mesh)
+  sample_labels = labels_for_samples(method, config, config.sample.num)
   writer = MetricWriter(workdir, enabled=_is_main())
   sample_dir = os.path.join(workdir, "samples")
   log.info("training %s on %d device(s), %d process(es): steps %d..%d, global batch %d",
@@ -220,7 +239,7 @@ def train(config, workdir: str) -> TrainState:
     ckpt.save(step_now, state.checkpoint_items())
 
   def write_samples(step_now: int):
-    images = _sample_images(sample_fn, state, config, num=config.sample.num,
+    images = sample_images(sample_fn, state, config, num=config.sample.num,
                             seed=config.sample.seed, labels=sample_labels)
     if _is_main():
       path = save_image_grid(images, os.path.join(sample_dir, f"step_{step_now:07d}.png"),
@@ -306,8 +325,8 @@ def sample(config, workdir: str) -> dict[str, str]:
   """
   method, mesh, state = restore_for_inference(config, workdir)
   t0 = time.time()
-  labels = _sample_labels(method, config, config.sample.num)
-  images = _sample_images(_jit_sampler(method, mesh), state, config, num=config.sample.num,
+  labels = labels_for_samples(method, config, config.sample.num)
+  images = sample_images(jit_sampler(method, mesh), state, config, num=config.sample.num,
                           seed=config.sample.seed, labels=labels)
   seconds = time.time() - t0
   bad = int(np.sum(~np.isfinite(np.asarray(images)).reshape(len(images), -1).all(axis=1)))
@@ -363,9 +382,9 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     log.info("eval at step %d: %s", step, scalars)
     result.update(scalars)
   if wants_samples:
-    sampler = _jit_sampler(method, mesh)
+    sampler = jit_sampler(method, mesh)
     base = jax.random.key(config.eval.seed)
-    labels = _sample_labels(method, config, config.sample.batch_size)
+    labels = labels_for_samples(method, config, config.sample.batch_size)
 
     def draw(i, n):
       return _draw(sampler, state, jax.random.fold_in(base, i), n,

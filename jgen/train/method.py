@@ -13,7 +13,11 @@ Optional members are declared as protocols of their own, which the loop checks w
 * `Conditional`: ``num_classes`` and ``sample_conditional(state, rng, conditions, n)``, where
   ``conditions`` follows `jgen.nn.conditioning` (``{"label": int32 [n], ...}``); the loop takes
   the labels from ``config.sample.labels`` and writes them into the samples ``.npz``;
-* `Reconstructs`: ``reconstruct_images(state, images) -> images`` (reconstruction FID).
+* `Reconstructs`: ``reconstruct_images(state, images) -> images`` (reconstruction FID);
+* `SamplesWithFrozen`: ``sample_frozen``, arrays the sampler needs beyond the training state
+  (a guiding classifier loaded from another run); the loop's jitted sampler receives them as
+  entries of ``state.frozen`` (arguments, never compile-time constants) and never checkpoints
+  them.
 
 The loop in `jgen.train.loop` owns everything else. A config names the method by module path
 (``config.method = "diffusion.ddpm"``); the module defines ``make_method(config)``.
@@ -77,6 +81,15 @@ class Reconstructs(Protocol):
   """An autoencoder: reconstructions of given images (reconstruction FID, `rfid`)."""
 
   def reconstruct_images(self, state: TrainState, images: jax.Array) -> jax.Array:
+    ...
+
+
+@runtime_checkable
+class SamplesWithFrozen(Protocol):
+  """A method whose sampler reads extra frozen arrays: ``{name: tree}`` put in state.frozen."""
+
+  @property
+  def sample_frozen(self) -> dict[str, Any]:
     ...
 
 

@@ -1,0 +1,49 @@
+"""The run record: one entry per start, the config round-trips, bad records are clear errors."""
+
+import importlib.metadata
+import json
+
+import pytest
+
+import jgen.run
+from jgen.train import run_record
+from tests.conftest import load_experiment
+
+
+def test_every_train_start_appends_its_config(tmp_path, smoke_config):
+  workdir = str(tmp_path / "run")
+  jgen.run.main(smoke_config, workdir=workdir, mode="train")
+  smoke_config.train.num_steps = 8  # a longer run resumes at step 6
+  jgen.run.main(smoke_config, workdir=workdir, mode="train")
+  record = json.loads((tmp_path / "run" / run_record.RECORD).read_text())
+  assert [e["start"] for e in record] == [0, 1]
+  assert [e["step"] for e in record] == [0, 6]
+  assert [e["config"]["train"]["num_steps"] for e in record] == [6, 8]
+  assert record[0]["versions"]["jax"] == importlib.metadata.version("jax")
+  latest = run_record.latest_config(workdir)
+  # Tuples come back as lists; everything else as the config held it.
+  assert latest.model.ch_mult == list(smoke_config.model.ch_mult)
+  assert json.dumps(latest.to_dict(), sort_keys=True) == json.dumps(
+      json.loads(json.dumps(smoke_config.to_dict())), sort_keys=True)
+
+
+def test_missing_and_corrupt_records(tmp_path):
+  assert run_record.read(str(tmp_path)) == []
+  with pytest.raises(run_record.RunRecordError, match="train it again"):
+    run_record.latest_config(str(tmp_path))
+  (tmp_path / run_record.RECORD).write_text("{not json")
+  with pytest.raises(run_record.RunRecordError, match="not valid JSON"):
+    run_record.read(str(tmp_path))
+  (tmp_path / run_record.RECORD).write_text("{}")
+  with pytest.raises(run_record.RunRecordError, match="expected a list"):
+    run_record.read(str(tmp_path))
+
+
+def test_append_keeps_earlier_entries(tmp_path):
+  config = load_experiment("ddpm_digits", "smoke")
+  run_record.append_start(str(tmp_path), config, step=0)
+  config.seed = 7
+  entry = run_record.append_start(str(tmp_path), config, step=3)
+  assert entry["start"] == 1
+  assert [e["config"]["seed"] for e in run_record.read(str(tmp_path))] == [0, 7]
+  assert not (tmp_path / f"{run_record.RECORD}.tmp").exists()
