@@ -14,6 +14,9 @@ Optional members are declared as protocols of their own, which the loop checks w
   ``conditions`` follows `jgen.nn.conditioning` (``{"label": int32 [n], ...}``); the loop takes
   the labels from ``config.sample.labels`` and writes them into the samples ``.npz``;
 * `Reconstructs`: ``reconstruct_images(state, images) -> images`` (reconstruction FID);
+* `Translates`: an image-to-image method (pix2pix, CycleGAN, StarGAN):
+  ``translation_inputs(batch)`` and ``translate(state, rng, source)``; the loop's sample and
+  eval modes then translate held-out (or the user's) images instead of sampling from noise;
 * `SamplesWithFrozen`: ``sample_frozen``, arrays the sampler needs beyond the training state
   (a guiding classifier loaded from another run); the loop's jitted sampler receives them as
   entries of ``state.frozen`` (arguments, never compile-time constants) and never checkpoints
@@ -81,6 +84,30 @@ class Reconstructs(Protocol):
   """An autoencoder: reconstructions of given images (reconstruction FID, `rfid`)."""
 
   def reconstruct_images(self, state: TrainState, images: jax.Array) -> jax.Array:
+    ...
+
+
+@runtime_checkable
+class Translates(Protocol):
+  """An image-to-image method: source images in, D translations of each out.
+
+  D is the number of translations per source (`translation_names`): 1 for pix2pix and
+  CycleGAN (one direction), the target domains for StarGAN. Images are float in [-1, 1].
+  """
+
+  @property
+  def translation_names(self) -> tuple[str, ...]:
+    """The D translations' names (file names, table rows): ("B",), ("inverted", ...)."""
+    ...
+
+  def translation_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """What a held-out batch of the method's data gives: ``source`` [B, H, W, C]; when known
+    ``target`` [B, D, H, W, C'] (the true translation of each source); when present ``label``
+    [B] (the content class a translation must keep, e.g. the digit)."""
+    ...
+
+  def translate(self, state: TrainState, rng: jax.Array, source: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, D, H, W, C']: every translation of every source (EMA generator)."""
     ...
 
 
