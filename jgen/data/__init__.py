@@ -16,7 +16,8 @@ domains: ``unpaired:PATH``), ``mask`` (inpainting); see ``load_source`` for ever
 from jgen.data.derived import DerivedPairSource
 from jgen.data.load import load_source
 from jgen.data.paired import PairedSource, UnpairedSource
-from jgen.data.pipeline import batch_spec, check_batch_size, iterate, make_dataset, shard_batch
+from jgen.data.pipeline import (batch_spec, check_batch_size, iterate, make_dataset, read_batch,
+                                shard_batch)
 from jgen.data.sources import (ArraySource, DatasetUnavailableError, ElementSpec, TfdsSource,
                                read_idx)
 
@@ -33,6 +34,7 @@ __all__ = [
     "iterate",
     "load_source",
     "make_dataset",
+    "read_batch",
     "read_idx",
     "shard_batch",
 ]

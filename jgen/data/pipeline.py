@@ -129,6 +129,13 @@ class _ReadBatch:
     return {k: _convert(k, np.stack([np.asarray(ex[k]) for ex in examples])) for k in names}
 
 
+def read_batch(source, indices: Sequence[int]) -> Batch:
+  """Examples `indices` of `source` as one converted batch (no shuffling, no flips): what
+  `make_dataset` yields, for held-out images in a fixed order (translation grids, eval)."""
+  indices = np.asarray(indices, np.int64)
+  return _ReadBatch(source, seed=0, random_flip=False, drop_labels=False)((indices, indices))
+
+
 def make_dataset(source, *, global_batch_size: int, seed: int, random_flip: bool = False,
                  process_index: int = 0, process_count: int = 1,
                  drop_labels: bool = False) -> grain.MapDataset:

@@ -88,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.batch_size = 64        # images per jitted sampler call
   c.sample.seed = 1
   c.sample.labels = ""            # conditional methods: "" = every class in turn, or "3", "0,2,4"
+  c.sample.source = ""            # translation methods: a folder of your own images to translate
+  #                                 ("" = the first sample.num images of data.eval_split)
 
   # Sample metrics of --mode=eval (jgen.metrics.evaluate.evaluate_config), beside the method's
   # own evaluate(): EMA samples against the statistics of config.data, cached per dataset+split.

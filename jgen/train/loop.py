@@ -25,8 +25,9 @@ from jgen.train.checkpoint import Checkpointer
 from jgen.train import init_from as init_from_lib
 from jgen.train import rules as rules_lib
 from jgen.train import run_record
+from jgen.train import translations
 from jgen.train.method import (Conditional, Evaluates, Method, Reconstructs, SamplesWithFrozen,
-                               load_method, sample_tag)
+                               Translates, load_method, sample_tag)
 from jgen.train.state import TrainState
 from jgen.train.writers import MetricWriter, save_image_grid, to_uint8
 
@@ -222,7 +223,8 @@ def train(config, workdir: str) -> TrainState:
   step_fn = jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
   eval_fn = (jax.jit(method.evaluate, out_shardings=repl) if eval_dataset is not None
              else None)
-  sample_fn = jit_sampler(method, mesh)
+  translates = isinstance(method, Translates)
+  sample_fn = None if translates else jit_sampler(method, mesh)
   sample_labels = labels_for_samples(method, config, config.sample.num)
   writer = MetricWriter(workdir, enabled=_is_main())
   sample_dir = os.path.join(workdir, "samples")
@@ -239,6 +241,10 @@ def train(config, workdir: str) -> TrainState:
     ckpt.save(step_now, state.checkpoint_items())
 
   def write_samples(step_now: int):
+    if translates:  # held-out sources | translations | targets
+      translations.write_translations(method, state, mesh, config, sample_dir,
+                                      f"step_{step_now:07d}", upscale=_upscale(config))
+      return
     images = sample_images(sample_fn, state, config, num=config.sample.num,
                             seed=config.sample.seed, labels=sample_labels)
     if _is_main():
@@ -318,12 +324,20 @@ def sample(config, workdir: str) -> dict[str, str]:
   """Loads the latest checkpoint and writes config.sample.num samples (EMA params).
 
   Writes `samples/<tag>.png` (a grid) and `samples/<tag>.npz` (uint8 images [N, H, W, C]),
-  where the tag names the step and the method's sampler settings.
+  where the tag names the step and the method's sampler settings. A `Translates` method
+  translates held-out (or ``config.sample.source``) images instead (`jgen.train.translations`).
 
   Returns:
     Paths of the written files.
   """
   method, mesh, state = restore_for_inference(config, workdir)
+  if isinstance(method, Translates):
+    tag = f"step{int(state.step)}_{sample_tag(method)}"
+    if config.sample.get("source", ""):
+      tag += "_user"
+    return translations.write_translations(method, state, mesh, config,
+                                           os.path.join(workdir, "samples"), tag,
+                                           upscale=_upscale(config))
   t0 = time.time()
   labels = labels_for_samples(method, config, config.sample.num)
   images = sample_images(jit_sampler(method, mesh), state, config, num=config.sample.num,
@@ -369,7 +383,8 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   method, mesh, state = restore_for_inference(config, workdir)
   step = int(state.step)
   wants_samples = bool(metrics_lib.parse_metrics(config.get("eval", {}).get("metrics")))
-  if not isinstance(method, Evaluates) and not wants_samples:
+  translates = isinstance(method, Translates)
+  if not isinstance(method, Evaluates) and not wants_samples and not translates:
     raise ValueError(f"method {config.method} has no evaluate(); set --config.eval.metrics="
                      "fid,is,pr for sample metrics")
   result: dict[str, Any] = {"step": step}
@@ -381,6 +396,14 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
                             num_batches=config.train.eval_batches, seed=config.seed)
     log.info("eval at step %d: %s", step, scalars)
     result.update(scalars)
+  if translates:
+    metrics = translations.translation_eval(method, state, mesh, config)
+    log.info("translation metrics at step %d: %s", step,
+             ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
+    result.update({f"translation/{k}": v for k, v in metrics.items()})
+  if wants_samples and translates:
+    raise ValueError("eval.metrics (sample metrics from noise) do not apply to a translation "
+                     "method; its --mode=eval reports the translation metrics on its own")
   if wants_samples:
     sampler = jit_sampler(method, mesh)
     base = jax.random.key(config.eval.seed)
