@@ -19,18 +19,37 @@ _OPTIMIZERS = {
 }
 
 
+SCHEDULES = ("constant", "cosine", "linear")
+
+
 def learning_rate_schedule(*, lr: float, warmup_steps: int = 0, schedule: str = "constant",
-                           total_steps: int | None = None) -> optax.Schedule:
-  """Linear warm-up from 0 to `lr`, then constant or cosine decay to 0 at `total_steps`."""
+                           total_steps: int | None = None, decay_from: float = 0.5
+                           ) -> optax.Schedule:
+  """Linear warm-up from 0 to `lr`, then one of:
+
+  * 'constant': `lr`;
+  * 'cosine': cosine decay to 0 at `total_steps`;
+  * 'linear': `lr` until the fraction `decay_from` of the steps after warm-up, then a linear
+    decay to 0 at `total_steps` (pix2pix / CycleGAN's ``--lr_policy linear``: 100 epochs
+    constant, 100 decaying is `decay_from` = 0.5; StarGAN's decay over the last 100k of 200k
+    iterations likewise).
+  """
+  if schedule not in SCHEDULES:
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; use one of {SCHEDULES}")
+  if schedule != "constant" and (not total_steps or total_steps <= warmup_steps):
+    raise ValueError(f"{schedule} schedule needs total_steps > warmup_steps, got "
+                     f"total_steps={total_steps}, warmup_steps={warmup_steps}")
   if schedule == "constant":
     main = optax.constant_schedule(lr)
   elif schedule == "cosine":
-    if not total_steps or total_steps <= warmup_steps:
-      raise ValueError(f"cosine schedule needs total_steps > warmup_steps, got "
-                       f"total_steps={total_steps}, warmup_steps={warmup_steps}")
     main = optax.cosine_decay_schedule(lr, total_steps - warmup_steps)
   else:
-    raise ValueError(f"unknown learning-rate schedule {schedule!r}; use 'constant' or 'cosine'")
+    if not 0.0 <= decay_from < 1.0:
+      raise ValueError(f"decay_from must lie in [0, 1), got {decay_from}")
+    span = total_steps - warmup_steps
+    hold = int(round(decay_from * span))
+    main = optax.join_schedules(
+        [optax.constant_schedule(lr), optax.linear_schedule(lr, 0.0, span - hold)], [hold])
   if warmup_steps <= 0:
     return main
   warm = optax.linear_schedule(0.0, lr, warmup_steps)
@@ -43,7 +62,7 @@ def make_optimizer(optim: Mapping[str, Any], *, total_steps: int | None = None
 
   Args:
     optim: mapping with `name` (adam, adamw, rmsprop, sgd), `lr`, optional `warmup_steps`,
-      `schedule` ('constant' or 'cosine'), `grad_clip_norm` (0 or None: no clipping) and the
+      `schedule` ('constant', 'cosine' or 'linear', with `decay_from`), `grad_clip_norm` (0 or None: no clipping) and the
       optimizer's own fields (b1, b2, eps, weight_decay, decay, momentum).
     total_steps: length of the run, for decaying schedules.
   """
@@ -52,7 +71,8 @@ def make_optimizer(optim: Mapping[str, Any], *, total_steps: int | None = None
     raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}")
   lr = learning_rate_schedule(lr=optim["lr"], warmup_steps=optim.get("warmup_steps", 0),
                               schedule=optim.get("schedule", "constant"),
-                              total_steps=total_steps)
+                              total_steps=total_steps,
+                              decay_from=optim.get("decay_from", 0.5))
   tx = _OPTIMIZERS[name](lr, optim)
   clip = optim.get("grad_clip_norm")
   if clip:
