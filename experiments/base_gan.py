@@ -19,7 +19,8 @@ METHODS = ("dcgan", "cgan", "wgan", "wgan_gp")
 # Optimizer fields optim_d may set on its own, with their types (jgen.train.optim).
 _OPTIM_FIELDS = {"name": str, "lr": float, "b1": float, "b2": float, "eps": float,
                  "weight_decay": float, "decay": float, "momentum": float,
-                 "warmup_steps": int, "schedule": str, "grad_clip_norm": float}
+                 "warmup_steps": int, "schedule": str, "decay_from": float,
+                 "grad_clip_norm": float}
 
 
 def follow_optim() -> ml_collections.ConfigDict:

@@ -9,13 +9,15 @@ from __future__ import annotations
 from jgen.data import derived as derived_lib
 from jgen.data import paired as paired_lib
 from jgen.data import sources as src_lib
+from jgen.data import unpaired_derived as unpaired_derived_lib
 
 __all__ = ["load_source"]
 
 _VALID_SPECS = (
     "'digits', 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH', 'idx:DIR', 'npz:FILE', "
     "'paired:PATH', 'paired_btoa:PATH', 'unpaired:PATH', 'unpaired:tfds:NAME', "
-    "'unpaired:SPEC_A|SPEC_B', 'derived:TRANSFORM:SPEC' (TRANSFORM one of "
+    "'unpaired:SPEC_A|SPEC_B', 'derived:TRANSFORM:SPEC', 'unpaired_derived:TRANSFORM:SPEC' "
+    "(TRANSFORM one of "
     f"{', '.join(derived_lib.TRANSFORMS)})"
 )
 
@@ -72,6 +74,12 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
         (``jgen.data.derived``): source = TRANSFORM(image), target = image, other fields
         kept. TRANSFORM is ``edges``, ``grayscale``, ``downsample:K`` or ``mask:box`` /
         ``mask:center`` (these add a ``mask`` field), e.g. ``derived:downsample:4:digits``.
+      ``'unpaired_derived:TRANSFORM:SPEC'``: two domains made from ``SPEC``
+        (``jgen.data.unpaired_derived``): A = the images, B = their TRANSFORM. The train
+        split (``'train'``, ``'train[...]'``) is unpaired, A from the first half of the
+        split and B from the second (fields image_a, image_b, label_a, label_b); every other
+        split gives true pairs (image_a, image_b = TRANSFORM(image_a), label, paired), e.g.
+        ``unpaired_derived:edges:digits``.
     split: 'train' or 'test' (tfds accepts its own split syntax, e.g. 'train[:10%]', except
       in ``unpaired:tfds:``, where the split name gets A/B appended).
     data_dir: tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
@@ -83,8 +91,8 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
       and flips are seeded by ``make_dataset``.
 
   Returns:
-    An ``ArraySource``, ``TfdsSource``, ``PairedSource``, ``UnpairedSource`` or
-    ``DerivedPairSource``.
+    An ``ArraySource``, ``TfdsSource``, ``PairedSource``, ``UnpairedSource``,
+    ``DerivedPairSource`` or ``TruePairSource``.
 
   Raises:
     ValueError: unknown spec, or the data's shape differs from the requested one.
@@ -96,6 +104,12 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
     transform, inner = _split_derived(spec, arg)
     inner_source = load_source(inner, split=split, data_dir=data_dir, seed=seed, **shape_args)
     return derived_lib.DerivedPairSource(inner_source, transform, seed=seed)
+  if kind == "unpaired_derived" and arg:
+    transform, inner = _split_derived(spec, arg)
+    inner_source = load_source(inner, split=split, data_dir=data_dir, seed=seed, **shape_args)
+    return unpaired_derived_lib.unpaired_derived(
+        inner_source, transform, paired=not unpaired_derived_lib.is_unpaired_split(split),
+        seed=seed)
   if kind == "unpaired" and arg.startswith("tfds:") and "|" not in arg:
     name = arg[len("tfds:"):]
     domains = [src_lib.TfdsSource(name, split=f"{split}{d}", data_dir=data_dir, **shape_args)

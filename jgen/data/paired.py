@@ -16,6 +16,7 @@ different sizes ``nA``, ``nB``; ``len = max(nA, nB)`` (as the CycleGAN code), an
 over that length every image of each domain comes at least once, each domain in its own
 seeded permutation, so which ``image_b`` meets which ``image_a`` is not fixed: it changes with
 the pass (``varies_by_pass``: the pipeline reads pass ``e`` at ``source[e * len + i]``).
+With ``labels=True`` each domain's class comes along as ``label_a`` / ``label_b``.
 ``load_unpaired_folder`` reads the CycleGAN layout ``trainA/``, ``trainB/``, ``testA/``,
 ``testB/`` (split ``s`` -> ``sA/`` and ``sB/``).
 """
@@ -91,18 +92,23 @@ class UnpairedSource:
 
   varies_by_pass = True
 
-  def __init__(self, domain_a, domain_b, *, seed: int = 0, field: str = "image"):
+  def __init__(self, domain_a, domain_b, *, seed: int = 0, field: str = "image",
+               labels: bool = False):
     """``domain_a``/``domain_b`` are sources whose ``field`` (default ``image``) is used.
 
     Both must have the same image shape (use ``load_source``'s ``image_size``/``channels``/
-    ``resize`` to bring them to one).
+    ``resize`` to bring them to one). With ``labels``, each domain's ``label`` is kept as
+    ``label_a`` / ``label_b`` (int32, the class of ``image_a`` / ``image_b``); both domains
+    must have one.
     """
     for name, domain in (("A", domain_a), ("B", domain_b)):
       if len(domain) == 0:
         raise ValueError(f"UnpairedSource: domain {name} is empty")
-      if field not in domain.element_spec:
-        raise ValueError(f"UnpairedSource: domain {name} has no field {field!r} "
-                         f"(fields: {sorted(domain.element_spec)})")
+      wanted = (field, "label") if labels else (field,)
+      for key in wanted:
+        if key not in domain.element_spec:
+          raise ValueError(f"UnpairedSource: domain {name} has no field {key!r} "
+                           f"(fields: {sorted(domain.element_spec)})")
     spec_a, spec_b = domain_a.element_spec[field], domain_b.element_spec[field]
     if spec_a != spec_b:
       raise ValueError(
@@ -110,10 +116,13 @@ class UnpairedSource:
           "--config.data.image_size, --config.data.channels and --config.data.resize=True to "
           "bring both to one shape")
     self.domains = (domain_a, domain_b)
-    self.seed, self._field = seed, field
+    self.seed, self._field, self._labels = seed, field, labels
     self.image_shape = tuple(spec_a[0])
-    self.num_classes = None
+    self.num_classes = getattr(domain_a, "num_classes", None) if labels else None
     self.element_spec = {"image_a": spec_a, "image_b": spec_b}
+    if labels:
+      label = ((), np.dtype(np.int32))
+      self.element_spec.update(label_a=label, label_b=label)
 
   def __len__(self) -> int:
     return max(len(d) for d in self.domains)
@@ -132,19 +141,25 @@ class UnpairedSource:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     a, b = self.indices(index)
-    return {"image_a": self.domains[0][a][self._field],
-            "image_b": self.domains[1][b][self._field]}
+    return self._example(self.domains[0][a], self.domains[1][b])
 
   def _getitems(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
     pairs = [self.indices(i) for i in indices]
-    images = [self._read(d, [p[d] for p in pairs]) for d in (0, 1)]
-    return [{"image_a": a, "image_b": b} for a, b in zip(*images)]
+    examples = [self._read(d, [p[d] for p in pairs]) for d in (0, 1)]
+    return [self._example(a, b) for a, b in zip(*examples)]
 
-  def _read(self, domain: int, indices: list[int]) -> list[np.ndarray]:
+  def _example(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray]
+               ) -> dict[str, np.ndarray]:
+    out = {"image_a": a[self._field], "image_b": b[self._field]}
+    if self._labels:
+      out["label_a"], out["label_b"] = np.int32(a["label"]), np.int32(b["label"])
+    return out
+
+  def _read(self, domain: int, indices: list[int]) -> list[dict[str, np.ndarray]]:
     source = self.domains[domain]
     if hasattr(source, "_getitems"):
-      return [ex[self._field] for ex in source._getitems(indices)]
-    return [source[i][self._field] for i in indices]
+      return list(source._getitems(indices))  # pylint: disable=protected-access
+    return [source[i] for i in indices]
 
   def __repr__(self) -> str:
     return (f"UnpairedSource(nA={len(self.domains[0])}, nB={len(self.domains[1])}, "

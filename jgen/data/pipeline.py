@@ -89,10 +89,13 @@ def check_batch_size(global_batch_size: int, *, num_devices: int, process_count:
 
 def _flip(example: Batch, coins: np.ndarray) -> Batch:
   """Mirrors rank-3 fields: ``image_a``/``image_b`` by ``coins[1]``/``coins[2]``, the rest
-  jointly by ``coins[0]``."""
+  jointly by ``coins[0]``; an example marked ``paired`` (a true pair of the two domains,
+  `jgen.data.unpaired_derived`'s held-out split) has all its images flipped together."""
   out = dict(example)
+  together = bool(np.any(example.get("paired", False)))
   for name, value in example.items():
-    coin = coins[1 + _OWN_FLIP.index(name)] if name in _OWN_FLIP else coins[0]
+    own = name in _OWN_FLIP and not together
+    coin = coins[1 + _OWN_FLIP.index(name)] if own else coins[0]
     if np.ndim(value) == 3 and coin < 0.5:
       out[name] = value[:, ::-1]
   return out

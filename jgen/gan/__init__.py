@@ -1,5 +1,7 @@
 """GANs: adversarial losses and penalties (`jgen.gan.losses`), the pure adversarial updates
-(`jgen.gan.updates`) and one module per GAN family composing them."""
+(`jgen.gan.updates`) and one module per GAN family composing them: dcgan, cgan, wgan,
+wgan_gp (`jgen.gan.adversarial`), and the image-to-image translators pix2pix, cyclegan (with
+its image history buffer, `jgen.gan.history`) and stargan (domains of `jgen.gan.domains`)."""
 
 from jgen.gan.losses import (
     LOSSES,

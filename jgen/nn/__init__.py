@@ -21,6 +21,8 @@ from jgen.nn.layers import (
 )
 from jgen.nn import conditioning
 from jgen.nn.classifier import NoisyClassifier
+from jgen.nn.translation import (PatchDiscriminator, ResnetGenerator, UNetGenerator,
+                                 patch_receptive_field)
 from jgen.nn.unet import UNet
 
 __all__ = [
@@ -31,13 +33,17 @@ __all__ = [
     "NORMS",
     "Norm",
     "NoisyClassifier",
+    "PatchDiscriminator",
     "RESAMPLES",
     "ResBlock",
     "ResBlockNames",
+    "ResnetGenerator",
     "UNet",
+    "UNetGenerator",
     "conditioning",
     "Upsample",
     "ddpm_conv",
+    "patch_receptive_field",
     "ddpm_dense",
     "ddpm_res_block",
     "default_init",

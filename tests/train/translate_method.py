@@ -7,7 +7,6 @@ path needs.
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from jgen.train.optim import make_optimizer
