@@ -203,3 +203,8 @@ def test_loop_train_and_resume(tmp_path):
   assert names == load_method(config).translation_names
   assert data["images"].shape == (config.sample.num, 8, 8, 8, 1)
   np.testing.assert_array_equal(data["target"][:, names.index("clean")], data["source"])
+  config.eval.num_samples = 40
+  result = jgen.run.main(config, workdir=workdir, mode="eval")
+  for key in ("l1", "translation/l1", "translation/psnr", "translation/content",
+              "translation/domain_success"):
+    assert np.isfinite(result[key]), key
