@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 0          # 0: never during training
   c.train.eval_batches = 4
   c.train.async_checkpoints = True
+  c.train.allow_config_change = False  # resume despite a changed model/method/optimizer field
 
   c.sample = ml_collections.ConfigDict()
   c.sample.num = 64               # images written by --mode=sample and at sample_every

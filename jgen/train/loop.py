@@ -209,6 +209,8 @@ def train(config, workdir: str) -> TrainState:
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                       max_to_keep=config.train.keep_checkpoints,
                       async_save=config.train.async_checkpoints)
+  if ckpt.latest_step() is not None:  # before anything compiles
+    run_record.check_resume(workdir, config, log=log)
   state = restore_or_init(method, config, mesh, ckpt, first_batch, workdir=workdir)
   start = int(state.step)
   total = config.train.num_steps

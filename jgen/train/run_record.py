@@ -27,11 +27,24 @@ from etils import epath
 RECORD = "run_record.json"
 _PACKAGES = ("jgen", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
 
-__all__ = ["RECORD", "RunRecordError", "append_start", "latest_config", "read"]
+__all__ = ["BLOCKING", "ConfigChangeError", "RECORD", "RunRecordError", "append_start",
+           "check_resume", "config_changes", "latest_config", "read"]
+
+# Config paths whose change on resume alters state shapes or the math of the run: a prefix
+# ending in "." covers its whole block. Every other change (train.num_steps, log / eval /
+# sample / checkpoint cadence, sample.*, eval.*, data.source ...) is allowed and logged.
+BLOCKING = ("method", "seed", "model.", "diffusion.", "gan.", "classifier.", "data.image_size",
+            "data.channels", "data.batch_size", "optim.name", "optim.schedule", "optim.lr",
+            "optim.warmup_steps", "optim.decay_from", "optim.b1", "optim.b2", "optim.rules",
+            "optim_d.")
 
 
 class RunRecordError(ValueError):
   """A work directory has no (readable) run record."""
+
+
+class ConfigChangeError(ValueError):
+  """A resumed run's config differs from the recorded one where it changes the run's math."""
 
 
 def _versions() -> dict[str, str]:
@@ -96,3 +109,57 @@ def latest_config(workdir: str) -> ml_collections.ConfigDict:
         f"{workdir} has no {RECORD}: it is not the work directory of a jgen run, or the run "
         "was trained before jgen wrote run records (train it again)")
   return ml_collections.ConfigDict(record[-1]["config"])
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _blocking(path: str) -> bool:
+  return any(path == b or (b.endswith(".") and path.startswith(b)) for b in BLOCKING)
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]
+                   ) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+  """`(blocking, allowed)`: every config path whose value differs between two config dicts, as
+  (path, old, new) (a path absent on one side has the value "<absent>"), split by `BLOCKING`."""
+  a, b = _flatten(old), _flatten(_config_dict(new))
+  changed = [(k, a.get(k, "<absent>"), b.get(k, "<absent>"))
+             for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+  return ([c for c in changed if _blocking(c[0])], [c for c in changed if not _blocking(c[0])])
+
+
+def check_resume(workdir: str, config: Any, *, log: Any = None) -> None:
+  """Before a resume: compares `config` with the run's latest recorded start.
+
+  Raises:
+    ConfigChangeError: a `BLOCKING` field changed and ``config.train.allow_config_change`` is
+      not set. The message lists each field with its old and new value.
+  """
+  record = read(workdir)
+  if not record:
+    if log:
+      log.warning("resuming %s, which has no %s (a run from before run records): the config "
+                  "cannot be checked against the run's", workdir, RECORD)
+    return
+  blocking, allowed = config_changes(record[-1]["config"], config)
+  for path, old, new in allowed:
+    if log:
+      log.info("config change on resume (allowed): %s: %r -> %r", path, old, new)
+  if not blocking:
+    return
+  lines = "\n  ".join(f"{p}: {o!r} -> {n!r}" for p, o, n in blocking)
+  if config.train.get("allow_config_change", False):
+    if log:
+      log.warning("config changes on resume accepted (train.allow_config_change):\n  %s", lines)
+    return
+  raise ConfigChangeError(
+      f"resuming {workdir} (start {record[-1]['start']}, step {record[-1]['step']}) with a "
+      f"config that changes the run ({len(blocking)} field(s)):\n  {lines}\n"
+      "Use the run's config (its run_record.json), a new --workdir, or accept the change with "
+      "--config.train.allow_config_change=True.")

@@ -47,3 +47,33 @@ def test_append_keeps_earlier_entries(tmp_path):
   assert entry["start"] == 1
   assert [e["config"]["seed"] for e in run_record.read(str(tmp_path))] == [0, 7]
   assert not (tmp_path / f"{run_record.RECORD}.tmp").exists()
+
+
+def test_resume_with_a_changed_config_is_an_error_that_lists_the_fields(tmp_path, smoke_config):
+  workdir = str(tmp_path / "run")
+  jgen.run.main(smoke_config, workdir=workdir, mode="train")
+  changed = load_experiment("ddpm_digits", "smoke")
+  changed.train.num_steps = 8
+  changed.optim.lr = 1e-2
+  changed.diffusion.beta_end = 0.03
+  changed.sample.steps = 3          # sampling settings may change freely
+  with pytest.raises(run_record.ConfigChangeError) as err:
+    jgen.run.main(changed, workdir=workdir, mode="train")
+  message = str(err.value)
+  assert "optim.lr: 0.002 -> 0.01" in message and "diffusion.beta_end: 0.02 -> 0.03" in message
+  assert "2 field(s)" in message and "allow_config_change" in message
+  assert "sample.steps" not in message and "num_steps" not in message
+  assert len(run_record.read(workdir)) == 1  # nothing was started
+  changed.train.allow_config_change = True
+  state = jgen.run.main(changed, workdir=workdir, mode="train")
+  assert int(state.step) == 8 and len(run_record.read(workdir)) == 2
+
+
+def test_config_changes_splits_blocking_from_allowed():
+  old = {"model": {"ch": 8}, "train": {"num_steps": 6}, "optim": {"lr": 0.1, "rules": []},
+         "seed": 0}
+  new = {"model": {"ch": 16, "extra": 1}, "train": {"num_steps": 9}, "optim": {"lr": 0.1,
+         "rules": []}, "seed": 0}
+  blocking, allowed = run_record.config_changes(old, new)
+  assert blocking == [("model.ch", 8, 16), ("model.extra", "<absent>", 1)]
+  assert allowed == [("train.num_steps", 6, 9)]
