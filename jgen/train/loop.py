@@ -131,6 +131,36 @@ def _all_finite(tree) -> jax.Array:
 _all_finite_jit = jax.jit(_all_finite)
 
 
+def _watch_init(metric_shapes) -> dict[str, Any]:
+  """The non-finite watch: the first step whose metrics were non-finite (-1: none yet) and
+  those metrics' values."""
+  return {"step": jnp.int32(-1),
+          "metrics": {k: jnp.zeros(v.shape, jnp.float32) for k, v in metric_shapes.items()}}
+
+
+def _watch_update(watch, metrics, step) -> dict[str, Any]:
+  """`watch` with this step recorded if its metrics (loss, grad norm ...) are the first
+  non-finite ones (on device, inside the step)."""
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
+  first = (watch["step"] < 0) & ~finite
+  return {"step": jnp.where(first, jnp.asarray(step, jnp.int32), watch["step"]),
+          "metrics": {k: jnp.where(first, metrics[k].astype(jnp.float32), v)
+                      for k, v in watch["metrics"].items()}}
+
+
+def _raise_if_watched(watch, ckpt: Checkpointer) -> None:
+  step = int(watch["step"])
+  if step < 0:
+    return
+  values = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in watch["metrics"].items()}
+  bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+  raise NonFiniteLossError(
+      f"training became non-finite at step {step}: {bad} (that step's metrics: {values}); "
+      f"nothing after it is saved. The last good checkpoint (step {ckpt.latest_step()}) in "
+      f"{ckpt.directory} is kept. Lower --config.optim.lr, set --config.optim.grad_clip_norm, "
+      "or check the data.")
+
+
 def jit_sampler(method: Method, mesh):
   """The method's sampler under one jit (the whole sampling chain is one compiled program):
   `fn(state, rng, n)`, or `fn(state, rng, labels)` for a `Conditional` method.
@@ -219,10 +249,15 @@ def train(config, workdir: str) -> TrainState:
 
   repl = mesh_lib.replicated(mesh)
 
-  def step(state, batch):
-    return method.train_step(state, batch, state.step_rng())
+  def step(state, batch, watch):
+    state, metrics = method.train_step(state, batch, state.step_rng())
+    return state, metrics, _watch_update(watch, metrics, state.step)
 
-  step_fn = jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
+  # The first non-finite step is found on device every step (a carried flag, no host sync);
+  # the host reads it where it syncs anyway: at log steps and before each save.
+  watch = jax.device_put(_watch_init(jax.eval_shape(
+      lambda s, b: method.train_step(s, b, s.step_rng()), state, first_batch)[1]), repl)
+  step_fn = jax.jit(step, donate_argnums=(0, 2), out_shardings=(repl, repl, repl))
   eval_fn = (jax.jit(method.evaluate, out_shardings=repl) if eval_dataset is not None
              else None)
   translates = isinstance(method, Translates)
@@ -233,14 +268,19 @@ def train(config, workdir: str) -> TrainState:
   log.info("training %s on %d device(s), %d process(es): steps %d..%d, global batch %d",
            config.method, mesh.size, jax.process_count(), start, total, config.data.batch_size)
 
-  def save_checkpoint(step_now: int, metrics):
-    loss_ok = all(bool(np.isfinite(np.asarray(v)).all()) for v in metrics.values())
-    if not (loss_ok and bool(_all_finite_jit(state.params))):
+  def check_watch():
+    _raise_if_watched(jax.device_get(watch), ckpt)
+
+  def save_checkpoint(step_now: int):
+    check_watch()
+    items = state.checkpoint_items()
+    bad = [k for k, tree in items.items() if not bool(_all_finite_jit(tree))]
+    if bad:
       raise NonFiniteLossError(
-          f"non-finite loss or parameters at step {step_now}; not saving. The last good "
-          f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is kept. Lower "
+          f"non-finite {', '.join(bad)} in the state at step {step_now}; not saving. The last "
+          f"good checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is kept. Lower "
           "--config.optim.lr, set --config.optim.grad_clip_norm, or check the data.")
-    ckpt.save(step_now, state.checkpoint_items())
+    ckpt.save(step_now, items)
 
   def write_samples(step_now: int):
     if translates:  # held-out sources | translations | targets
@@ -255,7 +295,6 @@ def train(config, workdir: str) -> TrainState:
       writer.write_images(step_now, "samples", images)
       log.info("wrote samples %s", path)
 
-  metrics = {}
   tick, tick_step = time.time(), start
   bar = tqdm.tqdm(total=total, initial=start, disable=not _is_main(), dynamic_ncols=True,
                   desc="train", unit="step")
@@ -263,16 +302,12 @@ def train(config, workdir: str) -> TrainState:
   try:
     for step_now in range(start + 1, total + 1):
       batch = jdata.shard_batch(next(batches), sharding)
-      state, metrics = step_fn(state, batch)
+      state, metrics, watch = step_fn(state, batch, watch)
       bar.update(1)
       last = step_now == total
       if step_now % config.train.log_every == 0 or last:
+        check_watch()
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not all(math.isfinite(v) for v in host.values()):
-          raise NonFiniteLossError(
-              f"non-finite metrics {host} at step {step_now}. The last good checkpoint "
-              f"(step {ckpt.latest_step()}) in {ckpt.directory} is kept. Lower "
-              "--config.optim.lr, set --config.optim.grad_clip_norm, or check the data.")
         now = time.time()
         host["steps_per_sec"] = (step_now - tick_step) / max(now - tick, 1e-9)
         tick, tick_step = now, step_now
@@ -283,7 +318,7 @@ def train(config, workdir: str) -> TrainState:
                                 num_batches=config.train.eval_batches, seed=config.seed)
         writer.write_scalars(step_now, {f"eval/{k}": v for k, v in scalars.items()}, echo=True)
       if step_now % config.train.checkpoint_every == 0 or last:
-        save_checkpoint(step_now, metrics)
+        save_checkpoint(step_now)
       if (config.train.sample_every and step_now % config.train.sample_every == 0) or last:
         write_samples(step_now)
   finally:

@@ -66,8 +66,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_config):
   config.method = "tests.train.nan_method"
   config.nan_after = 4
   workdir = str(tmp_path / "run")
-  with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+  config.train.log_every = 100   # no log step before the end: the on-device flag finds it
+  with pytest.raises(NonFiniteLossError, match="last good checkpoint") as err:
     jgen.run.main(config, workdir=workdir)
+  # The 5th update (state.step 4 -> 5) is the first on NaN inputs; its loss is named.
+  assert "non-finite at step 5" in str(err.value) and "'loss': nan" in str(err.value)
   assert checkpoint_steps(workdir) == [3]
   method = load_method(config)
   abstract = jax.eval_shape(method.init, jax.random.key(0), {
@@ -75,6 +78,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_config):
   with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     restored = ckpt.restore(abstract.checkpoint_items())
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["params"]))
+
+
+def test_save_guard_refuses_a_state_with_nan_params_and_finite_metrics(tmp_path, smoke_config):
+  config = smoke_config
+  config.method = "tests.train.nan_method"
+  config.nan_after = 5            # the last update (step 6) leaves NaN params, finite metrics
+  config.nan_mode = "params"
+  workdir = str(tmp_path / "run")
+  with pytest.raises(NonFiniteLossError, match=r"non-finite params in the state at step 6"):
+    jgen.run.main(config, workdir=workdir)
+  assert checkpoint_steps(workdir) == [3]
 
 
 def test_corrupt_checkpoint_gives_clear_error(tmp_path, smoke_config):
