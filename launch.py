@@ -20,6 +20,10 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard eve
 flags.DEFINE_enum("mode", "train", sorted(jgen.run.MODES), "What to do with the experiment.")
 flags.DEFINE_bool("distributed", False,
                   "Call jax.distributed.initialize() first (multi-host GPU clusters, TPU pods).")
+flags.DEFINE_string("coordinator_address", None,
+                    "With --distributed: process 0's host:port (default: detected by JAX).")
+flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
+flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 flags.DEFINE_bool("compilation_cache", True,
                   "Use JAX's persistent compilation cache (~/.cache/jgen/xla, or "
                   "$JGEN_COMPILATION_CACHE).")
@@ -31,7 +35,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   jgen.run.main(FLAGS.config, workdir=FLAGS.workdir, mode=FLAGS.mode,
-                distributed=FLAGS.distributed, compilation_cache=FLAGS.compilation_cache)
+                distributed=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                compilation_cache=FLAGS.compilation_cache)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str:
 
 
 def main(config, *, workdir: str, mode: str = "train", distributed: bool = False,
-         compilation_cache: bool = True):
+         coordinator_address: str | None = None, num_processes: int | None = None,
+         process_id: int | None = None, compilation_cache: bool = True):
   """Runs `mode` ('train', 'sample' or 'eval') of the experiment `config` in `workdir`.
 
   Args:
@@ -32,13 +33,19 @@ def main(config, *, workdir: str, mode: str = "train", distributed: bool = False
     workdir: where checkpoints, TensorBoard events and sample grids go (local or gs://).
     mode: one of MODES.
     distributed: call `jax.distributed.initialize()` first (multi-host GPU/TPU); each process
-      then loads its own share of every global batch.
+      then loads its own share of every global batch. Its preemption service then catches
+      SIGTERM and every host saves one agreed step (`jgen.train.preemption`).
+    coordinator_address, num_processes, process_id: passed to `jax.distributed.initialize`;
+      None lets JAX detect them (Cloud TPU, Slurm, Open MPI, Kubernetes, or the
+      JAX_COORDINATOR_ADDRESS variable). Set all three to run processes by hand, e.g. two on
+      one machine with a coordinator on 127.0.0.1:PORT.
     compilation_cache: use the persistent compilation cache.
   """
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; choose one of {sorted(MODES)}")
   if distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
   if compilation_cache:
     enable_compilation_cache()
   logging.getLogger("jgen").setLevel(logging.INFO)

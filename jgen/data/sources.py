@@ -124,9 +124,19 @@ def _check_shape(shape: Sequence[int | None], image_size: int | None, channels: 
   )
 
 
+class EmptySourceError(ValueError):
+  """A data source split holds no images."""
+
+  def __init__(self, what: str):
+    super().__init__(f"{what} has no images: check the path or pattern, or choose another "
+                     "split (--config.data.split, --config.data.eval_split)")
+
+
 def _conform(images: np.ndarray, *, image_size: int | None, channels: int | None,
              resize: bool, what: str) -> np.ndarray:
   """Checks (or, with ``resize``, adapts) a uint8 [N, H, W, C] stack to the requested shape."""
+  if len(images) == 0:
+    raise EmptySourceError(what)
   if not resize:
     _check_shape(images.shape[1:], image_size, channels, what)
     return images
@@ -517,6 +527,8 @@ def stack_images(images: Sequence[np.ndarray], *, what: str, image_size: int | N
   A few gray images among color ones become RGB; differing shapes need ``resize`` and
   ``image_size``; the result is checked (or adapted) against ``image_size``/``channels``.
   """
+  if not images:
+    raise EmptySourceError(what)
   if max(x.shape[-1] for x in images) == 3:  # a few gray images in a color folder
     images = [_convert_channels(x, 3) for x in images]
   shapes = {x.shape for x in images}

@@ -6,7 +6,6 @@ config and a work directory. Everything method-specific comes through `jgen.trai
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,19 +16,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from etils import epath
 
 from jgen import data as jdata
 from jgen.nn import conditioning
 from jgen.train import mesh as mesh_lib
 from jgen.train.checkpoint import Checkpointer
 from jgen.train import init_from as init_from_lib
+from jgen.train import preemption
 from jgen.train import rules as rules_lib
 from jgen.train import run_record
 from jgen.train import translations
 from jgen.train.method import (Conditional, Evaluates, Method, Reconstructs, SamplesWithFrozen,
                                Translates, load_method, sample_tag)
 from jgen.train.state import TrainState
-from jgen.train.writers import MetricWriter, save_image_grid, to_uint8
+from jgen.train.writers import MetricWriter, save_image_grid, save_json, save_npz, to_uint8
 
 log = logging.getLogger("jgen")
 
@@ -45,9 +46,30 @@ def _is_main() -> bool:
 def load_data(config, *, split: str):
   """The source named by `config.data` for `split`, checked against the model's shape."""
   d = config.data
-  return jdata.load_source(d.source, split=split, data_dir=d.data_dir,
-                           image_size=d.image_size, channels=d.channels, resize=d.resize,
-                           seed=config.seed)
+  source = jdata.load_source(d.source, split=split, data_dir=d.data_dir,
+                             image_size=d.image_size, channels=d.channels, resize=d.resize,
+                             seed=config.seed)
+  if len(source) == 0:  # sources that index lazily (tfds) are checked here
+    raise jdata.EmptySourceError(f"data source {d.source!r} split {split!r}")
+  return source
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` and writes and removes a probe file in it, before any data or compile.
+
+  Raises:
+    ValueError: the directory cannot be created or written (read-only, no permission).
+  """
+  path = epath.Path(workdir)
+  probe = path / f".jgen_write_probe_{jax.process_index()}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise ValueError(f"the work directory {workdir} is not writable ({type(e).__name__}: {e}); "
+                     "pass a --workdir you can write to (checkpoints, samples and logs go "
+                     "there)") from e
 
 
 def _make_dataset(config, source, *, seed: int):
@@ -227,6 +249,7 @@ def train(config, workdir: str) -> TrainState:
   mesh = mesh_lib.make_mesh()
   jdata.check_batch_size(config.data.batch_size, num_devices=mesh.size,
                          process_count=jax.process_count())
+  check_writable(workdir)
   source = load_data(config, split=config.data.split)
   dataset = _make_dataset(config, source, seed=config.seed)
   eval_dataset = None
@@ -299,28 +322,38 @@ def train(config, workdir: str) -> TrainState:
   bar = tqdm.tqdm(total=total, initial=start, disable=not _is_main(), dynamic_ncols=True,
                   desc="train", unit="step")
   batches = jdata.iterate(dataset, start, prefetch=config.data.prefetch)
+  saved = None  # the step of the last checkpoint this start wrote
   try:
-    for step_now in range(start + 1, total + 1):
-      batch = jdata.shard_batch(next(batches), sharding)
-      state, metrics, watch = step_fn(state, batch, watch)
-      bar.update(1)
-      last = step_now == total
-      if step_now % config.train.log_every == 0 or last:
-        check_watch()
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.time()
-        host["steps_per_sec"] = (step_now - tick_step) / max(now - tick, 1e-9)
-        tick, tick_step = now, step_now
-        bar.set_postfix(loss=f"{host.get('loss', float('nan')):.4f}")
-        writer.write_scalars(step_now, {f"train/{k}": v for k, v in host.items()})
-      if eval_fn is not None and (step_now % config.train.eval_every == 0 or last):
-        scalars = evaluate_loss(eval_fn, state, eval_dataset, sharding,
-                                num_batches=config.train.eval_batches, seed=config.seed)
-        writer.write_scalars(step_now, {f"eval/{k}": v for k, v in scalars.items()}, echo=True)
-      if step_now % config.train.checkpoint_every == 0 or last:
-        save_checkpoint(step_now)
-      if (config.train.sample_every and step_now % config.train.sample_every == 0) or last:
-        write_samples(step_now)
+    with preemption.StopRequest() as stop:
+      for step_now in range(start + 1, total + 1):
+        batch = jdata.shard_batch(next(batches), sharding)
+        state, metrics, watch = step_fn(state, batch, watch)
+        bar.update(1)
+        last = step_now == total
+        if step_now % config.train.log_every == 0 or last:
+          check_watch()
+          host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          now = time.time()
+          host["steps_per_sec"] = (step_now - tick_step) / max(now - tick, 1e-9)
+          tick, tick_step = now, step_now
+          bar.set_postfix(loss=f"{host.get('loss', float('nan')):.4f}")
+          writer.write_scalars(step_now, {f"train/{k}": v for k, v in host.items()})
+        if eval_fn is not None and (step_now % config.train.eval_every == 0 or last):
+          scalars = evaluate_loss(eval_fn, state, eval_dataset, sharding,
+                                  num_batches=config.train.eval_batches, seed=config.seed)
+          writer.write_scalars(step_now, {f"eval/{k}": v for k, v in scalars.items()}, echo=True)
+        if step_now % config.train.checkpoint_every == 0 or last:
+          save_checkpoint(step_now)
+          saved = step_now
+        if (config.train.sample_every and step_now % config.train.sample_every == 0) or last:
+          write_samples(step_now)
+        if stop.requested(step_now) and not last:
+          if saved != step_now:
+            save_checkpoint(step_now)
+          ckpt.wait()
+          stopped = preemption.Preempted(step_now, stop.reason)
+          log.warning("%s (%s)", stopped, ckpt.directory)
+          raise stopped
   finally:
     bar.close()
     ckpt.close()
@@ -349,6 +382,8 @@ def restore_for_inference(config, workdir: str) -> tuple[Method, Any, TrainState
   """(method, mesh, state) of the latest checkpoint in `workdir`, without building a fresh state."""
   method = load_method(config)
   mesh = mesh_lib.make_mesh()
+  jdata.check_batch_size(config.data.batch_size, num_devices=mesh.size,
+                         process_count=jax.process_count())  # eval batches, state shapes
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   batch = abstract_batch(config, mesh, load_data(config, split=config.data.split))
   abstract = _abstract_state(method, config, jax.random.key(config.seed), batch, mesh)
@@ -387,7 +422,6 @@ def sample(config, workdir: str) -> dict[str, str]:
                 "sample.temperature for flows)", bad, len(images))
   tag = f"step{int(state.step)}_{sample_tag(method)}"
   out_dir = os.path.join(workdir, "samples")
-  os.makedirs(out_dir, exist_ok=True)
   paths = {"png": os.path.join(out_dir, f"{tag}.png"),
            "npz": os.path.join(out_dir, f"{tag}.npz")}
   if _is_main():
@@ -395,7 +429,7 @@ def sample(config, workdir: str) -> dict[str, str]:
     arrays = {"images": to_uint8(images)}
     if labels is not None:
       arrays["labels"] = labels
-    np.savez_compressed(paths["npz"], **arrays)
+    save_npz(paths["npz"], **arrays)
     log.info("wrote %d samples in %.1fs: %s, %s", len(images), seconds, paths["png"],
              paths["npz"])
   return paths
@@ -471,8 +505,6 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
                     if isinstance(v, float)})
     writer.write_scalars(step, scalars)
     writer.close()
-    path = os.path.join(workdir, f"eval_step{step}.json")
-    with open(path, "w") as f:
-      json.dump(result, f, indent=2, sort_keys=True)
+    path = save_json(os.path.join(workdir, f"eval_step{step}.json"), result)
     log.info("wrote %s", path)
   return result

@@ -29,7 +29,7 @@ from jgen import data as jdata
 from jgen.train import mesh as mesh_lib
 from jgen.train.method import Translates
 from jgen.train.state import TrainState
-from jgen.train.writers import save_image_grid, to_uint8
+from jgen.train.writers import save_image_grid, save_npz, to_uint8
 
 log = logging.getLogger("jgen")
 
@@ -102,7 +102,6 @@ def write_translations(method: Translates, state: TrainState, mesh, config: Any,
   tiles, cols = translation_rows(inputs["source"], images, target)
   paths = {"png": os.path.join(out_dir, f"{tag}.png"), "npz": os.path.join(out_dir, f"{tag}.npz")}
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
     save_image_grid(tiles, paths["png"], ncol=cols, upscale=upscale)
     arrays = {"source": to_uint8(inputs["source"]), "images": to_uint8(images),
               "names": np.asarray(method.translation_names)}
@@ -110,7 +109,7 @@ def write_translations(method: Translates, state: TrainState, mesh, config: Any,
       arrays["target"] = to_uint8(target)
     if "label" in inputs:
       arrays["label"] = inputs["label"]
-    np.savez_compressed(paths["npz"], **arrays)
+    save_npz(paths["npz"], **arrays)
     log.info("wrote %d translations (%s): %s, %s", len(images),
              ", ".join(method.translation_names), paths["png"], paths["npz"])
   return paths

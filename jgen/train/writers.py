@@ -1,13 +1,25 @@
-"""Logging: scalars to stdout and TensorBoard event files, image grids as PNG."""
+"""Every file the loop writes: PNG grids, .npz, JSON, TensorBoard scalars (and stdout logs).
+
+All go through `etils.epath` (the path layer Orbax uses for checkpoints), so a gs:// work
+directory is written like a local one. TensorBoard event files of a non-local work directory
+are written to a local staging directory and copied over with epath at most every
+`sync_secs` seconds and at `close` (tensorboardX's own cloud writers need extra SDKs).
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
-import os
+import shutil
+import tempfile
+import time
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 log = logging.getLogger("jgen")
@@ -45,8 +57,29 @@ def save_image_grid(images: np.ndarray, path: str, *, ncol: int | None = None,
     grid = grid.repeat(upscale, axis=0).repeat(upscale, axis=1)
   if grid.shape[-1] == 1:
     grid = grid[..., 0]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(grid).save(path)
+  buffer = io.BytesIO()
+  Image.fromarray(grid).save(buffer, format="PNG")
+  _write_bytes(path, buffer.getvalue())
+  return path
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+  target = epath.Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.write_bytes(data)
+
+
+def save_npz(path: str, **arrays: np.ndarray) -> str:
+  """Writes `arrays` as one compressed .npz at `path` (local or gs://); returns path."""
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, **arrays)
+  _write_bytes(path, buffer.getvalue())
+  return path
+
+
+def save_json(path: str, obj: Any) -> str:
+  """Writes `obj` as indented, key-sorted JSON at `path` (local or gs://); returns path."""
+  _write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
   return path
 
 
@@ -56,17 +89,33 @@ class MetricWriter:
   Only process 0 writes; other processes get a writer that does nothing.
   """
 
-  def __init__(self, logdir: str, *, enabled: bool = True):
+  def __init__(self, logdir: str, *, enabled: bool = True, sync_secs: float = 60.0):
     self._tb = None
+    self._remote = epath.Path(logdir) if "://" in str(logdir) else None
+    self._staging = None
+    self._sync_secs, self._synced = sync_secs, time.time()
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(logdir, flush_secs=30)
+      if self._remote is not None:
+        self._staging = tempfile.mkdtemp(prefix="jgen_events_")
+      self._tb = SummaryWriter(self._staging or logdir, flush_secs=30)
+
+  def _sync(self) -> None:
+    """Copies the staged event files to the non-local logdir (each file whole: they grow)."""
+    if self._staging is None:
+      return
+    self._remote.mkdir(parents=True, exist_ok=True)
+    for local in epath.Path(self._staging).iterdir():
+      (self._remote / local.name).write_bytes(local.read_bytes())
+    self._synced = time.time()
 
   def write_scalars(self, step: int, scalars: Mapping[str, float], *, echo: bool = False):
     if self._tb is None:
       return
     for name, value in scalars.items():
       self._tb.add_scalar(name, float(value), step)
+    if self._staging is not None and time.time() - self._synced > self._sync_secs:
+      self.flush()
     if echo:
       log.info("step %d: %s", step, ", ".join(f"{k}={float(v):.5g}" for k, v in scalars.items()))
 
@@ -79,7 +128,12 @@ class MetricWriter:
   def flush(self):
     if self._tb is not None:
       self._tb.flush()
+      self._sync()
 
   def close(self):
     if self._tb is not None:
       self._tb.close()
+      if self._staging is not None:
+        self._sync()
+        shutil.rmtree(self._staging, ignore_errors=True)
+      self._tb = None
