@@ -71,6 +71,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from.into = "params"     # params | params/<path> | frozen/<name>
   c.init_from.match = ".*"        # regex over the loaded paths: which leaves to load
 
+  # The device mesh (jgen.train.mesh): every batch is split over all devices; the train state
+  # is also split over `fsdp` of them (1: replicated on every device; k: each large leaf in k
+  # shards, a k-th of the state's memory per device). A resume may change it.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.fsdp = 1
+
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
   c.train.ema_decay = 0.9999

@@ -96,11 +96,21 @@ def _init_fn(method: Method, config):
   return lambda rng, batch: method.init(rng, batch).with_rules(rules)
 
 
+def _with_shardings(abstract: Any, mesh) -> Any:
+  """ShapeDtypeStructs of `abstract` carrying their `mesh_lib.state_shardings`."""
+  shardings = mesh_lib.state_shardings(mesh, abstract)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def _shardings(abstract: Any) -> Any:
+  return jax.tree.map(lambda x: x.sharding, abstract)
+
+
 def _abstract_state(method: Method, config, rng, batch, mesh) -> TrainState:
-  """The train state's shapes (via eval_shape, no compute) with replicated shardings."""
-  abstract = jax.eval_shape(_init_fn(method, config), rng, batch)
-  repl = mesh_lib.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+  """The train state's shapes (via eval_shape, no compute) with their shardings (replicated,
+  or split over `fsdp`: `jgen.train.mesh`)."""
+  return _with_shardings(jax.eval_shape(_init_fn(method, config), rng, batch), mesh)
 
 
 def restore_or_init(method: Method, config, mesh, ckpt: Checkpointer, first_batch, *,
@@ -129,16 +139,16 @@ def restore_or_init(method: Method, config, mesh, ckpt: Checkpointer, first_batc
     log.info("init_from %s: %s step %d (%s/%s) -> %s", spec.name, spec.workdir, step,
              spec.source, spec.subtree, spec.into)
   init_from_lib.check_loads(abstract, loads)
-  repl = mesh_lib.replicated(mesh)
   rules = _rules(config)
-  state = jax.jit(method.init, out_shardings=repl)(rng, first_batch)
+  fresh = _with_shardings(jax.eval_shape(method.init, rng, first_batch), mesh)
+  state = jax.jit(method.init, out_shardings=_shardings(fresh))(rng, first_batch)
 
   def put(state, trees):
     placed = [(spec, tree) for (spec, _), tree in zip(loads, trees)]
     return init_from_lib.apply_loads(state, placed).with_rules(rules)
 
-  trees = jax.device_put([tree for _, tree in loads], repl)
-  state = jax.jit(put, donate_argnums=0, out_shardings=repl)(state, trees)
+  trees = jax.device_put([tree for _, tree in loads], mesh_lib.replicated(mesh))
+  state = jax.jit(put, donate_argnums=0, out_shardings=_shardings(abstract))(state, trees)
   if loads and _is_main():
     init_from_lib.write_record(workdir, loads, steps)
   return state
@@ -243,10 +253,10 @@ def train(config, workdir: str) -> TrainState:
   """Trains `config.method` on `config.data`, resuming from `workdir` if it holds a run.
 
   Returns:
-    The final train state (replicated over the mesh).
+    The final train state (on the mesh: replicated, or split over `config.mesh.fsdp`).
   """
   method = load_method(config)
-  mesh = mesh_lib.make_mesh()
+  mesh = mesh_lib.make_mesh(fsdp=mesh_lib.fsdp_from_config(config))
   jdata.check_batch_size(config.data.batch_size, num_devices=mesh.size,
                          process_count=jax.process_count())
   check_writable(workdir)
@@ -280,7 +290,8 @@ def train(config, workdir: str) -> TrainState:
   # the host reads it where it syncs anyway: at log steps and before each save.
   watch = jax.device_put(_watch_init(jax.eval_shape(
       lambda s, b: method.train_step(s, b, s.step_rng()), state, first_batch)[1]), repl)
-  step_fn = jax.jit(step, donate_argnums=(0, 2), out_shardings=(repl, repl, repl))
+  state_sharding = _shardings(_with_shardings(state, mesh))
+  step_fn = jax.jit(step, donate_argnums=(0, 2), out_shardings=(state_sharding, repl, repl))
   eval_fn = (jax.jit(method.evaluate, out_shardings=repl) if eval_dataset is not None
              else None)
   translates = isinstance(method, Translates)
@@ -381,7 +392,7 @@ def _upscale(config) -> int:
 def restore_for_inference(config, workdir: str) -> tuple[Method, Any, TrainState]:
   """(method, mesh, state) of the latest checkpoint in `workdir`, without building a fresh state."""
   method = load_method(config)
-  mesh = mesh_lib.make_mesh()
+  mesh = mesh_lib.make_mesh(fsdp=mesh_lib.fsdp_from_config(config))
   jdata.check_batch_size(config.data.batch_size, num_devices=mesh.size,
                          process_count=jax.process_count())  # eval batches, state shapes
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
