@@ -18,15 +18,17 @@ from jgen.data.load import load_source
 from jgen.data.paired import PairedSource, UnpairedSource
 from jgen.data.pipeline import (batch_spec, check_batch_size, iterate, make_dataset, read_batch,
                                 shard_batch)
-from jgen.data.sources import (ArraySource, DatasetUnavailableError, ElementSpec,
-                               EmptySourceError, TfdsSource, read_idx)
+from jgen.data.sources import (ArraySource, CorruptImageError, DatasetUnavailableError,
+                               ElementSpec, EmptySourceError, FolderSource, TfdsSource, read_idx)
 
 __all__ = [
     "ArraySource",
+    "CorruptImageError",
     "DatasetUnavailableError",
     "DerivedPairSource",
     "ElementSpec",
     "EmptySourceError",
+    "FolderSource",
     "PairedSource",
     "TfdsSource",
     "UnpairedSource",

@@ -38,7 +38,8 @@ def _split_derived(spec: str, rest: str) -> tuple[str, str]:
 
 def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
                 image_size: int | None = None, channels: int | None = None,
-                resize: bool = False, seed: int = 0):
+                resize: bool = False, seed: int = 0, cache: bool = False,
+                skip_corrupt: bool = False):
   """Opens the data named by ``spec`` as a random-access source.
 
   Every source has ``len``, ``source[i] -> {field: array}``, ``element_spec``,
@@ -54,7 +55,8 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
       ``'folder:PATH'``: a directory or .zip of images. If its top level has ``train/`` or
         ``test/`` folders, ``PATH/<split>/`` is used, else the whole folder. Class subfolders
         give labels (sorted names -> 0..K-1); images directly in the folder have none. Paths
-        are sorted, so the order is deterministic; decoded into memory.
+        are sorted, so the order is deterministic. Files are indexed when opened and decoded
+        on access (`FolderSource`; ``cache`` decodes all of them into memory up front).
       ``'idx:DIR'``: MNIST-format files ``train-*`` ('train') / ``t10k-*`` ('test'):
         ``<prefix>-images-idx3-ubyte[.gz]`` and optional ``<prefix>-labels-idx1-ubyte[.gz]``.
       ``'npz:FILE'``: arrays ``images`` (or ``x``, or ``x_<split>``) and optional ``labels``
@@ -87,6 +89,10 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
       domains it applies to every image field, for derived pairs to the inner images.
     channels: expected (or, with ``resize``, target) number of channels (likewise).
     resize: adapt the images to ``image_size``/``channels`` instead of raising on mismatch.
+    cache: folders: decode every image into memory when opened (small datasets: no decoding
+      per batch) instead of on access.
+    skip_corrupt: folders: replace an image that cannot be decoded by the next one (logged
+      and counted) instead of raising `CorruptImageError`.
     seed: the sources' own randomness (the unpaired permutations, ``mask:box``); shuffling
       and flips are seeded by ``make_dataset``.
 
@@ -102,11 +108,13 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
   shape_args = dict(image_size=image_size, channels=channels, resize=resize)
   if kind == "derived" and arg:
     transform, inner = _split_derived(spec, arg)
-    inner_source = load_source(inner, split=split, data_dir=data_dir, seed=seed, **shape_args)
+    inner_source = load_source(inner, split=split, data_dir=data_dir, seed=seed,
+                               cache=cache, skip_corrupt=skip_corrupt, **shape_args)
     return derived_lib.DerivedPairSource(inner_source, transform, seed=seed)
   if kind == "unpaired_derived" and arg:
     transform, inner = _split_derived(spec, arg)
-    inner_source = load_source(inner, split=split, data_dir=data_dir, seed=seed, **shape_args)
+    inner_source = load_source(inner, split=split, data_dir=data_dir, seed=seed,
+                               cache=cache, skip_corrupt=skip_corrupt, **shape_args)
     return unpaired_derived_lib.unpaired_derived(
         inner_source, transform, paired=not unpaired_derived_lib.is_unpaired_split(split),
         seed=seed)
@@ -119,8 +127,8 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
     specs = arg.split("|")
     if len(specs) != 2 or not all(specs):
       raise _unknown(spec)
-    domains = [load_source(s, split=split, data_dir=data_dir, seed=seed, **shape_args)
-               for s in specs]
+    domains = [load_source(s, split=split, data_dir=data_dir, seed=seed, cache=cache,
+                           skip_corrupt=skip_corrupt, **shape_args) for s in specs]
     return paired_lib.UnpairedSource(*domains, seed=seed)
   if kind in ("paired", "paired_btoa") and arg:
     return paired_lib.load_paired_folder(
@@ -130,4 +138,5 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
     return paired_lib.load_unpaired_folder(src_lib.checked_path(kind, arg), split=split,
                                            seed=seed, **shape_args)
   return src_lib.load_image_source(spec, split=split, data_dir=data_dir,
-                                   valid_specs=_VALID_SPECS, **shape_args)
+                                   valid_specs=_VALID_SPECS, cache=cache,
+                                   skip_corrupt=skip_corrupt, **shape_args)

@@ -30,9 +30,11 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import logging
 import os
 import re
 import struct
+import threading
 import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,10 +42,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+log = logging.getLogger("jgen")
+
 __all__ = [
     "ArraySource",
+    "CorruptImageError",
     "DatasetUnavailableError",
     "ElementSpec",
+    "EmptySourceError",
+    "FolderSource",
     "TfdsSource",
     "as_nhwc_uint8",
     "load_image_source",
@@ -454,9 +461,27 @@ def _decode(blob: bytes) -> np.ndarray:
   return array[..., None] if array.ndim == 2 else array
 
 
+class _ZipReader:
+  """Reads members of one zip archive, with an open handle per thread (grain's reader threads
+  share the source; one ZipFile's file position is not theirs to share)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._local = threading.local()
+
+  def __call__(self, name: str) -> bytes:
+    archive = getattr(self._local, "archive", None)
+    if archive is None:
+      archive = self._local.archive = zipfile.ZipFile(self.path)
+    return archive.read(name)
+
+
 def _list_images(path: str, stack: contextlib.ExitStack
                  ) -> tuple[list[str], list[str], Callable[[str], bytes]]:
-  """Image files of a folder or zip: (names to read, names from the data root, reader)."""
+  """Image files of a folder or zip: (names to read, names from the data root, reader).
+
+  The reader may be called from any thread, also after `stack` is closed.
+  """
   if zipfile.is_zipfile(path):
     archive = stack.enter_context(zipfile.ZipFile(path))
     files = sorted(n for n in archive.namelist() if not n.endswith("/") and _is_image(n))
@@ -464,8 +489,8 @@ def _list_images(path: str, stack: contextlib.ExitStack
     tops = {n.split("/")[0] for n in files}
     if len(tops) == 1 and not tops & {"train", "test"} and all(n.count("/") >= 2 for n in files):
       strip = len(tops.pop()) + 1
-      return files, [n[strip:] for n in files], archive.read
-    return files, files, archive.read
+      return files, [n[strip:] for n in files], _ZipReader(path)
+    return files, files, _ZipReader(path)
   files = []
   for root, dirs, names in os.walk(path):
     dirs.sort()
@@ -480,44 +505,137 @@ def _list_images(path: str, stack: contextlib.ExitStack
   return files, files, read
 
 
+class CorruptImageError(ValueError):
+  """An image file of a folder/zip source cannot be decoded."""
+
+
+class FolderSource:
+  """The images of a folder or zip, indexed when opened and decoded on access.
+
+  Nothing but the file list (and the first image, for the element shape) is read up front,
+  so a folder far larger than memory serves as well as a small one; grain's reader threads
+  decode the records of each batch, and each process only the records of its share. Every
+  image is checked (or, with ``resize``, adapted) on access against the element shape, and a
+  gray image among color ones becomes RGB. A file that cannot be decoded raises
+  `CorruptImageError` naming it, or with ``skip_corrupt`` is logged and counted
+  (``num_skipped``) and replaced by the next decodable record.
+  """
+
+  def __init__(self, path: str, files: Sequence[str], read: Callable[[str], bytes],
+               labels: np.ndarray | None, class_names: Sequence[str] | None, *, what: str,
+               image_size: int | None, channels: int | None, resize: bool,
+               skip_corrupt: bool = False):
+    self.path, self.files, self._read, self.what = path, list(files), read, what
+    self.labels = labels
+    self.class_names = tuple(class_names) if class_names is not None else None
+    self.num_classes = len(class_names) if class_names is not None else None
+    self._size, self._channels, self._resize = image_size, channels, resize
+    self.skip_corrupt = skip_corrupt
+    self._skipped: set[int] = set()
+    self._lock = threading.Lock()
+    first = self._decode_checked(0, shape=None)
+    self.image_shape = tuple(first.shape)
+    self.element_spec: ElementSpec = {"image": (self.image_shape, np.dtype(np.uint8))}
+    if labels is not None:
+      self.element_spec["label"] = ((), np.dtype(np.int32))
+
+  @property
+  def num_skipped(self) -> int:
+    """Corrupt files met so far (``skip_corrupt``)."""
+    return len(self._skipped)
+
+  def _decode_checked(self, index: int, shape: tuple[int, ...] | None) -> np.ndarray:
+    name = self.files[index]
+    try:
+      image = _decode(self._read(name))
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... on bad files
+      raise CorruptImageError(
+          f"cannot decode {self.path}:{name} ({type(e).__name__}: {e}); remove or replace "
+          "the file, or set --config.data.skip_corrupt=True to skip such files") from e
+    if self._resize:
+      return _adapt(image, self._size, self._channels)
+    wanted_c = shape[-1] if shape is not None else self._channels
+    if image.shape[-1] == 1 and wanted_c == 3:  # a gray image in a color folder
+      image = _convert_channels(image, 3)
+    if shape is None:
+      _check_shape(image.shape, self._size, self._channels, self.what)
+    elif image.shape != shape:
+      raise ValueError(f"{self.path}:{name} has shape {image.shape}, the other images of "
+                       f"{self.what} {shape}; set --config.data.resize=True and "
+                       "--config.data.image_size")
+    return image
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    index = int(index)
+    for offset in range(len(self.files)):
+      i = (index + offset) % len(self.files)
+      try:
+        image = self._decode_checked(i, self.image_shape)
+      except CorruptImageError:
+        if not self.skip_corrupt:
+          raise
+        with self._lock:
+          if i not in self._skipped:
+            self._skipped.add(i)
+            log.warning("skipping corrupt image %s:%s (%d skipped so far)", self.path,
+                        self.files[i], len(self._skipped))
+        continue
+      out = {"image": image}
+      if self.labels is not None:
+        out["label"] = self.labels[i]
+      return out
+    raise CorruptImageError(f"no image of {self.what} can be decoded")
+
+
 def _load_folder(path: str, split: str, image_size: int | None, channels: int | None,
-                 resize: bool) -> ArraySource:
-  """Decodes an image folder or zip (layout rules: see ``load_source``)."""
+                 resize: bool, *, cache: bool = False, skip_corrupt: bool = False
+                 ) -> FolderSource | ArraySource:
+  """Indexes an image folder or zip (layout rules: see ``load_source``): a lazy
+  `FolderSource`, or with ``cache`` every image decoded into an `ArraySource`."""
   with contextlib.ExitStack() as stack:
     files, files_rel, read = _list_images(path, stack)
-    if not files:
-      raise DatasetUnavailableError(f"no image files ({', '.join(_IMAGE_EXTS)}) in {path}")
-    split_dirs = {n.split("/")[0] for n in files_rel if "/" in n} & {
-        "train", "test", "val", "validation"}
-    if split_dirs & {"train", "test"}:
-      if split not in split_dirs:
-        raise DatasetUnavailableError(
-            f"{path} has split folders {sorted(split_dirs)} but no '{split}/'; choose one of "
-            "them as the split.")
-      # Class names come from every split so that labels agree across splits.
-      class_names = sorted({n.split("/")[1] for n in files_rel
-                            if n.split("/")[0] in split_dirs and n.count("/") >= 2})
-      chosen = [(f, r[len(split) + 1:]) for f, r in zip(files, files_rel)
-                if r.startswith(split + "/")]
-    else:
-      class_names = sorted({r.split("/")[0] for r in files_rel if "/" in r})
-      chosen = list(zip(files, files_rel))
-    nested = [r for _, r in chosen if "/" in r]
-    if nested and len(nested) != len(chosen):
-      raise ValueError(f"{path}: images both directly in the folder and in class subfolders; "
-                       "put all images in class subfolders (labels) or none (no labels)")
-    # Serial decoding: for small images (CIFAR's 32x32 JPEGs) a thread pool is slower, the
-    # per-image cost being Python (GIL) overhead; CIFAR-10's 50,000 take about 12 s.
-    images = [_decode(read(f)) for f, _ in chosen]
-
+  if not files:
+    raise DatasetUnavailableError(f"no image files ({', '.join(_IMAGE_EXTS)}) in {path}")
+  split_dirs = {n.split("/")[0] for n in files_rel if "/" in n} & {
+      "train", "test", "val", "validation"}
+  if split_dirs & {"train", "test"}:
+    if split not in split_dirs:
+      raise DatasetUnavailableError(
+          f"{path} has split folders {sorted(split_dirs)} but no '{split}/'; choose one of "
+          "them as the split.")
+    # Class names come from every split so that labels agree across splits.
+    class_names = sorted({n.split("/")[1] for n in files_rel
+                          if n.split("/")[0] in split_dirs and n.count("/") >= 2})
+    chosen = [(f, r[len(split) + 1:]) for f, r in zip(files, files_rel)
+              if r.startswith(split + "/")]
+  else:
+    class_names = sorted({r.split("/")[0] for r in files_rel if "/" in r})
+    chosen = list(zip(files, files_rel))
+  what = f"folder:{path} split '{split}'"
+  if not chosen:
+    raise EmptySourceError(what)
+  nested = [r for _, r in chosen if "/" in r]
+  if nested and len(nested) != len(chosen):
+    raise ValueError(f"{path}: images both directly in the folder and in class subfolders; "
+                     "put all images in class subfolders (labels) or none (no labels)")
   labels = None
   if nested:
     class_index = {c: i for i, c in enumerate(class_names)}
     labels = np.array([class_index[r.split("/")[0]] for _, r in chosen], np.int32)
-  array = stack_images(images, what=f"folder:{path} split '{split}'", image_size=image_size,
-                       channels=channels, resize=resize)
-  return ArraySource(array, labels, len(class_names) if nested else None,
-                     class_names=class_names if nested else None)
+  names = class_names if nested else None
+  if not cache:
+    return FolderSource(path, [f for f, _ in chosen], read, labels, names, what=what,
+                        image_size=image_size, channels=channels, resize=resize,
+                        skip_corrupt=skip_corrupt)
+  # Serial decoding: for small images (CIFAR's 32x32 JPEGs) a thread pool is slower, the
+  # per-image cost being Python (GIL) overhead; CIFAR-10's 50,000 take about 12 s.
+  images = [_decode(read(f)) for f, _ in chosen]
+  array = stack_images(images, what=what, image_size=image_size, channels=channels,
+                       resize=resize)
+  return ArraySource(array, labels, len(class_names) if nested else None, class_names=names)
 
 
 def stack_images(images: Sequence[np.ndarray], *, what: str, image_size: int | None,
@@ -546,11 +664,13 @@ def stack_images(images: Sequence[np.ndarray], *, what: str, image_size: int | N
 
 def load_image_source(spec: str, *, split: str = "train", data_dir: str | None = None,
                       image_size: int | None = None, channels: int | None = None,
-                      resize: bool = False, valid_specs: str = _SINGLE_SPECS):
+                      resize: bool = False, valid_specs: str = _SINGLE_SPECS,
+                      cache: bool = False, skip_corrupt: bool = False):
   """Opens a single-image spec: 'digits', 'tfds:NAME', 'folder:PATH', 'idx:DIR', 'npz:FILE'.
 
   The forms and arguments are those of ``jgen.data.load_source`` (which documents them and
   adds the pair, domain and derived forms); ``valid_specs`` is quoted for an unknown spec.
+  ``cache`` and ``skip_corrupt`` apply to folders (`FolderSource`).
   """
   kind, _, arg = spec.partition(":")
   shape_args = dict(image_size=image_size, channels=channels, resize=resize)
@@ -563,7 +683,8 @@ def load_image_source(spec: str, *, split: str = "train", data_dir: str | None =
     raise ValueError(f"unknown data source {spec!r}; valid forms: {valid_specs}")
   path = checked_path(kind, arg)
   if kind == "folder":
-    return _load_folder(path, split, image_size, channels, resize)
+    return _load_folder(path, split, image_size, channels, resize, cache=cache,
+                        skip_corrupt=skip_corrupt)
   images, labels = _load_idx(path, split) if kind == "idx" else _load_npz(path, split)
   images = as_nhwc_uint8(images, spec)
   return ArraySource(_conform(images, what=f"{spec} split '{split}'", **shape_args), labels)

@@ -100,7 +100,7 @@ def _load_split(spec: DomainSpec, source: str, split: str) -> tuple[np.ndarray, 
   from jgen import data as jdata  # pylint: disable=import-outside-toplevel
 
   src = jdata.load_source(source, split=split, image_size=spec.image_size, channels=1,
-                          resize=True)
+                          resize=True, cache=True)
   if src.labels is None:
     raise ValueError(f"{source} split {split!r} has no labels; a domain classifier needs them")
   return src.images, src.labels

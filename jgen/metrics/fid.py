@@ -288,7 +288,7 @@ def load_images(path: str, *, split: str = "train") -> np.ndarray:
 
   if path.endswith(".npz") and os.path.isfile(path):
     return _images_from_npz(path)
-  return jdata.load_source(f"folder:{path}", split=split).images
+  return jdata.load_source(f"folder:{path}", split=split, cache=True).images
 
 
 def _is_stats_file(path: str) -> bool:

@@ -48,7 +48,8 @@ def load_data(config, *, split: str):
   d = config.data
   source = jdata.load_source(d.source, split=split, data_dir=d.data_dir,
                              image_size=d.image_size, channels=d.channels, resize=d.resize,
-                             seed=config.seed)
+                             seed=config.seed, cache=d.get("cache", False),
+                             skip_corrupt=d.get("skip_corrupt", False))
   if len(source) == 0:  # sources that index lazily (tfds) are checked here
     raise jdata.EmptySourceError(f"data source {d.source!r} split {split!r}")
   return source
@@ -103,8 +104,33 @@ def _with_shardings(abstract: Any, mesh) -> Any:
                       abstract, shardings)
 
 
-def _shardings(abstract: Any) -> Any:
-  return jax.tree.map(lambda x: x.sharding, abstract)
+def jit_onto(fn, abstract: Any, mesh, *, rest: int = 0, donate_argnums=()):
+  """`jax.jit(fn)` whose output -- a tree like `abstract` (ShapeDtypeStructs with shardings),
+  or with `rest > 0` a tuple of that tree and `rest` more outputs -- lands on `abstract`'s
+  shardings (the `rest` outputs replicated).
+
+  The jitted function returns the tree's leaves and the tree is rebuilt from `abstract`'s
+  structure: out_shardings given as a tree would have to equal the output's static metadata,
+  and a TrainState's optimizer closures (`per_network`) are new objects on every `init` call.
+  """
+  treedef = jax.tree.structure(abstract)
+  leaves = [x.sharding for x in jax.tree.leaves(abstract)]
+  repl = mesh_lib.replicated(mesh)
+
+  def flat(*args):
+    out = fn(*args)
+    return (jax.tree.leaves(out[0]), *out[1:]) if rest else jax.tree.leaves(out)
+
+  jitted = jax.jit(flat, donate_argnums=donate_argnums,
+                   out_shardings=(leaves, *[repl] * rest) if rest else leaves)
+
+  def call(*args):
+    out = jitted(*args)
+    if rest:
+      return (jax.tree.unflatten(treedef, out[0]), *out[1:])
+    return jax.tree.unflatten(treedef, out)
+
+  return call
 
 
 def _abstract_state(method: Method, config, rng, batch, mesh) -> TrainState:
@@ -117,7 +143,7 @@ def restore_or_init(method: Method, config, mesh, ckpt: Checkpointer, first_batc
                     workdir: str) -> TrainState:
   """The latest checkpoint of the run if there is one, else a fresh state.
 
-  A fresh state is `jax.jit(init, out_shardings=replicated)` (big_vision's pattern), then the
+  A fresh state is `init` jitted onto the state's shardings (big_vision's pattern), then the
   `config.init_from` loads put in (checked against the state's shapes first; passed to a jitted
   function as arguments, so never compile-time constants), then the rules applied (optimizer
   state and EMAs start from the loaded parameters). Restoring builds no state at all, only its
@@ -141,14 +167,14 @@ def restore_or_init(method: Method, config, mesh, ckpt: Checkpointer, first_batc
   init_from_lib.check_loads(abstract, loads)
   rules = _rules(config)
   fresh = _with_shardings(jax.eval_shape(method.init, rng, first_batch), mesh)
-  state = jax.jit(method.init, out_shardings=_shardings(fresh))(rng, first_batch)
+  state = jit_onto(method.init, fresh, mesh)(rng, first_batch)
 
   def put(state, trees):
     placed = [(spec, tree) for (spec, _), tree in zip(loads, trees)]
     return init_from_lib.apply_loads(state, placed).with_rules(rules)
 
   trees = jax.device_put([tree for _, tree in loads], mesh_lib.replicated(mesh))
-  state = jax.jit(put, donate_argnums=0, out_shardings=_shardings(abstract))(state, trees)
+  state = jit_onto(put, abstract, mesh, donate_argnums=0)(state, trees)
   if loads and _is_main():
     init_from_lib.write_record(workdir, loads, steps)
   return state
@@ -290,8 +316,7 @@ def train(config, workdir: str) -> TrainState:
   # the host reads it where it syncs anyway: at log steps and before each save.
   watch = jax.device_put(_watch_init(jax.eval_shape(
       lambda s, b: method.train_step(s, b, s.step_rng()), state, first_batch)[1]), repl)
-  state_sharding = _shardings(_with_shardings(state, mesh))
-  step_fn = jax.jit(step, donate_argnums=(0, 2), out_shardings=(state_sharding, repl, repl))
+  step_fn = jit_onto(step, _with_shardings(state, mesh), mesh, rest=2, donate_argnums=(0, 2))
   eval_fn = (jax.jit(method.evaluate, out_shardings=repl) if eval_dataset is not None
              else None)
   translates = isinstance(method, Translates)

@@ -108,9 +108,40 @@ def test_folder_without_labels_gray_and_resize(tmp_path):
   np.testing.assert_array_equal(src[2]["image"][..., 0], arrays[2])
   Image.fromarray(arrays[0][:5, :5]).save(tmp_path / "3.png")
   with pytest.raises(ValueError, match="different shapes"):
-    jdata.load_source(f"folder:{tmp_path}")
+    jdata.load_source(f"folder:{tmp_path}", cache=True)
+  lazy = jdata.load_source(f"folder:{tmp_path}")  # decoded on access: the odd file is named
+  with pytest.raises(ValueError, match=r"3.png has shape \(5, 5, 1\).*data.resize=True"):
+    lazy[3]
   src = jdata.load_source(f"folder:{tmp_path}", image_size=4, resize=True)
-  assert src.image_shape == (4, 4, 1) and len(src) == 4
+  assert src.image_shape == (4, 4, 1) and len(src) == 4 and src[3]["image"].shape == (4, 4, 1)
+
+
+def test_folders_decode_on_access_only(tmp_path, monkeypatch):
+  arrays = _write_tree(tmp_path, np.random.default_rng(3))
+  decoded = []
+  real = jdata.sources._decode
+  monkeypatch.setattr(jdata.sources, "_decode", lambda blob: decoded.append(1) or real(blob))
+  src = jdata.load_source(f"folder:{tmp_path}", split="train")
+  assert isinstance(src, jdata.FolderSource) and len(src) == 6 and len(decoded) == 1
+  np.testing.assert_array_equal(src[4]["image"], arrays["train/dog/001.png"])
+  assert len(decoded) == 2
+  cached = jdata.load_source(f"folder:{tmp_path}", split="train", cache=True)
+  assert isinstance(cached, jdata.ArraySource) and len(decoded) == 2 + 6
+  for i in range(6):  # the same records either way
+    np.testing.assert_array_equal(src[i]["image"], cached[i]["image"])
+    assert src[i]["label"] == cached[i]["label"]
+
+
+def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
+  arrays = _write_tree(tmp_path, np.random.default_rng(4))
+  (tmp_path / "train" / "cat" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+  src = jdata.load_source(f"folder:{tmp_path}", split="train")
+  with pytest.raises(jdata.CorruptImageError, match=r"train/cat/001.png.*skip_corrupt=True"):
+    src[1]
+  src = jdata.load_source(f"folder:{tmp_path}", split="train", skip_corrupt=True)
+  np.testing.assert_array_equal(src[1]["image"], arrays["train/cat/002.png"])  # the next one
+  src[1]
+  assert src.num_skipped == 1
 
 
 # ----------------------------------------------------------------------------- idx / npz
