@@ -8,6 +8,7 @@ import os
 import jax
 
 from jgen.train import loop
+from jgen.train.config import check_config_keys
 
 MODES = {"train": loop.train, "sample": loop.sample, "eval": loop.evaluate}
 
@@ -43,6 +44,7 @@ def main(config, *, workdir: str, mode: str = "train", distributed: bool = False
   """
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; choose one of {sorted(MODES)}")
+  check_config_keys(config)
   if distributed:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from types import ModuleType
+from typing import Any
 
 import ml_collections
 
@@ -39,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 128        # global batch, split over all devices of all processes
   c.data.random_flip = False
   c.data.prefetch = 2
+  c.data.cache = False           # folder/zip sources: decode all images up front (else on access)
+  c.data.skip_corrupt = False    # folder/zip sources: skip undecodable files (else an error)
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = "float32"      # compute dtype; bfloat16 on GPU/TPU. Params stay float32.
@@ -51,7 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8
   c.optim.weight_decay = 0.0
   c.optim.warmup_steps = 0
-  c.optim.schedule = "constant"
+  c.optim.schedule = "constant"   # constant | cosine | linear | exponential (jgen.train.optim)
+  c.optim.decay_from = 0.5        # linear: the fraction of the steps after which it decays
+  c.optim.decay_rate = 0.999995   # exponential: lr * decay_rate ** step
+  c.optim.decay = 0.9             # rmsprop's second-moment decay
+  c.optim.momentum = 0.0          # sgd (0: none)
   c.optim.grad_clip_norm = 1.0
   # Trainable-parameter rules (jgen.train.rules): ((regex over '/'-joined parameter paths,
   # learning-rate multiplier or 'frozen'), ...); the first match wins, unmatched leaves train
@@ -119,3 +127,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.kid_subset_size = 1000
   c.eval.seed = 0                 # sampling key and real-subset / KID-subset seed
   return c
+
+
+# Blocks whose every field is read by the spine itself: a field the base config does not define
+# is a typo or a stale option (methods add their sampler settings to `sample`, and named loads
+# to `init_from`, so those two blocks are open).
+CLOSED_BLOCKS = ("data", "train", "optim", "mesh", "eval")
+
+
+def check_config_keys(config: Any) -> None:
+  """Raises ValueError for fields of the spine's closed blocks that `base_config` lacks.
+
+  A config file that sets ``c.train.chekpoint_every = 100`` would otherwise run with the
+  default and ignore the setting silently.
+  """
+  base = base_config()
+  problems = []
+  for block in CLOSED_BLOCKS:
+    if block not in config or not hasattr(config[block], "keys"):
+      continue
+    known = list(base[block].keys())
+    for key in sorted(set(config[block].keys()) - set(known)):
+      close = difflib.get_close_matches(key, known, n=1)
+      hint = f" (did you mean {block}.{close[0]}?)" if close else ""
+      problems.append(f"{block}.{key}{hint}")
+  if problems:
+    raise ValueError(
+        f"the config sets fields jgen does not define: {', '.join(problems)}. Fix the name, or "
+        f"remove it; the fields of {', '.join(CLOSED_BLOCKS)} are those of "
+        "jgen.train.config.base_config()")
