@@ -24,6 +24,8 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from jgen.train.config import base_config
+
 RECORD = "run_record.json"
 _PACKAGES = ("jgen", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
 
@@ -35,7 +37,8 @@ __all__ = ["BLOCKING", "ConfigChangeError", "RECORD", "RunRecordError", "append_
 # sample / checkpoint cadence, sample.*, eval.*, data.source ...) is allowed and logged.
 BLOCKING = ("method", "seed", "model.", "diffusion.", "gan.", "classifier.", "data.image_size",
             "data.channels", "data.batch_size", "optim.name", "optim.schedule", "optim.lr",
-            "optim.warmup_steps", "optim.decay_from", "optim.b1", "optim.b2", "optim.rules",
+            "optim.warmup_steps", "optim.decay_from", "optim.decay_rate", "optim.b1", "optim.b2",
+            "optim.rules", "bottleneck.", "loss.", "disc.", "pixelcnn.num_bins",
             "optim_d.")
 
 
@@ -131,7 +134,11 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]
   a, b = _flatten(old), _flatten(_config_dict(new))
   changed = [(k, a.get(k, "<absent>"), b.get(k, "<absent>"))
              for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
-  return ([c for c in changed if _blocking(c[0])], [c for c in changed if not _blocking(c[0])])
+  # A field a later jgen added to the base config, at its default, is what the older run used.
+  defaults = _flatten(_config_dict(base_config()))
+  added = {k for k, o, n in changed if o == "<absent>" and k in defaults and n == defaults[k]}
+  return ([c for c in changed if _blocking(c[0]) and c[0] not in added],
+          [c for c in changed if not _blocking(c[0]) or c[0] in added])
 
 
 def check_resume(workdir: str, config: Any, *, log: Any = None) -> None:

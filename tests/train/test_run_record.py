@@ -77,3 +77,14 @@ def test_config_changes_splits_blocking_from_allowed():
   blocking, allowed = run_record.config_changes(old, new)
   assert blocking == [("model.ch", 8, 16), ("model.extra", "<absent>", 1)]
   assert allowed == [("train.num_steps", 6, 9)]
+
+
+def test_a_field_added_to_the_base_later_at_its_default_is_not_a_change(smoke_config):
+  from jgen.train import run_record as rr
+  old = rr._config_dict(smoke_config)  # pylint: disable=protected-access
+  del old["optim"]["decay_rate"]       # a run recorded before optim.decay_rate existed
+  blocking, allowed = rr.config_changes(old, smoke_config)
+  assert not blocking and [p for p, _, _ in allowed] == ["optim.decay_rate"]
+  smoke_config.optim.decay_rate = 0.9  # but not at another value
+  blocking, _ = rr.config_changes(old, smoke_config)
+  assert [p for p, _, _ in blocking] == ["optim.decay_rate"]
