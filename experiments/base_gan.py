@@ -19,7 +19,7 @@ METHODS = ("dcgan", "cgan", "wgan", "wgan_gp")
 # Optimizer fields optim_d may set on its own, with their types (jgen.train.optim).
 _OPTIM_FIELDS = {"name": str, "lr": float, "b1": float, "b2": float, "eps": float,
                  "weight_decay": float, "decay": float, "momentum": float,
-                 "warmup_steps": int, "schedule": str, "decay_from": float,
+                 "warmup_steps": int, "schedule": str, "decay_from": float, "decay_rate": float,
                  "grad_clip_norm": float}
 
 

@@ -116,6 +116,11 @@ class VQVAE:
     rngs = {"dropout": rng} if train else None
     return self.decoder.apply({"params": params["decoder"]}, z_q, train=train, rngs=rngs)
 
+  @property
+  def codes_subtree(self) -> str:
+    """`encode_indices` / `decode_indices` take the whole parameter tree."""
+    return ""
+
   def encode_indices(self, params, x: jax.Array) -> jax.Array:
     """Code indices `[B, r, r]` of images (the discrete latents a prior is trained on)."""
     return vq.nearest_code(self.encode(params, x), params["codebook"])

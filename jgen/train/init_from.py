@@ -42,7 +42,7 @@ from jgen.train import rules as rules_lib
 PyTree = Any
 
 __all__ = ["InitFrom", "InitFromError", "apply_loads", "check_loads", "fingerprint",
-           "fit_problems", "load", "parse_init_from", "raise_problems", "read_record",
+           "fit_problems", "load", "parse_init_from", "raise_problems", "read_record", "subtree",
            "verify_frozen", "write_record"]
 
 RECORD = "init_from.json"
@@ -103,7 +103,12 @@ def _manager(workdir: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler())
 
 
-def _get(tree: Mapping[str, Any], path: str, what: str) -> Any:
+def subtree(tree: Mapping[str, Any], path: str, what: str) -> Any:
+  """The node at the '/'-path `path` of a nested mapping ('' = `tree`).
+
+  Raises:
+    InitFromError: a key is missing (the message starts with `what`).
+  """
   node = tree
   for key in filter(None, path.split("/")):
     if not isinstance(node, Mapping) or key not in node:
@@ -149,7 +154,7 @@ def load(spec: InitFrom) -> tuple[PyTree, int]:
     else:
       raise InitFromError(f"{what}: no EMA {spec.source!r} (EMAs: {sorted(emas)}); set "
                           f"init_from.source to one of those or to {SOURCES_FIXED}")
-  tree = _get(tree, spec.subtree, what)
+  tree = subtree(tree, spec.subtree, what)
   if not isinstance(tree, Mapping):
     return tree, step
   tree = rules_lib.select(tree, lambda k: re.fullmatch(spec.match, k) is not None)
@@ -213,7 +218,7 @@ def check_loads(abstract_state: Any, loads: list[tuple[InitFrom, PyTree]]) -> No
     head, rest = _target(spec)
     root = abstract_state.params if head == "params" else abstract_state.frozen
     try:
-      target = _get(root, rest, f"init_from.into={spec.into!r}")
+      target = subtree(root, rest, f"init_from.into={spec.into!r}")
     except InitFromError as e:
       problems.append(str(e))
       continue
@@ -263,7 +268,7 @@ def verify_frozen(workdir: str, frozen: PyTree) -> None:
     head, _, rest = entry["into"].partition("/")
     if head != "frozen":
       continue
-    got = fingerprint(jax.device_get(_get(frozen, rest, "restored frozen arrays")))
+    got = fingerprint(jax.device_get(subtree(frozen, rest, "restored frozen arrays")))
     if got != entry["fingerprint"]:
       raise InitFromError(
           f"the frozen arrays {entry['into']} restored from {workdir} differ from those loaded "

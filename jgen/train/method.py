@@ -14,6 +14,9 @@ Optional members are declared as protocols of their own, which the loop checks w
   ``conditions`` follows `jgen.nn.conditioning` (``{"label": int32 [n], ...}``); the loop takes
   the labels from ``config.sample.labels`` and writes them into the samples ``.npz``;
 * `Reconstructs`: ``reconstruct_images(state, images) -> images`` (reconstruction FID);
+* `DiscreteCodes`: a first stage with a codebook (VQ-VAE, VQ-GAN): ``num_codes``,
+  ``codes_subtree`` and ``encode_indices`` / ``decode_indices``, what a prior over its codes
+  (`jgen.autoregressive.code_transformer`) loads frozen and calls;
 * `Translates`: an image-to-image method (pix2pix, CycleGAN, StarGAN):
   ``translation_inputs(batch)`` and ``translate(state, rng, source)``; the loop's sample and
   eval modes then translate held-out (or the user's) images instead of sampling from noise;
@@ -84,6 +87,29 @@ class Reconstructs(Protocol):
   """An autoencoder: reconstructions of given images (reconstruction FID, `rfid`)."""
 
   def reconstruct_images(self, state: TrainState, images: jax.Array) -> jax.Array:
+    ...
+
+
+@runtime_checkable
+class DiscreteCodes(Protocol):
+  """A first stage whose latents are code indices (VQ-VAE, VQ-GAN).
+
+  ``params`` of both functions is the ``codes_subtree`` of the run's parameters ('' = all of
+  them, "autoencoder" for a VQ-GAN, whose critic a prior never needs).
+  """
+
+  num_codes: int
+
+  @property
+  def codes_subtree(self) -> str:
+    ...
+
+  def encode_indices(self, params: Any, images: jax.Array) -> jax.Array:
+    """int32 code indices [B, r, r] of images in [-1, 1]."""
+    ...
+
+  def decode_indices(self, params: Any, indices: jax.Array) -> jax.Array:
+    """Images [B, H, W, C] (unclipped) of code indices [B, r, r]."""
     ...
 
 

@@ -19,12 +19,12 @@ _OPTIMIZERS = {
 }
 
 
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "exponential")
 
 
 def learning_rate_schedule(*, lr: float, warmup_steps: int = 0, schedule: str = "constant",
-                           total_steps: int | None = None, decay_from: float = 0.5
-                           ) -> optax.Schedule:
+                           total_steps: int | None = None, decay_from: float = 0.5,
+                           decay_rate: float = 0.999995) -> optax.Schedule:
   """Linear warm-up from 0 to `lr`, then one of:
 
   * 'constant': `lr`;
@@ -32,17 +32,23 @@ def learning_rate_schedule(*, lr: float, warmup_steps: int = 0, schedule: str = 
   * 'linear': `lr` until the fraction `decay_from` of the steps after warm-up, then a linear
     decay to 0 at `total_steps` (pix2pix / CycleGAN's ``--lr_policy linear``: 100 epochs
     constant, 100 decaying is `decay_from` = 0.5; StarGAN's decay over the last 100k of 200k
-    iterations likewise).
+    iterations likewise);
+  * 'exponential': `lr * decay_rate ** t`, t the steps after warm-up (PixelCNN++: 0.999995
+    per step).
   """
   if schedule not in SCHEDULES:
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; use one of {SCHEDULES}")
-  if schedule != "constant" and (not total_steps or total_steps <= warmup_steps):
+  if schedule not in ("constant", "exponential") and (not total_steps or total_steps <= warmup_steps):
     raise ValueError(f"{schedule} schedule needs total_steps > warmup_steps, got "
                      f"total_steps={total_steps}, warmup_steps={warmup_steps}")
   if schedule == "constant":
     main = optax.constant_schedule(lr)
   elif schedule == "cosine":
     main = optax.cosine_decay_schedule(lr, total_steps - warmup_steps)
+  elif schedule == "exponential":
+    if not 0.0 < decay_rate <= 1.0:
+      raise ValueError(f"decay_rate must lie in (0, 1], got {decay_rate}")
+    main = optax.exponential_decay(lr, transition_steps=1, decay_rate=decay_rate)
   else:
     if not 0.0 <= decay_from < 1.0:
       raise ValueError(f"decay_from must lie in [0, 1), got {decay_from}")
@@ -62,7 +68,8 @@ def make_optimizer(optim: Mapping[str, Any], *, total_steps: int | None = None
 
   Args:
     optim: mapping with `name` (adam, adamw, rmsprop, sgd), `lr`, optional `warmup_steps`,
-      `schedule` ('constant', 'cosine' or 'linear', with `decay_from`), `grad_clip_norm` (0 or None: no clipping) and the
+      `schedule` ('constant', 'cosine', 'linear' with `decay_from`, 'exponential' with
+      `decay_rate`), `grad_clip_norm` (0 or None: no clipping) and the
       optimizer's own fields (b1, b2, eps, weight_decay, decay, momentum).
     total_steps: length of the run, for decaying schedules.
   """
@@ -72,7 +79,8 @@ def make_optimizer(optim: Mapping[str, Any], *, total_steps: int | None = None
   lr = learning_rate_schedule(lr=optim["lr"], warmup_steps=optim.get("warmup_steps", 0),
                               schedule=optim.get("schedule", "constant"),
                               total_steps=total_steps,
-                              decay_from=optim.get("decay_from", 0.5))
+                              decay_from=optim.get("decay_from", 0.5),
+                              decay_rate=optim.get("decay_rate", 0.999995))
   tx = _OPTIMIZERS[name](lr, optim)
   clip = optim.get("grad_clip_norm")
   if clip:

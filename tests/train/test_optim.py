@@ -29,3 +29,11 @@ def test_bad_schedules_are_errors():
     learning_rate_schedule(lr=1.0, schedule="linear", total_steps=None)
   with pytest.raises(ValueError, match="decay_from"):
     learning_rate_schedule(lr=1.0, schedule="linear", total_steps=10, decay_from=1.0)
+
+
+def test_exponential_after_warmup_is_the_closed_form():
+  f = learning_rate_schedule(lr=1e-3, warmup_steps=4, schedule="exponential", decay_rate=0.9)
+  np.testing.assert_allclose([float(f(t)) for t in (0, 2, 4, 5, 14)],
+                             [0.0, 5e-4, 1e-3, 1e-3 * 0.9, 1e-3 * 0.9 ** 10], rtol=1e-6)
+  with pytest.raises(ValueError, match="decay_rate"):
+    learning_rate_schedule(lr=1.0, schedule="exponential", decay_rate=1.5)
