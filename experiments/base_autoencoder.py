@@ -8,7 +8,7 @@ another, so changing a CPU recipe changes no other run. Loaded by path:
 
 import ml_collections
 
-from jgen.train.config import base_config
+from jgen.train.config import base_config, digits_data, smoke_schedule
 
 METHODS = ("ae", "dae", "vae", "vqvae")
 
@@ -81,28 +81,14 @@ def get_config(method: str, variant: str | None = None) -> ml_collections.Config
 
 def digits(c: ml_collections.ConfigDict, *, smoke: bool = False) -> ml_collections.ConfigDict:
   """scikit-learn's digits resized to 16x16 (`smoke`: 8x8 and a seconds-long run)."""
-  c.data.source = "digits"
-  c.data.image_size = 16
-  c.data.channels = 1
-  c.data.resize = True
-  c.data.batch_size = 64
+  digits_data(c, smoke=smoke)
   if smoke:
-    c.data.image_size = 8
-    c.data.batch_size = 8
     c.model.ch = 8
     c.model.ch_mult = (1, 2)
     c.model.num_res_blocks = 0  # compile time dominates the tests (blocks: test_networks)
     c.model.num_groups = 4
     c.model.latent_dim = 4
-    c.optim.warmup_steps = 0
-    c.optim.schedule = "constant"
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.checkpoint_every = 4
-    c.train.eval_every = 4
-    c.train.eval_batches = 1
-    c.sample.num = 8
-    c.sample.batch_size = 8
+    smoke_schedule(c)
   return c
 
 

@@ -8,7 +8,7 @@ another. Loaded by path:
 
 import ml_collections
 
-from jgen.train.config import base_config
+from jgen.train.config import base_config, digits_data, smoke_schedule
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -58,11 +58,7 @@ def digits(smoke: bool = False) -> ml_collections.ConfigDict:
   ddpm_cond_digits builds on."""
   c = get_config()
 
-  c.data.source = "digits"
-  c.data.image_size = 16
-  c.data.channels = 1
-  c.data.resize = True
-  c.data.batch_size = 64
+  digits_data(c, smoke=smoke)
 
   c.model.ch = 16
   c.model.ch_mult = (1, 2, 4)
@@ -86,24 +82,13 @@ def digits(smoke: bool = False) -> ml_collections.ConfigDict:
   c.train.eval_batches = 4
 
   if smoke:
-    c.data.image_size = 8
-    c.data.batch_size = 8
     c.model.ch = 8
     c.model.ch_mult = (1, 2)
     c.model.attn_resolutions = (4,)
     c.model.num_groups = 4
     c.diffusion.num_timesteps = 20
-    c.optim.warmup_steps = 0
-    c.optim.schedule = "constant"
-    c.train.num_steps = 6
-    c.train.log_every = 2
-    c.train.checkpoint_every = 3
-    c.train.sample_every = 0
-    c.train.eval_every = 3
-    c.train.eval_batches = 1
+    smoke_schedule(c, num_steps=6, checkpoint_every=3)
     c.sample.steps = 5
-    c.sample.num = 8
-    c.sample.batch_size = 8
   return c
 
 

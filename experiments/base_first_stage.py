@@ -19,7 +19,7 @@ first use, cached); it is logged at start. With the files:
 
 import ml_collections
 
-from jgen.train.config import base_config, experiment_module
+from jgen.train.config import base_config, digits_data, experiment_module, smoke_schedule
 
 _gan = experiment_module("base_gan", beside=__file__)
 
@@ -30,11 +30,7 @@ def get_config(kind: str, *, smoke: bool = False, adversarial: bool = True
     raise ValueError(f"unknown first-stage bottleneck {kind!r}; use 'vq' or 'kl'")
   c = base_config()
   c.method = "autoencoder.first_stage"
-  c.data.source = "digits"
-  c.data.image_size = 16
-  c.data.channels = 1
-  c.data.resize = True
-  c.data.batch_size = 32
+  digits_data(c, smoke=smoke, batch_size=32)
 
   c.model.ch = 16
   c.model.ch_mult = (1, 2, 2)       # f = 4: 16x16 -> 4x4 latents; (1, 2, 2, 4) is f = 8
@@ -94,8 +90,6 @@ def get_config(kind: str, *, smoke: bool = False, adversarial: bool = True
   c.eval.metrics = "rfid"           # reconstruction FID over the held-out split (domain features)
 
   if smoke:
-    c.data.image_size = 8
-    c.data.batch_size = 8
     c.model.ch = 8
     c.model.ch_mult = (1, 2)
     c.model.num_groups = 4
@@ -106,15 +100,7 @@ def get_config(kind: str, *, smoke: bool = False, adversarial: bool = True
     c.loss.disc_start = 2
     c.disc.ndf = 8
     c.disc.n_layers = 1
-    c.optim.warmup_steps = 0
-    c.optim.schedule = "constant"
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.checkpoint_every = 4
-    c.train.eval_every = 4
-    c.train.eval_batches = 1
-    c.sample.num = 8
-    c.sample.batch_size = 8
+    smoke_schedule(c)
     c.eval.metrics = ""
   return c
 

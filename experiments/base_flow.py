@@ -9,7 +9,7 @@ another, so changing a CPU recipe changes no other run. Loaded by path:
 
 import ml_collections
 
-from jgen.train.config import base_config
+from jgen.train.config import base_config, digits_data, smoke_schedule
 
 METHODS = ("glow", "realnvp")
 OPTIONS = ("additive", "smoke")
@@ -75,23 +75,9 @@ def get_config(method: str, *, additive: bool = False) -> ml_collections.ConfigD
 
 def digits(c: ml_collections.ConfigDict, *, smoke: bool = False) -> ml_collections.ConfigDict:
   """scikit-learn's digits resized to 16x16 (`smoke`: 8x8 and a seconds-long run)."""
-  c.data.source = "digits"
-  c.data.image_size = 16
-  c.data.channels = 1
-  c.data.resize = True
-  c.data.batch_size = 64
+  digits_data(c, smoke=smoke)
   if smoke:
-    c.data.image_size = 8
-    c.data.batch_size = 8
-    c.optim.warmup_steps = 0
-    c.optim.schedule = "constant"
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.checkpoint_every = 4
-    c.train.eval_every = 4
-    c.train.eval_batches = 1
-    c.sample.num = 8
-    c.sample.batch_size = 8
+    smoke_schedule(c)
   return c
 
 

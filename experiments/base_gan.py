@@ -12,7 +12,7 @@ and `--config.optim_d.lr=4e-4` the discriminator only.
 
 import ml_collections
 
-from jgen.train.config import base_config
+from jgen.train.config import base_config, digits_data, smoke_schedule
 
 METHODS = ("dcgan", "cgan", "wgan", "wgan_gp")
 
@@ -33,11 +33,7 @@ def gan_base(*, smoke: bool = False, n_critic: int = 1) -> ml_collections.Config
   """Shared digits GAN config; `data.batch_size` is n_critic * the GAN batch (64)."""
   c = base_config()
   c.method = "gan.dcgan"
-  c.data.source = "digits"
-  c.data.image_size = 16
-  c.data.channels = 1
-  c.data.resize = True
-  c.data.batch_size = 64 * n_critic
+  digits_data(c, smoke=smoke, batch_size=64 * n_critic)
 
   c.model.arch = "dcgan"
   c.model.z_dim = 64
@@ -75,20 +71,12 @@ def gan_base(*, smoke: bool = False, n_critic: int = 1) -> ml_collections.Config
   c.sample.num = 100
   c.sample.batch_size = 100
   if smoke:
-    c.data.image_size = 8
     c.data.batch_size = 4 * n_critic
     c.model.z_dim = 8
     c.model.g_features = 4
     c.model.d_features = 4
     c.model.embed_dim = 4
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.checkpoint_every = 4
-    c.train.sample_every = 0
-    c.train.eval_every = 4
-    c.train.eval_batches = 1
-    c.sample.num = 8
-    c.sample.batch_size = 8
+    smoke_schedule(c)
   return c
 
 

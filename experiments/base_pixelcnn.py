@@ -7,7 +7,7 @@ Every PixelCNN experiment (pixelcnn_digits, pixelcnn_mnist, pixelcnn_cifar) star
 
 import ml_collections
 
-from jgen.train.config import base_config
+from jgen.train.config import base_config, digits_data, smoke_schedule
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -48,26 +48,12 @@ def get_config() -> ml_collections.ConfigDict:
 
 def digits(c: ml_collections.ConfigDict, *, smoke: bool = False) -> ml_collections.ConfigDict:
   """scikit-learn's digits resized to 16x16 (`smoke`: 8x8, a tiny network, a seconds-long run)."""
-  c.data.source = "digits"
-  c.data.image_size = 16
-  c.data.channels = 1
-  c.data.resize = True
-  c.data.batch_size = 64
+  digits_data(c, smoke=smoke)
   if smoke:
-    c.data.image_size = 8
-    c.data.batch_size = 8
     c.model.features = 8
     c.model.num_layers = 2
     c.model.kernel_size = 3
     c.model.num_mixtures = 2
     c.model.cond_dim = 4
-    c.optim.warmup_steps = 0
-    c.optim.schedule = "constant"
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.checkpoint_every = 4
-    c.train.eval_every = 4
-    c.train.eval_batches = 1
-    c.sample.num = 8
-    c.sample.batch_size = 8
+    smoke_schedule(c)
   return c

@@ -84,6 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
   # shards, a k-th of the state's memory per device). A resume may change it.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.fsdp = 1
+  # How the step runs over the devices (jgen.train.parallel): "jit" over the mesh, or "pmap"
+  # (the same step per local device, gradients averaged by pmean; no FSDP). A resume may
+  # change it.
+  c.parallel = "jit"
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
@@ -156,3 +160,34 @@ def check_config_keys(config: Any) -> None:
         f"the config sets fields jgen does not define: {', '.join(problems)}. Fix the name, or "
         f"remove it; the fields of {', '.join(CLOSED_BLOCKS)} are those of "
         "jgen.train.config.base_config()")
+
+
+def digits_data(c: ml_collections.ConfigDict, *, smoke: bool = False, batch_size: int = 64
+                ) -> ml_collections.ConfigDict:
+  """Sets `c.data` to the CPU recipes' data: scikit-learn's bundled digits resized to 16x16x1,
+  batch `batch_size` (`smoke`: 8x8, batch 8, what the tests' seconds-long runs use)."""
+  c.data.source = "digits"
+  c.data.image_size = 8 if smoke else 16
+  c.data.channels = 1
+  c.data.resize = True
+  c.data.batch_size = 8 if smoke else batch_size
+  return c
+
+
+def smoke_schedule(c: ml_collections.ConfigDict, *, num_steps: int = 4,
+                   checkpoint_every: int | None = None) -> ml_collections.ConfigDict:
+  """Sets a seconds-long run (the `:smoke` variants): constant learning rate without warmup,
+  `num_steps` steps logged every 2, a checkpoint and a one-batch eval every `checkpoint_every`
+  (default: at the end), no periodic samples, 8 samples in one call."""
+  every = num_steps if checkpoint_every is None else checkpoint_every
+  c.optim.warmup_steps = 0
+  c.optim.schedule = "constant"
+  c.train.num_steps = num_steps
+  c.train.log_every = 2
+  c.train.checkpoint_every = every
+  c.train.eval_every = every
+  c.train.eval_batches = 1
+  c.train.sample_every = 0
+  c.sample.num = 8
+  c.sample.batch_size = 8
+  return c

@@ -17,12 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from etils import epath
+from jax.experimental import multihost_utils
 
 from jgen import data as jdata
 from jgen.nn import conditioning
 from jgen.train import mesh as mesh_lib
 from jgen.train.checkpoint import Checkpointer
 from jgen.train import init_from as init_from_lib
+from jgen.train import parallel
 from jgen.train import preemption
 from jgen.train import rules as rules_lib
 from jgen.train import run_record
@@ -221,12 +223,18 @@ def _raise_if_watched(watch, ckpt: Checkpointer) -> None:
 
 def jit_sampler(method: Method, mesh):
   """The method's sampler under one jit (the whole sampling chain is one compiled program):
-  `fn(state, rng, n)`, or `fn(state, rng, labels)` for a `Conditional` method.
+  `fn(state, rng, n)`, or `fn(state, rng, labels)` for a `Conditional` method, returning host
+  images.
 
+  The samples are spread over every device of every process: when the mesh size divides `n`
+  the output is split along its batch axis (XLA partitions the whole chain: each device draws
+  and denoises n / devices samples; `threefry` keys make the draws independent of the split),
+  then gathered to every process's host (`process_allgather`); otherwise it runs replicated.
   A `SamplesWithFrozen` method's `sample_frozen` arrays are put on the mesh once and passed to
   the jitted function as `state.frozen` entries on every call.
   """
   repl = mesh_lib.replicated(mesh)
+  outs = {True: mesh_lib.batch_sharding(mesh), False: repl}
   extra = dict(method.sample_frozen) if isinstance(method, SamplesWithFrozen) else {}
   extra = jax.device_put(extra, repl)
 
@@ -240,10 +248,18 @@ def jit_sampler(method: Method, mesh):
   if isinstance(method, Conditional):
     def conditional(state, rng, labels):
       return method.sample_conditional(state, rng, {"label": labels}, labels.shape[0])
-    fn = jax.jit(conditional, out_shardings=repl)
-    return lambda state, rng, labels: fn(with_extra(state), rng, labels)
-  fn = jax.jit(method.sample, static_argnums=2, out_shardings=repl)
-  return lambda state, rng, n: fn(with_extra(state), rng, n)
+    fns = {k: jax.jit(conditional, out_shardings=v) for k, v in outs.items()}
+    return lambda state, rng, labels: to_host(
+        fns[len(labels) % mesh.size == 0](with_extra(state), rng, labels))
+  fns = {k: jax.jit(method.sample, static_argnums=2, out_shardings=v) for k, v in outs.items()}
+  return lambda state, rng, n: to_host(fns[n % mesh.size == 0](with_extra(state), rng, n))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-process) array as one host array on every process."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def labels_for_samples(method: Method, config, num: int) -> np.ndarray | None:
@@ -281,6 +297,7 @@ def train(config, workdir: str) -> TrainState:
   Returns:
     The final train state (on the mesh: replicated, or split over `config.mesh.fsdp`).
   """
+  mode = parallel.mode_from_config(config)
   method = load_method(config)
   mesh = mesh_lib.make_mesh(fsdp=mesh_lib.fsdp_from_config(config))
   jdata.check_batch_size(config.data.batch_size, num_devices=mesh.size,
@@ -306,33 +323,29 @@ def train(config, workdir: str) -> TrainState:
   if _is_main():
     run_record.append_start(workdir, config, step=start)
 
-  repl = mesh_lib.replicated(mesh)
-
-  def step(state, batch, watch):
-    state, metrics = method.train_step(state, batch, state.step_rng())
-    return state, metrics, _watch_update(watch, metrics, state.step)
-
   # The first non-finite step is found on device every step (a carried flag, no host sync);
   # the host reads it where it syncs anyway: at log steps and before each save.
-  watch = jax.device_put(_watch_init(jax.eval_shape(
-      lambda s, b: method.train_step(s, b, s.step_rng()), state, first_batch)[1]), repl)
-  step_fn = jit_onto(step, _with_shardings(state, mesh), mesh, rest=2, donate_argnums=(0, 2))
-  eval_fn = (jax.jit(method.evaluate, out_shardings=repl) if eval_dataset is not None
-             else None)
+  watch = _watch_init(jax.eval_shape(
+      lambda s, b: method.train_step(s, b, s.step_rng()), state, first_batch)[1])
+  run = _Stepper(method, mode, mesh, state, watch)
+  del state  # from here on run.state (pmap: stacked copies); run.view() is the mesh form
+  eval_fn = (jax.jit(method.evaluate, out_shardings=mesh_lib.replicated(mesh))
+             if eval_dataset is not None else None)
   translates = isinstance(method, Translates)
   sample_fn = None if translates else jit_sampler(method, mesh)
   sample_labels = labels_for_samples(method, config, config.sample.num)
   writer = MetricWriter(workdir, enabled=_is_main())
   sample_dir = os.path.join(workdir, "samples")
-  log.info("training %s on %d device(s), %d process(es): steps %d..%d, global batch %d",
-           config.method, mesh.size, jax.process_count(), start, total, config.data.batch_size)
+  log.info("training %s on %d device(s), %d process(es) (%s): steps %d..%d, global batch %d",
+           config.method, mesh.size, jax.process_count(), mode, start, total,
+           config.data.batch_size)
 
   def check_watch():
-    _raise_if_watched(jax.device_get(watch), ckpt)
+    _raise_if_watched(run.host(run.watch), ckpt)
 
   def save_checkpoint(step_now: int):
     check_watch()
-    items = state.checkpoint_items()
+    items = run.view().checkpoint_items()
     bad = [k for k, tree in items.items() if not bool(_all_finite_jit(tree))]
     if bad:
       raise NonFiniteLossError(
@@ -343,10 +356,10 @@ def train(config, workdir: str) -> TrainState:
 
   def write_samples(step_now: int):
     if translates:  # held-out sources | translations | targets
-      translations.write_translations(method, state, mesh, config, sample_dir,
+      translations.write_translations(method, run.view(), mesh, config, sample_dir,
                                       f"step_{step_now:07d}", upscale=_upscale(config))
       return
-    images = sample_images(sample_fn, state, config, num=config.sample.num,
+    images = sample_images(sample_fn, run.view(), config, num=config.sample.num,
                             seed=config.sample.seed, labels=sample_labels)
     if _is_main():
       path = save_image_grid(images, os.path.join(sample_dir, f"step_{step_now:07d}.png"),
@@ -362,20 +375,19 @@ def train(config, workdir: str) -> TrainState:
   try:
     with preemption.StopRequest() as stop:
       for step_now in range(start + 1, total + 1):
-        batch = jdata.shard_batch(next(batches), sharding)
-        state, metrics, watch = step_fn(state, batch, watch)
+        metrics = run.step(next(batches), sharding)
         bar.update(1)
         last = step_now == total
         if step_now % config.train.log_every == 0 or last:
           check_watch()
-          host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          host = {k: float(v) for k, v in run.host(metrics).items()}
           now = time.time()
           host["steps_per_sec"] = (step_now - tick_step) / max(now - tick, 1e-9)
           tick, tick_step = now, step_now
           bar.set_postfix(loss=f"{host.get('loss', float('nan')):.4f}")
           writer.write_scalars(step_now, {f"train/{k}": v for k, v in host.items()})
         if eval_fn is not None and (step_now % config.train.eval_every == 0 or last):
-          scalars = evaluate_loss(eval_fn, state, eval_dataset, sharding,
+          scalars = evaluate_loss(eval_fn, run.view(), eval_dataset, sharding,
                                   num_batches=config.train.eval_batches, seed=config.seed)
           writer.write_scalars(step_now, {f"eval/{k}": v for k, v in scalars.items()}, echo=True)
         if step_now % config.train.checkpoint_every == 0 or last:
@@ -394,7 +406,60 @@ def train(config, workdir: str) -> TrainState:
     bar.close()
     ckpt.close()
     writer.close()
-  return state
+  return run.view()
+
+
+class _Stepper:
+  """The train step of `config.parallel` and the state it carries (`jgen.train.parallel`).
+
+  ``jit``: one program over the mesh (`jit_onto`, state and watch donated). ``pmap``: the same
+  step under `jax.pmap` over the local devices, with the step key folded by replica, the
+  gradients averaged in `TrainState.apply_gradients`, and metrics and float model state
+  averaged after the step; `view` gives the mesh form (first replica) for checkpoints,
+  evaluation and samples.
+  """
+
+  def __init__(self, method: Method, mode: str, mesh, state: TrainState, watch):
+    self.mode = mode
+    self._like = _with_shardings(state, mesh)
+    if mode == "jit":
+      def step(state, batch, watch):
+        state, metrics = method.train_step(state, batch, state.step_rng())
+        return state, metrics, _watch_update(watch, metrics, state.step)
+
+      self._fn = jit_onto(step, self._like, mesh, rest=2, donate_argnums=(0, 2))
+      self.state = state
+      self.watch = jax.device_put(watch, mesh_lib.replicated(mesh))
+      return
+
+    def pstep(state, batch, watch):
+      rng = jax.random.fold_in(state.step_rng(), jax.lax.axis_index(parallel.AXIS))
+      with parallel.replica_axis():
+        state, metrics = method.train_step(state, batch, rng)
+      metrics = jax.lax.pmean(metrics, parallel.AXIS)
+      state = state.replace(model_state=parallel.mean_inexact(state.model_state))
+      return state, metrics, _watch_update(watch, metrics, state.step)
+
+    self._fn = jax.pmap(pstep, axis_name=parallel.AXIS, donate_argnums=(0, 2))
+    self.state = parallel.replicate(state)
+    self.watch = parallel.replicate(jax.device_get(watch))
+
+  def step(self, batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """One step on this process's `batch`; returns its metrics (on device)."""
+    placed = (jdata.shard_batch(batch, sharding) if self.mode == "jit"
+              else parallel.split_batch(batch))
+    self.state, metrics, self.watch = self._fn(self.state, placed, self.watch)
+    return metrics
+
+  def view(self) -> TrainState:
+    """The state in mesh form (pmap: the first replica's copy)."""
+    return self.state if self.mode == "jit" else parallel.unreplicate(self.state, self._like)
+
+  def host(self, tree: Any) -> Any:
+    """`tree` (metrics, the watch) on the host (pmap: the first replica's copy)."""
+    if self.mode == "jit":
+      return jax.device_get(tree)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
 
 
 def evaluate_loss(eval_fn, state, dataset, sharding, *, num_batches: int, seed: int

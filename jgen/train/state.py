@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jgen.train import parallel
 from jgen.train import rules as rules_lib
 
 PyTree = Any
@@ -219,7 +220,14 @@ class TrainState:
       network: update only `params[network]` with its own optimizer (`tx` a `PerNetwork`)
         and only the EMA leaves under it; other networks and their EMAs are untouched.
       count_step: advance `step` (a GAN counts generator updates only).
+
+    Under ``config.parallel = "pmap"`` the gradients are first averaged over the replicas
+    (`jgen.train.parallel.replica_mean`; the identity under jit).
     """
+    return self._apply(parallel.replica_mean(grads), network=network, count_step=count_step)
+
+  def _apply(self, grads: PyTree, *, network: str | None, count_step: bool) -> "TrainState":
+    """`apply_gradients` of gradients already averaged over replicas."""
     mult = self.multipliers()
     if network is None:
       params, tx, opt_state = self.trainable(), self.tx, self.opt_state
@@ -265,7 +273,9 @@ class TrainState:
       return loss_fn(rules_lib.merge(self.params, trainable), *a)
 
     grads, metrics = jax.grad(of_trainable, has_aux=True)(self.trainable(), *args)
-    return self.apply_gradients(grads), {**metrics, "grad_norm": optax.global_norm(grads)}
+    grads = parallel.replica_mean(grads)  # pmap: the global batch's gradient (and its norm)
+    return (self._apply(grads, network=None, count_step=True),
+            {**metrics, "grad_norm": optax.global_norm(grads)})
 
   # ------------------------------------------------------------------ checkpoints
 

@@ -34,6 +34,7 @@ import jax, numpy as np
 sys.path.insert(0, {repo!r})
 import jgen.run
 from jgen.train import loop, mesh as mesh_lib
+from jgen.train.method import load_method
 from tests.conftest import load_experiment
 c = load_experiment("ddpm_digits", "smoke")
 c.train.num_steps = 4
@@ -53,6 +54,14 @@ if {restore_fsdp} is not None:  # the same checkpoint restored onto another mesh
   c.mesh.fsdp = {restore_fsdp}
   _, _, restored = loop.restore_for_inference(c, {workdir!r})
   out["restored"] = [np.asarray(x, np.float64).ravel().tolist() for x in jax.tree.leaves(restored.params)]
+  # The loop's sampler spreads the 8 samples over the 8 devices and gathers them: the same
+  # images as one replicated program.
+  method = load_method(c)
+  mesh = mesh_lib.make_mesh(fsdp=c.mesh.fsdp)
+  spread = loop.jit_sampler(method, mesh)(restored, jax.random.key(3), 8)
+  whole = jax.jit(method.sample, static_argnums=2,
+                  out_shardings=mesh_lib.replicated(mesh))(restored, jax.random.key(3), 8)
+  out["sample_diff"] = float(np.max(np.abs(spread - np.asarray(whole))))
 print(json.dumps(out))
 """
 
@@ -78,6 +87,7 @@ def test_fsdp_4_by_data_2_matches_one_device_with_a_quarter_of_the_state(tmp_pat
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
   for a, b in zip(fsdp["params"], fsdp["restored"], strict=True):
     np.testing.assert_array_equal(a, b)
+  assert fsdp["sample_diff"] < 1e-4, fsdp["sample_diff"]
   assert one["max_bytes_per_device"] == one["total_bytes"]
   ratio = one["max_bytes_per_device"] / fsdp["max_bytes_per_device"]
   assert 3.0 < ratio <= 4.0, ratio  # small leaves (biases, norms) stay replicated
