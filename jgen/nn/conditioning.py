@@ -7,12 +7,15 @@ A conditional model takes its conditions as one dict, every entry with a leading
 * ``context``: float32 ``[B, T, D]``, a token sequence (text-encoder outputs) for cross-attention;
 * ``image``: float32 ``[B, H, W, C]`` in [-1, 1], an image to condition on (translation,
   super-resolution, ControlNet hints).
+* ``embedding``: float32 ``[B, D]``, one vector per example added to a network's timestep
+  embedding (a denoising diffusion GAN's mapped latent z, a pooled text or image embedding).
 
 The **null condition** (what classifier-free guidance trains with and guides against) is
 ``label = num_classes`` (a conditional model built for guidance has ``num_classes + 1``
-embedding rows, the last one learned as "no class"), and zeros for ``attributes``, ``context``
-and ``image``. `drop_conditions` also sets ``null``, bool ``[B]``, so that a model with a
-learned null embedding for a continuous condition can put it in where ``null`` is true.
+embedding rows, the last one learned as "no class"), and zeros for ``attributes``, ``context``,
+``image`` and ``embedding``. `drop_conditions` also sets ``null``, bool ``[B]``, so that a
+model with a learned null embedding for a continuous condition can put it in where ``null``
+is true.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 __all__ = ["CONDITION_KEYS", "conditions_from_batch", "drop_conditions", "null_conditions",
            "sample_labels"]
 
-CONDITION_KEYS = ("label", "attributes", "context", "image")
+CONDITION_KEYS = ("label", "attributes", "context", "image", "embedding")
 Conditions = dict[str, jax.Array]
 
 

@@ -4,7 +4,7 @@ Follows the official CIFAR-10 model: with ``ch=128, ch_mult=(1, 2, 2, 2),
 num_res_blocks=2, attn_resolutions=(16,)`` on 32x32x3 inputs it has
 35,746,307 parameters.
 
-Three optional conditionings, all off by default (the unconditional network, its parameter
+Four optional conditionings, all off by default (the unconditional network, its parameter
 tree and its outputs are unchanged), take their inputs from one conditions dict
 (`jgen.nn.conditioning`):
 
@@ -17,6 +17,14 @@ tree and its outputs are unchanged), take their inputs from one conditions dict
 * ``cond_channels > 0``: ``image`` float32 ``[B, H, W, cond_channels]`` concatenated to the
   input channels (super-resolution callers upsample the low-resolution image to ``H, W``
   first). Adds ``9 cond_channels ch`` to the input conv.
+* ``embedding_dim > 0``: ``embedding`` float32 ``[B, embedding_dim]``, a per-example vector
+  (the denoising diffusion GAN's mapped latent z, a pooled text or image embedding); one dense
+  layer projects it to the timestep embedding's size and adds it:
+  ``emb = time_mlp(t) [+ label_emb(label)] + W e + b``, so every residual block reads it through
+  its embedding projection. Adds ``(embedding_dim + 1) * 4 ch``. ``W`` starts from the DDPM
+  initialiser scaled by ``embedding_init_scale`` (1: the condition acts from the first step;
+  0: ``W = 0``, the network starts as the one without it, for adding the condition to a
+  pretrained U-Net).
 """
 
 from __future__ import annotations
@@ -70,6 +78,9 @@ class UNet(nn.Module):
       cross-attention.
     cross_attn_heads: Heads of the cross-attention blocks (does not change the parameter count).
     cond_channels: Channels of the ``image`` condition concatenated to the input; 0: none.
+    embedding_dim: Size ``D`` of the ``embedding`` condition ``[B, D]`` added (projected) to
+      the timestep embedding; 0: none.
+    embedding_init_scale: Variance scale of the embedding projection's initialiser (0: zeros).
     dtype: Compute dtype. The output is always float32.
     param_dtype: Parameter dtype.
   """
@@ -86,6 +97,8 @@ class UNet(nn.Module):
   context_dim: int = 0
   cross_attn_heads: int = 1
   cond_channels: int = 0
+  embedding_dim: int = 0
+  embedding_init_scale: float = 1.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -112,6 +125,8 @@ class UNet(nn.Module):
       keys.append("context")
     if self.cond_channels > 0:
       keys.append("image")
+    if self.embedding_dim > 0:
+      keys.append("embedding")
     return tuple(keys)
 
   def _check_conditions(self, x: Array, conditions: Mapping[str, Array] | None
@@ -128,11 +143,13 @@ class UNet(nn.Module):
     extra = sorted(k for k in conditions if k not in needed and k != "null")
     if extra:
       raise ValueError(f"UNet got conditions {extra} it was not built for (it takes "
-                       f"{list(needed)}); set num_classes / context_dim / cond_channels.")
+                       f"{list(needed)}); set num_classes / context_dim / cond_channels / "
+                       "embedding_dim.")
     missing = [k for k in needed if k not in conditions]
     if missing:
       raise KeyError(f"UNet(num_classes={self.num_classes}, context_dim={self.context_dim}, "
-                     f"cond_channels={self.cond_channels}) needs the condition(s) {missing}; "
+                     f"cond_channels={self.cond_channels}, embedding_dim={self.embedding_dim})"
+                     f" needs the condition(s) {missing}; "
                      f"got {sorted(conditions)}.")
     out = {k: jnp.asarray(conditions[k]) for k in needed}
     b, hgt, wid = x.shape[:3]
@@ -152,6 +169,12 @@ class UNet(nn.Module):
       if image.shape != (b, hgt, wid, self.cond_channels):
         raise ValueError(f"image must have shape [B, H, W, cond_channels]=({b}, {hgt}, {wid}, "
                          f"{self.cond_channels}), got shape {image.shape}.")
+    if "embedding" in out:
+      embedding = out["embedding"]
+      if (embedding.shape != (b, self.embedding_dim)
+          or not jnp.issubdtype(embedding.dtype, jnp.floating)):
+        raise ValueError(f"embedding must be a float array of shape [B, embedding_dim]=({b}, "
+                         f"{self.embedding_dim}), got {embedding.dtype}{embedding.shape}.")
     return out
 
   @nn.compact
@@ -164,8 +187,9 @@ class UNet(nn.Module):
       t: Timesteps ``[B]``, integer or floating point.
       conditions: The conditions dict (`jgen.nn.conditioning`) with the `condition_keys`
         entries: ``label`` int32 ``[B]``, ``context`` ``[B, L, context_dim]``, ``image``
-        ``[B, H, W, cond_channels]``; a ``null`` entry is ignored (the null condition is in
-        the values). ``None`` or ``{}`` for an unconditional network.
+        ``[B, H, W, cond_channels]``, ``embedding`` ``[B, embedding_dim]``; a ``null`` entry
+        is ignored (the null condition is in the values). ``None`` or ``{}`` for an
+        unconditional network.
       train: Enables dropout (needs a ``'dropout'`` rng) when True.
 
     Returns:
@@ -206,6 +230,9 @@ class UNet(nn.Module):
     if self.num_classes > 0:
       temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, name="label_emb", **kw)(
           cond["label"])
+    if self.embedding_dim > 0:
+      temb = temb + ddpm_dense(4 * self.ch, init_scale=self.embedding_init_scale,
+                               name="embedding_proj", **kw)(cond["embedding"].astype(self.dtype))
 
     h = x.astype(self.dtype)
     if self.cond_channels > 0:

@@ -231,3 +231,52 @@ def test_cross_attention_matches_numpy(heads):
   assert not np.allclose(other, out)
   with pytest.raises(ValueError, match="context"):
     block.apply({"params": params}, x, context[0])
+
+
+EMBEDDING_DIM = 5
+
+
+def test_embedding_condition_adds_one_projection_and_zero_init_is_the_plain_network():
+  """embedding_dim > 0 adds exactly `embedding_proj` ((D + 1) * 4 ch parameters) and nothing
+  else; with embedding_init_scale = 0 the network computes the one without the condition (same
+  shared parameters), and a trained (non-zero) projection makes the embedding change it."""
+  ch = TINY["ch"]
+  emb = jnp.asarray(np.random.default_rng(4).standard_normal((SHAPE[0], EMBEDDING_DIM)),
+                    jnp.float32)
+  base = _abstract_params(UNet(**TINY), SHAPE)
+  model = UNet(**TINY, embedding_dim=EMBEDDING_DIM, embedding_init_scale=0.0)
+  assert model.condition_keys == ("embedding",)
+  shapes = _abstract_params(model, SHAPE, {"embedding": emb})
+  assert _count(shapes) - _count(base) == (EMBEDDING_DIM + 1) * 4 * ch
+  new, old = _shapes(shapes), _shapes(base)
+  assert {k for k in old if new[k] != old[k]} == set()
+  assert {k.split("]")[0] for k in set(new) - set(old)} == {"['embedding_proj'"}
+
+  x = jnp.asarray(np.random.default_rng(5).standard_normal(SHAPE), jnp.float32)
+  t = jnp.array([3, 917], jnp.int32)
+  params = model.init(_key(0), x, t, {"embedding": emb}, train=False)["params"]
+  np.testing.assert_array_equal(params["embedding_proj"]["kernel"], 0.0)
+  params = dict(_random_like(params, seed=6))  # a non-zero output conv: outputs differ
+  zeroed = dict(params, embedding_proj=jax.tree.map(jnp.zeros_like, params["embedding_proj"]))
+  plain = {k: v for k, v in params.items() if k != "embedding_proj"}
+  apply = jax.jit(lambda p, e: model.apply({"params": p}, x, t, {"embedding": e}, train=False))
+  ref = np.asarray(UNet(**TINY).apply({"params": plain}, x, t, train=False))
+  np.testing.assert_allclose(np.asarray(apply(zeroed, emb)), ref, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(np.asarray(apply(params, emb)), ref)
+  assert not np.allclose(np.asarray(apply(params, emb)), np.asarray(apply(params, -emb)))
+  # The default init scale (1) starts with a non-zero projection.
+  default = UNet(**TINY, embedding_dim=EMBEDDING_DIM).init(_key(0), x, t, {"embedding": emb},
+                                                            train=False)["params"]
+  assert np.abs(np.asarray(default["embedding_proj"]["kernel"])).max() > 0
+
+
+def test_bad_embedding_condition_raises():
+  model = UNet(**TINY, embedding_dim=EMBEDDING_DIM)
+  with pytest.raises(KeyError, match="embedding"):
+    _abstract_params(model, SHAPE, None)
+  with pytest.raises(ValueError, match="embedding_dim"):
+    _abstract_params(model, SHAPE, {"embedding": jnp.zeros((2, EMBEDDING_DIM + 1))})
+  with pytest.raises(ValueError, match="float"):
+    _abstract_params(model, SHAPE, {"embedding": jnp.zeros((2, EMBEDDING_DIM), jnp.int32)})
+  with pytest.raises(ValueError, match="embedding_dim"):
+    _abstract_params(UNet(**TINY), SHAPE, {"embedding": jnp.zeros((2, EMBEDDING_DIM))})
