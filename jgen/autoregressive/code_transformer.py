@@ -205,19 +205,6 @@ class ConditionalCodeTransformer(CodeTransformer):
         state, rng, {"label": jnp.arange(n, dtype=jnp.int32) % self.num_classes}, n)
 
 
-def _first_stage_load(config: Any) -> init_from_lib.InitFrom:
-  loads = init_from_lib.parse_init_from(config)
-  for spec in loads:
-    if spec.into == f"frozen/{FROZEN}":
-      return spec
-  found = [f"{s.name}: into={s.into!r}" for s in loads]
-  raise ValueError(
-      "autoregressive.code_transformer is a prior over the codes of a trained VQ model: set "
-      f"--config.init_from.workdir=<a VQ run's workdir> with init_from.into='frozen/{FROZEN}' "
-      "(experiments/vq_transformer_digits.py sets the latter)"
-      + (f"; found {found}" if found else "; init_from.workdir is empty"))
-
-
 def make_method(config: Any) -> CodeTransformer:
   """Translates a config (`init_from`, `model`, `optim`, `train`, `sample`) into the method.
 
@@ -225,7 +212,10 @@ def make_method(config: Any) -> CodeTransformer:
     ValueError: no first-stage load, a first stage that is not a VQ model, or data settings
       that differ from the first stage's.
   """
-  spec = _first_stage_load(config)
+  spec = init_from_lib.frozen_load(
+      config, FROZEN, hint=" (experiments/vq_transformer_digits.py sets the latter)",
+      needs="autoregressive.code_transformer is a prior over the codes of a trained VQ model: "
+            "set --config.init_from.workdir=<a VQ run's workdir>")
   vq, vq_config = load_vq_model(spec.workdir)
   size, channels = config.data.image_size, config.data.channels
   if (size, channels) != (vq_config.data.image_size, vq_config.data.channels):

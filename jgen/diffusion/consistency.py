@@ -489,12 +489,10 @@ class Consistency:
 def load_teacher(config: Any) -> tuple[Any, Any, Any, int]:
   """(teacher DDPM method, its config, its loaded EMA parameters, step) of the CD teacher load
   (the `init_from` entry with into='frozen/teacher'), checked before anything compiles."""
-  specs = [s for s in init_from_lib.parse_init_from(config) if s.into == f"frozen/{TEACHER}"]
-  if not specs:
-    raise ValueError("consistency distillation needs a trained diffusion.ddpm teacher: set "
-                     "--config.init_from.workdir=<its workdir> with init_from.into="
-                     f"'frozen/{TEACHER}' (experiments/cd_digits.py sets the latter)")
-  spec = specs[0]
+  spec = init_from_lib.frozen_load(
+      config, TEACHER, hint=" (experiments/cd_digits.py sets the latter)",
+      needs="consistency distillation needs a trained diffusion.ddpm teacher: set "
+            "--config.init_from.workdir=<its workdir>")
   try:
     tconfig = run_record.latest_config(spec.workdir)
   except run_record.RunRecordError as e:

@@ -475,19 +475,6 @@ class ProgressiveDistillation:
 # ------------------------------------------------------------------ config boundary
 
 
-def _teacher_load(config: Any) -> init_from_lib.InitFrom:
-  loads = init_from_lib.parse_init_from(config)
-  for spec in loads:
-    if spec.into == f"frozen/{FROZEN}":
-      return spec
-  found = [f"{s.name}: into={s.into!r}" for s in loads]
-  raise ValueError(
-      "diffusion.progressive_distillation distills a trained DDPM: set "
-      "--config.init_from.workdir=<a diffusion.ddpm run's workdir> with "
-      f"init_from.into='frozen/{FROZEN}' (experiments/distill_digits.py sets it)"
-      + (f"; found {found}" if found else "; init_from.workdir is empty"))
-
-
 def load_teacher(workdir: str) -> tuple[ddpm_lib.DDPM, Any]:
   """The `DDPM` method of a trained unconditional `diffusion.ddpm` run, rebuilt from its run
   record, and its config.
@@ -520,7 +507,10 @@ def make_method(config: Any) -> ProgressiveDistillation:
       checkpoint shapes that differ from the teacher's, bad round settings, or more training
       steps than the rounds hold.
   """
-  spec = _teacher_load(config)
+  spec = init_from_lib.frozen_load(
+      config, FROZEN, hint=" (experiments/distill_digits.py sets it)",
+      needs="diffusion.progressive_distillation distills a trained DDPM: set "
+            "--config.init_from.workdir=<a diffusion.ddpm run's workdir>")
   teacher, t_config = load_teacher(spec.workdir)
   if spec.subtree:
     raise ValueError(f"init_from.subtree={spec.subtree!r}: the teacher is the whole DDPM "

@@ -41,7 +41,7 @@ from jgen.train import rules as rules_lib
 
 PyTree = Any
 
-__all__ = ["InitFrom", "InitFromError", "apply_loads", "check_loads", "fingerprint",
+__all__ = ["InitFrom", "InitFromError", "apply_loads", "check_loads", "fingerprint", "frozen_load",
            "fit_problems", "load", "parse_init_from", "raise_problems", "read_record", "subtree",
            "verify_frozen", "write_record"]
 
@@ -93,6 +93,30 @@ def parse_init_from(config: Any) -> list[InitFrom]:
   loads = [one(block, "init_from")]
   loads += [one(v, k) for k, v in block.items() if isinstance(v, Mapping)]
   return [x for x in loads if x is not None]
+
+
+def frozen_load(config: Any, name: str, *, needs: str, hint: str = "") -> InitFrom:
+  """The load of `config.init_from` that fills ``state.frozen[name]``: the run a method is built
+  on (a teacher, a first stage), whose record and weights it reads before compiling.
+
+  Args:
+    config: the experiment config.
+    name: the frozen entry (the load's ``into`` is ``frozen/<name>``).
+    needs: the start of the error: what the method needs, e.g. "diffusion.ldm trains on the
+      latents of a trained first stage: set --config.init_from.workdir=<an
+      autoencoder.first_stage run's workdir>".
+    hint: more of the error after the ``into`` it names (another field, which config sets it).
+
+  Raises:
+    ValueError: no load goes into ``frozen/<name>``; the error lists the loads found.
+  """
+  loads = parse_init_from(config)
+  for spec in loads:
+    if spec.into == f"frozen/{name}":
+      return spec
+  found = [f"{s.name}: into={s.into!r}" for s in loads]
+  raise ValueError(f"{needs} with init_from.into='frozen/{name}'{hint}"
+                   + (f"; found {found}" if found else "; init_from.workdir is empty"))
 
 
 def _manager(workdir: str) -> ocp.CheckpointManager:
