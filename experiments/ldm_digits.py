@@ -25,63 +25,13 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-_base = experiment_module("base_ddpm", beside=__file__)
+_base = experiment_module("base_ldm", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown variant {arg!r} of ldm_digits; use 'smoke'")
-  smoke = arg == "smoke"
-  c = _base.get_config()
-  c.method = "diffusion.ldm"
-
-  c.data.source = "digits"
-  c.data.image_size = 8 if smoke else 16  # the first stage's (vqgan_digits:smoke is 8x8)
-  c.data.channels = 1
-  c.data.resize = True
-  c.data.batch_size = 8 if smoke else 64
-
-  c.init_from.workdir = "/tmp/vqgan_digits"
-  c.init_from.subtree = "autoencoder"     # encode/decode's parameters (no critic)
-  c.init_from.into = "frozen/autoencoder"
-  c.init_from.source = "ema"
-
-  c.ldm = ml_collections.ConfigDict()
-  c.ldm.scale_factor = ml_collections.FieldReference(None, field_type=float)  # None: measure
+  smoke = _base.variant("ldm_digits", arg)
+  c = _base.cross_attention(_base.get_config("diffusion.ldm", smoke=smoke), smoke=smoke)
   c.ldm.num_tokens = 4            # label -> L tokens of width context_dim (cross-attention)
-  c.ldm.context_dim = 16 if smoke else 32
-  c.ldm.cross_attn_heads = 1 if smoke else 4
-  c.ldm.quantize_samples = True   # VQ: nearest code before decoding (LDM's VQ interface)
-
-  c.model.num_classes = 10
-  c.model.ch = 16 if smoke else 32
-  c.model.ch_mult = (1, 2)        # 4x4 -> 2x2 latents
-  c.model.num_res_blocks = 1
-  c.model.attn_resolutions = (4, 2)
-  c.model.dropout = 0.0 if smoke else 0.1
-  c.model.num_groups = 4 if smoke else 8
-
-  c.diffusion.num_timesteps = 20 if smoke else 1000
-  c.diffusion.cond_drop_prob = 0.1
-
-  c.optim.name = "adam"
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 0 if smoke else 100
-  c.optim.schedule = "constant" if smoke else "cosine"
-  c.optim.grad_clip_norm = 1.0
-
-  c.train.num_steps = 4 if smoke else 2500
-  c.train.ema_decay = 0.999
-  c.train.ema_warmup = True
-  c.train.log_every = 2 if smoke else 100
-  c.train.checkpoint_every = 2 if smoke else 1000
-  c.train.sample_every = 0
-  c.train.eval_every = 4 if smoke else 1000
-  c.train.eval_batches = 1 if smoke else 4
-
-  c.sample.clip_denoised = False  # latents are not bounded to [-1, 1]
-  c.sample.steps = 5 if smoke else 50
-  c.sample.guidance_scale = 3.0
-  c.sample.num = 10 if smoke else 100
-  c.sample.batch_size = 10 if smoke else 100
+  if smoke:
+    c.sample.num = c.sample.batch_size = 10  # one row of classes
   return c

@@ -18,16 +18,6 @@ from tests.conftest import checkpoint_steps, load_experiment
 
 
 @pytest.fixture(scope="module")
-def fs_run(tmp_path_factory):
-  """A tiny trained VQ-GAN (stage 1, 8x8 -> 4x4x4 latents)."""
-  workdir = str(tmp_path_factory.mktemp("vqgan"))
-  config = load_experiment("vqgan_digits", "smoke")
-  config.train.eval_every = 0
-  jgen.run.main(config, workdir=workdir)
-  return workdir
-
-
-@pytest.fixture(scope="module")
 def ldm_run(tmp_path_factory, fs_run):
   """(config, workdir, final state, the factor recorded at step 2) of the :smoke LDM trained
   on `fs_run`: 2 steps, then resumed to 4 with any re-measurement of the factor giving 123."""

@@ -1,0 +1,17 @@
+"""Fixtures shared by the latent-diffusion tests."""
+
+import pytest
+
+import jgen.run
+from tests.conftest import load_experiment
+
+
+@pytest.fixture(scope="session")
+def fs_run(tmp_path_factory):
+  """The workdir of a tiny trained VQ-GAN (vqgan_digits:smoke: stage 1, 8x8 -> 4x4x4 latents),
+  trained once per session: every latent-diffusion test builds on it and none writes to it."""
+  workdir = str(tmp_path_factory.mktemp("vqgan"))
+  config = load_experiment("vqgan_digits", "smoke")
+  config.train.eval_every = 0
+  jgen.run.main(config, workdir=workdir)
+  return workdir
