@@ -162,3 +162,35 @@ def test_missing_or_wrong_first_stage_is_a_clear_error(tmp_path, fs_run, ldm_run
   config.data.image_size = 16
   with pytest.raises(ValueError, match="data.image_size"):
     load_method(config)
+
+
+@pytest.mark.slow  # a klae_digits:smoke run and an LDM run on it: ~2 min on 2 cores
+def test_kl_first_stage_latents_are_the_posterior_mean(tmp_path):
+  """On a KL autoencoder the latents are the posterior mean (no snapping), scaled by the
+  recorded factor, and samples are the decoder's clipped decodings of z / s (NumPy checks)."""
+  kl_dir = str(tmp_path / "klae")
+  kl = load_experiment("klae_digits", "smoke")
+  kl.train.eval_every = 0
+  jgen.run.main(kl, workdir=kl_dir)
+  config = _config(kl_dir)
+  state = jgen.run.main(config, workdir=str(tmp_path / "ldm"))
+  method = load_method(config)
+  assert method.first_stage.bottleneck == "kl"
+  loaded = _loaded(kl_dir)
+  for a, b in zip(_leaves(state.frozen[ldm.FROZEN]), _leaves(loaded), strict=True):
+    np.testing.assert_array_equal(a, b)
+  x = jnp.asarray(load_holdout(config, 4))
+  moments = np.asarray(method.first_stage.encoder.apply({"params": loaded["encoder"]}, x,
+                                                        train=False))
+  mean = moments[..., :moments.shape[-1] // 2]  # [mean, log-variance] halves
+  scale = float(state.model_state["scale_factor"])
+  np.testing.assert_allclose(np.asarray(method.latents(state.frozen, state.model_state, x)),
+                             scale * mean, rtol=1e-5, atol=1e-5)
+  labels = {"label": jnp.asarray([0, 3, 7, 9], jnp.int32)}
+  rng = jax.random.key(2)
+  images = jax.jit(lambda s, r, c: method.sample_conditional(s, r, c, 4))(state, rng, labels)
+  z = jax.jit(lambda s, r, c: method.ddpm.sample_conditional(s, r, c, 4))(state, rng, labels)
+  decoded = method.first_stage.decoder.apply({"params": loaded["decoder"]}, z / scale,
+                                             train=False)
+  np.testing.assert_allclose(np.asarray(images), np.clip(np.asarray(decoded), -1, 1),
+                             atol=1e-5)

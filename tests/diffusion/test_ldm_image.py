@@ -125,9 +125,9 @@ def test_conditions_against_numpy(fs_run, inpaint_run):
 
 def test_known_pixels_kept_and_the_reconstruction_error_bound(inpaint_run):
   """Pasting keeps every unmasked pixel exactly; inside the mask the image is the decoder's.
-  Without pasting, the unmasked pixels differ from the original by the decoder's error: at
-  least the first stage's own reconstruction error of those pixels is a floor no sampled
-  latent beats by much (checked on the trained digits run by benchmarks/inpaint_digits.py)."""
+  (Without pasting, how far the decoded unmasked pixels are from the original, against the
+  first stage's own reconstruction error, is measured on the trained digits run by
+  benchmarks/inpaint_digits.py: 4.65x the reconstruction MSE after 2,500 steps.)"""
   config, _, state, _ = inpaint_run
   method = load_method(config)
   batch = _held_out(config, 8)
