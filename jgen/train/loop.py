@@ -294,9 +294,17 @@ def _grid_cols(n: int) -> int:
 def train(config, workdir: str) -> TrainState:
   """Trains `config.method` on `config.data`, resuming from `workdir` if it holds a run.
 
+  SIGTERM/SIGINT are caught from the start (`preemption.StopRequest`): one that arrives while
+  the data loads or the step compiles stops the run after its first step, with a checkpoint.
+
   Returns:
     The final train state (on the mesh: replicated, or split over `config.mesh.fsdp`).
   """
+  with preemption.StopRequest() as stop:
+    return _train(config, workdir, stop)
+
+
+def _train(config, workdir: str, stop: preemption.StopRequest) -> TrainState:
   mode = parallel.mode_from_config(config)
   method = load_method(config)
   mesh = mesh_lib.make_mesh(fsdp=mesh_lib.fsdp_from_config(config))
@@ -373,35 +381,34 @@ def train(config, workdir: str) -> TrainState:
   batches = jdata.iterate(dataset, start, prefetch=config.data.prefetch)
   saved = None  # the step of the last checkpoint this start wrote
   try:
-    with preemption.StopRequest() as stop:
-      for step_now in range(start + 1, total + 1):
-        metrics = run.step(next(batches), sharding)
-        bar.update(1)
-        last = step_now == total
-        if step_now % config.train.log_every == 0 or last:
-          check_watch()
-          host = {k: float(v) for k, v in run.host(metrics).items()}
-          now = time.time()
-          host["steps_per_sec"] = (step_now - tick_step) / max(now - tick, 1e-9)
-          tick, tick_step = now, step_now
-          bar.set_postfix(loss=f"{host.get('loss', float('nan')):.4f}")
-          writer.write_scalars(step_now, {f"train/{k}": v for k, v in host.items()})
-        if eval_fn is not None and (step_now % config.train.eval_every == 0 or last):
-          scalars = evaluate_loss(eval_fn, run.view(), eval_dataset, sharding,
-                                  num_batches=config.train.eval_batches, seed=config.seed)
-          writer.write_scalars(step_now, {f"eval/{k}": v for k, v in scalars.items()}, echo=True)
-        if step_now % config.train.checkpoint_every == 0 or last:
+    for step_now in range(start + 1, total + 1):
+      metrics = run.step(next(batches), sharding)
+      bar.update(1)
+      last = step_now == total
+      if step_now % config.train.log_every == 0 or last:
+        check_watch()
+        host = {k: float(v) for k, v in run.host(metrics).items()}
+        now = time.time()
+        host["steps_per_sec"] = (step_now - tick_step) / max(now - tick, 1e-9)
+        tick, tick_step = now, step_now
+        bar.set_postfix(loss=f"{host.get('loss', float('nan')):.4f}")
+        writer.write_scalars(step_now, {f"train/{k}": v for k, v in host.items()})
+      if eval_fn is not None and (step_now % config.train.eval_every == 0 or last):
+        scalars = evaluate_loss(eval_fn, run.view(), eval_dataset, sharding,
+                                num_batches=config.train.eval_batches, seed=config.seed)
+        writer.write_scalars(step_now, {f"eval/{k}": v for k, v in scalars.items()}, echo=True)
+      if step_now % config.train.checkpoint_every == 0 or last:
+        save_checkpoint(step_now)
+        saved = step_now
+      if (config.train.sample_every and step_now % config.train.sample_every == 0) or last:
+        write_samples(step_now)
+      if stop.requested(step_now) and not last:
+        if saved != step_now:
           save_checkpoint(step_now)
-          saved = step_now
-        if (config.train.sample_every and step_now % config.train.sample_every == 0) or last:
-          write_samples(step_now)
-        if stop.requested(step_now) and not last:
-          if saved != step_now:
-            save_checkpoint(step_now)
-          ckpt.wait()
-          stopped = preemption.Preempted(step_now, stop.reason)
-          log.warning("%s (%s)", stopped, ckpt.directory)
-          raise stopped
+        ckpt.wait()
+        stopped = preemption.Preempted(step_now, stop.reason)
+        log.warning("%s (%s)", stopped, ckpt.directory)
+        raise stopped
   finally:
     bar.close()
     ckpt.close()

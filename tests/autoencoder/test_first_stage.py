@@ -191,6 +191,7 @@ def test_bad_config():
     load_experiment("klae_digits", "adv")
 
 
+@pytest.mark.slow  # ~70 s on 2 cores (the LDM tests train vqgan_digits:smoke by default)
 def test_vqgan_smoke_trains_evaluates_with_rfid_and_resumes(tmp_path):
   config = load_experiment("vqgan_digits", "smoke")
   workdir = str(tmp_path / "run")

@@ -148,6 +148,7 @@ def test_unconditional_prior_is_not_conditional(vq_run):
   assert np.all(np.abs(np.asarray(images)) <= 1.0)
 
 
+@pytest.mark.slow  # ~35 s on 2 cores: the default suite stays under 20 minutes
 def test_a_prior_over_vqgan_codes_loads_only_the_autoencoder(tmp_path):
   gan = load_experiment("vqgan_digits", "smoke")
   gan.train.eval_every = 0

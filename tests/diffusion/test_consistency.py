@@ -236,6 +236,7 @@ def test_cd_student_starts_as_the_teacher_denoiser(teacher_run):
   assert float(jnp.max(jnp.abs(teacher))) > 0.1
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: the default suite stays under 20 minutes
 def test_ct_smoke_run_with_resume(tmp_path):
   workdir = str(tmp_path / "ct")
   config = load_experiment("ct_digits", "smoke")

@@ -186,6 +186,7 @@ def test_psnr_closed_form():
   np.testing.assert_allclose(psnr(y, y), [100.0])
 
 
+@pytest.mark.slow  # ~70 s on 2 cores: the default suite stays under 20 minutes
 def test_loop_trains_resumes_samples_and_evaluates(tmp_path):
   config = load_experiment("cyclegan_digits", "smoke")
   workdir = str(tmp_path / "run")

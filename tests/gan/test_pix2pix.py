@@ -164,6 +164,7 @@ def test_config_builds_the_paper_objective():
   assert colorize.generator.num_downs == 5 and colorize.generator.out_channels == 3
 
 
+@pytest.mark.slow  # ~80 s on 2 cores: the default suite stays under 20 minutes
 def test_loop_trains_resumes_samples_and_evaluates(tmp_path):
   config = load_experiment("pix2pix_digits", "smoke")
   workdir = str(tmp_path / "run")

@@ -59,6 +59,7 @@ def _leaves(tree):
   return jax.tree.leaves(jax.device_get(tree))
 
 
+@pytest.mark.slow  # ~40 s on 2 cores: the default suite stays under 20 minutes
 def test_smoke_run_resumes_bitwise_across_a_phase_boundary(tmp_path):
   """Smoke: 2 steps per phase (4x4 at steps 0-1, fade in 8x8 at 2-3, 8x8 from 4). A run
   stopped at step 3 (right after the boundary at 2) and resumed to 6 equals a straight run."""

@@ -186,6 +186,7 @@ def test_celeba_config_on_a_fake_batch():
     method.real_domains({"image": batch["image"]}, jax.random.key(0))
 
 
+@pytest.mark.slow  # ~55 s on 2 cores: the default suite stays under 20 minutes
 def test_loop_train_and_resume(tmp_path):
   config = load_experiment("stargan_digits", "smoke")
   workdir = str(tmp_path)

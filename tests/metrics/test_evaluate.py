@@ -77,7 +77,9 @@ def test_sample_metrics_draw_chunks_of_one_shape():
   assert calls == [(0, 10), (1, 10), (2, 10)]
   direct = evaluate.image_metrics(images, net, metrics=("fid", "is"), reference_stats=stats,
                                   is_splits=2)
-  assert got == pytest.approx(direct, rel=1e-9)
+  # The features of each chunk come from a different batch shape, so they differ by float32
+  # rounding; FID (a difference of near-equal traces) amplified that to 1.1e-9 relative on CI.
+  assert got == pytest.approx(direct, rel=1e-6)
 
 
 def test_reference_features_are_a_cached_random_subset(monkeypatch, isolated_cache):

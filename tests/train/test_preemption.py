@@ -60,7 +60,8 @@ def test_sigterm_saves_the_step_it_stopped_at_and_resume_is_bitwise_equal(tmp_pa
   proc = subprocess.Popen(_launch_cmd(workdir), env=subprocess_env(), stderr=subprocess.PIPE,
                           stdout=subprocess.DEVNULL, text=True)
   deadline = time.time() + 300
-  while not (workdir / "run_record.json").exists():  # written just before the first step
+  # run_record.json is written after train() has caught SIGTERM, before the first step.
+  while not (workdir / "run_record.json").exists():
     assert proc.poll() is None and time.time() < deadline, "the run ended before training"
     time.sleep(0.1)
   time.sleep(2.0)

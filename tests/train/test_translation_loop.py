@@ -89,6 +89,7 @@ def test_l1_and_psnr_closed_forms():
     tm.l1_error(o[:, :, :2], t)
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: the default suite stays under 20 minutes
 def test_judge_tells_translated_from_untranslated_digits():
   from jgen import data as jdata
   src = jdata.load_source("digits", split="test", image_size=16, channels=1, resize=True)
