@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
                                    # | euler | heun
   c.sample.steps = 50              # every sampler but ddpm
   c.sample.eta = 0.0               # ddim
-  c.sample.spacing = "uniform"     # ddim: uniform | quadratic
+  c.sample.spacing = "uniform"     # ddim: uniform | quadratic | trailing (no step at t = 0)
   c.sample.dpm_spacing = "linspace"  # dpmpp_2m: linspace | leading | trailing
   c.sample.rho = 7.0               # euler, heun: Karras sigma-grid exponent
   c.sample.guidance_scale = 1.0    # conditional models: CFG w (1 = conditional, 0 = uncond.)

@@ -57,7 +57,7 @@ import optax
 from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion.parameterization import sigma_to_timestep, to_x0_fn
 from jgen.diffusion.schedules import Schedule
-from jgen.diffusion.solvers import karras_sigmas
+from jgen.diffusion.solvers import karras_level, karras_sigmas
 from jgen.metrics.ppl import lpips_distance
 from jgen.nn.unet import UNet
 from jgen.train import init_from as init_from_lib
@@ -87,15 +87,6 @@ def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------ levels and f
-
-
-def karras_level(i: jax.Array, n: jax.Array, *, sigma_min: float, sigma_max: float,
-                 rho: float = 7.0) -> jax.Array:
-  """sigma_i of an n-level Karras grid (module docstring), i and n traced; i / (n - 1) clamped
-  to [0, 1]. `solvers.karras_sigmas(sigma_min, sigma_max, n)[:-1]` for a static n."""
-  ramp = jnp.clip(jnp.asarray(i, jnp.float32) / (jnp.asarray(n, jnp.float32) - 1.0), 0.0, 1.0)
-  lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
-  return (hi + ramp * (lo - hi)) ** rho
 
 
 def cm_coefficients(sigma: jax.Array, *, sigma_data: float, sigma_min: float

@@ -69,7 +69,7 @@ class DDPM:
     sampler: 'ddpm' (ancestral, all T steps), 'ddim', 'dpmpp_2m', 'euler' or 'heun'.
     sample_steps: steps (model evaluations for dpmpp_2m / euler) of every sampler but 'ddpm'.
     eta: DDIM eta (0: deterministic).
-    spacing: DDIM step spacing, 'uniform' or 'quadratic'.
+    spacing: DDIM step spacing, 'uniform', 'quadratic' or 'trailing'.
     dpm_spacing: DPM-Solver++ step spacing, 'linspace', 'leading' or 'trailing'.
     rho: Karras sigma-grid exponent of 'euler' and 'heun'.
     clip_denoised: clip the predicted x0 to [-1, 1] while sampling.

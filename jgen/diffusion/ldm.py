@@ -99,7 +99,9 @@ class ClassTokenUNet(nn.Module):
   (rows initialized N(0, 1) as flax's `nn.Embed`; row ``num_classes`` is the null class), then
   ``unet(x, t, {"context": context})``. It takes the conditions dict of `jgen.nn.conditioning`
   with ``label`` only, so `ConditionalDDPM` trains and guides it as any label-conditional
-  network (CFG replaces the label by the null class, i.e. the learned null tokens).
+  network (CFG replaces the label by the null class, i.e. the learned null tokens). A U-Net
+  with ``embedding_dim > 0`` also takes ``embedding`` [B, embedding_dim], passed through (the
+  guidance-scale input of a latent consistency student, `jgen.diffusion.lcm`).
 
   Attributes:
     unet: the network, with ``context_dim > 0`` and ``num_classes = 0``.
@@ -113,7 +115,7 @@ class ClassTokenUNet(nn.Module):
 
   @property
   def condition_keys(self) -> tuple[str, ...]:
-    return ("label",)
+    return ("label", "embedding") if self.unet.embedding_dim else ("label",)
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, conditions: Mapping[str, jax.Array] | None,
@@ -129,7 +131,8 @@ class ClassTokenUNet(nn.Module):
     d = self.unet.context_dim
     tokens = nn.Embed(self.num_classes + 1, self.num_tokens * d, name="label_tokens")(label)
     context = tokens.reshape(x.shape[0], self.num_tokens, d)
-    return self.unet(x, t, {"context": context}, train=train)
+    extra = {k: conditions[k] for k in ("embedding",) if k in conditions}  # the U-Net checks
+    return self.unet(x, t, {"context": context, **extra}, train=train)
 
 
 def measure_scale_factor(latents: jax.Array) -> jax.Array:

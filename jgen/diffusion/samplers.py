@@ -23,7 +23,7 @@ from jgen.diffusion.schedules import (
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-SPACINGS = ("uniform", "quadratic")
+SPACINGS = ("uniform", "quadratic", "trailing")
 
 
 def initial_noise(rng: jax.Array, shape: Sequence[int],
@@ -108,6 +108,13 @@ def ddpm_sample(
   return x
 
 
+def trailing_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
+  """round(arange(T, 0, -T / steps)) - 1: `steps` decreasing timesteps from T - 1 (diffusers'
+  'trailing' timestep spacing), int64."""
+  ts = (np.arange(num_timesteps, 0, -num_timesteps / steps).round() - 1).astype(np.int64)
+  return ts[:steps]
+
+
 def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> np.ndarray:
   """The sub-sequence of timesteps visited by DDIM (Song et al. 2021, App. D.2).
 
@@ -115,12 +122,15 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> 
   i = 0..steps-1, with c chosen so that tau_0 = 0 and tau_{steps-1} = T - 1
   (steps = 1 gives [T - 1]). Collisions of the quadratic rule at small i are
   resolved by pushing later entries up to keep the sequence strictly
-  increasing; this never exceeds T - 1.
+  increasing; this never exceeds T - 1. 'trailing' (Lin et al. 2024, Table 2;
+  `trailing_timesteps`) is round(T - i T / steps) - 1 reversed: it ends at
+  T - 1 and starts at T / steps - 1 instead of 0, so a few-step chain never
+  spends a step at t = 0 (the grid of distilled students and LCM).
 
   Args:
     num_timesteps: Number of diffusion steps T.
     steps: Number of sampling steps, in [1, T].
-    spacing: 'uniform' or 'quadratic'.
+    spacing: 'uniform', 'quadratic' or 'trailing'.
 
   Returns:
     Strictly increasing int array of shape [steps] with values in [0, T-1].
@@ -132,6 +142,8 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> 
     raise ValueError(f"unknown spacing {spacing!r}; valid: {list(SPACINGS)}")
   if not 1 <= steps <= num_timesteps:
     raise ValueError(f"steps must lie in [1, {num_timesteps}], got {steps}")
+  if spacing == "trailing":
+    return trailing_timesteps(num_timesteps, steps)[::-1].copy()
   if steps == 1:
     return np.array([num_timesteps - 1], dtype=np.int64)
   i = np.arange(steps, dtype=np.int64)

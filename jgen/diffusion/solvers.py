@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jgen.diffusion.parameterization import sigma_to_timestep
-from jgen.diffusion.samplers import initial_noise
+from jgen.diffusion.samplers import initial_noise, trailing_timesteps
 from jgen.diffusion.schedules import Schedule
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -76,7 +76,7 @@ def dpm_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") -> 
   elif spacing == "leading":
     ts = (np.arange(steps + 1) * (num_timesteps // (steps + 1)))[::-1][:-1]
   else:
-    ts = np.arange(num_timesteps, 0, -num_timesteps / steps).round() - 1
+    ts = trailing_timesteps(num_timesteps, steps)
   ts = ts.astype(np.int64)
   assert ts.shape == (steps,) and np.all(np.diff(ts) < 0), ts
   return ts
@@ -153,12 +153,22 @@ def dpmpp_2m_sample(
   return x
 
 
+def karras_level(i: jax.Array | int, n: jax.Array | int, *, sigma_min: float | jax.Array,
+                 sigma_max: float | jax.Array, rho: float = 7.0) -> jax.Array:
+  """sigma_i = (sigma_max^(1/rho) + i / (n - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+  the i-th of n Karras levels (Karras et al. 2022, Eq. 5), i and n may be traced; i / (n - 1)
+  is clamped to [0, 1] (n = 1: sigma_max)."""
+  ramp = jnp.clip(jnp.asarray(i, jnp.float32)
+                  / jnp.maximum(jnp.asarray(n, jnp.float32) - 1.0, 1.0), 0.0, 1.0)
+  lo = jnp.asarray(sigma_min, jnp.float32)**(1.0 / rho)
+  hi = jnp.asarray(sigma_max, jnp.float32)**(1.0 / rho)
+  return (hi + ramp * (lo - hi))**rho
+
+
 def karras_sigmas(sigma_min: float | jax.Array, sigma_max: float | jax.Array, steps: int, *,
                   rho: float = 7.0) -> jax.Array:
-  """The noise levels of Karras et al. (2022, Eq. 5), with a final 0 appended.
-
-  sigma_i = (sigma_max^(1/rho) + i / (n - 1) (sigma_min^(1/rho) -
-  sigma_max^(1/rho)))^rho for i = 0..n-1 (n = 1 gives [sigma_max]), then 0.
+  """The `steps` positive noise levels `karras_level(i, steps)`, i = 0..steps-1 (n = 1 gives
+  [sigma_max]), with a final 0 appended.
 
   Args:
     sigma_min: Smallest positive noise level.
@@ -171,10 +181,8 @@ def karras_sigmas(sigma_min: float | jax.Array, sigma_max: float | jax.Array, st
   """
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
-  ramp = jnp.linspace(0.0, 1.0, steps, dtype=jnp.float32) if steps > 1 else jnp.zeros((1,))
-  lo = jnp.asarray(sigma_min, jnp.float32)**(1.0 / rho)
-  hi = jnp.asarray(sigma_max, jnp.float32)**(1.0 / rho)
-  sigmas = (hi + ramp * (lo - hi))**rho
+  sigmas = karras_level(jnp.arange(steps), steps, sigma_min=sigma_min, sigma_max=sigma_max,
+                        rho=rho)
   return jnp.concatenate([sigmas, jnp.zeros((1,), jnp.float32)])
 
 

@@ -175,6 +175,15 @@ def test_ddim_timesteps_strides():
   assert np.all(np.diff(gaps) >= -1) and gaps[-1] > 5 * gaps[0]
 
 
+def test_ddim_trailing_timesteps_are_diffusers_trailing_spacing():
+  # DDIMScheduler(timestep_spacing="trailing").set_timesteps(n) on T = 1000, reversed.
+  assert ddim_timesteps(1000, 1, "trailing").tolist() == [999]
+  assert ddim_timesteps(1000, 2, "trailing").tolist() == [499, 999]
+  assert ddim_timesteps(1000, 4, "trailing").tolist() == [249, 499, 749, 999]
+  assert ddim_timesteps(1000, 3, "trailing").tolist() == [332, 666, 999]
+  np.testing.assert_array_equal(ddim_timesteps(10, 10, "trailing"), np.arange(10))
+
+
 @pytest.mark.parametrize("args", [(10, 0), (10, 11), (10, 5, "log")])
 def test_ddim_timesteps_errors(args):
   with pytest.raises(ValueError):
