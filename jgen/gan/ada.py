@@ -34,13 +34,15 @@ target 0.6 and kimg = 500 (p can go from 0 to 1 in 500k images), stylegan2-ada's
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["GEOMETRIC", "COLOR", "OPS", "adjust_p", "augment", "overfitting_heuristic"]
+__all__ = ["GEOMETRIC", "COLOR", "OPS", "adjust_p", "augment", "augmented_apply",
+           "overfitting_heuristic", "parse_ops"]
 
 GEOMETRIC = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
 COLOR = ("brightness", "contrast", "saturation")
@@ -201,3 +203,35 @@ def adjust_p(p: jax.Array | float, r_t: jax.Array | float, *, batch_size: int, i
   step = batch_size * interval / (kimg * 1000.0)
   return jnp.clip(jnp.asarray(p, jnp.float32) + jnp.sign(jnp.asarray(r_t) - target) * step,
                   0.0, 1.0)
+
+
+def parse_ops(spec: str | Sequence[str]) -> tuple[str, ...]:
+  """`gan.ada_ops`: "" (all of `OPS`), "xflip,rotate90,xint" or a sequence of names.
+
+  Raises:
+    ValueError: an unknown operation.
+  """
+  names = tuple(n.strip() for n in spec.split(",") if n.strip()) if isinstance(spec, str) \
+      else tuple(spec)
+  names = names or OPS
+  unknown = sorted(set(names) - set(OPS))
+  if unknown:
+    raise ValueError(f"unknown ADA operation(s) {unknown} in gan.ada_ops; choose from "
+                     f"{list(OPS)}")
+  return names
+
+
+def augmented_apply(d_apply: Callable[..., Any], rng: jax.Array, p: jax.Array,
+                    ops: Sequence[str] = OPS) -> Callable[..., Any]:
+  """The discriminator apply function `d_apply(params, model_state, x, conditions, *, train)`
+  with every input augmented first: D(augment(x)), so the losses, the regularizers (R1 and the
+  gradient penalty of D o augment, as stylegan2-ada's) and the generator's gradient all go
+  through the pipeline. The i-th call traced draws its augmentations from fold_in(rng, i):
+  reals, fakes and each regularizer's inputs get independent draws."""
+  calls = itertools.count()
+
+  def apply(params, model_state, x, conditions, *, train):
+    key = jax.random.fold_in(rng, next(calls))
+    return d_apply(params, model_state, augment(x, key, p, ops), conditions, train=train)
+
+  return apply

@@ -20,6 +20,16 @@ State layout (`jgen.train.TrainState`):
 Regularizers: `gp_weight` (WGAN-GP), `r1_gamma` with `r1_every` (lazy R1: every k-th critic
 step, gamma scaled by k), `clip` (a projection after every critic step).
 
+ADA (`ada=True`, Karras et al. 2020, `jgen.gan.ada`): every image the discriminator sees, real
+or fake, in its steps, its regularizers and the generator's step, goes through
+`ada.augment` with probability p (`ada.augmented_apply`). p lives in
+``model_state["ada"]`` (checkpointed: a resume continues it): fixed at `ada_p` when
+`ada_target` is None, else, every `ada_interval` steps, moved by `ada.adjust_p` from the
+mean of the critic's `real_sign` = E[sign D(aug(x_real))] over those steps (r_t) toward
+`ada_target`. Logged as `ada_p` and `ada_rt`. Augmentation keys: `fold_in(rng, n_critic + 2 +
+k)` for critic step k, `fold_in(rng, 2 n_critic + 2)` for the generator step (the other
+streams are those of a run without ADA).
+
 Real data: the loop's batch holds `n_critic * b` images (set `data.batch_size` to that); the
 critic step k reads images k, k + n_critic, k + 2 n_critic, ... (every shard of a
 data-parallel batch contributes equally to every chunk) and the generator step makes b images.
@@ -37,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jgen.gan import ada as ada_lib
 from jgen.gan import losses, updates
 from jgen.nn import gan as nets
 from jgen.nn.dtypes import compute_dtype
@@ -81,6 +92,11 @@ class GAN:
     clip: clip every discriminator weight to [-clip, clip] after each of its steps (0: none).
     ema_decay, ema_warmup: EMA of the generator's parameters, used by `sample` (decay 0: no
       EMA, `sample` uses the trained generator).
+    ada: augment every discriminator input (module docstring).
+    ada_p: ADA's initial (or, with `ada_target` None, fixed) probability.
+    ada_target: r_t target of the p update (stylegan2-ada: 0.6); None: fixed p.
+    ada_interval: steps between p updates; `ada_kimg`: thousands of images for p to go 0 -> 1.
+    ada_ops: the pipeline's operations (`jgen.gan.ada.OPS`).
     name: the family's name (sample file tags).
   """
 
@@ -98,6 +114,12 @@ class GAN:
   clip: float = 0.0
   ema_decay: float = 0.999
   ema_warmup: bool = True
+  ada: bool = False
+  ada_p: float = 0.0
+  ada_target: float | None = 0.6
+  ada_interval: int = 4
+  ada_kimg: float = 500.0
+  ada_ops: tuple[str, ...] = ada_lib.OPS
   name: str = "gan"
 
   def __post_init__(self):
@@ -105,6 +127,11 @@ class GAN:
       raise ValueError(f"unknown GAN loss {self.loss!r}; choose one of {sorted(losses.LOSSES)}")
     if self.n_critic < 1:
       raise ValueError(f"n_critic must be >= 1, got {self.n_critic}")
+    if self.ada:
+      ada_lib.parse_ops(self.ada_ops)
+      if not 0.0 <= self.ada_p <= 1.0 or self.ada_interval < 1 or self.ada_kimg <= 0:
+        raise ValueError(f"need 0 <= gan.ada_p <= 1, gan.ada_interval >= 1, gan.ada_kimg > 0; "
+                         f"got {self.ada_p}, {self.ada_interval}, {self.ada_kimg}")
     if (self.gp_weight or self.r1_gamma) and getattr(self.discriminator, "norm", "") == "batch":
       raise ValueError("gradient penalties need a critic that scores each example on its own: "
                        "use layer or no normalization in the discriminator, not batch norm")
@@ -119,14 +146,40 @@ class GAN:
   def d_apply(self) -> updates.ApplyFn:
     return updates.module_apply(self.discriminator)
 
-  def regularizers(self) -> tuple[updates.Regularizer, ...]:
-    """The critic's regularizer terms."""
+  def regularizers(self, d_apply: updates.ApplyFn | None = None
+                   ) -> tuple[updates.Regularizer, ...]:
+    """The critic's regularizer terms (of `d_apply`, default `self.d_apply`)."""
+    d_apply = self.d_apply if d_apply is None else d_apply
     regs = []
     if self.gp_weight:
-      regs.append(updates.gradient_penalty(self.d_apply, weight=self.gp_weight))
+      regs.append(updates.gradient_penalty(d_apply, weight=self.gp_weight))
     if self.r1_gamma:
-      regs.append(updates.r1(self.d_apply, gamma=self.r1_gamma, every=self.r1_every))
+      regs.append(updates.r1(d_apply, gamma=self.r1_gamma, every=self.r1_every))
     return tuple(regs)
+
+  def _seen_by_d(self, state: TrainState, rng: jax.Array) -> updates.ApplyFn:
+    """The discriminator as its steps see it: through ADA's pipeline at the state's p."""
+    if not self.ada:
+      return self.d_apply
+    return ada_lib.augmented_apply(self.d_apply, rng, state.model_state["ada"]["p"],
+                                   self.ada_ops)
+
+  def _update_ada(self, state: TrainState, real_sign: jax.Array, images_per_step: int
+                  ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Accumulates r_t and, every `ada_interval` steps, moves p (module docstring)."""
+    st = state.model_state["ada"]
+    total, count = st["rt_sum"] + real_sign, st["rt_count"] + 1.0
+    r_t = total / count
+    p = st["p"]
+    if self.ada_target is not None:
+      due = count >= self.ada_interval
+      moved = ada_lib.adjust_p(p, r_t, batch_size=images_per_step, interval=self.ada_interval,
+                               target=self.ada_target, kimg=self.ada_kimg)
+      p, total, count = (jnp.where(due, moved, p), jnp.where(due, 0.0, total),
+                         jnp.where(due, 0.0, count))
+    new = {"p": p, "rt_sum": total, "rt_count": count}
+    state = state.replace(model_state={**state.model_state, "ada": new})
+    return state, {"ada_p": p, "ada_rt": r_t}
 
   def projections(self) -> tuple:
     """The critic's projections after each of its steps (WGAN's clipping)."""
@@ -163,10 +216,14 @@ class GAN:
       params["discriminator"] = losses.clip_weights(params["discriminator"], self.clip)
     emas = ((EmaSpec("ema", self.ema_decay, self.ema_warmup, "generator/.*"),)
             if self.ema_decay else ())
+    model_state = {"generator": dict(g_vars), "discriminator": dict(d_vars)}
+    if self.ada:
+      model_state["ada"] = {"p": jnp.asarray(self.ada_p, jnp.float32),
+                            "rt_sum": jnp.zeros((), jnp.float32),
+                            "rt_count": jnp.zeros((), jnp.float32)}
     return TrainState.create(
         params=params, tx=per_network({"generator": self.tx_g, "discriminator": self.tx_d}),
-        rng=state_rng, emas=emas,
-        model_state={"generator": dict(g_vars), "discriminator": dict(d_vars)})
+        rng=state_rng, emas=emas, model_state=model_state)
 
   # ------------------------------------------------------------------ the loop's contract
 
@@ -176,7 +233,7 @@ class GAN:
     reals = split_critic_batches(batch["image"], n)
     labels = split_critic_batches(batch["label"], n) if self.num_classes else None
     b = reals.shape[1]
-    regs, projections = self.regularizers(), self.projections()
+    projections = self.projections()
     g_params, g_state = state.params["generator"], state.model_state["generator"]
 
     def critic_step(state, k):
@@ -184,9 +241,11 @@ class GAN:
       cond = None if labels is None else {"label": labels[k]}
       fake, _ = self.g_apply(g_params, g_state, jax.random.normal(z_rng, (b, self.z_dim)),
                              cond, train=True)
+      d_apply = self._seen_by_d(state, jax.random.fold_in(rng, n + 2 + k))
       return updates.discriminator_update(
-          state, self.d_apply, reals[k], fake, rng=reg_rng, step=state.step * n + k,
-          conditions=cond, loss=self.loss, regularizers=regs, projections=projections)
+          state, d_apply, reals[k], fake, rng=reg_rng, step=state.step * n + k,
+          conditions=cond, loss=self.loss, regularizers=self.regularizers(d_apply),
+          projections=projections)
 
     # Unrolled: XLA:CPU runs convolutions inside a while loop far slower (about 30x here).
     state, d_metrics = jax.lax.scan(critic_step, state, jnp.arange(n), unroll=True)
@@ -195,9 +254,12 @@ class GAN:
     z = jax.random.normal(jax.random.fold_in(rng, n), (b, self.z_dim))
     cond = None if labels is None else {"label": labels[0]}
     state, g_metrics = updates.generator_update(
-        state, self.g_apply, self.d_apply, z, rng=jax.random.fold_in(rng, n + 1),
-        step=state.step, conditions=cond, loss=self.loss)
+        state, self.g_apply, self._seen_by_d(state, jax.random.fold_in(rng, 2 * n + 2)), z,
+        rng=jax.random.fold_in(rng, n + 1), step=state.step, conditions=cond, loss=self.loss)
     metrics = {**d_metrics, **g_metrics, "loss": d_metrics["d_loss"]}
+    if self.ada:
+      state, ada_metrics = self._update_ada(state, d_metrics["real_sign"], b * n)
+      metrics.update(ada_metrics)
     if self.loss == "wasserstein":  # the critic's estimate of W1 (its negated loss)
       metrics["wasserstein"] = -d_metrics["d_loss"]
     return state, metrics
@@ -282,6 +344,13 @@ def gan_from_config(config: Any, **fixed) -> GAN:
   fields = dict(loss=g.loss, z_dim=m.z_dim, n_critic=g.n_critic, gp_weight=g.gp_weight,
                 r1_gamma=g.r1_gamma, r1_every=g.get("r1_every", 1), clip=g.clip,
                 ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)
+  if g.get("ada", False):
+    target = g.get("ada_target", 0.6)
+    fields.update(ada=True, ada_p=float(g.get("ada_p", 0.0)),
+                  ada_target=None if target is None else float(target),
+                  ada_interval=int(g.get("ada_interval", 4)),
+                  ada_kimg=float(g.get("ada_kimg", 500.0)),
+                  ada_ops=ada_lib.parse_ops(g.get("ada_ops", "")))
   fields.update(fixed)
   total = config.train.num_steps
   cls = ConditionalGAN if num_classes else GAN

@@ -242,7 +242,7 @@ def discriminator_update(state: TrainState, d_apply: ApplyFn, real: jax.Array,
 
   Returns:
     The state and `d_loss` (the adversarial part), `real_score`, `fake_score` (mean logits),
-    the regularizers' penalties and `d_grad_norm`.
+    `real_sign` (E[sign D(x_real)], ADA's r_t), the regularizers' penalties and `d_grad_norm`.
   """
   d_loss = _loss_pair(loss, 0)
   fake = jax.lax.stop_gradient(fake)
@@ -254,7 +254,8 @@ def discriminator_update(state: TrainState, d_apply: ApplyFn, real: jax.Array,
     fake_logits, ms = d_apply(params[network], ms, fake, conditions, train=True)
     adv = d_loss(real_logits, fake_logits)
     metrics = {"d_loss": adv, "real_score": jnp.mean(real_logits),
-               "fake_score": jnp.mean(fake_logits)}
+               "fake_score": jnp.mean(fake_logits),
+               "real_sign": jnp.mean(jnp.sign(real_logits))}  # ADA's overfitting r_t
     return adv, ({**model_state, network: ms}, metrics)
 
   inputs = {"real": real, "fake": fake, "conditions": conditions}

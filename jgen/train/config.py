@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 2
   c.data.cache = False           # folder/zip sources: decode all images up front (else on access)
   c.data.skip_corrupt = False    # folder/zip sources: skip undecodable files (else an error)
+  c.data.train_examples = 0      # > 0: train on the first N examples of data.split only
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = "float32"      # compute dtype; bfloat16 on GPU/TPU. Params stay float32.

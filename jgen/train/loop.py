@@ -25,6 +25,7 @@ from jgen.train import mesh as mesh_lib
 from jgen.train.checkpoint import Checkpointer
 from jgen.train import init_from as init_from_lib
 from jgen.train import parallel
+from jgen.data.unpaired_derived import IndexSubset
 from jgen.train import preemption
 from jgen.train import rules as rules_lib
 from jgen.train import run_record
@@ -54,6 +55,12 @@ def load_data(config, *, split: str):
                              skip_corrupt=d.get("skip_corrupt", False))
   if len(source) == 0:  # sources that index lazily (tfds) are checked here
     raise jdata.EmptySourceError(f"data source {d.source!r} split {split!r}")
+  limit = int(d.get("train_examples", 0) or 0)
+  if limit and split == d.split:  # small-data training (ADA's setting); evals see all
+    if limit > len(source):
+      raise ValueError(f"data.train_examples={limit} exceeds the {len(source)} examples of "
+                       f"{d.source!r} split {split!r}: lower it, or 0 for all")
+    source = IndexSubset(source, range(limit))
   return source
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from jgen.gan import ada
+from jgen.train import load_method
+from tests.conftest import load_experiment
 
 
 def _images(b=8, h=12, w=12, c=1, seed=0):
@@ -106,3 +108,50 @@ def test_p_update_is_stylegan2_adas():
   assert float(ada.adjust_p(0.0, 0.0, batch_size=64, interval=4)) == 0.0
   assert float(ada.adjust_p(1.0, 1.0, batch_size=64, interval=4)) == 1.0
   assert float(ada.overfitting_heuristic(jnp.asarray([2.0, -1.0, 3.0, 0.5]))) == 0.5
+
+
+# ------------------------------------------------------------------ in the GAN step
+
+
+def _gan(**ada_fields):
+  config = load_experiment("dcgan_digits", "smoke")
+  with config.unlocked():
+    for k, v in ada_fields.items():
+      config.gan[k] = v
+  method = load_method(config)
+  batch = {"image": _images(b=config.data.batch_size, h=8, w=8, seed=4),
+           "label": jnp.zeros((config.data.batch_size,), jnp.int32)}
+  state = method.init(jax.random.key(0), batch)
+  return method, state, batch
+
+
+def test_ada_at_fixed_p_zero_is_the_plain_gan_step():
+  plain, s0, batch = _gan()
+  with_ada, s1, _ = _gan(ada=True, ada_p=0.0, ada_target=None)
+  step = jax.jit(lambda m, s: m.train_step(s, batch, jax.random.key(3)), static_argnums=0)
+  (a, ma), (b, mb) = step(plain, s0), step(with_ada, s1)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+  assert float(mb["ada_p"]) == 0.0 and "ada_p" not in ma
+
+
+def test_ada_moves_p_by_the_formula_every_interval():
+  method, state, batch = _gan(ada=True, ada_p=0.5, ada_target=0.6, ada_interval=2, ada_kimg=1.0)
+  step = jax.jit(lambda s: method.train_step(s, batch, jax.random.key(5)))
+  s1, m1 = step(state)
+  assert float(s1.model_state["ada"]["p"]) == 0.5  # not due yet
+  s2, m2 = step(s1)
+  r_t = (float(m1["real_sign"]) + float(m2["real_sign"])) / 2
+  assert float(m2["ada_rt"]) == pytest.approx(r_t, abs=1e-6)
+  b = batch["image"].shape[0]  # one critic step per step
+  want = float(np.clip(0.5 + np.sign(r_t - 0.6) * b * 2 / 1000.0, 0.0, 1.0))
+  assert float(s2.model_state["ada"]["p"]) == pytest.approx(want, abs=1e-6)
+  assert float(s2.model_state["ada"]["rt_count"]) == 0.0
+  assert float(m2["ada_p"]) != 0.5 or want == 0.5  # p moved
+
+
+def test_bad_ada_settings_are_errors():
+  with pytest.raises(ValueError, match="gan.ada_ops"):
+    _gan(ada=True, ada_ops="xflip,blur")
+  with pytest.raises(ValueError, match="ada_p"):
+    _gan(ada=True, ada_p=1.5)
