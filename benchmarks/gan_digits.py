@@ -42,6 +42,13 @@ With `--reconstruct`, an autoencoder run (VQ-VAE, VQ-GAN) is scored on its recon
 the held-out digits instead (asked class: the true label): the ceiling of any prior over its
 codes, e.g. `--reconstruct --run experiments/vqvae_digits.py=/tmp/vqvae_digits`.
 
+`--ppl N` adds perceptual path length (`jgen.metrics.ppl`, end sampling, N latent pairs) of
+methods with latent paths (`PathLengths`: W space for StyleGAN2, z for the other GANs), with
+the classifier's squared feature distance in place of LPIPS. `--reference=held_out` scores
+FID and precision/recall against the held-out digits (for runs trained on a subset of the
+train split, `data.train_examples`; the real row then compares the held-out digits with
+themselves).
+
 The first row scores the 297 real held-out digits the same way. FID is biased upward by small
 samples, so the last column computes every run's FID from its first 297 samples too: that
 column compares generators with real data at the same sample size.
@@ -63,7 +70,8 @@ from jgen.metrics import fid as fid_lib
 from jgen.metrics import precision_recall as pr_lib
 from jgen.train.config import experiment_module
 from jgen.train.loop import jit_sampler, load_data, restore_for_inference
-from jgen.train.method import Conditional, Reconstructs
+from jgen.metrics import ppl as ppl_lib
+from jgen.train.method import Conditional, PathLengths, Reconstructs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("run", [], "CONFIG[:VARIANT]=WORKDIR of a trained run.")
@@ -75,6 +83,12 @@ flags.DEFINE_integer("pr_k", 3, "k of the k-NN manifolds of precision and recall
 flags.DEFINE_bool("reconstruct", False, "Score autoencoders' (Reconstructs methods') "
                   "reconstructions of the held-out digits instead of samples: the ceiling of a "
                   "prior over their latents (asked class = the true label).")
+flags.DEFINE_integer("ppl", 0, "Latent pairs of a perceptual path length column (0: none) for "
+                     "methods with latent paths (GANs: W space for StyleGAN2, z otherwise), "
+                     "the domain classifier's squared feature distance (not LPIPS).")
+flags.DEFINE_enum("reference", "train", ["train", "held_out"], "The real digits of FID and "
+                  "precision/recall: the train split, or the held-out split (small-data runs "
+                  "trained on a subset of train: `data.train_examples`).")
 flags.DEFINE_string("plot", "", "Write a PNG of precision / recall / accuracy against "
                     "--plot_key to this path (needs the plot extra: matplotlib).")
 flags.DEFINE_string("plot_key", "", "The swept override of the plot's x axis, e.g. "
@@ -187,7 +201,8 @@ def main(argv):
     workdir, _, overrides = rest.partition("@")
     config = load_config(spec, overrides)
     if train_stats is None:
-      train = net(split_images(config, config.data.split))["features"]
+      ref_split = config.data.split if FLAGS.reference == "train" else config.data.eval_split
+      train = net(split_images(config, ref_split))["features"]
       train_stats = fid_lib.GaussianStats(net.feature_dim).update(train)
       real = net(split_images(config, config.data.eval_split))
       test_labels = np.asarray([load_data(config, split=config.data.eval_split)[i]["label"]
@@ -211,6 +226,12 @@ def main(argv):
       overrides = "reconstructions of the held-out split" + (f"; {overrides}" if overrides else "")
     else:
       images, asked, rate = generate(method, mesh, state, FLAGS.num, FLAGS.batch, FLAGS.seed)
+    path_length = float("nan")
+    if FLAGS.ppl and isinstance(method, PathLengths):
+      distance = ppl_lib.feature_distance(ppl_lib.float_features_fn(net))
+      path_length = ppl_lib.perceptual_path_length(
+          distance_fn=distance, rng=jax.random.key(FLAGS.seed), num_samples=FLAGS.ppl,
+          sampling="end", batch_size=FLAGS.batch, **method.path_length_fns(state))["ppl"]
     out = net(images)
     stats = fid_lib.GaussianStats(net.feature_dim).update(out["features"])
     small = fid_lib.GaussianStats(net.feature_dim).update(out["features"][:num_real])
@@ -220,18 +241,25 @@ def main(argv):
                  **class_scores(out, asked, FLAGS.covered_share),
                  **pr_lib.prdc(train, out["features"], k=FLAGS.pr_k),
                  "fid": fid_lib.fid_from_stats(stats, train_stats),
-                 "fid_small": fid_lib.fid_from_stats(small, train_stats), "rate": rate})
+                 "fid_small": fid_lib.fid_from_stats(small, train_stats), "rate": rate,
+                 "ppl": path_length})
   print(f"domain classifier: {net!r}; {FLAGS.num} samples per run, seed {FLAGS.seed}; "
         f"a class is covered at >= {100 * FLAGS.covered_share:.0f}% of predictions; "
-        f"precision / recall (k = {FLAGS.pr_k}) against the {len(train)} train digits")
+        f"precision / recall (k = {FLAGS.pr_k}) and FID against the {len(train)} "
+        f"{FLAGS.reference.replace('_', '-')} digits" + (
+            f"; PPL (end sampling) of {FLAGS.ppl} pairs" if FLAGS.ppl else ""))
+  ppl_head, ppl_rule = (" PPL |", "---|") if FLAGS.ppl else ("", "")
   print(f"| run | steps | confidence | classes covered | max class share | accuracy (asked class)"
-        f" | precision | recall | domain FID ({FLAGS.num}) | domain FID ({num_real}) | samples/s |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        f" | precision | recall | domain FID ({FLAGS.num}) | domain FID ({num_real}) |{ppl_head}"
+        f" samples/s |")
+  print("|---|---|---|---|---|---|---|---|---|---|" + ppl_rule + "---|")
   for r in [reference, *rows]:
     acc = f"{100 * r['accuracy']:.1f}%" if "accuracy" in r else "-"
     print(f"| {r['run']} | {r['steps']} | {r['confidence']:.3f} | {r['classes']}/10 | "
           f"{100 * r['max_share']:.1f}% | {acc} | {r['precision']:.3f} | {r['recall']:.3f} | "
-          f"{r['fid']:.2f} | {r['fid_small']:.2f} | {r.get('rate', float('nan')):.1f} |")
+          f"{r['fid']:.2f} | {r['fid_small']:.2f} |"
+          + (f" {r.get('ppl', float('nan')):.1f} |" if FLAGS.ppl else "")
+          + f" {r.get('rate', float('nan')):.1f} |")
   if FLAGS.plot:
     print(f"wrote {plot_rows(rows, FLAGS.plot_key, FLAGS.plot)}")
 

@@ -29,6 +29,19 @@ def follow_optim() -> ml_collections.ConfigDict:
       {k: ml_collections.FieldReference(None, field_type=t) for k, t in _OPTIM_FIELDS.items()})
 
 
+def ada_config(g: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """ADA's fields in a `gan` block, off (`--config.gan.ada=True` turns it on)."""
+  # ADA (jgen.gan.ada): augment every image D sees with probability p, p tuned from
+  # r_t = E[sign D(real)] toward ada_target every ada_interval steps (None: p fixed at ada_p).
+  g.ada = False
+  g.ada_p = 0.0
+  g.ada_target = ml_collections.FieldReference(0.6, field_type=float)
+  g.ada_interval = 4
+  g.ada_kimg = 500.0
+  g.ada_ops = ""            # "" = all of jgen.gan.ada.OPS, or e.g. "xflip,rotate90,xint"
+  return g
+
+
 def gan_base(*, smoke: bool = False, n_critic: int = 1) -> ml_collections.ConfigDict:
   """Shared digits GAN config; `data.batch_size` is n_critic * the GAN batch (64)."""
   c = base_config()
@@ -52,14 +65,7 @@ def gan_base(*, smoke: bool = False, n_critic: int = 1) -> ml_collections.Config
   c.gan.r1_every = 1            # lazy R1: every k-th critic step, gamma scaled by k
   c.gan.clip = 0.0
   c.gan.num_classes = 0
-  # ADA (jgen.gan.ada): augment every image D sees with probability p, p tuned from
-  # r_t = E[sign D(real)] toward ada_target every ada_interval steps (None: p fixed at ada_p).
-  c.gan.ada = False
-  c.gan.ada_p = 0.0
-  c.gan.ada_target = ml_collections.FieldReference(0.6, field_type=float)
-  c.gan.ada_interval = 4
-  c.gan.ada_kimg = 500.0
-  c.gan.ada_ops = ""            # "" = all of jgen.gan.ada.OPS, or e.g. "xflip,rotate90,xint"
+  ada_config(c.gan)
 
   c.optim.name = "adam"          # generator (and discriminator, see optim_d)
   c.optim.lr = 2e-4

@@ -19,7 +19,9 @@ Variant `:smoke`: 8x8, tiny, a few steps (a config check, not a result).
 
 import ml_collections
 
-from jgen.train.config import base_config, smoke_schedule
+from jgen.train.config import base_config, experiment_module, smoke_schedule
+
+_base_gan = experiment_module("base_gan", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.gan.gp_weight = 10.0
   c.gan.drift = 0.001
   c.gan.reset_optimizer = True
+  _base_gan.ada_config(c.gan)       # --config.gan.ada=True: ADA at every phase
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3

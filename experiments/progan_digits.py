@@ -14,7 +14,9 @@ level, 4x4 first). Variant `:smoke`: 8x8 (4x4 -> 8x8), 4 channels, 2 steps per p
 
 import ml_collections
 
-from jgen.train.config import base_config, digits_data, smoke_schedule
+from jgen.train.config import base_config, digits_data, experiment_module, smoke_schedule
+
+_base_gan = experiment_module("base_gan", beside=__file__)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.gan.gp_weight = 10.0
   c.gan.drift = 0.001
   c.gan.reset_optimizer = True      # fresh Adam moments at each phase (reference code)
+  _base_gan.ada_config(c.gan)       # --config.gan.ada=True: ADA at every phase
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3

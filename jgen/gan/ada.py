@@ -41,8 +41,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-__all__ = ["GEOMETRIC", "COLOR", "OPS", "adjust_p", "augment", "augmented_apply",
-           "overfitting_heuristic", "parse_ops"]
+__all__ = ["GEOMETRIC", "COLOR", "OPS", "adjust_p", "augment", "augmented_apply", "init_state",
+           "overfitting_heuristic", "parse_ops", "track"]
 
 GEOMETRIC = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
 COLOR = ("brightness", "contrast", "saturation")
@@ -203,6 +203,33 @@ def adjust_p(p: jax.Array | float, r_t: jax.Array | float, *, batch_size: int, i
   step = batch_size * interval / (kimg * 1000.0)
   return jnp.clip(jnp.asarray(p, jnp.float32) + jnp.sign(jnp.asarray(r_t) - target) * step,
                   0.0, 1.0)
+
+
+def init_state(p: float) -> dict[str, jax.Array]:
+  """The tuner's state (a `model_state` entry): p, and the running sum and count of r_t."""
+  return {"p": jnp.asarray(p, jnp.float32), "rt_sum": jnp.zeros((), jnp.float32),
+          "rt_count": jnp.zeros((), jnp.float32)}
+
+
+def track(state: dict[str, jax.Array], real_sign: jax.Array, *, images_per_step: int,
+          interval: int, target: float | None, kimg: float
+          ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """One step of the tuner: accumulates real_sign = E[sign D(aug(x_real))] of the step and,
+  every `interval` steps, moves p by `adjust_p` from their mean r_t (`target` None: p fixed).
+
+  Returns:
+    The new state and the metrics {"ada_p", "ada_rt"}.
+  """
+  total, count = state["rt_sum"] + real_sign, state["rt_count"] + 1.0
+  r_t = total / count
+  p = state["p"]
+  if target is not None:
+    due = count >= interval
+    moved = adjust_p(p, r_t, batch_size=images_per_step, interval=interval, target=target,
+                     kimg=kimg)
+    p, total, count = (jnp.where(due, moved, p), jnp.where(due, 0.0, total),
+                       jnp.where(due, 0.0, count))
+  return {"p": p, "rt_sum": total, "rt_count": count}, {"ada_p": p, "ada_rt": r_t}
 
 
 def parse_ops(spec: str | Sequence[str]) -> tuple[str, ...]:

@@ -39,6 +39,7 @@ Keys: `fold_in(rng, k)` for critic step k, `fold_in(rng, n_critic)` for the gene
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,8 +57,8 @@ from jgen.train.state import EmaSpec, TrainState, per_network
 
 PyTree = Any
 
-__all__ = ["ARCHS", "GAN", "ConditionalGAN", "discriminator_optim", "gan_from_config",
-           "split_critic_batches"]
+__all__ = ["ARCHS", "GAN", "ConditionalGAN", "ada_fields", "discriminator_optim",
+           "gan_from_config", "split_critic_batches"]
 
 # arch -> (generator class, discriminator class)
 ARCHS = {
@@ -167,19 +168,10 @@ class GAN:
   def _update_ada(self, state: TrainState, real_sign: jax.Array, images_per_step: int
                   ) -> tuple[TrainState, dict[str, jax.Array]]:
     """Accumulates r_t and, every `ada_interval` steps, moves p (module docstring)."""
-    st = state.model_state["ada"]
-    total, count = st["rt_sum"] + real_sign, st["rt_count"] + 1.0
-    r_t = total / count
-    p = st["p"]
-    if self.ada_target is not None:
-      due = count >= self.ada_interval
-      moved = ada_lib.adjust_p(p, r_t, batch_size=images_per_step, interval=self.ada_interval,
-                               target=self.ada_target, kimg=self.ada_kimg)
-      p, total, count = (jnp.where(due, moved, p), jnp.where(due, 0.0, total),
-                         jnp.where(due, 0.0, count))
-    new = {"p": p, "rt_sum": total, "rt_count": count}
-    state = state.replace(model_state={**state.model_state, "ada": new})
-    return state, {"ada_p": p, "ada_rt": r_t}
+    new, metrics = ada_lib.track(state.model_state["ada"], real_sign,
+                                 images_per_step=images_per_step, interval=self.ada_interval,
+                                 target=self.ada_target, kimg=self.ada_kimg)
+    return state.replace(model_state={**state.model_state, "ada": new}), metrics
 
   def projections(self) -> tuple:
     """The critic's projections after each of its steps (WGAN's clipping)."""
@@ -218,9 +210,7 @@ class GAN:
             if self.ema_decay else ())
     model_state = {"generator": dict(g_vars), "discriminator": dict(d_vars)}
     if self.ada:
-      model_state["ada"] = {"p": jnp.asarray(self.ada_p, jnp.float32),
-                            "rt_sum": jnp.zeros((), jnp.float32),
-                            "rt_count": jnp.zeros((), jnp.float32)}
+      model_state["ada"] = ada_lib.init_state(self.ada_p)
     return TrainState.create(
         params=params, tx=per_network({"generator": self.tx_g, "discriminator": self.tx_d}),
         rng=state_rng, emas=emas, model_state=model_state)
@@ -295,6 +285,17 @@ class GAN:
   def sample_tag(self) -> str:
     return f"{self.name}_ema"
 
+  def path_length_fns(self, state: TrainState) -> dict[str, Any]:
+    """PPL in z (`jgen.metrics.ppl`): slerp at z's typical norm sqrt(z_dim), the EMA
+    generator; conditional pairs share the label (i mod num_classes)."""
+    params, g_state = state.ema_params["generator"], state.model_state["generator"]
+
+    def generator_fn(z):
+      return self.generate(params, g_state, z, self.sample_labels(z.shape[0]))[0]
+
+    return {"space": "z", "generator_fn": generator_fn, "latent_shape": (self.z_dim,),
+            "z_radius": math.sqrt(self.z_dim)}
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ConditionalGAN(GAN):
@@ -324,6 +325,19 @@ def discriminator_optim(config: Any) -> dict[str, Any]:
   return {**optim, **own}
 
 
+def ada_fields(gan_config: Any) -> dict[str, Any]:
+  """The `GAN` fields of ADA from a config's `gan` block ({} when `gan.ada` is off)."""
+  g = gan_config
+  if not g.get("ada", False):
+    return {}
+  target = g.get("ada_target", 0.6)
+  return dict(ada=True, ada_p=float(g.get("ada_p", 0.0)),
+              ada_target=None if target is None else float(target),
+              ada_interval=int(g.get("ada_interval", 4)),
+              ada_kimg=float(g.get("ada_kimg", 500.0)),
+              ada_ops=ada_lib.parse_ops(g.get("ada_ops", "")))
+
+
 def gan_from_config(config: Any, **fixed) -> GAN:
   """Translates a config (`model`, `gan`, `optim` for G, `optim_d` over it for D, `train`)
   into a GAN (a `ConditionalGAN` when `num_classes` > 0).
@@ -344,13 +358,7 @@ def gan_from_config(config: Any, **fixed) -> GAN:
   fields = dict(loss=g.loss, z_dim=m.z_dim, n_critic=g.n_critic, gp_weight=g.gp_weight,
                 r1_gamma=g.r1_gamma, r1_every=g.get("r1_every", 1), clip=g.clip,
                 ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)
-  if g.get("ada", False):
-    target = g.get("ada_target", 0.6)
-    fields.update(ada=True, ada_p=float(g.get("ada_p", 0.0)),
-                  ada_target=None if target is None else float(target),
-                  ada_interval=int(g.get("ada_interval", 4)),
-                  ada_kimg=float(g.get("ada_kimg", 500.0)),
-                  ada_ops=ada_lib.parse_ops(g.get("ada_ops", "")))
+  fields.update(ada_fields(g))
   fields.update(fixed)
   total = config.train.num_steps
   cls = ConditionalGAN if num_classes else GAN

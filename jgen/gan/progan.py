@@ -51,7 +51,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jgen.gan import ada as ada_lib
 from jgen.gan import losses, updates
+from jgen.gan.adversarial import ada_fields
 from jgen.nn import progan as nets
 from jgen.nn.dtypes import compute_dtype
 from jgen.nn.layers import mean_pool, upsample_nearest
@@ -151,6 +153,10 @@ class ProGAN:
     drift: eps_drift.
     reset_optimizer: fresh optimizer states at the first step of every phase.
     ema_decay, ema_warmup: the generator's EMA.
+    ada, ada_p, ada_target, ada_interval, ada_kimg, ada_ops: ADA as in
+      `jgen.gan.adversarial.GAN`: every image the critic sees at the phase's resolution
+      (reals, fakes, the gradient penalty's interpolates, the generator's step) goes through
+      `jgen.gan.ada.augment` at p, tuned from r_t = E[sign D(real)] (``model_state["ada"]``).
   """
 
   generator: nets.ProGANGenerator
@@ -165,6 +171,12 @@ class ProGAN:
   reset_optimizer: bool = True
   ema_decay: float = 0.999
   ema_warmup: bool = False
+  ada: bool = False
+  ada_p: float = 0.0
+  ada_target: float | None = 0.6
+  ada_interval: int = 4
+  ada_kimg: float = 500.0
+  ada_ops: tuple[str, ...] = ada_lib.OPS
   name: str = "progan"
 
   # ------------------------------------------------------------------ networks of a phase
@@ -214,9 +226,18 @@ class ProGAN:
     params = {"generator": g_vars["params"], "discriminator": d_vars["params"]}
     emas = ((EmaSpec("ema", self.ema_decay, self.ema_warmup, "generator/.*"),)
             if self.ema_decay else ())
+    model_state = {"generator": {}, "discriminator": {}}
+    if self.ada:
+      model_state["ada"] = ada_lib.init_state(self.ada_p)
     return TrainState.create(
         params=params, tx=per_network({"generator": self.tx_g, "discriminator": self.tx_d}),
-        rng=state_rng, emas=emas, model_state={"generator": {}, "discriminator": {}})
+        rng=state_rng, emas=emas, model_state=model_state)
+
+  def _seen_by_d(self, d: updates.ApplyFn, state: TrainState, rng: jax.Array
+                 ) -> updates.ApplyFn:
+    if not self.ada:
+      return d
+    return ada_lib.augmented_apply(d, rng, state.model_state["ada"]["p"], self.ada_ops)
 
   def _phase_step(self, i: int):
     """The train step of phase i (static level and fade flag)."""
@@ -228,12 +249,14 @@ class ProGAN:
       b = real.shape[0]
       z = jax.random.normal(jax.random.fold_in(rng, 0), (b, self.z_dim))
       fake, _ = g(state.params["generator"], {}, z, train=True)
+      d_seen = self._seen_by_d(d, state, jax.random.fold_in(rng, 4))
       state, dm = updates.discriminator_update(
-          state, d, real, fake, rng=jax.random.fold_in(rng, 1), step=state.step,
+          state, d_seen, real, fake, rng=jax.random.fold_in(rng, 1), step=state.step,
           loss=drift_critic_loss(self.drift),
-          regularizers=(updates.gradient_penalty(d, weight=self.gp_weight),))
+          regularizers=(updates.gradient_penalty(d_seen, weight=self.gp_weight),))
       z = jax.random.normal(jax.random.fold_in(rng, 2), (b, self.z_dim))
-      state, gm = updates.generator_update(state, g, d, z, rng=jax.random.fold_in(rng, 3),
+      state, gm = updates.generator_update(state, g, self._seen_by_d(
+          d, state, jax.random.fold_in(rng, 5)), z, rng=jax.random.fold_in(rng, 3),
                                            step=state.step, loss="wasserstein")
       wasserstein = dm["real_score"] - dm["fake_score"]
       metrics = {**dm, **gm, "wasserstein": wasserstein,
@@ -260,6 +283,13 @@ class ProGAN:
     state, metrics = jax.lax.switch(p, branches, state, batch["image"], rng, alpha)
     metrics = {**metrics, "phase": p.astype(jnp.float32), "alpha": alpha,
                "loss": metrics["d_loss"]}
+    if self.ada:
+      new, ada_metrics = ada_lib.track(
+          state.model_state["ada"], metrics["real_sign"],
+          images_per_step=batch["image"].shape[0], interval=self.ada_interval,
+          target=self.ada_target, kimg=self.ada_kimg)
+      state = state.replace(model_state={**state.model_state, "ada": new})
+      metrics.update(ada_metrics)
     return state, metrics
 
   def evaluate(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
@@ -295,10 +325,17 @@ class ProGAN:
   def sample_tag(self) -> str:
     return f"{self.name}_ema"
 
+  def path_length_fns(self, state: TrainState) -> dict[str, Any]:
+    """PPL in z (`jgen.metrics.ppl`): slerp at z's typical norm sqrt(z_dim), the EMA
+    generator at the state's phase (as `sample`)."""
+    params = state.ema_params["generator"]
+    return {"space": "z", "latent_shape": (self.z_dim,), "z_radius": math.sqrt(self.z_dim),
+            "generator_fn": lambda z: jnp.clip(self.generate(params, z, state.step), -1, 1)}
+
 
 def make_method(config: Any) -> ProGAN:
   """Translates `model` (z_dim, features per level, mbstd_group), `gan` (images_per_phase,
-  gp_weight, drift, reset_optimizer), `optim` (both networks), `train` into a ProGAN; every
+  gp_weight, drift, reset_optimizer, ADA's fields), `optim` (both networks), `train` into a ProGAN; every
   inconsistency is an error here, before anything compiles."""
   m, g, size = config.model, config.gan, config.data.image_size
   levels = nets.num_levels(size)
@@ -325,4 +362,4 @@ def make_method(config: Any) -> ProGAN:
       tx_d=make_optimizer(config.optim, total_steps=total),
       schedule=schedule, image_size=size, z_dim=m.z_dim, gp_weight=g.gp_weight,
       drift=g.drift, reset_optimizer=g.reset_optimizer, ema_decay=config.train.ema_decay,
-      ema_warmup=config.train.ema_warmup)
+      ema_warmup=config.train.ema_warmup, **ada_fields(g))

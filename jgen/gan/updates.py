@@ -352,25 +352,41 @@ def r1(d_apply: ApplyFn, *, gamma: float = 10.0, every: int = 1,
 
 
 def path_length(g_apply: ApplyFn, *, weight: float = 2.0, decay: float = 0.01,
-                every: int = 4, network: str = "generator", key: str = "path_length"
+                every: int = 4, network: str = "generator", key: str = "path_length",
+                mapping: Callable[..., jax.Array] | None = None, batch_shrink: int = 1
                 ) -> Regularizer:
   """StyleGAN2's path-length regularization of G, logged as `pl`.
 
-  With y ~ N(0, I) / sqrt(H W) (images [B, H, W, C]) and a = ||J_z^T y|| per example (J_z
-  the Jacobian of G at z; StyleGAN2 takes it w.r.t. w, the mapping network's output, which is
-  z for a generator without one): penalty = weight * E[(a - m)^2], where m is the running mean
+  With y ~ N(0, I) / sqrt(H W) (images [B, H, W, C]), latents u of the first
+  B / `batch_shrink` examples of `inputs["z"]`, and g = J_u^T y (J_u the Jacobian of the
+  images w.r.t. u), the length of each example is
+
+      a = sqrt(mean_l sum_d g_{l d}^2)
+
+  over the style inputs l of u = ws [B, L, D] (`mapping(params, model_state, z, conditions)
+  -> ws`, StyleGAN2's w; `g_apply` then renders ws) or, without `mapping`, a = ||g|| w.r.t.
+  u = z (L = 1). penalty = weight * E[(a - m)^2], where m is the running mean
   m <- m + decay (E[a] - m), kept as `model_state[key]["mean"]` (start it at 0 in `init`).
   """
+  if batch_shrink < 1:
+    raise ValueError(f"path_length: batch_shrink must be >= 1, got {batch_shrink}")
 
   def fn(params, model_state, inputs, rng):
     z, conditions = inputs["z"], inputs.get("conditions")
+    n = max(1, z.shape[0] // batch_shrink)
+    z = z[:n]
+    if conditions is not None:
+      conditions = jax.tree.map(lambda c: c[:n], conditions)
     g_ms = model_state[network]
+    u = z if mapping is None else mapping(params[network], g_ms, z, conditions)
     out = lambda v: g_apply(params[network], g_ms, v, conditions, train=True)[0]
-    images = out(z)
+    images = out(u)
     pixels = math.prod(images.shape[1:-1])  # H W of [B, H, W, C] (1 for vectors [B, D])
     noise = jax.random.normal(rng, images.shape) / math.sqrt(pixels)
-    grads = jax.grad(lambda v: jnp.sum(out(v) * noise))(z)
-    lengths = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), -1))
+    grads = jax.grad(lambda v: jnp.sum(out(v) * noise))(u)
+    grads = grads.reshape(n, -1, grads.shape[-1]) if mapping is not None else grads.reshape(
+        n, 1, -1)
+    lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(grads), -1), -1))
     mean = model_state[key]["mean"]
     new_mean = jax.lax.stop_gradient(mean + decay * (jnp.mean(lengths) - mean))
     penalty = weight * jnp.mean(jnp.square(lengths - new_mean))

@@ -11,8 +11,11 @@ experiment config (``config.eval``), used by ``launch.py --mode=eval``::
   --config.eval.features=auto              # domain:digits for 'digits', else inception
   --config.eval.num_samples=10000
 
-Metric names: "fid", "kid", "is", "pr" (precision & recall), "dc" (density & coverage), and
-"rfid" (reconstruction FID, `reconstruction_fid`).
+Metric names: "fid", "kid", "is", "pr" (precision & recall), "dc" (density & coverage),
+"rfid" (reconstruction FID, `reconstruction_fid`) and "ppl" (perceptual path length,
+`jgen.metrics.ppl`, of a method that gives its latent paths: ``path_length_fns`` of
+`jgen.train.method.PathLengths`; the distance is the squared distance of the same feature
+network's float features, `jgen.metrics.ppl.feature_distance`, not LPIPS).
 
 Methods whose `sample()` shows held-out reconstructions instead of samples (the AE, DAE and
 VQ-VAE: ``sample_is_reconstruction = True``) are refused the sample metrics: they would score a
@@ -31,6 +34,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from jgen.metrics import feature_net as fnet
@@ -45,7 +49,7 @@ __all__ = ["METRICS", "SAMPLE_METRICS", "auto_features", "evaluate_config", "ima
 log = logging.getLogger("jgen")
 
 SAMPLE_METRICS = ("fid", "kid", "is", "pr", "dc")
-METRICS = (*SAMPLE_METRICS, "rfid")
+METRICS = (*SAMPLE_METRICS, "rfid", "ppl")
 
 
 def parse_metrics(spec: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -239,7 +243,7 @@ def sample_metrics(sample_fn: Callable[[int, int], Any], num_samples: int,
 
 
 def _check_method(config: Any, metrics: Sequence[str], method: Any,
-                  reconstruct_fn: Callable | None) -> None:
+                  reconstruct_fn: Callable | None, path_length_fns: dict | None) -> None:
   """Raises ValueError for metrics the method cannot be scored on (before any features)."""
   sampled = [m for m in metrics if m in SAMPLE_METRICS]
   if sampled and getattr(method, "sample_is_reconstruction", False):
@@ -249,6 +253,10 @@ def _check_method(config: Any, metrics: Sequence[str], method: Any,
         f"{','.join(sampled)} would score repeated reconstructions. Use reconstruction FID "
         f"instead: --config.eval.metrics=rfid (every image of data.eval_split reconstructed "
         f"once, against those images' statistics)")
+  if "ppl" in metrics and path_length_fns is None:
+    raise ValueError(
+        f"ppl (perceptual path length) needs a method with latent paths (path_length_fns, "
+        f"jgen.train.method.PathLengths: the GANs); method {config.get('method')} has none")
   if "rfid" in metrics and reconstruct_fn is None:
     raise ValueError(
         f"rfid (reconstruction FID) needs a method that reconstructs images "
@@ -258,7 +266,8 @@ def _check_method(config: Any, metrics: Sequence[str], method: Any,
 
 def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any], *,
                     method: Any = None,
-                    reconstruct_fn: Callable[[np.ndarray], Any] | None = None
+                    reconstruct_fn: Callable[[np.ndarray], Any] | None = None,
+                    path_length_fns: dict[str, Any] | None = None
                     ) -> dict[str, Any] | None:
   """The sample metrics ``config.eval`` asks for, of `sample_fn` against ``config.data``.
 
@@ -269,17 +278,22 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any], *,
       sample metrics (ValueError).
     reconstruct_fn: images [n, H, W, C] in [-1, 1] -> reconstructions (the method's
       ``reconstruct_images`` with the state bound), for "rfid".
+    path_length_fns: `jgen.metrics.ppl.path_length_distances` keyword arguments of the
+      method's latent paths (generator_fn, space, latent_shape, mapping_fn, z_radius), for
+      "ppl".
 
   Reads ``config.eval``: metrics ("fid,is,pr"; "" = off), features ("auto", "inception",
   "domain:<dataset>"), num_samples, batch_size, dtype, reference_split ("" = data.split),
   reference_max_images (images of the FID statistics; None = the whole split),
   num_reference_features (real images of KID/P&R/D&C; None = num_samples), inception_weights,
-  domain_source, is_splits, pr_k, kid_subsets, kid_subset_size.
+  domain_source, is_splits, pr_k, kid_subsets, kid_subset_size, ppl_samples, ppl_epsilon,
+  ppl_sampling.
 
   Returns:
     {"features": net name, metric: value, ...}, or None when no metrics are asked for, or
     when ``features="auto"`` resolves to a network that is unavailable here (Inception
-    weights or the domain data absent; logged). "rfid" adds {"rfid", "rfid_num_images"}.
+    weights or the domain data absent; logged). "rfid" adds {"rfid", "rfid_num_images"},
+    "ppl" {"ppl", "ppl_unfiltered", "ppl_std", "ppl_num_samples"}.
 
   Raises:
     ValueError: sample metrics of a method whose sample() shows reconstructions, or "rfid"
@@ -289,7 +303,7 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any], *,
   metrics = parse_metrics(ev.get("metrics") if ev is not None else None)
   if not metrics:
     return None
-  _check_method(config, metrics, method, reconstruct_fn)
+  _check_method(config, metrics, method, reconstruct_fn, path_length_fns)
   from jgen import data as jdata  # pylint: disable=import-outside-toplevel
   from jgen.metrics import weights  # pylint: disable=import-outside-toplevel
 
@@ -317,6 +331,8 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any], *,
     size = config.sample.batch_size
     result.update(reconstruction_fid(
         reconstruct_fn, _source_chunks(src, np.arange(len(src)), size), net, batch_size=size))
+  if "ppl" in metrics:
+    result.update(_path_length(net, path_length_fns, ev, batch_size=config.sample.batch_size))
   sampled = [m for m in metrics if m in SAMPLE_METRICS]
   if not sampled:
     return result
@@ -339,3 +355,19 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any], *,
       batch_size=ev.batch_size, is_splits=ev.is_splits, k=ev.pr_k, kid_subsets=ev.kid_subsets,
       kid_subset_size=ev.kid_subset_size, seed=ev.seed))
   return result
+
+
+def _path_length(net: fnet.FeatureNet, fns: dict[str, Any], ev: Any, *, batch_size: int
+                 ) -> dict[str, float]:
+  """PPL of the method's latent paths with `net`'s float features as the distance."""
+  from jgen.metrics import ppl  # pylint: disable=import-outside-toplevel
+
+  distance = ppl.feature_distance(ppl.float_features_fn(net))
+  log.info("PPL (%s space, %s sampling) of %d pairs with %s feature distances",
+           fns.get("space", "z"), ev.ppl_sampling, ev.ppl_samples, net.name)
+  out = ppl.perceptual_path_length(
+      fns["generator_fn"], distance, jax.random.key(ev.seed), num_samples=ev.ppl_samples,
+      epsilon=ev.ppl_epsilon, sampling=ev.ppl_sampling, batch_size=batch_size,
+      **{k: v for k, v in fns.items() if k != "generator_fn"})
+  return {"ppl": out["ppl"], "ppl_unfiltered": out["ppl_unfiltered"],
+          "ppl_std": out["ppl_std"], "ppl_num_samples": out["num_samples"]}

@@ -45,7 +45,7 @@ Array = jax.Array
 Dtype = Any
 
 __all__ = ["CONVS", "EqualConv", "EqualDense", "ProGANDiscriminator", "ProGANGenerator",
-           "conv_im2col", "level_of", "minibatch_stddev", "num_levels", "pixel_norm"]
+           "conv2d", "conv_im2col", "level_of", "minibatch_stddev", "num_levels", "pixel_norm"]
 
 SQRT2 = math.sqrt(2.0)
 
@@ -94,28 +94,38 @@ def minibatch_stddev(x: Array, group_size: int = 4) -> Array:
 
 
 class EqualDense(nn.Module):
-  """Dense layer with equalized learning rate: y = x (c W) + b, W ~ N(0, 1), c = gain /
-  sqrt(fan_in) applied at every call (the `scale` property).
+  """Dense layer with equalized learning rate: y = x (c W) + m b, W ~ N(0, 1 / m^2),
+  c = m gain / sqrt(fan_in) applied at every call (the `scale` property), m = `lr_mul`.
+
+  With m < 1 (StyleGAN's mapping network: 0.01) the stored parameters are m^-1 times larger
+  than the weights they stand for, so Adam's steps, which have the scale of the learning rate
+  in the stored coordinates, move the effective weights m times slower.
 
   Attributes:
     features: output size.
     gain: the numerator of He's constant (sqrt(2) before a leaky ReLU, 1 for a linear output).
+    lr_mul: learning-rate multiplier m.
+    bias_init: the effective bias at initialization (StyleGAN2's style affines: 1).
   """
 
   features: int
   gain: float = SQRT2
+  lr_mul: float = 1.0
+  bias_init: float = 0.0
   dtype: Dtype = jnp.float32
 
   def scale(self, fan_in: int) -> float:
-    return self.gain / math.sqrt(fan_in)
+    return self.gain / math.sqrt(fan_in) * self.lr_mul
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     fan_in = x.shape[-1]
-    w = self.param("kernel", nn.initializers.normal(1.0), (fan_in, self.features))
-    b = self.param("bias", nn.initializers.zeros, (self.features,))
+    w = self.param("kernel", nn.initializers.normal(1.0 / self.lr_mul),
+                   (fan_in, self.features))
+    b = self.param("bias", nn.initializers.constant(self.bias_init / self.lr_mul),
+                   (self.features,))
     w = (w * self.scale(fan_in)).astype(self.dtype)
-    return jnp.dot(x.astype(self.dtype), w) + b.astype(self.dtype)
+    return jnp.dot(x.astype(self.dtype), w) + (b * self.lr_mul).astype(self.dtype)
 
 
 def conv_im2col(x: Array, w: Array) -> Array:
@@ -139,6 +149,19 @@ def conv_im2col(x: Array, w: Array) -> Array:
 CONVS = ("im2col", "lax")
 
 
+def conv2d(x: Array, w: Array, conv: str = "im2col") -> Array:
+  """Stride-1 SAME convolution of [B, H, W, C] by [k, k, C, F]: one dot for k = 1, else
+  `conv_im2col` ('im2col') or `lax.conv_general_dilated` ('lax')."""
+  if conv not in CONVS:
+    raise ValueError(f"unknown conv {conv!r}; choose one of {CONVS}")
+  if w.shape[0] == 1:
+    return jnp.dot(x, w[0, 0])
+  if conv == "im2col":
+    return conv_im2col(x, w)
+  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class EqualConv(nn.Module):
   """k x k convolution (stride 1, SAME) with equalized learning rate: c = gain / sqrt(k k C_in).
 
@@ -148,12 +171,14 @@ class EqualConv(nn.Module):
     gain: the numerator of He's constant.
     conv: 'im2col' (`conv_im2col`: fast inside control flow on CPU) or 'lax'
       (`lax.conv_general_dilated`: cuDNN / TPU convolutions).
+    use_bias: add a learned bias.
   """
 
   features: int
   kernel_size: int = 3
   gain: float = SQRT2
   conv: str = "im2col"
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
 
   def scale(self, in_features: int) -> float:
@@ -163,19 +188,11 @@ class EqualConv(nn.Module):
   def __call__(self, x: Array) -> Array:
     k, cin = self.kernel_size, x.shape[-1]
     w = self.param("kernel", nn.initializers.normal(1.0), (k, k, cin, self.features))
-    b = self.param("bias", nn.initializers.zeros, (self.features,))
     w = (w * self.scale(cin)).astype(self.dtype)
-    x = x.astype(self.dtype)
-    if self.conv not in CONVS:
-      raise ValueError(f"unknown conv {self.conv!r}; choose one of {CONVS}")
-    if k == 1:
-      y = jnp.dot(x, w[0, 0])
-    elif self.conv == "im2col":
-      y = conv_im2col(x, w)
-    else:
-      y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + b.astype(self.dtype)
+    y = conv2d(x.astype(self.dtype), w, self.conv)
+    if not self.use_bias:
+      return y
+    return y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
 
 
 def _act(x: Array) -> Array:

@@ -114,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Sample metrics of --mode=eval (jgen.metrics.evaluate.evaluate_config), beside the method's
   # own evaluate(): EMA samples against the statistics of config.data, cached per dataset+split.
   c.eval = ml_collections.ConfigDict()
-  c.eval.metrics = ""             # "" off; else a subset of "fid,kid,is,pr,dc", e.g. "fid,is,pr";
+  c.eval.metrics = ""             # "" off; else a subset of "fid,kid,is,pr,dc,ppl", e.g. "fid,pr";
   #                                 autoencoders: "rfid" (every held-out image reconstructed once)
   c.eval.features = "auto"        # auto (domain:<dataset> where jgen has one, else inception) |
   #                                 inception | domain:digits | domain:mnist | domain:fashion_mnist
@@ -131,6 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.kid_subsets = 100
   c.eval.kid_subset_size = 1000
   c.eval.seed = 0                 # sampling key and real-subset / KID-subset seed
+  c.eval.ppl_samples = 10000      # "ppl": latent pairs (StyleGAN: 100,000)
+  c.eval.ppl_epsilon = 1e-4       # "ppl": the step along the path
+  c.eval.ppl_sampling = "end"     # "ppl": "end" (t = 0, StyleGAN's W-space figure) | "full"
   return c
 
 

@@ -30,8 +30,9 @@ from jgen.train import preemption
 from jgen.train import rules as rules_lib
 from jgen.train import run_record
 from jgen.train import translations
-from jgen.train.method import (Conditional, Evaluates, Method, Reconstructs, SamplesWithFrozen,
-                               Translates, load_method, sample_tag)
+from jgen.train.method import (Conditional, Evaluates, Method, PathLengths, Reconstructs,
+                               SampleFigures, SamplesWithFrozen, Translates, Truncates,
+                               load_method, sample_tag)
 from jgen.train.state import TrainState
 from jgen.train.writers import MetricWriter, save_image_grid, save_json, save_npz, to_uint8
 
@@ -547,7 +548,42 @@ def sample(config, workdir: str) -> dict[str, str]:
     save_npz(paths["npz"], **arrays)
     log.info("wrote %d samples in %.1fs: %s, %s", len(images), seconds, paths["png"],
              paths["npz"])
+  if isinstance(method, SampleFigures):
+    figures = jax.jit(method.sample_figures)(state, jax.random.key(config.sample.seed))
+    for name, (grid, ncol) in figures.items():
+      paths[name] = os.path.join(out_dir, f"{tag}_{name}.png")
+      if _is_main():
+        save_image_grid(np.asarray(grid), paths[name], ncol=ncol, upscale=_upscale(config))
+        log.info("wrote %s", paths[name])
   return paths
+
+
+def _sample_metrics(method: Method, state: TrainState, mesh, config) -> dict[str, Any] | None:
+  """``config.eval``'s sample metrics of the method's EMA samples (and its latent paths for
+  "ppl"); logged."""
+  from jgen.metrics import evaluate as metrics_lib  # pylint: disable=import-outside-toplevel
+
+  sampler = jit_sampler(method, mesh)
+  base = jax.random.key(config.eval.seed)
+  labels = labels_for_samples(method, config, config.sample.batch_size)
+
+  def draw(i, n):
+    return _draw(sampler, state, jax.random.fold_in(base, i), n,
+                 None if labels is None else np.resize(labels, n))
+
+  reconstruct_fn = None
+  if isinstance(method, Reconstructs):
+    recon = jax.jit(method.reconstruct_images, out_shardings=mesh_lib.replicated(mesh))
+    reconstruct_fn = lambda images: recon(state, images)
+  paths = method.path_length_fns(state) if isinstance(method, PathLengths) else None
+  result = metrics_lib.evaluate_config(config, draw, method=method,
+                                       reconstruct_fn=reconstruct_fn, path_length_fns=paths)
+  if result is not None:
+    psi = f" at psi {method.truncation:g}" if isinstance(method, Truncates) else ""
+    log.info("sample metrics at step %d%s (%s features): %s", int(state.step), psi,
+             result["features"], ", ".join(f"{k}={v:.5g}" for k, v in result.items()
+                                           if isinstance(v, float)))
+  return result
 
 
 def evaluate(config, workdir: str) -> dict[str, Any]:
@@ -591,32 +627,22 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     raise ValueError("eval.metrics (sample metrics from noise) do not apply to a translation "
                      "method; its --mode=eval reports the translation metrics on its own")
   if wants_samples:
-    sampler = jit_sampler(method, mesh)
-    base = jax.random.key(config.eval.seed)
-    labels = labels_for_samples(method, config, config.sample.batch_size)
-
-    def draw(i, n):
-      return _draw(sampler, state, jax.random.fold_in(base, i), n,
-                   None if labels is None else np.resize(labels, n))
-
-    reconstruct_fn = None
-    if isinstance(method, Reconstructs):
-      recon = jax.jit(method.reconstruct_images, out_shardings=mesh_lib.replicated(mesh))
-      reconstruct_fn = lambda images: recon(state, images)
-    sample_metrics = metrics_lib.evaluate_config(config, draw, method=method,
-                                                 reconstruct_fn=reconstruct_fn)
+    sample_metrics = _sample_metrics(method, state, mesh, config)
     if sample_metrics is not None:
-      log.info("sample metrics at step %d (%s features): %s", step,
-               sample_metrics["features"],
-               ", ".join(f"{k}={v:.5g}" for k, v in sample_metrics.items()
-                         if isinstance(v, float)))
       result["sample_metrics"] = sample_metrics
+    if isinstance(method, Truncates) and method.truncation != 1.0 and sample_metrics:
+      psi1 = _sample_metrics(method.with_truncation(1.0), state, mesh, config)
+      if psi1 is not None:
+        result["sample_metrics_psi1"] = psi1
   if _is_main():
     writer = MetricWriter(workdir)
     scalars = {f"eval/{k}": v for k, v in result.items() if k != "step" and
                isinstance(v, (int, float))}
     samples = result.get("sample_metrics", {})
     scalars.update({f"eval/{samples['features']}/{k}": v for k, v in samples.items()
+                    if isinstance(v, float)})
+    psi1 = result.get("sample_metrics_psi1", {})
+    scalars.update({f"eval/{psi1['features']}/psi1/{k}": v for k, v in psi1.items()
                     if isinstance(v, float)})
     writer.write_scalars(step, scalars)
     writer.close()

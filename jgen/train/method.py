@@ -20,6 +20,12 @@ Optional members are declared as protocols of their own, which the loop checks w
 * `Translates`: an image-to-image method (pix2pix, CycleGAN, StarGAN):
   ``translation_inputs(batch)`` and ``translate(state, rng, source)``; the loop's sample and
   eval modes then translate held-out (or the user's) images instead of sampling from noise;
+* `PathLengths`: ``path_length_fns(state)``, the latent paths of perceptual path length
+  (`jgen.metrics.ppl`; the "ppl" metric of ``--mode=eval``);
+* `SampleFigures`: ``sample_figures(state, rng)``, figures beside the sample grid that
+  ``--mode=sample`` writes (StyleGAN2's style-mixing grid);
+* `Truncates`: ``truncation`` and ``with_truncation(psi)``; ``--mode=eval`` scores the
+  samples at psi = 1 as well when the configured psi is another;
 * `SamplesWithFrozen`: ``sample_frozen``, arrays the sampler needs beyond the training state
   (a guiding classifier loaded from another run); the loop's jitted sampler receives them as
   entries of ``state.frozen`` (arguments, never compile-time constants) and never checkpoints
@@ -143,6 +149,36 @@ class SamplesWithFrozen(Protocol):
 
   @property
   def sample_frozen(self) -> dict[str, Any]:
+    ...
+
+
+@runtime_checkable
+class PathLengths(Protocol):
+  """A method with latent paths: `jgen.metrics.ppl.path_length_distances` keyword arguments
+  ``generator_fn`` (latents -> images in [-1, 1], the EMA generator), ``space`` ("z" or "w"),
+  ``latent_shape``, and ``mapping_fn`` (space "w") or ``z_radius`` (space "z")."""
+
+  def path_length_fns(self, state: TrainState) -> dict[str, Any]:
+    ...
+
+
+@runtime_checkable
+class SampleFigures(Protocol):
+  """A method with figures of its own: ``{name: (images [N, H, W, C] in [-1, 1], columns)}``,
+  written as ``samples/<tag>_<name>.png`` grids."""
+
+  def sample_figures(self, state: TrainState, rng: jax.Array
+                     ) -> dict[str, tuple[jax.Array, int]]:
+    ...
+
+
+@runtime_checkable
+class Truncates(Protocol):
+  """A method sampling at a truncation psi (StyleGAN's truncation trick)."""
+
+  truncation: float
+
+  def with_truncation(self, psi: float) -> Any:
     ...
 
 

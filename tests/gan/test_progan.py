@@ -82,3 +82,28 @@ def test_smoke_run_resumes_bitwise_across_a_phase_boundary(tmp_path):
   paths = jgen.run.main(config, workdir=resumed_dir, mode="sample")
   images = np.load(paths["npz"])["images"]
   assert images.shape == (config.sample.num, 8, 8, 1) and images.std() > 0
+
+
+@pytest.mark.slow  # ~90 s on 2 cores: three compiles of the phase switch
+def test_ada_at_p_zero_reproduces_the_plain_step_and_tracks_r_t():
+  """gan.ada on ProGAN: at fixed p = 0 the step equals the plain one up to float rounding
+  (augment is the identity at p = 0); with a target, p moves after ada_interval steps."""
+  config = load_experiment("progan_digits", "smoke")
+  plain = load_method(config)
+  config.gan.ada = True
+  config.gan.ada_target = None
+  fixed = load_method(config)
+  config.gan.ada_target = 0.6
+  config.gan.ada_interval = 1
+  config.gan.ada_kimg = 0.001
+  tuned = load_method(config)
+  batch = {"image": jax.random.uniform(jax.random.key(0), (8, 8, 8, 1), minval=-1, maxval=1)}
+  rng = jax.random.key(1)
+  s0, _ = jax.jit(plain.train_step)(plain.init(jax.random.key(2), batch), batch, rng)
+  s1, m1 = jax.jit(fixed.train_step)(fixed.init(jax.random.key(2), batch), batch, rng)
+  for a, b in zip(_leaves(s0.params), _leaves(s1.params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)  # XLA fuses the graphs apart: ulps
+  assert float(m1["ada_p"]) == 0.0
+  s2, m2 = jax.jit(tuned.train_step)(tuned.init(jax.random.key(2), batch), batch, rng)
+  expected = 1.0 if float(m2["ada_rt"]) > 0.6 else 0.0
+  assert float(s2.model_state["ada"]["p"]) == expected
