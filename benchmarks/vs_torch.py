@@ -64,6 +64,8 @@ flags.DEFINE_integer("fid_batch", 50, "Images per Inception call.")
 flags.DEFINE_bool("torch_compile", False, "torch.compile the torch U-Net.")
 flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for the MFU column.")
 flags.DEFINE_integer("threads", None, "torch intra-op threads (default: torch's own choice).")
+flags.DEFINE_string("compilation_cache", None, "Persistent XLA cache directory (as launch.py's; "
+                    "a second run reports the warm compile time).")
 
 
 @dataclasses.dataclass
@@ -375,6 +377,9 @@ def main(argv):
   import torch  # pylint: disable=import-outside-toplevel
   if FLAGS.threads:
     torch.set_num_threads(FLAGS.threads)
+  if FLAGS.compilation_cache:
+    from jgen.run import enable_compilation_cache  # pylint: disable=import-outside-toplevel
+    enable_compilation_cache(FLAGS.compilation_cache)
   config = FLAGS.config
   platform = jax.devices()[0].platform
   device = "cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu"

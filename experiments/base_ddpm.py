@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.cond_drop_prob = 0.1  # conditional models: P(label -> null class) in training (CFG)
 
   c.model.num_classes = 0          # > 0: class-conditional U-Net (label + null embedding)
+  c.model.dropout_prng = "threefry"  # "unsafe_rbg": faster dropout masks (ddpm.DDPM docstring)
 
   c.optim.name = "adam"
 
