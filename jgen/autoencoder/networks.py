@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jgen.nn.layers import Norm, ResBlock
+from jgen.nn.layers import Norm, ResBlock, upsample_nearest
 
 Dtype = Any
 PyTree = Any
@@ -139,8 +139,7 @@ class Decoder(nn.Module):
         h = _res_block(self.ch * self.ch_mult[i], self.num_groups, self.dropout,
                        self.dtype)(h, train=train)
       if i > 0:
-        b, hh, ww, c = h.shape
-        h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
+        h = upsample_nearest(h)
         h = nn.Conv(self.ch * self.ch_mult[i - 1], (3, 3), dtype=self.dtype)(h)
     h = nn.silu(_norm(min(self.num_groups, h.shape[-1]), self.dtype)(h))
     return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)

@@ -318,9 +318,15 @@ def ddpm_res_block(features: int | None = None, *, dropout: float = 0.0, num_gro
 
 
 def upsample_nearest(x: Array) -> Array:
-  """2x nearest-neighbour upsampling of ``[B, H, W, C]``."""
+  """2x nearest-neighbour upsampling of ``[B, H, W, C]``: ``y[:, i, j] = x[:, i // 2, j // 2]``.
+
+  A broadcast and a reshape, whose gradient is a 2x2 sum. ``jax.image.resize(..., "nearest")``
+  gives the same values through a gather, whose gradient is a scatter-add: at [64, 16, 16, 256]
+  on 2 CPU cores its gradient took about 5x as long (156 vs 31 ms).
+  """
   b, h, w, c = x.shape
-  return jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(
+      b, 2 * h, 2 * w, c)
 
 
 def mean_pool(x: Array) -> Array:
@@ -458,8 +464,7 @@ class Upsample(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """Upsamples ``x`` of shape ``[B, H, W, C]`` to ``[B, 2H, 2W, C]``."""
-    x = x.astype(self.dtype)
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    x = upsample_nearest(x.astype(self.dtype))
     if self.with_conv:
       x = ddpm_conv(
           x.shape[-1],

@@ -66,7 +66,10 @@ def test_first_block_reads_the_input_directly_and_resampling_helpers():
   x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 4, 4, 2)), jnp.float32)
   _, v = _init(ResBlock(2, norm="batch", first=True), x, train=False)
   assert set(v["batch_stats"]) == {"Norm_0"}  # one norm: none before the first conv
-  np.testing.assert_array_equal(upsample_nearest(x), jnp.repeat(jnp.repeat(x, 2, 1), 2, 2))
+  np.testing.assert_array_equal(upsample_nearest(x), np.repeat(np.repeat(x, 2, 1), 2, 2))
+  grad = jax.grad(lambda x: jnp.sum(upsample_nearest(x) * jnp.arange(64.0).reshape(1, 8, 8, 1)))
+  weights = np.arange(64.0).reshape(8, 8)  # the gradient sums each 2x2 block of the weights
+  np.testing.assert_allclose(grad(x)[0, :, :, 0], weights.reshape(4, 2, 4, 2).sum((1, 3)))
   np.testing.assert_allclose(mean_pool(upsample_nearest(x)), x, rtol=1e-6)
 
 
