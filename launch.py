@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import jgen.run
+import jgen.xla
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -33,7 +34,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  jgen.run.set_cpu_xla_flags()  # before anything starts JAX's backends
+  jgen.xla.set_cpu_xla_flags()  # before anything starts JAX's backends
   logging.set_verbosity(logging.WARNING)
   jgen.run.main(FLAGS.config, workdir=FLAGS.workdir, mode=FLAGS.mode,
                 distributed=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,

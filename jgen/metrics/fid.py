@@ -363,5 +363,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+  from jgen.xla import set_cpu_xla_flags  # pylint: disable=import-outside-toplevel
+  set_cpu_xla_flags()  # before anything starts JAX's backends
   logging.basicConfig(level=logging.INFO, stream=sys.stderr)
   main()

@@ -1,4 +1,4 @@
-"""jgen's XLA:CPU flags (`jgen.run.set_cpu_xla_flags`): how they merge into XLA_FLAGS, and, in a
+"""jgen's XLA:CPU flags (`jgen.xla.set_cpu_xla_flags`): how they merge into XLA_FLAGS, and, in a
 fresh process, that this jaxlib accepts them, moves convolutions off YNNPACK and still computes
 a convolution and its gradients correctly (against NumPy)."""
 
@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from jgen.run import CPU_XLA_FLAGS, CPU_XLA_FLAGS_JAXLIB, set_cpu_xla_flags
+from jgen.xla import CPU_XLA_FLAGS, CPU_XLA_FLAGS_JAXLIB, set_cpu_xla_flags
 from tests.conftest import subprocess_env
 
 _IN_RANGE = CPU_XLA_FLAGS_JAXLIB[0]
@@ -37,7 +37,7 @@ def test_users_value_wins_and_opt_out_and_other_jaxlibs_are_left_alone():
 _CHILD = r"""
 import json, re
 import numpy as np
-from jgen.run import set_cpu_xla_flags
+from jgen.xla import set_cpu_xla_flags
 flags = set_cpu_xla_flags()
 import jax, jax.numpy as jnp
 rng = np.random.default_rng(0)
