@@ -21,3 +21,8 @@ def test_readme_compose_example_runs():
   assert images.shape == (4, 16, 16, 1)
   assert np.isfinite(np.asarray(images)).all() and np.isfinite(float(loss))
   assert np.abs(np.asarray(images)).max() <= 1.0
+  # LoRA at initialisation: the same loss, and a gradient for the adapters' B only.
+  np.testing.assert_allclose(float(namespace["lora_loss0"]), float(loss), rtol=1e-5)
+  grads = namespace["jgen"].nn.lora.flat(namespace["adapter_grads"])
+  assert all(np.abs(np.asarray(g)).max() == 0 for k, g in grads.items() if k.endswith("lora_a"))
+  assert any(np.abs(np.asarray(g)).max() > 0 for k, g in grads.items() if k.endswith("lora_b"))

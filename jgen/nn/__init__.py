@@ -19,7 +19,7 @@ from jgen.nn.layers import (
     timestep_embedding,
     upsample_nearest,
 )
-from jgen.nn import conditioning
+from jgen.nn import conditioning, lora
 from jgen.nn.classifier import NoisyClassifier
 from jgen.nn.translation import (PatchDiscriminator, ResnetGenerator, UNetGenerator,
                                  patch_receptive_field)
@@ -47,6 +47,7 @@ __all__ = [
     "ddpm_dense",
     "ddpm_res_block",
     "default_init",
+    "lora",
     "mean_pool",
     "timestep_embedding",
     "upsample_nearest",

@@ -46,7 +46,8 @@ class Lora:
   """Low-rank adapters of the kernels whose module path matches ``targets``.
 
   Attributes:
-    rank: r, the rank of each update (at most min(fan_in, d_out) of every target).
+    rank: r, the rank of each update. A target with min(fan_in, d_out) <= r (a 1-channel output
+      convolution, say) gets an update of full rank, which is still exact at initialisation.
     targets: Regular expression searched (``re.search``) in each kernel's module path, the
       ``/``-joined keys above its ``kernel`` leaf, e.g. ``"attn_.*/(q|k|v|proj_out)$"`` or
       ``"conv"``.
@@ -78,8 +79,7 @@ class Lora:
     """The paths of the target kernels (2-D Dense or 4-D convolution ``kernel`` leaves).
 
     Raises:
-      ValueError: ``targets`` matches no kernel (the message lists the kernels' module paths),
-        or ``rank`` exceeds a target's min(fan_in, d_out).
+      ValueError: ``targets`` matches no kernel (the message lists the kernels' module paths).
     """
     kernels = {p: v for p, v in flat(params).items()
                if p.rsplit("/", 1)[-1] == KERNEL and getattr(v, "ndim", 0) in (2, 4)}
@@ -89,12 +89,6 @@ class Lora:
       modules = sorted(p.rsplit("/", 1)[0] for p in kernels)
       raise ValueError(f"LoRA targets {self.targets!r} match no Dense or convolution kernel; "
                        f"the {len(modules)} module paths are: {modules}")
-    for p in chosen:
-      fan_in, d_out = _fan_in(kernels[p].shape), kernels[p].shape[-1]
-      if self.rank > min(fan_in, d_out):
-        raise ValueError(f"LoRA rank {self.rank} exceeds min(fan_in, d_out) = "
-                         f"{min(fan_in, d_out)} of {p} {tuple(kernels[p].shape)}; lower the rank "
-                         "or narrow the targets")
     return chosen
 
   def init_adapters(self, rng: Array, params: Mapping[str, Any]) -> dict[str, Any]:

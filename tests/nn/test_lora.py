@@ -1,7 +1,7 @@
 """`jgen.nn.lora`: the adapted model equals the base at initialisation, the update equals the
 two-layer form computed independently (x A B for Dense; a k x k then a 1 x 1 convolution for
 convolutions), the adapters' gradients match their closed forms, merge / unmerge round-trips,
-and bad targets or ranks are refused with the module paths listed."""
+and bad targets, ranks and inits are refused with the module paths listed."""
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,7 @@ def test_targets_select_kernels_by_module_path(unet):
 
 def test_adapted_model_equals_base_at_init(unet):
   model, params, x, t = unet
-  lora = Lora(rank=3, targets=r".*", alpha=6.0)  # rank <= conv_out's 3 outputs
+  lora = Lora(rank=4, targets=r".*", alpha=8.0)  # conv_out (3 outputs) gets a full-rank update
   adapters = lora.init_adapters(jax.random.key(1), params)
   base = model.apply({"params": params}, x, t, train=False)
   adapted = model.apply({"params": lora.merge(params, adapters)}, x, t, train=False)
@@ -124,8 +124,6 @@ def test_bad_targets_ranks_and_inits_are_refused(unet):
   _, params, _, _ = unet
   with pytest.raises(ValueError, match="match no Dense or convolution kernel.*module paths"):
     Lora(rank=2, targets="no_such_module").paths(params)
-  with pytest.raises(ValueError, match="exceeds min"):
-    Lora(rank=64, targets="conv").paths(params)
   with pytest.raises(ValueError, match="at least 1"):
     Lora(rank=0, targets=".*")
   with pytest.raises(ValueError, match="unknown LoRA init"):
