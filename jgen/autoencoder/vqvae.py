@@ -155,8 +155,7 @@ class VQVAE:
   def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
     loss_rng, restart_rng = jax.random.split(rng)
-    grads, (metrics, z, indices) = jax.grad(self.loss_fn, has_aux=True)(
-        state.params, batch, loss_rng)
+    grads, (metrics, z, indices) = state.grad(self.loss_fn, batch, loss_rng)
     stats = state.model_state["vq_stats"]
     counts, sums, ema_codebook = vq.ema_codebook_update(
         stats["counts"], stats["sums"], z, indices, decay=self.decay, epsilon=self.epsilon)

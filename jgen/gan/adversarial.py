@@ -224,7 +224,7 @@ class GAN:
     labels = split_critic_batches(batch["label"], n) if self.num_classes else None
     b = reals.shape[1]
     projections = self.projections()
-    g_params, g_state = state.params["generator"], state.model_state["generator"]
+    g_params, g_state = state.model_params["generator"], state.model_state["generator"]
 
     def critic_step(state, k):
       z_rng, reg_rng = jax.random.split(jax.random.fold_in(rng, k))
@@ -262,7 +262,7 @@ class GAN:
     labels = batch["label"] if self.num_classes else None
     fake, _ = self.generate(state.ema_params["generator"], state.model_state["generator"],
                             jax.random.normal(rng, (x.shape[0], self.z_dim)), labels)
-    d_params, d_state = state.params["discriminator"], state.model_state["discriminator"]
+    d_params, d_state = state.model_params["discriminator"], state.model_state["discriminator"]
     real_logits, _ = self.discriminate(d_params, d_state, x, labels)
     fake_logits, _ = self.discriminate(d_params, d_state, fake, labels)
     real, fake_s = jnp.mean(real_logits), jnp.mean(fake_logits)

@@ -312,7 +312,7 @@ class DDGAN:
     x0 = batch["image"].astype(jnp.float32)
     d = self._draws(jax.random.fold_in(rng, 0), x0)
     cond = {"x_t": d["x_t"], "t": d["t"]}
-    fake, _ = self.denoiser_apply(state.params["generator"], {}, d["z"],
+    fake, _ = self.denoiser_apply(state.model_params["generator"], {}, d["z"],
                                   {**cond, "noise": d["noise"]}, train=True)
     state, d_metrics = updates.discriminator_update(
         state, self.d_apply, d["x_prev"], fake, rng=jax.random.fold_in(rng, 1),
@@ -333,7 +333,7 @@ class DDGAN:
     cond = {"x_t": d["x_t"], "t": d["t"]}
     fake, _ = self.denoiser_apply(state.ema_params["generator"], {}, d["z"],
                                   {**cond, "noise": d["noise"]}, train=False)
-    d_params = state.params["discriminator"]
+    d_params = state.model_params["discriminator"]
     real_logits, _ = self.d_apply(d_params, {}, d["x_prev"], cond, train=False)
     fake_logits, _ = self.d_apply(d_params, {}, fake, cond, train=False)
     return {"loss": losses.discriminator_loss("non_saturating", real_logits, fake_logits),

@@ -175,7 +175,7 @@ class Pix2Pix:
     source, target = batch["source"], batch["target"]
     cond = {"image": source}
     g_apply = self.g_apply(jax.random.fold_in(rng, 0))
-    fake, _ = g_apply(state.params["generator"], state.model_state["generator"], source,
+    fake, _ = g_apply(state.model_params["generator"], state.model_state["generator"], source,
                       train=True)
     state, d_metrics = updates.discriminator_update(
         state, self.d_apply, target, fake, rng=jax.random.fold_in(rng, 1), step=state.step,

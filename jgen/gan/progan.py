@@ -248,7 +248,7 @@ class ProGAN:
       real = real_images_at(images, level, fading=fading, alpha=alpha)
       b = real.shape[0]
       z = jax.random.normal(jax.random.fold_in(rng, 0), (b, self.z_dim))
-      fake, _ = g(state.params["generator"], {}, z, train=True)
+      fake, _ = g(state.model_params["generator"], {}, z, train=True)
       d_seen = self._seen_by_d(d, state, jax.random.fold_in(rng, 4))
       state, dm = updates.discriminator_update(
           state, d_seen, real, fake, rng=jax.random.fold_in(rng, 1), step=state.step,
@@ -313,7 +313,7 @@ class ProGAN:
       return run
 
     return jax.lax.switch(p, [branch(i) for i in range(self.schedule.num_phases)],
-                          state.ema_params["generator"], state.params["discriminator"],
+                          state.ema_params["generator"], state.model_params["discriminator"],
                           batch["image"], z, alpha)
 
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:

@@ -289,7 +289,7 @@ class StarGAN:
     c_trg = self.sample_targets(jax.random.fold_in(rng, n + 3), c_org)
     xs, cos, cts = (split_critic_batches(a, n) for a in (x_real, c_org, c_trg))
     gp = (updates.gradient_penalty(self.d_src_apply, weight=self.lambda_gp),)
-    g_params = state.params["generator"]
+    g_params = state.model_params["generator"]
 
     def critic_step(state, k):
       fake = self.generate(g_params, xs[k], cts[k])
@@ -350,7 +350,7 @@ class StarGAN:
     `real_cls_acc` (on the real images) and `wasserstein` (mean D_src of real minus fake).
     """
     g = state.ema_params["generator"]
-    d_params = state.params["discriminator"]
+    d_params = state.model_params["discriminator"]
     x_real, c_org = self.real_domains(batch, rng)
     targets = jnp.asarray(self.targets)
     b, d = x_real.shape[0], targets.shape[0]

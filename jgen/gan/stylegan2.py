@@ -190,7 +190,7 @@ class StyleGAN2(GAN):
     b = reals.shape[0]
     labels = batch["label"] if self.num_classes else None
     cond = None if labels is None else {"label": labels}
-    g_params = state.params["generator"]
+    g_params = state.model_params["generator"]
 
     z = jax.random.normal(key(0), (b, self.z_dim))
     fake, _ = self._train_apply(key(1))(g_params, {}, z, cond, train=True)

@@ -44,7 +44,7 @@ Sketch: CycleGAN (Zhu et al. 2017) with generators `g_ab`, `g_ba` and discrimina
     return adv + 10.0 * cycle, (ms, {"g_loss": adv, "cycle": cycle})
 
   state, m_g = update(state, g_loss, networks=("g_ab", "g_ba"), rng=r0, count_step=True)
-  fake_b = g(state.params["g_ab"], ..., a)[0]; fake_a = g(state.params["g_ba"], ..., b)[0]
+  fake_b = g(state.model_params["g_ab"], ..., a)[0]; fake_a = g(state.model_params["g_ba"], ..., b)[0]
   state, m_b = discriminator_update(state, d, b, fake_b, network="d_b", loss="least_squares",
                                     rng=r1, step=state.step)
   state, m_a = discriminator_update(state, d, a, fake_a, network="d_a", loss="least_squares",
@@ -71,8 +71,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jgen.gan import losses
 from jgen.train import rules as rules_lib
+from jgen.gan import losses
 from jgen.train.state import TrainState
 
 PyTree = Any
@@ -189,20 +189,18 @@ def update(state: TrainState, loss_fn: LossFn, *, networks: str | Sequence[str],
   trainable = state.trainable()
   theta = {k: trainable[k] for k in names if k in trainable}
 
-  def of_theta(theta):
-    return total(rules_lib.merge(state.params, theta), state.model_state, rng)
-
-  grads, (model_state, metrics) = jax.grad(of_theta, has_aux=True)(theta)
+  grads, (model_state, metrics) = state.grad(total, state.model_state, rng, trainable=theta)
   step_before = state.step
   for k in theta:
     state = state.apply_gradients(grads[k], network=k, count_step=False)
   if count_step:  # once per update, also when every network of the group is frozen
     state = state.replace(step=step_before + 1)
-  if projections:
+  if projections:  # of the trainable leaves: a frozen one (a LoRA base) never changes
     params = dict(state.params)
     for k, project in projections.items():
       params[k] = project(params[k])
-    state = state.replace(params=params)
+    trainable = rules_lib.select(params, set(rules_lib.flat(state.trainable())))
+    state = state.replace(params=rules_lib.merge(state.params, trainable))
   state = state.replace(model_state=model_state)
   return state, {**metrics, "grad_norm": optax.global_norm(grads)}
 

@@ -39,6 +39,8 @@ PyTree = Any
 INITS = ("kaiming", "gaussian")
 KERNEL = "kernel"
 A, B = "lora_a", "lora_b"
+SUBTREE = "lora"  # where a stored parameter tree keeps the adapters (`Lora.view`)
+RULE = r"(.*/)?lora/.*"  # the spine rule (`jgen.train.rules`) that selects them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +121,25 @@ class Lora:
   def unmerge(self, params: Mapping[str, Any], adapters: Mapping[str, Any]) -> dict[str, Any]:
     """The inverse of `merge`: W' - (alpha / r) A B, equal to W up to float rounding."""
     return self._fold(params, adapters, -1.0)
+
+  def view(self, stored: Mapping[str, Any]) -> Any:
+    """The model's parameters from a stored tree that holds adapters in ``lora`` subtrees.
+
+    Every dict node with a ``lora`` key (the root for one network; ``generator/lora`` and
+    ``discriminator/lora`` when networks train side by side) is replaced by its other keys with
+    the adapters of that ``lora`` subtree merged in (`merge`; the adapters mirror the paths of
+    the node's other keys). A tree with no ``lora`` key comes back unchanged. This is
+    `jgen.train.state.TrainState.view` for a LoRA run.
+    """
+    if not isinstance(stored, Mapping):
+      return stored
+    out = {k: self.view(v) for k, v in stored.items() if k != SUBTREE}
+    return self.merge(out, stored[SUBTREE]) if SUBTREE in stored else out
+
+  def __call__(self, stored: Mapping[str, Any]) -> Any:
+    """`view`: a `Lora` is itself a `TrainState.view` (a value-compared static field, so jit
+    sees the same state structure from every equal `Lora`)."""
+    return self.view(stored)
 
   def _fold(self, params, adapters, sign: float) -> dict[str, Any]:
     items = flat(params)

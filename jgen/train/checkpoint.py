@@ -48,8 +48,9 @@ class Checkpointer:
     """Saves `items` (a pytree of arrays) as checkpoint `step` (asynchronously)."""
     return self._manager.save(step, args=ocp.args.StandardSave(items), force=force)
 
-  def restore(self, template: PyTree, *, step: int | None = None) -> PyTree:
-    """Restores checkpoint `step` (default latest) into arrays shaped/sharded like `template`.
+  def restore(self, template: PyTree | None, *, step: int | None = None) -> PyTree:
+    """Restores checkpoint `step` (default latest) into arrays shaped/sharded like `template`
+    (None: as stored, on the default device).
 
     Raises:
       CheckpointError: no checkpoint, or one that does not match `template` or is unreadable.
@@ -59,7 +60,8 @@ class Checkpointer:
       raise CheckpointError(f"no checkpoint found in {self.directory}; train first "
                             "(--mode=train) or point --workdir at a run's directory")
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
+      target = None if template is None else _abstract(template)
+      return self._manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # orbax raises many types (ValueError, KeyError, OSError ...)
       raise CheckpointError(
           f"cannot restore checkpoint step {step} from {self.directory}: "

@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.cache = False           # folder/zip sources: decode all images up front (else on access)
   c.data.skip_corrupt = False    # folder/zip sources: skip undecodable files (else an error)
   c.data.train_examples = 0      # > 0: train on the first N examples of data.split only
+  c.data.train_labels = ""       # "7" or "1,7": train on the examples of these labels only
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = "float32"      # compute dtype; bfloat16 on GPU/TPU. Params stay float32.
@@ -67,6 +68,16 @@ def base_config() -> ml_collections.ConfigDict:
   # at 1.0, a rule matching nothing is an error. E.g. --config.optim.rules="(('lora/.*', 1.0),
   # ('.*', 'frozen'))" trains the adapters only.
   c.optim.rules = ()
+
+  # LoRA (jgen.nn.lora, jgen.train.adapters): low-rank adapters of the Dense / convolution
+  # kernels whose module path `targets` searches, for any method; rank 0 = off. With no
+  # optim.rules only the adapters train; pretrained weights come in through init_from, and each
+  # checkpoint also writes an adapter-only one (workdir/adapters). alpha None: alpha = rank.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0
+  c.lora.targets = ""
+  c.lora.alpha = ml_collections.FieldReference(None, field_type=float)
+  c.lora.init = "kaiming"         # kaiming | gaussian: how A starts (B starts at zero)
 
   # Start from another run's checkpoint (jgen.train.init_from): frozen arrays
   # (into='frozen/<name>') or pretrained parameters (into='params' or 'params/<path>', the

@@ -23,6 +23,7 @@ from jgen import data as jdata
 from jgen.nn import conditioning
 from jgen.train import mesh as mesh_lib
 from jgen.train.checkpoint import Checkpointer
+from jgen.train import adapters
 from jgen.train import init_from as init_from_lib
 from jgen.train import parallel
 from jgen.data.unpaired_derived import IndexSubset
@@ -30,9 +31,9 @@ from jgen.train import preemption
 from jgen.train import rules as rules_lib
 from jgen.train import run_record
 from jgen.train import translations
-from jgen.train.method import (Conditional, Evaluates, Method, PathLengths, Reconstructs,
-                               SampleFigures, SamplesWithFrozen, Translates, Truncates,
-                               load_method, sample_tag)
+from jgen.train.method import (Conditional, Evaluates, Method, PathLengths, Prepares,
+                               Reconstructs, SampleFigures, SamplesWithFrozen, Translates,
+                               Truncates, load_method, sample_tag)
 from jgen.train.state import TrainState
 from jgen.train.writers import MetricWriter, save_image_grid, save_json, save_npz, to_uint8
 
@@ -56,6 +57,16 @@ def load_data(config, *, split: str):
                              skip_corrupt=d.get("skip_corrupt", False))
   if len(source) == 0:  # sources that index lazily (tfds) are checked here
     raise jdata.EmptySourceError(f"data source {d.source!r} split {split!r}")
+  keep = {int(v) for v in str(d.get("train_labels", "") or "").replace(" ", "").split(",") if v}
+  if keep and split == d.split:  # one class's images (DreamBooth's subject); evals see all
+    if source.num_classes is None:
+      raise ValueError(f"data.train_labels={d.train_labels!r} needs labels, and {d.source!r} "
+                       "has none")
+    index = [i for i in range(len(source)) if int(source[i]["label"]) in keep]
+    if not index:
+      raise ValueError(f"no example of {d.source!r} split {split!r} has a label in "
+                       f"data.train_labels={d.train_labels!r}")
+    source = IndexSubset(source, index)
   limit = int(d.get("train_examples", 0) or 0)
   if limit and split == d.split:  # small-data training (ADA's setting); evals see all
     if limit > len(source):
@@ -98,13 +109,26 @@ def abstract_batch(config, mesh, source) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def _rules(config) -> tuple:
-  return rules_lib.parse_rules(config.optim.get("rules", ()))
+  return adapters.rules(rules_lib.parse_rules(config.optim.get("rules", ())),
+                        adapters.lora_from_config(config))
+
+
+def _method_init(method: Method, config):
+  """`method.init`, with LoRA adapters attached when ``config.lora.rank > 0``
+  (`jgen.train.adapters.attach`; A drawn from a key folded from the init key)."""
+  lora = adapters.lora_from_config(config)
+  if lora is None:
+    return method.init
+
+  def init(rng, batch):
+    return adapters.attach(method.init(rng, batch), lora, jax.random.fold_in(rng, 0x10BA))
+  return init
 
 
 def _init_fn(method: Method, config):
-  """`method.init` followed by the config's trainable-parameter rules."""
-  rules = _rules(config)
-  return lambda rng, batch: method.init(rng, batch).with_rules(rules)
+  """`_method_init` followed by the config's trainable-parameter rules."""
+  rules, init = _rules(config), _method_init(method, config)
+  return lambda rng, batch: init(rng, batch).with_rules(rules)
 
 
 def _with_shardings(abstract: Any, mesh) -> Any:
@@ -176,8 +200,9 @@ def restore_or_init(method: Method, config, mesh, ckpt: Checkpointer, first_batc
              spec.source, spec.subtree, spec.into)
   init_from_lib.check_loads(abstract, loads)
   rules = _rules(config)
-  fresh = _with_shardings(jax.eval_shape(method.init, rng, first_batch), mesh)
-  state = jit_onto(method.init, fresh, mesh)(rng, first_batch)
+  init = _method_init(method, config)
+  fresh = _with_shardings(jax.eval_shape(init, rng, first_batch), mesh)
+  state = jit_onto(init, fresh, mesh)(rng, first_batch)
 
   def put(state, trees):
     placed = [(spec, tree) for (spec, _), tree in zip(loads, trees)]
@@ -319,6 +344,8 @@ def _train(config, workdir: str, stop: preemption.StopRequest) -> TrainState:
   jdata.check_batch_size(config.data.batch_size, num_devices=mesh.size,
                          process_count=jax.process_count())
   check_writable(workdir)
+  if isinstance(method, Prepares):
+    method = method.prepare(workdir)
   source = load_data(config, split=config.data.split)
   dataset = _make_dataset(config, source, seed=config.seed)
   eval_dataset = None
@@ -331,6 +358,10 @@ def _train(config, workdir: str, stop: preemption.StopRequest) -> TrainState:
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                       max_to_keep=config.train.keep_checkpoints,
                       async_save=config.train.async_checkpoints)
+  lora = adapters.lora_from_config(config)
+  adapter_ckpt = None if lora is None else adapters.AdapterCheckpoints(
+      workdir, lora, max_to_keep=config.train.keep_checkpoints,
+      async_save=config.train.async_checkpoints)
   if ckpt.latest_step() is not None:  # before anything compiles
     run_record.check_resume(workdir, config, log=log)
   state = restore_or_init(method, config, mesh, ckpt, first_batch, workdir=workdir)
@@ -369,6 +400,8 @@ def _train(config, workdir: str, stop: preemption.StopRequest) -> TrainState:
           f"good checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is kept. Lower "
           "--config.optim.lr, set --config.optim.grad_clip_norm, or check the data.")
     ckpt.save(step_now, items)
+    if adapter_ckpt is not None:
+      adapter_ckpt.save(step_now, run.view())
 
   def write_samples(step_now: int):
     if translates:  # held-out sources | translations | targets
@@ -414,12 +447,16 @@ def _train(config, workdir: str, stop: preemption.StopRequest) -> TrainState:
         if saved != step_now:
           save_checkpoint(step_now)
         ckpt.wait()
+        if adapter_ckpt is not None:
+          adapter_ckpt.wait()
         stopped = preemption.Preempted(step_now, stop.reason)
         log.warning("%s (%s)", stopped, ckpt.directory)
         raise stopped
   finally:
     bar.close()
     ckpt.close()
+    if adapter_ckpt is not None:
+      adapter_ckpt.close()
     writer.close()
   return run.view()
 

@@ -39,7 +39,7 @@ BLOCKING = ("method", "seed", "model.", "diffusion.", "gan.", "classifier.", "da
             "data.channels", "data.batch_size", "optim.name", "optim.schedule", "optim.lr",
             "optim.warmup_steps", "optim.decay_from", "optim.decay_rate", "optim.b1", "optim.b2",
             "optim.rules", "bottleneck.", "loss.", "disc.", "pixelcnn.num_bins",
-            "optim_d.")
+            "optim_d.", "lora.", "personalize.")
 
 
 class RunRecordError(ValueError):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax
@@ -36,7 +36,7 @@ from jgen.train import rules as rules_lib
 
 PyTree = Any
 
-__all__ = ["EmaSpec", "PerNetwork", "TrainState", "ema_decay_at", "ema_update", "per_network"]
+__all__ = ["ChainedView", "EmaSpec", "PerNetwork", "TrainState", "ema_decay_at", "ema_update", "per_network"]
 
 
 def ema_update(ema_params: PyTree, params: PyTree, decay: jax.Array | float) -> PyTree:
@@ -101,6 +101,18 @@ def per_network(txs: Mapping[str, optax.GradientTransformation]) -> PerNetwork:
   return PerNetwork(init, update, pairs)
 
 
+@dataclasses.dataclass(frozen=True)
+class ChainedView:
+  """`TrainState.view`s applied in turn (LoRA's merge, then a method's own view)."""
+
+  views: tuple[Callable[[PyTree], PyTree], ...]
+
+  def __call__(self, params: PyTree) -> PyTree:
+    for view in self.views:
+      params = view(params)
+    return params
+
+
 def _prefixed(tree: Mapping[str, Any], prefix: str | None) -> dict[str, Any]:
   return dict(tree) if prefix is None else {prefix: tree}
 
@@ -120,6 +132,10 @@ class TrainState:
     tx: the optax transformation (static); a `PerNetwork` for several networks.
     ema_specs: the `EmaSpec`s (static).
     rules: `((pattern, multiplier or None), ...)` over parameter paths (static).
+    view: the model's parameters as a function of the stored ones (static; None: the
+      identity). LoRA stores the base parameters and a ``lora`` subtree of adapters, and its
+      view folds the adapters into the kernels (`jgen.nn.lora.Lora.view`); every loss,
+      gradient and EMA tree a method sees passes through it (`model_params`).
   """
 
   step: jax.Array
@@ -132,6 +148,7 @@ class TrainState:
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
   ema_specs: tuple[EmaSpec, ...] = flax.struct.field(pytree_node=False, default=())
   rules: tuple[rules_lib.Rule, ...] = flax.struct.field(pytree_node=False, default=())
+  view: Callable[[PyTree], PyTree] | None = flax.struct.field(pytree_node=False, default=None)
 
   @classmethod
   def create(cls, *, params: PyTree, tx: optax.GradientTransformation, rng: jax.Array,
@@ -167,6 +184,15 @@ class TrainState:
     """`{parameter path: learning-rate multiplier or None (frozen)}` under `rules`."""
     return rules_lib.leaf_multipliers(list(rules_lib.flat(self.params)), self.rules)
 
+  def to_model(self, params: PyTree) -> PyTree:
+    """A stored parameter tree (this state's, an EMA's) as the model applies it (`view`)."""
+    return params if self.view is None else self.view(params)
+
+  @property
+  def model_params(self) -> PyTree:
+    """The current parameters as the model applies them (`to_model` of `params`)."""
+    return self.to_model(self.params)
+
   def trainable(self, params: PyTree | None = None) -> dict[str, Any]:
     """The trainable view of `params` (default `self.params`): frozen leaves left out."""
     mult = self.multipliers()
@@ -174,15 +200,16 @@ class TrainState:
                             lambda k: mult[k] is not None)
 
   def averaged(self, name: str = "ema") -> PyTree:
-    """`params` with the leaves of EMA `name` put in (the tree to sample with)."""
+    """`params` with the leaves of EMA `name` put in, as the model applies them (the tree to
+    sample with)."""
     if name not in self.emas:
       raise KeyError(f"no EMA named {name!r}; this state keeps {sorted(self.emas)}")
-    return rules_lib.merge(self.params, self.emas[name])
+    return self.to_model(rules_lib.merge(self.params, self.emas[name]))
 
   @property
   def ema_params(self) -> PyTree:
-    """`averaged("ema")`, or `params` when the state keeps no EMA."""
-    return self.averaged("ema") if "ema" in self.emas else self.params
+    """`averaged("ema")`, or `model_params` when the state keeps no EMA."""
+    return self.averaged("ema") if "ema" in self.emas else self.model_params
 
   def with_rules(self, rules: Sequence[rules_lib.Rule]) -> "TrainState":
     """The state under `rules`, with a fresh optimizer state and EMAs of the current params.
@@ -260,19 +287,27 @@ class TrainState:
     return self.replace(step=self.step + 1 if count_step else self.step, params=new_params,
                         opt_state=opt_state, emas=emas)
 
-  def gradient_step(self, loss_fn, *args) -> tuple["TrainState", dict[str, jax.Array]]:
-    """One update from `loss_fn(params, *args) -> (loss, metrics)`.
+  def grad(self, loss_fn, *args, trainable: PyTree | None = None) -> tuple[PyTree, Any]:
+    """`(grads, aux)` of `loss_fn(model params, *args) -> (loss, aux)` with respect to the
+    trainable leaves (`trainable`, default this state's trainable view).
 
-    Only the trainable leaves are differentiated (`jax.grad` of the loss as a function of the
-    trainable view, frozen leaves closed over), so frozen ones cost no gradient computation.
+    The loss sees `to_model` of the stored parameters with the trainable leaves put in; the
+    frozen leaves are closed over, so they cost no gradient computation, and under LoRA the
+    gradient reaches the adapters through the view's W + (alpha / r) A B.
+    """
+    def of_trainable(theta, *a):
+      return loss_fn(self.to_model(rules_lib.merge(self.params, theta)), *a)
+
+    theta = self.trainable() if trainable is None else trainable
+    return jax.grad(of_trainable, has_aux=True)(theta, *args)
+
+  def gradient_step(self, loss_fn, *args) -> tuple["TrainState", dict[str, jax.Array]]:
+    """One update from `loss_fn(params, *args) -> (loss, metrics)` (gradients by `grad`).
 
     Returns:
       The updated state and `metrics` plus the gradients' global norm (`grad_norm`).
     """
-    def of_trainable(trainable, *a):
-      return loss_fn(rules_lib.merge(self.params, trainable), *a)
-
-    grads, metrics = jax.grad(of_trainable, has_aux=True)(self.trainable(), *args)
+    grads, metrics = self.grad(loss_fn, *args)
     grads = parallel.replica_mean(grads)  # pmap: the global batch's gradient (and its norm)
     return (self._apply(grads, network=None, count_step=True),
             {**metrics, "grad_norm": optax.global_norm(grads)})
