@@ -76,13 +76,14 @@ from jgen.nn import text as text_lib
 from jgen.nn.conditioning import drop_conditions
 from jgen.nn.unet import UNet
 from jgen.train import init_from as init_from_lib
+from jgen.train import rules as rules_lib
 from jgen.train import run_record
 from jgen.train.method import load_method
 from jgen.train.state import TrainState
 
 __all__ = ["CONDITIONINGS", "FROZEN", "TEXT_FROZEN", "ClassTokenUNet", "LatentDiffusion",
            "TextLatentDiffusion", "load_first_stage", "latent_train_step", "load_frozen_first_stage",
-           "make_method", "measure_scale_factor"]
+           "make_method", "measure_scale_factor", "text_method_on_base"]
 
 log = logging.getLogger(__name__)
 
@@ -622,3 +623,29 @@ def _make_text_method(config: Any, base: ddpm_lib.ConditionalDDPM, unet: UNet,
       prompt_tokens=tokenizer.encode(prompts), custom_prompts=bool(given),
       guidance_scale=float(base.guidance_scale), cond_drop_prob=float(base.cond_drop_prob),
       encoder_frozen=frozen)
+
+
+def text_method_on_base(config: Any, method: str, rules: tuple, *, trains: str
+                        ) -> "TextLatentDiffusion":
+  """The text latent diffusion method of a config that adapts a trained text run (IP-Adapter,
+  Imagic): the rules must be `rules`, ``init_from.base.workdir`` names the trained run (its
+  EMA weights come in through that load), and the scale factor is fixed to the one that run
+  recorded, so the latents are the ones its U-Net learned.
+
+  Raises:
+    ValueError: other rules, no base run, or a config that is not text-conditioned.
+  """
+  got = rules_lib.parse_rules(config.optim.get("rules", ()))
+  if got != rules:
+    raise ValueError(f"{method} trains {trains}: set --config.optim.rules to {rules} "
+                     f"(got {got})")
+  base = config.init_from.get("base", {})
+  if not base.get("workdir"):
+    raise ValueError(f"{method} adapts a trained text latent diffusion model: set "
+                     "--config.init_from.base.workdir=<an experiments/ldm_text_digits.py run>")
+  text = make_method(config)
+  if not isinstance(text, TextLatentDiffusion) or text.encoder_frozen:
+    raise ValueError(f"{method} needs ldm.conditioning='text' with the text encoder in params")
+  recorded, _ = init_from_lib.load(init_from_lib.InitFrom(base.workdir, step=base.get("step"),
+                                                          source="model_state"))
+  return dataclasses.replace(text, scale_factor=float(np.asarray(recorded["scale_factor"])))

@@ -6,7 +6,10 @@ A conditional model takes its conditions as one dict, every entry with a leading
 * ``attributes``: float32 ``[B, A]``, multi-hot attributes (celeb_a's 40);
 * ``context``: float32 ``[B, T, D]``, a token sequence (text-encoder outputs) for cross-attention;
 * ``image``: float32 ``[B, H, W, C]`` in [-1, 1], an image to condition on (translation,
-  super-resolution, ControlNet hints).
+  super-resolution), concatenated to the input;
+* ``image_context``: float32 ``[B, N, D]``, image tokens (IP-Adapter's image prompt);
+* ``hint``: float32 ``[B, H, W, C]`` in [-1, 1], a ControlNet's structural condition (edges, an
+  outline), which guidance never drops: it is the same in both branches (`KEPT`).
 * ``embedding``: float32 ``[B, D]``, one vector per example added to a network's timestep
   embedding (a denoising diffusion GAN's mapped latent z, a pooled text or image embedding).
 
@@ -26,10 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CONDITION_KEYS", "conditions_from_batch", "drop_conditions", "null_conditions",
+__all__ = ["CONDITION_KEYS", "KEPT", "conditions_from_batch", "drop_conditions", "null_conditions",
            "sample_labels"]
 
-CONDITION_KEYS = ("label", "attributes", "context", "image", "embedding")
+CONDITION_KEYS = ("label", "attributes", "context", "image", "embedding", "hint",
+                  "image_context")
+KEPT = ("hint",)  # conditions that the null condition keeps (ControlNet applies in both branches)
 Conditions = dict[str, jax.Array]
 
 
@@ -57,6 +62,8 @@ def null_conditions(conditions: Mapping[str, jax.Array], *, num_classes: int = 0
       out[k] = jnp.full_like(v, num_classes)
     elif k == "null":
       out[k] = jnp.ones_like(v)
+    elif k in KEPT:
+      out[k] = v
     else:
       out[k] = jnp.zeros_like(v)
   if conditions:

@@ -388,8 +388,14 @@ class CrossAttnBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, context: Array) -> Array:
+  def __call__(self, x: Array, context: Array, image_context: Array | None = None,
+               image_scale: float = 1.0) -> Array:
     """Attends from ``x`` ``[B, H, W, C]`` to ``context`` ``[B, L, D]``; returns ``[B, H, W, C]``.
+
+    With ``image_context`` ``[B, N, D]`` (IP-Adapter's image tokens, Ye et al. 2023) the same
+    queries also attend to it through keys and values of their own (``k_ip``, ``v_ip``), and
+    ``proj_out`` reads ``Attn(q, k, v) + image_scale Attn(q, k_ip, v_ip)`` (decoupled
+    cross-attention). Without it the block is unchanged.
 
     Raises:
       ValueError: ``context`` is not ``[B, L, D]`` with the batch size of ``x``, or
@@ -412,11 +418,27 @@ class CrossAttnBlock(nn.Module):
     k = ddpm_dense(c, name="k", **kw)(context).reshape(b, length, heads, d)
     v = ddpm_dense(c, name="v", **kw)(context).reshape(b, length, heads, d)
 
-    logits = jnp.einsum("bihd,bjhd->bhij", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    h = jnp.einsum("bhij,bjhd->bihd", weights, v).reshape(b, hgt, wid, c)
+    h = _attend(q, k, v, self.dtype).reshape(b, hgt, wid, c)
+    if image_context is not None:
+      if image_context.ndim != 3 or image_context.shape[0] != b:
+        raise ValueError(f"image_context must have shape [B, N, D] with B={b}, got shape "
+                         f"{image_context.shape}.")
+      tokens = image_context.shape[1]
+      image_context = image_context.astype(self.dtype)
+      k_ip = ddpm_dense(c, name="k_ip", **kw)(image_context).reshape(b, tokens, heads, d)
+      v_ip = ddpm_dense(c, name="v_ip", **kw)(image_context).reshape(b, tokens, heads, d)
+      h = h + image_scale * _attend(q, k_ip, v_ip, self.dtype).reshape(b, hgt, wid, c)
     h = ddpm_dense(c, init_scale=0.0, name="proj_out", **kw)(h)
     return x + h
+
+
+def _attend(q: Array, k: Array, v: Array, dtype: Dtype) -> Array:
+  """softmax(q k^T / sqrt(d)) v over heads: [B, I, h, d], [B, J, h, d] -> [B, I, h, d]
+  (logits and softmax in float32)."""
+  d = q.shape[-1]
+  logits = jnp.einsum("bihd,bjhd->bhij", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
+  weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  return jnp.einsum("bhij,bjhd->bihd", weights, v)
 
 
 class Downsample(nn.Module):

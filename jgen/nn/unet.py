@@ -52,7 +52,7 @@ from jgen.nn.layers import (
 Array = jax.Array
 Dtype = Any
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "encode"]
 
 
 class UNet(nn.Module):
@@ -81,6 +81,11 @@ class UNet(nn.Module):
     embedding_dim: Size ``D`` of the ``embedding`` condition ``[B, D]`` added (projected) to
       the timestep embedding; 0: none.
     embedding_init_scale: Variance scale of the embedding projection's initialiser (0: zeros).
+    image_context_dim: Size ``D`` of the ``image_context`` condition ``[B, N, D]``, image
+      tokens that every cross-attention block also attends to through keys and values of
+      their own (IP-Adapter's decoupled cross-attention, `CrossAttnBlock`); needs
+      ``context_dim > 0``; 0: none.
+    image_scale: lambda, the weight of the image tokens' attention output.
     dtype: Compute dtype. The output is always float32.
     param_dtype: Parameter dtype.
   """
@@ -99,6 +104,8 @@ class UNet(nn.Module):
   cond_channels: int = 0
   embedding_dim: int = 0
   embedding_init_scale: float = 1.0
+  image_context_dim: int = 0
+  image_scale: float = 1.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -127,6 +134,8 @@ class UNet(nn.Module):
       keys.append("image")
     if self.embedding_dim > 0:
       keys.append("embedding")
+    if self.image_context_dim > 0:
+      keys.append("image_context")
     return tuple(keys)
 
   def _check_conditions(self, x: Array, conditions: Mapping[str, Array] | None
@@ -144,7 +153,7 @@ class UNet(nn.Module):
     if extra:
       raise ValueError(f"UNet got conditions {extra} it was not built for (it takes "
                        f"{list(needed)}); set num_classes / context_dim / cond_channels / "
-                       "embedding_dim.")
+                       "embedding_dim / image_context_dim.")
     missing = [k for k in needed if k not in conditions]
     if missing:
       raise KeyError(f"UNet(num_classes={self.num_classes}, context_dim={self.context_dim}, "
@@ -169,6 +178,13 @@ class UNet(nn.Module):
       if image.shape != (b, hgt, wid, self.cond_channels):
         raise ValueError(f"image must have shape [B, H, W, cond_channels]=({b}, {hgt}, {wid}, "
                          f"{self.cond_channels}), got shape {image.shape}.")
+    if "image_context" in out:
+      tokens = out["image_context"]
+      if self.context_dim < 1:
+        raise ValueError("image_context needs cross-attention: set context_dim > 0")
+      if tokens.ndim != 3 or tokens.shape[0] != b or tokens.shape[2] != self.image_context_dim:
+        raise ValueError(f"image_context must have shape [B, N, image_context_dim]=({b}, N, "
+                         f"{self.image_context_dim}), got shape {tokens.shape}.")
     if "embedding" in out:
       embedding = out["embedding"]
       if (embedding.shape != (b, self.embedding_dim)
@@ -179,7 +195,7 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, t: Array, conditions: Mapping[str, Array] | None = None, *,
-               train: bool) -> Array:
+               train: bool, control: Sequence[Array] | None = None) -> Array:
     """Predicts the noise.
 
     Args:
@@ -191,6 +207,9 @@ class UNet(nn.Module):
         is ignored (the null condition is in the values). ``None`` or ``{}`` for an
         unconditional network.
       train: Enables dropout (needs a ``'dropout'`` rng) when True.
+      control: ControlNet residuals (`jgen.nn.controlnet`): one per skip connection, in the
+        order the down path makes them, then one for the middle block's output; each is added
+        to its feature map before the up path reads it. None: no control.
 
     Returns:
       A float32 array of shape ``[B, H, W, out_ch or C]``.
@@ -198,76 +217,27 @@ class UNet(nn.Module):
     Raises:
       KeyError: A needed condition is missing.
       ValueError: If the input or condition shapes are invalid, or a condition is given
-        that the network was not built for.
+        that the network was not built for, or `control` does not match the skips.
     """
-    x = jnp.asarray(x)
-    t = jnp.asarray(t)
-    self._check_inputs(x, t)
-    cond = self._check_conditions(x, conditions)
-    out_ch = self.out_ch if self.out_ch is not None else x.shape[-1]
+    out_ch = self.out_ch if self.out_ch is not None else jnp.shape(x)[-1]
+    temb, hs, h, cond = encode(self, x, t, conditions, train=train)
+    if control is not None:
+      if len(control) != len(hs) + 1:
+        raise ValueError(f"control needs {len(hs) + 1} residuals ({len(hs)} skips and the "
+                         f"middle), got {len(control)}")
+      hs = [a + c.astype(a.dtype) for a, c in zip(hs, control[:-1], strict=True)]
+      h = h + control[-1].astype(h.dtype)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     attn_res = tuple(self.attn_resolutions)
     num_levels = len(self.ch_mult)
-
-    def res_block(features: int, name: str) -> ResBlock:
-      return ddpm_res_block(features, dropout=self.dropout, num_groups=self.num_groups,
-                            name=name, **kw)
-
-    def attn_block(name: str) -> AttnBlock:
-      return AttnBlock(num_groups=self.num_groups, name=name, **kw)
-
-    def attention(h: Array, name: str, cross_name: str) -> Array:
-      h = attn_block(name)(h)
-      if self.context_dim > 0:
-        h = CrossAttnBlock(num_groups=self.num_groups, num_heads=self.cross_attn_heads,
-                           name=cross_name, **kw)(h, cond["context"])
-      return h
-
-    temb = timestep_embedding(t, self.ch)
-    temb = ddpm_dense(4 * self.ch, name="temb_dense0", **kw)(temb)
-    temb = nn.swish(temb)
-    temb = ddpm_dense(4 * self.ch, name="temb_dense1", **kw)(temb)
-    if self.num_classes > 0:
-      temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, name="label_emb", **kw)(
-          cond["label"])
-    if self.embedding_dim > 0:
-      temb = temb + ddpm_dense(4 * self.ch, init_scale=self.embedding_init_scale,
-                               name="embedding_proj", **kw)(cond["embedding"].astype(self.dtype))
-
-    h = x.astype(self.dtype)
-    if self.cond_channels > 0:
-      h = jnp.concatenate([h, cond["image"].astype(self.dtype)], axis=-1)
-    h = ddpm_conv(self.ch, 3, name="conv_in", **kw)(h)
-    hs = [h]
-    for level, mult in enumerate(self.ch_mult):
-      for block in range(self.num_res_blocks):
-        prefix = f"down_{level}_block_{block}"
-        block_fn = res_block(self.ch * mult, prefix)
-        h = block_fn(hs[-1], temb, train=train)
-        if h.shape[1] in attn_res:
-          h = attention(h, f"{prefix}_attn", f"{prefix}_cross_attn")
-        hs.append(h)
-      if level != num_levels - 1:
-        down = Downsample(
-            with_conv=self.resamp_with_conv,
-            name=f"down_{level}_downsample",
-            **kw,
-        )
-        hs.append(down(hs[-1]))
-
-    h = hs[-1]
-    mid_ch = h.shape[-1]
-    h = res_block(mid_ch, "mid_block_1")(h, temb, train=train)
-    h = attention(h, "mid_attn_1", "mid_cross_attn_1")
-    h = res_block(mid_ch, "mid_block_2")(h, temb, train=train)
 
     for level in reversed(range(num_levels)):
       for block in range(self.num_res_blocks + 1):
         prefix = f"up_{level}_block_{block}"
         h = jnp.concatenate([h, hs.pop()], axis=-1)
-        h = res_block(self.ch * self.ch_mult[level], prefix)(h, temb, train=train)
+        h = _res_block(self, self.ch * self.ch_mult[level], prefix)(h, temb, train=train)
         if h.shape[1] in attn_res:
-          h = attention(h, f"{prefix}_attn", f"{prefix}_cross_attn")
+          h = _attention(self, h, cond, f"{prefix}_attn", f"{prefix}_cross_attn")
       if level != 0:
         up = Upsample(
             with_conv=self.resamp_with_conv,
@@ -279,3 +249,84 @@ class UNet(nn.Module):
     h = nn.swish(Norm("group", self.num_groups, name="norm_out", **kw)(h))
     h = ddpm_conv(out_ch, 3, init_scale=0.0, name="conv_out", **kw)(h)
     return h.astype(jnp.float32)
+
+
+def _res_block(cfg: UNet, features: int, name: str) -> ResBlock:
+  """The U-Net's residual block of `features` channels (its dropout, groups and dtypes)."""
+  return ddpm_res_block(features, dropout=cfg.dropout, num_groups=cfg.num_groups, name=name,
+                        dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+
+
+def _attention(cfg: UNet, h: Array, cond: Mapping[str, Array], name: str, cross_name: str
+               ) -> Array:
+  """Self-attention, then cross-attention to the context when the network has one."""
+  kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+  h = AttnBlock(num_groups=cfg.num_groups, name=name, **kw)(h)
+  if cfg.context_dim > 0:
+    h = CrossAttnBlock(num_groups=cfg.num_groups, num_heads=cfg.cross_attn_heads,
+                       name=cross_name, **kw)(h, cond["context"], cond.get("image_context"),
+                                              cfg.image_scale)
+  return h
+
+
+def encode(cfg: UNet, x: Array, t: Array, conditions: Mapping[str, Array] | None, *,
+           train: bool, hint: Array | None = None
+           ) -> tuple[Array, list[Array], Array, dict[str, Array]]:
+  """The U-Net's embedding, down path and middle, as submodules of the module being called.
+
+  Called by `UNet.__call__` and by `jgen.nn.controlnet.ControlNet` (its trainable copy), so the
+  copy's parameters have the U-Net's own names and a base checkpoint loads into both.
+
+  Args:
+    cfg: the U-Net whose layout (and settings) to build.
+    x, t, conditions, train: as `UNet.__call__`.
+    hint: features ``[B, H, W, ch]`` added after ``conv_in`` (ControlNet's condition), or None.
+
+  Returns:
+    (timestep embedding, the skip feature maps, the middle block's output, the checked
+    conditions).
+  """
+  x = jnp.asarray(x)
+  t = jnp.asarray(t)
+  cfg._check_inputs(x, t)  # pylint: disable=protected-access
+  cond = cfg._check_conditions(x, conditions)  # pylint: disable=protected-access
+  kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+  attn_res = tuple(cfg.attn_resolutions)
+  num_levels = len(cfg.ch_mult)
+  res_block = lambda features, name: _res_block(cfg, features, name)
+
+  temb = timestep_embedding(t, cfg.ch)
+  temb = ddpm_dense(4 * cfg.ch, name="temb_dense0", **kw)(temb)
+  temb = nn.swish(temb)
+  temb = ddpm_dense(4 * cfg.ch, name="temb_dense1", **kw)(temb)
+  if cfg.num_classes > 0:
+    temb = temb + nn.Embed(cfg.num_classes + 1, 4 * cfg.ch, name="label_emb", **kw)(
+        cond["label"])
+  if cfg.embedding_dim > 0:
+    temb = temb + ddpm_dense(4 * cfg.ch, init_scale=cfg.embedding_init_scale,
+                             name="embedding_proj", **kw)(cond["embedding"].astype(cfg.dtype))
+
+  h = x.astype(cfg.dtype)
+  if cfg.cond_channels > 0:
+    h = jnp.concatenate([h, cond["image"].astype(cfg.dtype)], axis=-1)
+  h = ddpm_conv(cfg.ch, 3, name="conv_in", **kw)(h)
+  if hint is not None:
+    h = h + hint.astype(h.dtype)
+  hs = [h]
+  for level, mult in enumerate(cfg.ch_mult):
+    for block in range(cfg.num_res_blocks):
+      prefix = f"down_{level}_block_{block}"
+      h = res_block(cfg.ch * mult, prefix)(hs[-1], temb, train=train)
+      if h.shape[1] in attn_res:
+        h = _attention(cfg, h, cond, f"{prefix}_attn", f"{prefix}_cross_attn")
+      hs.append(h)
+    if level != num_levels - 1:
+      hs.append(Downsample(with_conv=cfg.resamp_with_conv, name=f"down_{level}_downsample",
+                           **kw)(hs[-1]))
+
+  h = hs[-1]
+  mid_ch = h.shape[-1]
+  h = res_block(mid_ch, "mid_block_1")(h, temb, train=train)
+  h = _attention(cfg, h, cond, "mid_attn_1", "mid_cross_attn_1")
+  h = res_block(mid_ch, "mid_block_2")(h, temb, train=train)
+  return temb, hs, h, cond

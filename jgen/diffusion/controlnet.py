@@ -1,0 +1,129 @@
+"""ControlNet (Zhang et al. 2023) of a trained DDPM: `config.method = "diffusion.controlnet"`.
+
+The network is `jgen.nn.controlnet.ControlledUNet` (the base U-Net under ``params/unet``, the
+control branch under ``params/control``); the data are pairs (``source`` = the condition image,
+``target`` = the image, e.g. ``derived:edges:digits``). Two ``init_from`` loads bring the base
+in: all of it into ``params/params/unet`` and its embedding, down path and middle into
+``params/params/control`` (the trainable copy, `CONTROL_COPY`). The rules train the control
+branch only (checked); the loss is the base's DDPM loss with ``hint`` = the source among the
+conditions, which classifier-free guidance keeps in both branches. At initialisation the
+controlled model's output equals the base model's, bit for bit (the zero convolutions).
+
+The loop treats it as a `Translates` method: ``--mode=sample`` writes held-out
+``condition | sample | image`` rows, ``--mode=eval`` the translation metrics; the edge
+agreement of the samples with their conditions is `jgen.metrics.control`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jgen.diffusion import ddpm as ddpm_lib
+from jgen.nn.controlnet import ControlledUNet
+from jgen.train import rules as rules_lib
+from jgen.train.state import TrainState
+
+__all__ = ["CONTROL_COPY", "CONTROL_RULES", "ControlNetDDPM", "make_method"]
+
+CONTROL_RULES = rules_lib.parse_rules((("params/control/.*", 1.0), (".*", "frozen")))
+# The base's leaves that the control branch copies (the `init_from.match` of the second load).
+CONTROL_COPY = r"(temb_dense0|temb_dense1|label_emb|embedding_proj|conv_in|down_.*|mid_.*)/.*"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ControlNetDDPM:
+  """A DDPM whose U-Net is steered by a condition image through a ControlNet.
+
+  Attributes:
+    ddpm: the DDPM (or `ConditionalDDPM`) whose model is a `ControlledUNet`; its loss,
+      sampler and guidance are used as they are, with ``hint`` among the conditions.
+  """
+
+  ddpm: ddpm_lib.DDPM
+
+  def __post_init__(self):
+    if not isinstance(self.ddpm.model, ControlledUNet):
+      raise TypeError("ControlNetDDPM needs a DDPM whose model is a ControlledUNet")
+
+  @property
+  def translation_names(self) -> tuple[str, ...]:
+    return ("controlled",)
+
+  def _batch(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The DDPM's batch of a pair batch: ``image`` = target, ``hint`` = source."""
+    if "source" not in batch or "target" not in batch:
+      raise KeyError("diffusion.controlnet trains on pairs (source = condition, target = image):"
+                     f" use a paired or derived source (derived:edges:digits); got {sorted(batch)}")
+    out = {"image": batch["target"], "hint": batch["source"]}
+    if "label" in batch:
+      out["label"] = batch["label"]
+    return out
+
+  def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+    params_rng, state_rng = jax.random.split(rng)
+    x = batch["target"][:1]
+    conditions = {"hint": batch["source"][:1]}
+    if self.ddpm.model.num_classes > 0:
+      conditions["label"] = jnp.zeros((1,), jnp.int32)
+    params = self.ddpm.model.init(params_rng, x, jnp.zeros((1,), jnp.int32), conditions,
+                                  train=False)
+    return TrainState.create(params=params, tx=self.ddpm.tx, rng=state_rng,
+                             ema_decay=self.ddpm.ema_decay, ema_warmup=self.ddpm.ema_warmup)
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    return state.gradient_step(self.ddpm.loss_fn, self._batch(batch), rng)
+
+  def evaluate(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
+               ) -> dict[str, jax.Array]:
+    return self.ddpm.evaluate(state, self._batch(batch), rng)
+
+  def sample_conditional(self, state: TrainState, rng: jax.Array,
+                         conditions: dict[str, jax.Array], n: int) -> jax.Array:
+    """`n` images for ``conditions`` (``hint`` [n, H, W, C], and ``label`` for a conditional
+    base: classifier-free guidance at the configured scale, the hint in both branches)."""
+    if self.ddpm.model.num_classes > 0:
+      return self.ddpm.sample_conditional(state, rng, conditions, n)
+    return self.ddpm.run_sampler(self.ddpm.eps_fn(state.ema_params, conditions), rng, n)
+
+  def translation_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    inputs = {"source": batch["source"], "target": batch["target"][:, None]}
+    if "label" in batch:
+      inputs["label"] = batch["label"]
+    return inputs
+
+  def translate(self, state: TrainState, rng: jax.Array, source: jax.Array) -> jax.Array:
+    """[B, H, W, C] conditions -> [B, 1, H, W, C] samples (an unconditional base; a
+    class-conditional one is sampled with `sample_conditional`, which takes the labels)."""
+    if self.ddpm.model.num_classes > 0:
+      raise ValueError("a class-conditional ControlNet needs labels: call sample_conditional("
+                       "state, rng, {'hint': ..., 'label': ...}, n)")
+    return self.sample_conditional(state, rng, {"hint": source}, source.shape[0])[:, None]
+
+  def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
+    raise ValueError("a ControlNet samples for conditions: the loop translates held-out "
+                     "conditions (Translates); call translate(state, rng, conditions)")
+
+  @property
+  def sample_tag(self) -> str:
+    return self.ddpm.sample_tag
+
+
+def make_method(config: Any) -> ControlNetDDPM:
+  """The ControlNet of the config's base DDPM (`config.model`, `config.diffusion`, ...) with
+  the condition encoder of ``config.control.hint_channels``."""
+  rules = rules_lib.parse_rules(config.optim.get("rules", ()))
+  if rules != CONTROL_RULES:
+    raise ValueError("diffusion.controlnet trains the control branch only: set "
+                     "--config.optim.rules=\"(('params/control/.*', 1.0), ('.*', 'frozen'))\" "
+                     f"(got {rules})")
+  if config.get("sample", {}).get("classifier", {}).get("workdir"):
+    raise ValueError("diffusion.controlnet guides with classifier-free guidance only")
+  base = ddpm_lib.make_method(config)
+  hint_channels = tuple(config.get("control", {}).get("hint_channels", (16, 32)))
+  model = ControlledUNet(base.model, hint_channels=hint_channels)
+  return ControlNetDDPM(dataclasses.replace(base, model=model))
