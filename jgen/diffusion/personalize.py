@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Any
 
 import jax
@@ -40,6 +41,7 @@ from etils import epath
 
 from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion.losses import ddpm_loss
+from jgen.train import adapters
 from jgen.train import init_from as init_from_lib
 from jgen.train import rules as rules_lib
 from jgen.train.state import TrainState
@@ -277,6 +279,15 @@ def make_personalized(config: Any, *, textual_inversion: bool) -> Personalized:
                        " set personalize.prior_weight=0")
     if int(config.get("lora", {}).get("rank", 0) or 0):
       raise ValueError("textual inversion trains no model weights: unset config.lora.rank")
+  else:
+    rules = adapters.rules(rules_lib.parse_rules(config.optim.get("rules", ())),
+                           adapters.lora_from_config(config))
+    first = next((m for pattern, m in rules if re.fullmatch(pattern, f"{IDENTIFIER}/offset")),
+                 1.0)
+    if first is None:
+      raise ValueError("the identifier's embedding is frozen by the rules, so [V] would stay "
+                       "the plain class: add ('identifier/.*', 1.0) before the frozen rule "
+                       "(experiments/dreambooth_digits.py:lora does)")
   loads = init_from_lib.parse_init_from(config)
   base_load = next((s for s in loads if s.into == "params"), None)
   return Personalized(base=base, model=model, subject_class=int(p.subject_class),

@@ -15,3 +15,14 @@ def fs_run(tmp_path_factory):
   config.train.eval_every = 0
   jgen.run.main(config, workdir=workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def text_base(tmp_path_factory, fs_run):
+  """The workdir of an ldm_text_digits:smoke run on `fs_run`: the base that IP-Adapter and
+  Imagic adapt (none of their tests writes to it)."""
+  workdir = str(tmp_path_factory.mktemp("ldm_text_base"))
+  config = load_experiment("ldm_text_digits", "smoke")
+  config.init_from.workdir = fs_run
+  jgen.run.main(config, workdir=workdir)
+  return workdir

@@ -16,15 +16,6 @@ from jgen.train.rules import flat
 from tests.conftest import load_experiment
 
 
-@pytest.fixture(scope="module")
-def text_base(tmp_path_factory, fs_run):
-  workdir = str(tmp_path_factory.mktemp("ldm_text_imagic"))
-  config = load_experiment("ldm_text_digits", "smoke")
-  config.init_from.workdir = fs_run
-  jgen.run.main(config, workdir=workdir)
-  return workdir
-
-
 def _config(fs_run, base):
   config = load_experiment("imagic_digits", "smoke")
   config.init_from.workdir = fs_run

@@ -51,15 +51,6 @@ def test_decoupled_cross_attention_against_numpy():
   np.testing.assert_allclose(got.reshape(2, 16, 8), want, rtol=2e-4, atol=2e-4)
 
 
-@pytest.fixture(scope="module")
-def text_base(tmp_path_factory, fs_run):
-  workdir = str(tmp_path_factory.mktemp("ldm_text_base"))
-  config = load_experiment("ldm_text_digits", "smoke")
-  config.init_from.workdir = fs_run
-  jgen.run.main(config, workdir=workdir)
-  return workdir
-
-
 def _config(fs_run, base):
   config = load_experiment("ip_adapter_digits", "smoke")
   config.init_from.workdir = fs_run

@@ -131,6 +131,11 @@ def test_bad_settings_are_refused(base_run):
   with pytest.raises(ValueError, match="must be a class of the base"):
     load_method(config)
   config = _config("dreambooth_digits", base_run)
+  config.lora.rank = 2
+  config.lora.targets = "conv"  # without rules only the adapters would train
+  with pytest.raises(ValueError, match="identifier's embedding is frozen"):
+    load_method(config)
+  config = _config("dreambooth_digits", base_run)
   config.init_from.workdir = None
   with pytest.raises(ValueError, match="init_from.workdir"):
     load_method(config).prepare("/tmp/unused")
