@@ -98,11 +98,22 @@ class ControlNetDDPM:
 
   def translate(self, state: TrainState, rng: jax.Array, source: jax.Array) -> jax.Array:
     """[B, H, W, C] conditions -> [B, 1, H, W, C] samples (an unconditional base; a
-    class-conditional one is sampled with `sample_conditional`, which takes the labels)."""
+    class-conditional one needs the labels: `translate_labeled`)."""
     if self.ddpm.model.num_classes > 0:
-      raise ValueError("a class-conditional ControlNet needs labels: call sample_conditional("
-                       "state, rng, {'hint': ..., 'label': ...}, n)")
+      raise ValueError("a class-conditional ControlNet samples for labels too: translate "
+                       "held-out data that has them (the loop then calls translate_labeled), "
+                       "or call sample_conditional(state, rng, {'hint': ..., 'label': ...}, n)")
     return self.sample_conditional(state, rng, {"hint": source}, source.shape[0])[:, None]
+
+  def translate_labeled(self, state: TrainState, rng: jax.Array, source: jax.Array,
+                        label: jax.Array) -> jax.Array:
+    """[B, H, W, C] conditions and int32 [B] labels -> [B, 1, H, W, C] samples (CFG at the
+    configured scale for a class-conditional base; the labels are ignored by an
+    unconditional one)."""
+    if self.ddpm.model.num_classes < 1:
+      return self.translate(state, rng, source)
+    conditions = {"hint": source, "label": jnp.asarray(label, jnp.int32)}
+    return self.sample_conditional(state, rng, conditions, source.shape[0])[:, None]
 
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     raise ValueError("a ControlNet samples for conditions: the loop translates held-out "

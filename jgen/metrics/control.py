@@ -55,7 +55,8 @@ def evaluate_run(workdir: str, *, num: int = 300, threshold: int = 64, seed: int
   source = inputs["source"]
   hint_edges = to_uint8(source)[..., 0] > threshold
   samples = translations.translate_all(method, state, mesh, source,
-                                       batch_size=config.sample.batch_size, seed=seed)[:, 0]
+                                       batch_size=config.sample.batch_size, seed=seed,
+                                       labels=inputs.get("label"))[:, 0]
   out = {"num": len(source), "threshold": threshold,
          "controlled": edge_iou(binary_edges(to_uint8(samples), threshold), hint_edges)}
   base_dir = config.init_from.workdir

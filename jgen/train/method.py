@@ -20,6 +20,7 @@ Optional members are declared as protocols of their own, which the loop checks w
 * `Translates`: an image-to-image method (pix2pix, CycleGAN, StarGAN):
   ``translation_inputs(batch)`` and ``translate(state, rng, source)``; the loop's sample and
   eval modes then translate held-out (or the user's) images instead of sampling from noise;
+  `TranslatesByLabel` adds ``translate_labeled(state, rng, source, label)``;
 * `PathLengths`: ``path_length_fns(state)``, the latent paths of perceptual path length
   (`jgen.metrics.ppl`; the "ppl" metric of ``--mode=eval``);
 * `SampleFigures`: ``sample_figures(state, rng)``, figures beside the sample grid that
@@ -144,6 +145,18 @@ class Translates(Protocol):
 
   def translate(self, state: TrainState, rng: jax.Array, source: jax.Array) -> jax.Array:
     """[B, H, W, C] -> [B, D, H, W, C']: every translation of every source (EMA generator)."""
+    ...
+
+
+@runtime_checkable
+class TranslatesByLabel(Protocol):
+  """A `Translates` method whose translations also read each source's label (a
+  class-conditional ControlNet: the sample's class beside its condition image). The loop uses
+  ``translate_labeled`` whenever the held-out inputs carry labels, `translate` otherwise."""
+
+  def translate_labeled(self, state: TrainState, rng: jax.Array, source: jax.Array,
+                        label: jax.Array) -> jax.Array:
+    """([B, H, W, C], int32 [B]) -> [B, D, H, W, C']."""
     ...
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from jgen import data as jdata
 from jgen.train import mesh as mesh_lib
-from jgen.train.method import Translates
+from jgen.train.method import Translates, TranslatesByLabel
 from jgen.train.state import TrainState
 from jgen.train.writers import save_image_grid, save_npz, to_uint8
 
@@ -60,20 +60,31 @@ def held_out_inputs(method: Translates, config: Any, num: int | None) -> dict[st
 
 
 def translate_all(method: Translates, state: TrainState, mesh, source: np.ndarray, *,
-                  batch_size: int, seed: int) -> np.ndarray:
+                  batch_size: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
   """`method.translate` of every source, [N, D, H, W, C'] on the host (chunk i uses key
-  ``fold_in(key(seed), i)``)."""
-  fn = jax.jit(method.translate, out_shardings=mesh_lib.replicated(mesh))
+  ``fold_in(key(seed), i)``); ``translate_labeled`` with `labels` [N] for a
+  `TranslatesByLabel` method."""
+  labeled = labels is not None and isinstance(method, TranslatesByLabel)
+  fn = jax.jit(method.translate_labeled if labeled else method.translate,
+               out_shardings=mesh_lib.replicated(mesh))
   chunk = min(batch_size, len(source))
   base = jax.random.key(seed)
   out = []
   for i in range(math.ceil(len(source) / chunk)):
     part = source[i * chunk:(i + 1) * chunk]
     n = len(part)
-    if n < chunk:
-      part = np.concatenate([part, np.zeros((chunk - n, *part.shape[1:]), part.dtype)])
-    out.append(np.asarray(fn(state, jax.random.fold_in(base, i), jnp.asarray(part)))[:n])
+    args = [_padded(part, chunk)]
+    if labeled:
+      args.append(_padded(np.asarray(labels[i * chunk:(i + 1) * chunk], np.int32), chunk))
+    out.append(np.asarray(fn(state, jax.random.fold_in(base, i), *map(jnp.asarray, args)))[:n])
   return np.concatenate(out)
+
+
+def _padded(x: np.ndarray, size: int) -> np.ndarray:
+  """`x` with zero rows appended up to `size` (one compiled shape for every chunk)."""
+  if len(x) == size:
+    return x
+  return np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), x.dtype)])
 
 
 def _rgb_like(x: np.ndarray, channels: int) -> np.ndarray:
@@ -97,7 +108,8 @@ def write_translations(method: Translates, state: TrainState, mesh, config: Any,
   """Translates `config.sample.num` held-out (or user) images; writes the PNG grid and npz."""
   inputs = held_out_inputs(method, config, config.sample.num)
   images = translate_all(method, state, mesh, inputs["source"],
-                         batch_size=config.sample.batch_size, seed=config.sample.seed)
+                         batch_size=config.sample.batch_size, seed=config.sample.seed,
+                         labels=inputs.get("label"))
   target = inputs.get("target")
   tiles, cols = translation_rows(inputs["source"], images, target)
   paths = {"png": os.path.join(out_dir, f"{tag}.png"), "npz": os.path.join(out_dir, f"{tag}.npz")}
@@ -126,7 +138,8 @@ def translation_eval(method: Translates, state: TrainState, mesh, config: Any
 
   inputs = held_out_inputs(method, config, config.eval.get("num_samples"))
   images = translate_all(method, state, mesh, inputs["source"],
-                         batch_size=config.sample.batch_size, seed=config.eval.seed)
+                         batch_size=config.sample.batch_size, seed=config.eval.seed,
+                         labels=inputs.get("label"))
   features = config.eval.get("features", "auto")
   net = fnet.load(features) if str(features).startswith("domain:") else None
   if net is None:

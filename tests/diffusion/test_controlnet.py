@@ -117,3 +117,33 @@ def test_edge_iou_by_hand():
   # image 1: both empty -> 1
   assert edge_iou(a, b) == pytest.approx((0.5 + 1.0) / 2)
 
+
+
+def test_a_class_conditional_controlnet_translates_by_label():
+  """The loop's translations pass the held-out labels (`TranslatesByLabel`): chunk i equals
+  `sample_conditional` with the hints, the labels and the key fold_in(key(seed), i)."""
+  from jgen.train import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from jgen.train import translations  # pylint: disable=import-outside-toplevel
+
+  config = load_experiment("controlnet_digits", "smoke")
+  config.model.num_classes = 10
+  config.sample.guidance_scale = 2.0
+  method = load_method(config)
+  data = jgen.data.read_batch(jgen.data.load_source("derived:edges:digits", split="test",
+                                                    image_size=8, channels=1, resize=True),
+                              range(6))
+  state = method.init(jax.random.key(0), {k: jnp.asarray(v) for k, v in data.items()})
+  state = state.replace(params=_randomized(state.params, 3), emas={})
+  mesh = mesh_lib.make_mesh()
+  got = translations.translate_all(method, state, mesh, data["source"], batch_size=4, seed=5,
+                                   labels=data["label"])
+  assert got.shape == (6, 1, 8, 8, 1)
+  first = method.sample_conditional(state, jax.random.fold_in(jax.random.key(5), 0),
+                                    {"hint": jnp.asarray(data["source"][:4]),
+                                     "label": jnp.asarray(data["label"][:4])}, 4)
+  np.testing.assert_allclose(got[:4, 0], np.asarray(first), atol=1e-5)
+  other = translations.translate_all(method, state, mesh, data["source"], batch_size=4,
+                                     seed=5, labels=(data["label"] + 1) % 10)
+  assert np.abs(other - got).max() > 1e-3  # the label reaches the sampler
+  with pytest.raises(ValueError, match="samples for labels too"):
+    method.translate(state, jax.random.key(0), jnp.asarray(data["source"]))
