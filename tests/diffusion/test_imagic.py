@@ -29,6 +29,7 @@ def _params(workdir, step):
                                                         source="params"))[0])
 
 
+@pytest.mark.slow  # two loop runs and a sweep: about 2 min on 2 cores
 def test_stages_train_their_own_parameters(tmp_path, fs_run, text_base):
   config = _config(fs_run, text_base)
   workdir = str(tmp_path / "imagic")

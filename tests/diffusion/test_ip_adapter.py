@@ -67,6 +67,7 @@ def test_drop_cases_at_their_rates(fs_run, text_base):
     assert abs(share - want) < 5 * np.sqrt(want * (1 - want) / 200000)
 
 
+@pytest.mark.slow  # a loop run and a translation grid: about 1.5 min on 2 cores
 def test_only_the_adapter_trains(tmp_path, fs_run, text_base):
   config = _config(fs_run, text_base)
   base, _ = init_from_lib.load(init_from_lib.InitFrom(text_base))
