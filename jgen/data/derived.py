@@ -10,6 +10,10 @@ and ``target`` have the same shape (one-channel results are repeated to C channe
     (``scipy.ndimage.sobel``'s 'reflect'): a step edge of height h gives h; white edges on
     black.
   ``grayscale``: the luma, rounded (as ``load_source``'s 3 -> 1 channel conversion).
+  ``outline``: the one-pixel inner boundary of the foreground as white (255) on black, for
+    images of a plain background (``jgen.data.fill``'s discs, digits): a pixel is foreground
+    when some channel differs from the top-left pixel's by more than 48 levels, and on the
+    outline when it is foreground and one of its 4 neighbours is not (borders replicated).
   ``downsample:K``: super-resolution input: the mean of each K x K block (area averaging,
     rounded), upsampled back by nearest neighbour (each low-resolution pixel repeated K x K);
     H and W must be multiples of K.
@@ -27,9 +31,10 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["TRANSFORMS", "DerivedPairSource", "box_mask", "center_mask", "downsample_image",
-           "grayscale_image", "parse_transform", "sobel_edges"]
+           "grayscale_image", "outline_image", "parse_transform", "sobel_edges"]
 
-TRANSFORMS = ("edges", "grayscale", "downsample:K", "mask:box", "mask:center")
+TRANSFORMS = ("edges", "grayscale", "outline", "downsample:K", "mask:box", "mask:center")
+OUTLINE_TOLERANCE = 48  # uint8 levels: above JPEG noise, below any fill colour's contrast
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -54,6 +59,15 @@ def sobel_edges(image: np.ndarray) -> np.ndarray:
   dx = padded[:, 2:] - padded[:, :-2]                  # d/d(column), [H + 2, W]
   gx = dx[:-2] + 2 * dx[1:-1] + dx[2:]
   return _to_channels(np.hypot(gx, gy) / 4, image.shape[-1])
+
+
+def outline_image(image: np.ndarray) -> np.ndarray:
+  """uint8 [H, W, C]: 255 on the foreground's inner boundary, 0 elsewhere (see module)."""
+  diff = np.abs(image.astype(np.int16) - image[:1, :1].astype(np.int16)).max(axis=-1)
+  fg = np.pad(diff > OUTLINE_TOLERANCE, 1, mode="edge")
+  core = fg[1:-1, 1:-1]
+  interior = core & fg[:-2, 1:-1] & fg[2:, 1:-1] & fg[1:-1, :-2] & fg[1:-1, 2:]
+  return _to_channels(np.where(core & ~interior, 255.0, 0.0), image.shape[-1])
 
 
 def grayscale_image(image: np.ndarray) -> np.ndarray:
@@ -96,7 +110,7 @@ def center_mask(height: int, width: int) -> np.ndarray:
 def parse_transform(name: str) -> tuple[str, int | str | None]:
   """'edges' -> ('edges', None); 'downsample:4' -> ('downsample', 4); 'mask:box' -> ..."""
   kind, _, arg = name.partition(":")
-  if kind in ("edges", "grayscale") and not arg:
+  if kind in ("edges", "grayscale", "outline") and not arg:
     return kind, None
   if kind == "downsample" and arg.isdigit() and int(arg) >= 2:
     return kind, int(arg)
@@ -150,6 +164,8 @@ class DerivedPairSource:
       source = downsample_image(image, self.arg)
     elif self.kind == "edges":
       source = sobel_edges(image)
+    elif self.kind == "outline":
+      source = outline_image(image)
     else:
       source = grayscale_image(image)
     return {"source": source, "target": image, **out}

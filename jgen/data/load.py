@@ -14,7 +14,7 @@ from jgen.data import unpaired_derived as unpaired_derived_lib
 __all__ = ["load_source"]
 
 _VALID_SPECS = (
-    "'digits', 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH', 'idx:DIR', 'npz:FILE', "
+    "'digits', 'fill', 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH', 'idx:DIR', 'npz:FILE', "
     "'paired:PATH', 'paired_btoa:PATH', 'unpaired:PATH', 'unpaired:tfds:NAME', "
     "'unpaired:SPEC_A|SPEC_B', 'derived:TRANSFORM:SPEC', 'unpaired_derived:TRANSFORM:SPEC' "
     "(TRANSFORM one of "
@@ -49,6 +49,10 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
     spec: one of
       ``'digits'``: scikit-learn's 1,797 real 8x8 digits (gray levels 0..16 scaled to 0..255),
         labels 0-9; 'train' = the first 1,500, 'test' = the last 297. Fields image, label.
+      ``'fill'``: ControlNet's fill50k task regenerated (`jgen.data.fill`): a disc in one of 8
+        named colours on white, ``image_size`` (default 32) square, RGB; label = the colour;
+        'train' = 50,000, 'test' = 1,000, the same everywhere. Its condition is
+        ``derived:outline:fill``.
       ``'tfds:NAME'``: a tfds dataset already prepared as ArrayRecord under ``data_dir``;
         never downloads: fails at once with ``DatasetUnavailableError`` when not prepared.
         Fields image, label (if any), attributes (if any, e.g. celeb_a: float32 [40]).
@@ -74,7 +78,7 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
         ``split``; their 'image' field is used), e.g. ``unpaired:idx:DIR|folder:PATH``.
       ``'derived:TRANSFORM:SPEC'``: pairs made from the images of ``SPEC``
         (``jgen.data.derived``): source = TRANSFORM(image), target = image, other fields
-        kept. TRANSFORM is ``edges``, ``grayscale``, ``downsample:K`` or ``mask:box`` /
+        kept. TRANSFORM is ``edges``, ``grayscale``, ``outline``, ``downsample:K`` or ``mask:box`` /
         ``mask:center`` (these add a ``mask`` field), e.g. ``derived:downsample:4:digits``.
       ``'unpaired_derived:TRANSFORM:SPEC'``: two domains made from ``SPEC``
         (``jgen.data.unpaired_derived``): A = the images, B = their TRANSFORM. The train

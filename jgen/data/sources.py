@@ -68,7 +68,7 @@ _LOCAL_FORMS = (
 )
 DIGITS_NUM_TEST = 297  # 'digits': the first 1,500 images are 'train', the last 297 'test'.
 _SINGLE_SPECS = (
-    "'digits', 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH', 'idx:DIR', 'npz:FILE'")
+    "'digits', 'fill', 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH', 'idx:DIR', 'npz:FILE'")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
@@ -666,7 +666,7 @@ def load_image_source(spec: str, *, split: str = "train", data_dir: str | None =
                       image_size: int | None = None, channels: int | None = None,
                       resize: bool = False, valid_specs: str = _SINGLE_SPECS,
                       cache: bool = False, skip_corrupt: bool = False):
-  """Opens a single-image spec: 'digits', 'tfds:NAME', 'folder:PATH', 'idx:DIR', 'npz:FILE'.
+  """Opens a single-image spec: 'digits', 'fill', 'tfds:NAME', 'folder:PATH', 'idx:DIR', 'npz:FILE'.
 
   The forms and arguments are those of ``jgen.data.load_source`` (which documents them and
   adds the pair, domain and derived forms); ``valid_specs`` is quoted for an unknown spec.
@@ -674,6 +674,9 @@ def load_image_source(spec: str, *, split: str = "train", data_dir: str | None =
   """
   kind, _, arg = spec.partition(":")
   shape_args = dict(image_size=image_size, channels=channels, resize=resize)
+  if spec == "fill":
+    from jgen.data.fill import FillSource  # pylint: disable=import-outside-toplevel
+    return FillSource(split, size=image_size or 32, channels=channels)
   if spec == "digits":
     images, labels = _load_digits(split)
     return ArraySource(_conform(images, what="digits", **shape_args), labels, num_classes=10)

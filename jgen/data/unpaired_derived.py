@@ -2,7 +2,7 @@
 
 ``unpaired_derived:TRANSFORM:SPEC`` takes the images of ``SPEC`` as domain A and their
 ``TRANSFORM`` (``jgen.data.derived``: ``edges`` = Sobel edge maps, ``grayscale``,
-``downsample:K``, ``mask:...``) as domain B, and splits by what a split is for:
+``outline``, ``downsample:K``, ``mask:...``) as domain B, and splits by what a split is for:
 
 * the **train** split (``'train'``, or a tfds slice of it such as ``'train[:80%]'``) is
   unpaired: domain A is the images of the first half of the split (``ceil(n / 2)`` images,

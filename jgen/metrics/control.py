@@ -1,16 +1,28 @@
-"""Agreement of samples with their structural conditions: edge IoU of a ControlNet.
+"""Agreement of samples with their structural conditions: edge IoU, disc IoU, colour accuracy.
 
-A condition made by ``derived:edges`` is the Sobel magnitude / 4 of a digit
-(`jgen.data.derived.sobel_edges`). The same operator on a sample gives the sample's edges;
-both are binarised at ``threshold`` (uint8 levels) and compared per image,
+Edges (a ControlNet on ``derived:edges:...``): a condition is the Sobel magnitude / 4 of an
+image (`jgen.data.derived.sobel_edges`). The same operator on a sample gives the sample's
+edges; both are binarised at ``threshold`` (uint8 levels) and compared per image,
 
-    IoU = |E(sample) & E(condition)| / |E(sample) | E(condition)|,
+    IoU(A, B) = |A & B| / |A | B|,
 
-averaged over the held-out conditions. The controlled row uses the ControlNet's sample for each
-condition; the uncontrolled row the base model's own samples (the same number, paired with the
-conditions in order), which is what agreement by chance looks like.
+averaged over the held-out conditions.
+
+Fill (a ControlNet on ``derived:outline:fill``, `jgen.data.fill`): the disc of an image is
+the set of pixels some channel of which differs from the image's background colour by more than
+`DISC_TOLERANCE` levels, the background colour being the per-channel median of the image's
+border pixels (white in the data, where every disc keeps a pixel's margin; a sample's may be
+tinted, which is not what the ControlNet is asked to fix); the *disc IoU* compares a sample's disc with the held-out target's
+(the disc the outline bounds), and the *colour accuracy* is the fraction of samples whose
+mean colour over their own disc is nearest (in RGB) to the label's colour among
+`FILL_COLORS` (a sample with no disc counts as wrong).
+
+The controlled row uses the ControlNet's sample for each condition (and its label); the
+uncontrolled row the base model's own samples (the same number, for the same labels when the
+base is conditional), which is what agreement by chance looks like.
 
   python -m jgen.metrics.control --run /tmp/controlnet_digits [--num 300]
+  python -m jgen.metrics.control --run /tmp/controlnet_fill
 """
 
 from __future__ import annotations
@@ -24,11 +36,17 @@ from typing import Any
 import numpy as np
 
 from jgen.data.derived import sobel_edges
+from jgen.data.fill import FILL_COLORS
 from jgen.train.writers import to_uint8
 
 log = logging.getLogger("jgen")
 
-__all__ = ["binary_edges", "edge_iou", "main"]
+__all__ = ["binary_edges", "disc_masks", "fill_colors", "fill_scores", "iou", "main"]
+
+FILL_SOURCE = "derived:outline:fill"
+# Half the smallest max-channel contrast of a fill colour with the white background (pink's
+# green channel, 155 levels): a sample's soft edge pixel counts as disc from halfway.
+DISC_TOLERANCE = 77
 
 
 def binary_edges(images: np.ndarray, threshold: int = 64) -> np.ndarray:
@@ -36,7 +54,7 @@ def binary_edges(images: np.ndarray, threshold: int = 64) -> np.ndarray:
   return np.stack([sobel_edges(np.asarray(x))[..., 0] > threshold for x in images])
 
 
-def edge_iou(a: np.ndarray, b: np.ndarray) -> float:
+def iou(a: np.ndarray, b: np.ndarray) -> float:
   """Mean over images of |a & b| / |a | b| for bool maps [N, H, W] (an empty union counts 1)."""
   a, b = np.asarray(a, bool), np.asarray(b, bool)
   inter = (a & b).reshape(len(a), -1).sum(1)
@@ -44,28 +62,72 @@ def edge_iou(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
 
 
+def disc_masks(images: np.ndarray, tolerance: int = DISC_TOLERANCE) -> np.ndarray:
+  """bool [N, H, W]: the pixels of uint8 [N, H, W, 3] images off their border's median colour."""
+  x = np.asarray(images, np.int16)
+  border = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)
+  background = np.median(border, axis=1)[:, None, None]          # [N, 1, 1, 3]
+  return np.abs(x - background).max(axis=-1) > tolerance
+
+
+def fill_colors(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+  """int [N]: index in `FILL_COLORS` nearest to each image's mean colour on its mask (-1
+  where the mask is empty)."""
+  palette = np.asarray([rgb for _, rgb in FILL_COLORS], np.float64)
+  m = np.asarray(masks, np.float64)[..., None]
+  count = m.sum(axis=(1, 2))
+  mean = (np.asarray(images, np.float64) * m).sum(axis=(1, 2)) / np.maximum(count, 1)
+  nearest = np.linalg.norm(mean[:, None] - palette[None], axis=-1).argmin(axis=1)
+  return np.where(count[:, 0] > 0, nearest, -1)
+
+
+def fill_scores(samples: np.ndarray, targets: np.ndarray, labels: np.ndarray
+                ) -> dict[str, float]:
+  """Disc IoU with the targets and colour accuracy for the labels (uint8 images, see module)."""
+  masks = disc_masks(samples)
+  return {"disc_iou": iou(masks, disc_masks(targets)),
+          "color_accuracy": float(np.mean(fill_colors(samples, masks) == np.asarray(labels)))}
+
+
+def _scores(samples: np.ndarray, inputs: dict[str, np.ndarray], fill: bool, threshold: int
+            ) -> dict[str, float]:
+  """The task's scores of samples in [-1, 1] for the held-out `inputs`."""
+  if fill:
+    return fill_scores(to_uint8(samples), to_uint8(inputs["target"][:, 0]), inputs["label"])
+  hint_edges = to_uint8(inputs["source"])[..., 0] > threshold
+  return {"edge_iou": iou(binary_edges(to_uint8(samples), threshold), hint_edges)}
+
+
 def evaluate_run(workdir: str, *, num: int = 300, threshold: int = 64, seed: int = 0
                  ) -> dict[str, Any]:
-  """Edge IoU of a ControlNet run's samples, and of its base's uncontrolled samples."""
+  """A ControlNet run's scores and its base's uncontrolled ones (see module).
+
+  Returns:
+    ``{"num", "task" ('edges' or 'fill'), "threshold", "controlled": {score: value},
+    "uncontrolled": {...} (when the run names its base in init_from)}``, scores
+    ``edge_iou`` or ``disc_iou`` and ``color_accuracy``.
+  """
   from jgen.train import loop, run_record, translations  # pylint: disable=import-outside-toplevel
 
   config = run_record.latest_config(workdir)
+  fill = config.data.source == FILL_SOURCE
   method, mesh, state = loop.restore_for_inference(config, workdir)
   inputs = translations.held_out_inputs(method, config, num)
-  source = inputs["source"]
-  hint_edges = to_uint8(source)[..., 0] > threshold
-  samples = translations.translate_all(method, state, mesh, source,
+  labels = inputs.get("label")
+  samples = translations.translate_all(method, state, mesh, inputs["source"],
                                        batch_size=config.sample.batch_size, seed=seed,
-                                       labels=inputs.get("label"))[:, 0]
-  out = {"num": len(source), "threshold": threshold,
-         "controlled": edge_iou(binary_edges(to_uint8(samples), threshold), hint_edges)}
+                                       labels=labels)[:, 0]
+  out = {"num": len(samples), "task": "fill" if fill else "edges", "threshold": threshold,
+         "controlled": _scores(samples, inputs, fill, threshold)}
   base_dir = config.init_from.workdir
   if base_dir:
     base_config = run_record.latest_config(base_dir)
     base_method, base_mesh, base_state = loop.restore_for_inference(base_config, base_dir)
+    conditional = loop.labels_for_samples(base_method, base_config, 1) is not None
     base = loop.sample_images(loop.jit_sampler(base_method, base_mesh), base_state, base_config,
-                              num=len(source), seed=seed)
-    out["uncontrolled"] = edge_iou(binary_edges(to_uint8(base), threshold), hint_edges)
+                              num=len(samples), seed=seed,
+                              labels=labels if conditional else None)
+    out["uncontrolled"] = _scores(base, inputs, fill, threshold)
   return out
 
 
@@ -79,10 +141,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
   out = evaluate_run(args.run, num=args.num, threshold=args.threshold, seed=args.seed)
-  print(f"| samples | edge IoU with the condition (n={out['num']}, threshold "
-        f"{out['threshold']}) |\n|---|---|\n| ControlNet | {out['controlled']:.3f} |")
+  if out["task"] == "fill":
+    print(f"| samples (n={out['num']}) | disc IoU with the target | colour accuracy |\n"
+          "|---|---|---|")
+    line = "| {} | {disc_iou:.3f} | {color_accuracy:.3f} |"
+  else:
+    print(f"| samples | edge IoU with the condition (n={out['num']}, threshold "
+          f"{out['threshold']}) |\n|---|---|")
+    line = "| {} | {edge_iou:.3f} |"
+  print(line.format("ControlNet", **out["controlled"]))
   if "uncontrolled" in out:
-    print(f"| base, uncontrolled | {out['uncontrolled']:.3f} |")
+    print(line.format("base, uncontrolled", **out["uncontrolled"]))
   return out
 
 

@@ -11,7 +11,7 @@ import pytest
 import jgen.data
 import jgen.run
 from jgen.diffusion.guidance import cfg_eps_fn
-from jgen.metrics.control import edge_iou
+from jgen.metrics.control import iou
 from jgen.nn.conditioning import null_conditions
 from jgen.nn.controlnet import ControlledUNet
 from jgen.nn.unet import UNet
@@ -109,13 +109,13 @@ def test_rules_are_required(base_run):
     load_method(config)
 
 
-def test_edge_iou_by_hand():
+def test_iou_by_hand():
   a = np.zeros((2, 4, 4), bool)
   b = np.zeros((2, 4, 4), bool)
   a[0, 0, :3] = True          # 3 pixels
   b[0, 0, 1:] = True          # 3 pixels, 2 shared: IoU 2 / 4
   # image 1: both empty -> 1
-  assert edge_iou(a, b) == pytest.approx((0.5 + 1.0) / 2)
+  assert iou(a, b) == pytest.approx((0.5 + 1.0) / 2)
 
 
 
@@ -147,3 +147,49 @@ def test_a_class_conditional_controlnet_translates_by_label():
   assert np.abs(other - got).max() > 1e-3  # the label reaches the sampler
   with pytest.raises(ValueError, match="samples for labels too"):
     method.translate(state, jax.random.key(0), jnp.asarray(data["source"]))
+
+
+def test_fill_scores_against_the_lens_area():
+  """Disc IoU of two discs of radius r whose centres are d apart is the lens area over the
+  union, 2 r^2 acos(d / 2r) - (d / 2) sqrt(4 r^2 - d^2) over 2 pi r^2 minus it; colour by the
+  nearest palette entry of the mean disc colour, a blank sample counting as wrong."""
+  from jgen.data.fill import FILL_COLORS, disc_image  # pylint: disable=import-outside-toplevel
+  from jgen.metrics.control import fill_scores  # pylint: disable=import-outside-toplevel
+
+  r, d, size = 20.0, 10.0, 128
+  target = disc_image(size, 64, 50, r, FILL_COLORS[0][1])
+  noise = np.random.default_rng(0).normal(0, 20, (size, size, 3))
+  moved = disc_image(size, 64, 50 + d, r, FILL_COLORS[1][1])
+  moved = np.clip(np.where(np.all(moved == 255, -1, keepdims=True), moved, moved + noise), 0,
+                  255).astype(np.uint8)
+  blank = np.full_like(target, 255)
+  lens = 2 * r * r * np.arccos(d / (2 * r)) - d / 2 * np.sqrt(4 * r * r - d * d)
+  want_iou = lens / (2 * np.pi * r * r - lens)
+  got = fill_scores(np.stack([moved, target, blank]), np.stack([target] * 3),
+                    np.array([1, 0, 0]))
+  assert got["disc_iou"] == pytest.approx((want_iou + 1.0 + 0.0) / 3, abs=0.01)
+  assert got["color_accuracy"] == pytest.approx(2 / 3)
+  wrong = fill_scores(moved[None], target[None], np.array([0]))
+  assert wrong["color_accuracy"] == 0.0
+  tinted = np.where(np.all(target == 255, -1, keepdims=True), np.uint8([215, 200, 240]), target)
+  assert fill_scores(tinted[None], target[None], np.array([0])) == {"disc_iou": 1.0,
+                                                                     "color_accuracy": 1.0}
+
+
+@pytest.mark.slow
+def test_the_fill_task_trains_and_scores(tmp_path):
+  """controlnet_fill from ddpm_cond_fill (both :smoke): the run trains and `jgen.metrics.control`
+  scores it and its colour-conditional base on the same held-out outlines and labels."""
+  from jgen.metrics import control  # pylint: disable=import-outside-toplevel
+
+  base = str(tmp_path / "base")
+  jgen.run.main(load_experiment("ddpm_cond_fill", "smoke"), workdir=base)
+  config = load_experiment("controlnet_fill", "smoke")
+  config.init_from.workdir = base
+  run = str(tmp_path / "fill")
+  jgen.run.main(config, workdir=run)
+  out = control.evaluate_run(run, num=6)
+  assert out["task"] == "fill" and out["num"] == 6
+  for row in ("controlled", "uncontrolled"):
+    assert set(out[row]) == {"disc_iou", "color_accuracy"}
+    assert all(0.0 <= v <= 1.0 for v in out[row].values())
