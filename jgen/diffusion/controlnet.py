@@ -21,13 +21,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jgen.diffusion import ddpm as ddpm_lib
 from jgen.nn.controlnet import ControlledUNet
 from jgen.train import rules as rules_lib
 from jgen.train.state import TrainState
 
-__all__ = ["CONTROL_COPY", "CONTROL_RULES", "ControlNetDDPM", "make_method"]
+__all__ = ["CONTROL_COPY", "CONTROL_RULES", "ControlNetDDPM", "configure", "make_method"]
 
 CONTROL_RULES = rules_lib.parse_rules((("params/control/.*", 1.0), (".*", "frozen")))
 # The base's leaves that the control branch copies (the `init_from.match` of the second load).
@@ -122,6 +123,39 @@ class ControlNetDDPM:
   @property
   def sample_tag(self) -> str:
     return self.ddpm.sample_tag
+
+
+def configure(c: ml_collections.ConfigDict, source: str, *, smoke: bool,
+              hint_channels: tuple[int, ...] = (16, 32)) -> ml_collections.ConfigDict:
+  """Turns a base DDPM experiment's config `c` into its ControlNet's, in place: the method, the
+  pairs `source` (no flips), the rules, Adam at a constant 1e-3, the condition encoder, the
+  two loads of the base (all of it into params/unet, `CONTROL_COPY` into params/control), whose
+  workdirs one ``--config.init_from.workdir`` sets, and (unless `smoke`, which keeps the base's
+  seconds-long schedule) 1,500 steps with 16 held-out translations at the end."""
+  c.method = "diffusion.controlnet"
+  c.data.source = source
+  c.data.random_flip = False
+  c.optim.rules = CONTROL_RULES
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 0
+  c.optim.schedule = "constant"
+  c.control = ml_collections.ConfigDict()
+  c.control.hint_channels = tuple(hint_channels)
+  c.init_from.subtree = "params"
+  c.init_from.into = "params/params/unet"
+  c.init_from.copy = ml_collections.ConfigDict()
+  c.init_from.copy.workdir = c.init_from.get_ref("workdir")
+  c.init_from.copy.subtree = "params"
+  c.init_from.copy.into = "params/params/control"
+  c.init_from.copy.match = CONTROL_COPY
+  if not smoke:
+    c.train.num_steps = 1500
+    c.train.checkpoint_every = 500
+    c.train.sample_every = 1500
+    c.train.eval_every = 0
+  c.sample.num = 4 if smoke else 16
+  c.sample.batch_size = c.sample.num
+  return c
 
 
 def make_method(config: Any) -> ControlNetDDPM:

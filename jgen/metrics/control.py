@@ -23,6 +23,7 @@ base is conditional), which is what agreement by chance looks like.
 
   python -m jgen.metrics.control --run /tmp/controlnet_digits [--num 300]
   python -m jgen.metrics.control --run /tmp/controlnet_fill
+  python -m jgen.metrics.control --run /tmp/ddpm_cond_fill       # a fill base alone
 """
 
 from __future__ import annotations
@@ -98,43 +99,65 @@ def _scores(samples: np.ndarray, inputs: dict[str, np.ndarray], fill: bool, thre
   return {"edge_iou": iou(binary_edges(to_uint8(samples), threshold), hint_edges)}
 
 
+def _uncontrolled(base_dir: str, inputs: dict[str, np.ndarray], fill: bool, threshold: int,
+                  seed: int) -> dict[str, float]:
+  """The scores of a base run's own samples (for the held-out labels when it is conditional)."""
+  from jgen.train import loop, run_record  # pylint: disable=import-outside-toplevel
+
+  config = run_record.latest_config(base_dir)
+  method, mesh, state = loop.restore_for_inference(config, base_dir)
+  conditional = loop.labels_for_samples(method, config, 1) is not None
+  samples = loop.sample_images(loop.jit_sampler(method, mesh), state, config,
+                               num=len(inputs["source"]), seed=seed,
+                               labels=inputs.get("label") if conditional else None)
+  return _scores(samples, inputs, fill, threshold)
+
+
 def evaluate_run(workdir: str, *, num: int = 300, threshold: int = 64, seed: int = 0
                  ) -> dict[str, Any]:
   """A ControlNet run's scores and its base's uncontrolled ones (see module).
 
+  ``workdir`` may also be a colour-conditional base trained on ``fill`` itself (e.g.
+  ddpm_cond_fill): then only its uncontrolled row is scored, on the held-out fill examples.
+
   Returns:
-    ``{"num", "task" ('edges' or 'fill'), "threshold", "controlled": {score: value},
-    "uncontrolled": {...} (when the run names its base in init_from)}``, scores
-    ``edge_iou`` or ``disc_iou`` and ``color_accuracy``.
+    ``{"num", "task" ('edges' or 'fill'), "threshold", "controlled": {score: value} (a
+    ControlNet run), "uncontrolled": {...} (its base named in init_from, or the base run)}``,
+    scores ``edge_iou`` or ``disc_iou`` and ``color_accuracy``.
   """
+  from jgen import data as jdata  # pylint: disable=import-outside-toplevel
   from jgen.train import loop, run_record, translations  # pylint: disable=import-outside-toplevel
 
   config = run_record.latest_config(workdir)
+  if config.method != "diffusion.controlnet":
+    if config.data.source != "fill":
+      raise ValueError(f"{workdir} is a {config.method} run on {config.data.source!r}: score a "
+                       "diffusion.controlnet run, or a base trained on 'fill'")
+    d = config.data
+    held_out = jdata.load_source(FILL_SOURCE, split=d.eval_split, image_size=d.image_size)
+    batch = jdata.read_batch(held_out, range(min(num, len(held_out))))
+    inputs = {"source": batch["source"], "target": batch["target"][:, None],
+              "label": batch["label"]}
+    return {"num": len(batch["label"]), "task": "fill", "threshold": threshold,
+            "uncontrolled": _uncontrolled(workdir, inputs, True, threshold, seed)}
   fill = config.data.source == FILL_SOURCE
   method, mesh, state = loop.restore_for_inference(config, workdir)
   inputs = translations.held_out_inputs(method, config, num)
-  labels = inputs.get("label")
   samples = translations.translate_all(method, state, mesh, inputs["source"],
                                        batch_size=config.sample.batch_size, seed=seed,
-                                       labels=labels)[:, 0]
+                                       labels=inputs.get("label"))[:, 0]
   out = {"num": len(samples), "task": "fill" if fill else "edges", "threshold": threshold,
          "controlled": _scores(samples, inputs, fill, threshold)}
-  base_dir = config.init_from.workdir
-  if base_dir:
-    base_config = run_record.latest_config(base_dir)
-    base_method, base_mesh, base_state = loop.restore_for_inference(base_config, base_dir)
-    conditional = loop.labels_for_samples(base_method, base_config, 1) is not None
-    base = loop.sample_images(loop.jit_sampler(base_method, base_mesh), base_state, base_config,
-                              num=len(samples), seed=seed,
-                              labels=labels if conditional else None)
-    out["uncontrolled"] = _scores(base, inputs, fill, threshold)
+  if config.init_from.workdir:
+    out["uncontrolled"] = _uncontrolled(config.init_from.workdir, inputs, fill, threshold, seed)
   return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   p = argparse.ArgumentParser(prog="python -m jgen.metrics.control", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--run", required=True, help="work directory of a diffusion.controlnet run")
+  p.add_argument("--run", required=True, help="work directory of a diffusion.controlnet run "
+                 "(or of a base trained on 'fill')")
   p.add_argument("--num", type=int, default=300, help="held-out conditions")
   p.add_argument("--threshold", type=int, default=64, help="edge level (uint8) to binarise at")
   p.add_argument("--seed", type=int, default=0)
@@ -149,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"| samples | edge IoU with the condition (n={out['num']}, threshold "
           f"{out['threshold']}) |\n|---|---|")
     line = "| {} | {edge_iou:.3f} |"
-  print(line.format("ControlNet", **out["controlled"]))
+  if "controlled" in out:
+    print(line.format("ControlNet", **out["controlled"]))
   if "uncontrolled" in out:
     print(line.format("base, uncontrolled", **out["uncontrolled"]))
   return out

@@ -193,3 +193,6 @@ def test_the_fill_task_trains_and_scores(tmp_path):
   for row in ("controlled", "uncontrolled"):
     assert set(out[row]) == {"disc_iou", "color_accuracy"}
     assert all(0.0 <= v <= 1.0 for v in out[row].values())
+  alone = control.evaluate_run(base, num=6)
+  assert set(alone) == {"num", "task", "threshold", "uncontrolled"}
+  assert alone["uncontrolled"] == out["uncontrolled"]  # the same samples of the same base
