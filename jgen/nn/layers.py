@@ -65,18 +65,23 @@ def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
   return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
-def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
+def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0, *,
+                       flip_sin_to_cos: bool = False, freq_shift: float = 1.0) -> Array:
   """Sinusoidal timestep embedding as in DDPM / the Transformer.
 
-  The first ``dim // 2`` features are ``sin(t * f_i)`` and the next
-  ``dim // 2`` are ``cos(t * f_i)`` with frequencies
-  ``f_i = max_period ** (-i / (dim // 2 - 1))`` for ``i = 0 .. dim//2 - 1``
-  (the DDPM convention). An odd ``dim`` is padded with one zero feature.
+  With ``half = dim // 2`` frequencies ``f_i = max_period ** (-i / (half - freq_shift))`` for
+  ``i = 0 .. half - 1``, the features are ``[sin(t f), cos(t f)]``, or ``[cos(t f), sin(t f)]``
+  with ``flip_sin_to_cos``. The defaults are the DDPM convention (``freq_shift = 1``: the last
+  frequency is exactly ``1 / max_period``); Stable Diffusion's U-Net uses ``flip_sin_to_cos=True,
+  freq_shift=0`` (diffusers' ``Timesteps(flip_sin_to_cos, downscale_freq_shift)``). An odd
+  ``dim`` is padded with one zero feature.
 
   Args:
     t: Timesteps of shape ``[B]``, integer or floating point.
     dim: Embedding size, at least 2.
     max_period: Controls the lowest frequency.
+    flip_sin_to_cos: Put the cosines first.
+    freq_shift: The shift of the exponent's denominator.
 
   Returns:
     A float32 array of shape ``[B, dim]``.
@@ -90,10 +95,12 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
   if dim < 2:
     raise ValueError(f"dim must be at least 2, got {dim}.")
   half = dim // 2
-  exponent = math.log(max_period) / max(half - 1, 1)
+  denominator = half - freq_shift
+  exponent = math.log(max_period) / (denominator if denominator > 0 else 1)
   freqs = jnp.exp(-exponent * jnp.arange(half, dtype=jnp.float32))
   args = t.astype(jnp.float32)[:, None] * freqs[None, :]
-  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  parts = [jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)]
+  emb = jnp.concatenate(parts, axis=-1)
   if dim % 2 == 1:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
@@ -107,14 +114,15 @@ def ddpm_conv(
     param_dtype: Dtype,
     strides: int = 1,
     init_scale: float = 1.0,
+    padding: Any = "SAME",
     name: str | None = None,
 ) -> nn.Conv:
-  """Builds a square-kernel 'SAME' convolution with the DDPM init."""
+  """Builds a square-kernel convolution (padding 'SAME' by default) with the DDPM init."""
   return nn.Conv(
       features,
       (kernel, kernel),
       strides=(strides, strides),
-      padding="SAME",
+      padding=padding,
       kernel_init=default_init(init_scale),
       bias_init=nn.initializers.zeros,
       dtype=dtype,
@@ -235,6 +243,7 @@ class ResBlock(nn.Module):
     kernel_init: Initialiser of the first conv, the embedding projection and the shortcut.
     out_kernel_init: Initialiser of the second conv (zeros: the block starts as identity).
     names: Submodule names (`ResBlockNames`; `DDPM_NAMES` for the U-Net).
+    norm_eps: epsilon of the norms; None: `Norm`'s default (1e-6 for 'group').
     dtype: Compute dtype.
     param_dtype: Parameter dtype.
   """
@@ -250,13 +259,14 @@ class ResBlock(nn.Module):
   kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
   out_kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
   names: ResBlockNames = ResBlockNames()
+  norm_eps: float | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def _norm(self, x: Array, name: str | None, *, train: bool) -> Array:
     groups = min(self.num_groups, x.shape[-1])
-    return Norm(self.norm, groups, dtype=self.dtype, param_dtype=self.param_dtype,
-                name=name)(x, train=train)
+    return Norm(self.norm, groups, epsilon=self.norm_eps, dtype=self.dtype,
+                param_dtype=self.param_dtype, name=name)(x, train=train)
 
   def _conv(self, features: int, kernel: int, init, name: str | None) -> nn.Conv:
     return nn.Conv(features, (kernel, kernel), padding="SAME", kernel_init=init,
@@ -308,13 +318,15 @@ class ResBlock(nn.Module):
 
 
 def ddpm_res_block(features: int | None = None, *, dropout: float = 0.0, num_groups: int = 32,
-                   dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-                   name: str | None = None) -> ResBlock:
-  """The DDPM U-Net's `ResBlock`: group norm, swish, timestep embedding, dropout, 1x1 shortcut,
-  the DDPM initialisation (last conv zero) and the official checkpoints' parameter names."""
+                   norm_eps: float = 1e-6, dtype: Dtype = jnp.float32,
+                   param_dtype: Dtype = jnp.float32, name: str | None = None) -> ResBlock:
+  """The DDPM U-Net's `ResBlock`: group norm (epsilon `norm_eps`; Stable Diffusion's 1e-5),
+  swish, timestep embedding, dropout, 1x1 shortcut, the DDPM initialisation (last conv zero)
+  and the official checkpoints' parameter names."""
   return ResBlock(features=features, norm="group", num_groups=num_groups, activation=nn.swish,
                   dropout=dropout, kernel_init=default_init(1.0), out_kernel_init=default_init(0.0),
-                  names=DDPM_NAMES, dtype=dtype, param_dtype=param_dtype, name=name)
+                  names=DDPM_NAMES, norm_eps=norm_eps, dtype=dtype, param_dtype=param_dtype,
+                  name=name)
 
 
 def upsample_nearest(x: Array) -> Array:
@@ -339,11 +351,13 @@ class AttnBlock(nn.Module):
 
   Attributes:
     num_groups: Groups of the input group normalisation.
+    norm_eps: Epsilon of the group normalisation.
     dtype: Compute dtype (logits and softmax are float32).
     param_dtype: Parameter dtype.
   """
 
   num_groups: int = 32
+  norm_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -354,7 +368,7 @@ class AttnBlock(nn.Module):
     b, hgt, wid, c = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-    h = Norm("group", self.num_groups, name="norm", **kw)(x)
+    h = Norm("group", self.num_groups, epsilon=self.norm_eps, name="norm", **kw)(x)
     q = ddpm_dense(c, name="q", **kw)(h).reshape(b, hgt * wid, c)
     k = ddpm_dense(c, name="k", **kw)(h).reshape(b, hgt * wid, c)
     v = ddpm_dense(c, name="v", **kw)(h).reshape(b, hgt * wid, c)
@@ -446,28 +460,34 @@ class Downsample(nn.Module):
 
   Attributes:
     with_conv: Use a stride-2 3x3 conv; otherwise 2x2 average pooling.
+    padding: Padding of the conv (diffusers' ``downsample_padding``): 0 pads one row and
+      column at the bottom and right only ('SAME' on an even size; the DDPM and LDM
+      checkpoints), 1 pads one on every side (Stable Diffusion's U-Net). On an even input
+      the two read the same pixels shifted by one: their outputs differ.
     dtype: Compute dtype.
     param_dtype: Parameter dtype.
   """
 
   with_conv: bool = True
+  padding: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    """Downsamples ``x`` ``[B, H, W, C]`` to ``[B, H/2, W/2, C]``."""
+    """Downsamples ``x`` ``[B, H, W, C]`` to ``[B, H/2, W/2, C]``.
+
+    Raises:
+      ValueError: a padding other than 0 or 1.
+    """
     x = x.astype(self.dtype)
-    if self.with_conv:
-      return ddpm_conv(
-          x.shape[-1],
-          3,
-          strides=2,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name="conv",
-      )(x)
-    return mean_pool(x)
+    if not self.with_conv:
+      return mean_pool(x)
+    if self.padding not in (0, 1):
+      raise ValueError(f"Downsample padding must be 0 (bottom/right, 'SAME') or 1 (every "
+                       f"side), got {self.padding}")
+    return ddpm_conv(x.shape[-1], 3, strides=2, dtype=self.dtype, param_dtype=self.param_dtype,
+                     padding="SAME" if self.padding == 0 else ((1, 1), (1, 1)), name="conv")(x)
 
 
 class Upsample(nn.Module):

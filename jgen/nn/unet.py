@@ -25,6 +25,17 @@ tree and its outputs are unchanged), take their inputs from one conditions dict
   initialiser scaled by ``embedding_init_scale`` (1: the condition acts from the first step;
   0: ``W = 0``, the network starts as the one without it, for adding the condition to a
   pretrained U-Net).
+
+**Published layouts.** Options, all with today's behaviour as the default, make the same network
+equal to diffusers' ``UNet2DModel`` (the DDPM checkpoints: the defaults) and
+``UNet2DConditionModel`` (Stable Diffusion 1.x / 2.x; `jgen.convert.unet` sets them from a
+``config.json``): ``norm_eps`` (1e-5 in SD), ``downsample_padding`` (1 in SD: one pixel on every
+side instead of bottom/right only), ``flip_sin_to_cos`` / ``freq_shift`` of the timestep
+embedding (SD: True / 0), ``attn_levels`` (attention by level index rather than feature height,
+so one network serves every image size), and ``attention="transformer"``: at each attention
+site a `jgen.nn.spatial_transformer.SpatialTransformer` (self-attention, cross-attention to the
+context, GEGLU feed-forward; ``transformer_heads`` per level, ``transformer_depth`` blocks) in
+place of `AttnBlock` + `CrossAttnBlock`.
 """
 
 from __future__ import annotations
@@ -48,11 +59,14 @@ from jgen.nn.layers import (
     ddpm_res_block,
     timestep_embedding,
 )
+from jgen.nn.spatial_transformer import SpatialTransformer
 
 Array = jax.Array
 Dtype = Any
 
-__all__ = ["UNet", "encode"]
+__all__ = ["ATTENTIONS", "UNet", "encode"]
+
+ATTENTIONS = ("ddpm", "transformer")  # UNet.attention
 
 
 class UNet(nn.Module):
@@ -86,6 +100,16 @@ class UNet(nn.Module):
       their own (IP-Adapter's decoupled cross-attention, `CrossAttnBlock`); needs
       ``context_dim > 0``; 0: none.
     image_scale: lambda, the weight of the image tokens' attention output.
+    norm_eps: Epsilon of every group normalisation (1e-6: DDPM; 1e-5: Stable Diffusion).
+    downsample_padding: 0: the stride-2 convs pad bottom/right ('SAME'); 1: every side.
+    flip_sin_to_cos: Timestep embedding ``[cos, sin]`` instead of ``[sin, cos]``.
+    freq_shift: The timestep embedding's frequency shift (`timestep_embedding`).
+    attn_levels: Levels (0: full resolution) with attention; None: by ``attn_resolutions``.
+    attention: 'ddpm' (`AttnBlock`, + `CrossAttnBlock` with a context) or 'transformer'
+      (`SpatialTransformer`, needs ``context_dim > 0``).
+    transformer_heads: Heads of the transformer blocks: one number, or one per level (the
+      middle uses the last level's).
+    transformer_depth: Transformer blocks per attention site.
     dtype: Compute dtype. The output is always float32.
     param_dtype: Parameter dtype.
   """
@@ -106,11 +130,39 @@ class UNet(nn.Module):
   embedding_init_scale: float = 1.0
   image_context_dim: int = 0
   image_scale: float = 1.0
+  norm_eps: float = 1e-6
+  downsample_padding: int = 0
+  flip_sin_to_cos: bool = False
+  freq_shift: float = 1.0
+  attn_levels: Sequence[int] | None = None
+  attention: str = "ddpm"
+  transformer_heads: int | Sequence[int] = 8
+  transformer_depth: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def has_attention(self, level: int, height: int) -> bool:
+    """Whether the blocks of `level` (feature height `height`) are followed by attention."""
+    if self.attn_levels is not None:
+      return level in tuple(self.attn_levels)
+    return height in tuple(self.attn_resolutions)
+
+  def heads(self, level: int) -> int:
+    """The transformer heads at `level`."""
+    if isinstance(self.transformer_heads, int):
+      return self.transformer_heads
+    return tuple(self.transformer_heads)[level]
+
   def _check_inputs(self, x: Array, t: Array) -> None:
     """Raises ValueError on inputs the network cannot process."""
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"unknown attention {self.attention!r}; choose one of {ATTENTIONS}")
+    if self.attention == "transformer" and self.context_dim < 1:
+      raise ValueError("attention='transformer' cross-attends to a context: set context_dim > 0")
+    if (not isinstance(self.transformer_heads, int)
+        and len(tuple(self.transformer_heads)) != len(self.ch_mult)):
+      raise ValueError(f"transformer_heads needs one entry per level ({len(self.ch_mult)}), got "
+                       f"{tuple(self.transformer_heads)}")
     if x.ndim != 4:
       raise ValueError(f"x must have shape [B, H, W, C] (NHWC), got shape {x.shape}.")
     if t.shape != (x.shape[0],):
@@ -228,7 +280,6 @@ class UNet(nn.Module):
       hs = [a + c.astype(a.dtype) for a, c in zip(hs, control[:-1], strict=True)]
       h = h + control[-1].astype(h.dtype)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    attn_res = tuple(self.attn_resolutions)
     num_levels = len(self.ch_mult)
 
     for level in reversed(range(num_levels)):
@@ -236,8 +287,8 @@ class UNet(nn.Module):
         prefix = f"up_{level}_block_{block}"
         h = jnp.concatenate([h, hs.pop()], axis=-1)
         h = _res_block(self, self.ch * self.ch_mult[level], prefix)(h, temb, train=train)
-        if h.shape[1] in attn_res:
-          h = _attention(self, h, cond, f"{prefix}_attn", f"{prefix}_cross_attn")
+        if self.has_attention(level, h.shape[1]):
+          h = _attention(self, h, cond, level, f"{prefix}_attn", f"{prefix}_cross_attn")
       if level != 0:
         up = Upsample(
             with_conv=self.resamp_with_conv,
@@ -246,22 +297,27 @@ class UNet(nn.Module):
         )
         h = up(h)
 
-    h = nn.swish(Norm("group", self.num_groups, name="norm_out", **kw)(h))
+    h = nn.swish(Norm("group", self.num_groups, epsilon=self.norm_eps, name="norm_out", **kw)(h))
     h = ddpm_conv(out_ch, 3, init_scale=0.0, name="conv_out", **kw)(h)
     return h.astype(jnp.float32)
 
 
 def _res_block(cfg: UNet, features: int, name: str) -> ResBlock:
   """The U-Net's residual block of `features` channels (its dropout, groups and dtypes)."""
-  return ddpm_res_block(features, dropout=cfg.dropout, num_groups=cfg.num_groups, name=name,
-                        dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+  return ddpm_res_block(features, dropout=cfg.dropout, num_groups=cfg.num_groups,
+                        norm_eps=cfg.norm_eps, name=name, dtype=cfg.dtype,
+                        param_dtype=cfg.param_dtype)
 
 
-def _attention(cfg: UNet, h: Array, cond: Mapping[str, Array], name: str, cross_name: str
-               ) -> Array:
-  """Self-attention, then cross-attention to the context when the network has one."""
+def _attention(cfg: UNet, h: Array, cond: Mapping[str, Array], level: int, name: str,
+               cross_name: str) -> Array:
+  """Self-attention, then cross-attention to the context when the network has one; or the
+  transformer block (``attention='transformer'``)."""
   kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-  h = AttnBlock(num_groups=cfg.num_groups, name=name, **kw)(h)
+  if cfg.attention == "transformer":
+    return SpatialTransformer(cfg.heads(level), cfg.transformer_depth, cfg.num_groups,
+                              name=name, **kw)(h, cond["context"])
+  h = AttnBlock(num_groups=cfg.num_groups, norm_eps=cfg.norm_eps, name=name, **kw)(h)
   if cfg.context_dim > 0:
     h = CrossAttnBlock(num_groups=cfg.num_groups, num_heads=cfg.cross_attn_heads,
                        name=cross_name, **kw)(h, cond["context"], cond.get("image_context"),
@@ -291,11 +347,11 @@ def encode(cfg: UNet, x: Array, t: Array, conditions: Mapping[str, Array] | None
   cfg._check_inputs(x, t)  # pylint: disable=protected-access
   cond = cfg._check_conditions(x, conditions)  # pylint: disable=protected-access
   kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-  attn_res = tuple(cfg.attn_resolutions)
   num_levels = len(cfg.ch_mult)
   res_block = lambda features, name: _res_block(cfg, features, name)
 
-  temb = timestep_embedding(t, cfg.ch)
+  temb = timestep_embedding(t, cfg.ch, flip_sin_to_cos=cfg.flip_sin_to_cos,
+                            freq_shift=cfg.freq_shift)
   temb = ddpm_dense(4 * cfg.ch, name="temb_dense0", **kw)(temb)
   temb = nn.swish(temb)
   temb = ddpm_dense(4 * cfg.ch, name="temb_dense1", **kw)(temb)
@@ -317,16 +373,16 @@ def encode(cfg: UNet, x: Array, t: Array, conditions: Mapping[str, Array] | None
     for block in range(cfg.num_res_blocks):
       prefix = f"down_{level}_block_{block}"
       h = res_block(cfg.ch * mult, prefix)(hs[-1], temb, train=train)
-      if h.shape[1] in attn_res:
-        h = _attention(cfg, h, cond, f"{prefix}_attn", f"{prefix}_cross_attn")
+      if cfg.has_attention(level, h.shape[1]):
+        h = _attention(cfg, h, cond, level, f"{prefix}_attn", f"{prefix}_cross_attn")
       hs.append(h)
     if level != num_levels - 1:
-      hs.append(Downsample(with_conv=cfg.resamp_with_conv, name=f"down_{level}_downsample",
-                           **kw)(hs[-1]))
+      hs.append(Downsample(with_conv=cfg.resamp_with_conv, padding=cfg.downsample_padding,
+                           name=f"down_{level}_downsample", **kw)(hs[-1]))
 
   h = hs[-1]
   mid_ch = h.shape[-1]
   h = res_block(mid_ch, "mid_block_1")(h, temb, train=train)
-  h = _attention(cfg, h, cond, "mid_attn_1", "mid_cross_attn_1")
+  h = _attention(cfg, h, cond, num_levels - 1, "mid_attn_1", "mid_cross_attn_1")
   h = res_block(mid_ch, "mid_block_2")(h, temb, train=train)
   return temb, hs, h, cond

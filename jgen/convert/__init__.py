@@ -1,0 +1,1 @@
+"""Published checkpoints in and out: readers per format that map onto jgen's modules."""
