@@ -28,8 +28,8 @@ import numpy as np
 
 PyTree = Any
 
-__all__ = ["ConversionError", "Renamed", "StateDict", "Tree", "conv_kernel", "dense_kernel", "flatten_tree",
-           "unflatten_tree"]
+__all__ = ["ConversionError", "Renamed", "StateDict", "Tree", "conv_kernel", "dense_kernel",
+           "flatten_tree", "unflatten_tree"]
 
 
 class ConversionError(ValueError):

@@ -34,6 +34,28 @@ def linear_beta_schedule(num_timesteps: int,
   return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
+def scaled_linear_beta_schedule(num_timesteps: int,
+                                *,
+                                beta_start: float = 0.00085,
+                                beta_end: float = 0.012) -> np.ndarray:
+  """Betas whose square roots are linearly spaced: Stable Diffusion's and latent diffusion's
+  schedule (diffusers' ``"scaled_linear"``), beta_t = (sqrt(b_0) + t/(T-1) (sqrt(b_1) -
+  sqrt(b_0)))^2.
+
+  Args:
+    num_timesteps: Number of diffusion steps T.
+    beta_start: beta at t = 0.
+    beta_end: beta at t = T - 1.
+
+  Returns:
+    float64 array of shape [T].
+  """
+  _check_num_timesteps(num_timesteps)
+  if not 0.0 < beta_start <= beta_end < 1.0:
+    raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+  return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64)**2
+
+
 def cosine_beta_schedule(num_timesteps: int,
                          *,
                          s: float = 0.008,
@@ -68,6 +90,7 @@ def _check_num_timesteps(num_timesteps: int) -> None:
 
 _BETA_SCHEDULES: dict[str, Callable[..., np.ndarray]] = {
     "linear": linear_beta_schedule,
+    "scaled_linear": scaled_linear_beta_schedule,
     "cosine": cosine_beta_schedule,
 }
 
@@ -153,7 +176,7 @@ def get_schedule(name: str, num_timesteps: int, **kwargs) -> Schedule:
   """Builds a named schedule.
 
   Args:
-    name: One of 'linear', 'cosine'.
+    name: One of 'linear', 'scaled_linear', 'cosine'.
     num_timesteps: Number of diffusion steps T.
     **kwargs: Forwarded to the beta schedule function.
 
@@ -170,10 +193,11 @@ def get_schedule(name: str, num_timesteps: int, **kwargs) -> Schedule:
 
 def schedule_from_config(diffusion_config: Any) -> Schedule:
   """The schedule of an experiment's `config.diffusion` block (``schedule``, ``num_timesteps``
-  and, for 'linear', ``beta_start`` / ``beta_end``): what every diffusion method trains on."""
+  and, for 'linear' and 'scaled_linear', ``beta_start`` / ``beta_end``): what every diffusion
+  method trains on."""
   d = diffusion_config
-  kwargs = ({"beta_start": d.beta_start, "beta_end": d.beta_end} if d.schedule == "linear"
-            else {})
+  kwargs = ({"beta_start": d.beta_start, "beta_end": d.beta_end}
+            if d.schedule in ("linear", "scaled_linear") else {})
   return get_schedule(d.schedule, d.num_timesteps, **kwargs)
 
 
