@@ -1,25 +1,31 @@
 """The LDM / taming-transformers first-stage encoder and decoder (Esser et al. 2021; Rombach et
 al. 2022), built from jgen's one residual block, attention block and resampling layers.
 
-`LDMEncoder`: ``conv_in`` (3x3, ``ch``), then per level i ``num_res_blocks`` residual blocks of
+`LDMEncoder`: images `[B, H, W, C]` (H and W each divisible by f; not necessarily square) ->
+``conv_in`` (3x3, ``ch``), then per level i ``num_res_blocks`` residual blocks of
 ``ch * ch_mult[i]`` channels (self-attention after each at the resolutions in
 ``attn_resolutions``) and, between levels, a stride-2 3x3 conv (`jgen.nn.layers.Downsample`);
 a middle block residual -> self-attention -> residual; GroupNorm, swish, ``conv_out`` (3x3) to
-``out_channels`` and a 1x1 ``quant_conv`` (LDM's, folded in). The downsampling factor is
-f = 2^(len(ch_mult) - 1): ``(1, 2, 2)`` is f = 4, ``(1, 2, 2, 4)`` f = 8. A KL bottleneck asks
-for ``out_channels = 2 z`` (mean and log-variance), a VQ one for the code dimension.
+``out_channels`` and a 1x1 ``quant_conv`` (LDM's, folded in) to ``embed_dim`` channels (None:
+``out_channels``; diffusers' ``VQModel`` maps ``latent_channels`` to ``vq_embed_dim`` there).
+The downsampling factor is f = 2^(len(ch_mult) - 1): ``(1, 2, 2)`` is f = 4, ``(1, 2, 2, 4)``
+f = 8. A KL bottleneck asks for ``out_channels = 2 z`` (mean and log-variance), a VQ one for
+the code dimension.
 
-`LDMDecoder`: a 1x1 ``post_quant_conv``, ``conv_in`` to ``ch * ch_mult[-1]``, the middle block,
-then per level (deepest first) ``num_res_blocks + 1`` residual blocks (attention as above) and
-a 2x nearest upsample + 3x3 conv (`jgen.nn.layers.Upsample`) between levels; GroupNorm, swish
-and ``conv_out`` (3x3) to the image channels. ``conv_out`` is the *last layer* whose gradient
-norms set the adaptive GAN weight (`LAST_LAYER`).
+`LDMDecoder`: a 1x1 ``post_quant_conv`` (to ``z_channels``; None: the latent's channels),
+``conv_in`` to ``ch * ch_mult[-1]``, the middle block, then per level (deepest first)
+``num_res_blocks + 1`` residual blocks (attention as above) and a 2x nearest upsample + 3x3
+conv (`jgen.nn.layers.Upsample`) between levels; GroupNorm, swish and ``conv_out`` (3x3) to
+the image channels. ``conv_out`` is the *last layer* whose gradient norms set the adaptive GAN
+weight (`LAST_LAYER`).
 
 Residual blocks are `jgen.nn.layers.ResBlock` (GroupNorm + swish + conv3x3, twice, dropout
 before the second conv, 1x1 shortcut on a width change), attention `jgen.nn.layers.AttnBlock`
-(single head over all positions, zero-initialized output projection, as LDM's AttnBlock).
-Both modules take a compute ``dtype`` (float32 parameters and outputs) and a keyword-only
-``train`` flag (dropout).
+(single head over all positions, zero-initialized output projection, as LDM's AttnBlock);
+``mid_attention=False`` drops the middle block's attention (diffusers'
+``mid_block_add_attention=False``). Attention at ``attn_resolutions`` is decided by the feature
+map's height (LDM's square ``curr_res``). Both modules take a compute ``dtype`` (float32
+parameters and outputs) and a keyword-only ``train`` flag (dropout).
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class _Stack(nn.Module):
   attn_resolutions: Sequence[int] = ()
   num_groups: int = 32
   dropout: float = 0.0
+  mid_attention: bool = True
   dtype: Dtype = jnp.float32
 
   def _block(self, features: int, name: str) -> ResBlock:
@@ -85,7 +92,8 @@ class _Stack(nn.Module):
   def _middle(self, h: jax.Array, *, train: bool) -> jax.Array:
     width = h.shape[-1]
     h = self._block(width, "mid_block_1")(h, train=train)
-    h = self._attn("mid_attn")(h)
+    if self.mid_attention:
+      h = self._attn("mid_attn")(h)
     return self._block(width, "mid_block_2")(h, train=train)
 
   def _out(self, h: jax.Array, features: int) -> jax.Array:
@@ -94,22 +102,27 @@ class _Stack(nn.Module):
 
 
 class LDMEncoder(_Stack):
-  """Images `[B, H, W, C]` -> latents `[B, H/f, W/f, out_channels]` (see the module docstring).
+  """Images `[B, H, W, C]` -> latents `[B, H/f, W/f, embed_dim or out_channels]` (see the
+  module docstring).
 
   Attributes:
-    out_channels: latent channels (2 z for a KL bottleneck's mean and log-variance).
-    ch, ch_mult, num_res_blocks, attn_resolutions, num_groups, dropout, dtype: the widths
-      (``ch * ch_mult[i]`` at level i), blocks per level, resolutions with attention after
-      each block, GroupNorm groups, dropout rate and compute dtype.
+    out_channels: channels of ``conv_out`` (2 z for a KL bottleneck's mean and log-variance).
+    embed_dim: channels of ``quant_conv``'s output; None: ``out_channels``.
+    ch, ch_mult, num_res_blocks, attn_resolutions, num_groups, dropout, mid_attention, dtype:
+      the widths (``ch * ch_mult[i]`` at level i), blocks per level, resolutions with attention
+      after each block, GroupNorm groups, dropout rate, the middle block's attention and the
+      compute dtype.
   """
 
   out_channels: int = 8
+  embed_dim: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if x.ndim != 4 or x.shape[1] != x.shape[2]:
-      raise ValueError(f"LDMEncoder takes square images [B, H, W, C], got shape {x.shape}")
+    if x.ndim != 4:
+      raise ValueError(f"LDMEncoder takes images [B, H, W, C], got shape {x.shape}")
     latent_resolution(x.shape[1], self.ch_mult)
+    latent_resolution(x.shape[2], self.ch_mult)
     _check_groups(self.ch, self.ch_mult, self.num_groups)
     h = nn.Conv(self.ch * self.ch_mult[0], (3, 3), dtype=self.dtype, name="conv_in")(
         x.astype(self.dtype))
@@ -122,28 +135,32 @@ class LDMEncoder(_Stack):
         h = Downsample(with_conv=True, dtype=self.dtype, name=f"down_{i}_downsample")(h)
     h = self._middle(h, train=train)
     h = self._out(h, self.out_channels)
-    h = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="quant_conv")(h)
+    embed_dim = self.out_channels if self.embed_dim is None else self.embed_dim
+    h = nn.Conv(embed_dim, (1, 1), dtype=self.dtype, name="quant_conv")(h)
     return h.astype(jnp.float32)
 
 
 class LDMDecoder(_Stack):
-  """Latents `[B, r, r, z]` -> images `[B, r f, r f, out_channels]` (see the module docstring).
+  """Latents `[B, h, w, z]` -> images `[B, h f, w f, out_channels]` (see the module docstring).
 
   Attributes:
     out_channels: image channels.
-    ch, ch_mult, num_res_blocks, attn_resolutions, num_groups, dropout, dtype: as in
-      `LDMEncoder` (the decoder has one more block per level, as LDM's).
+    z_channels: channels of ``post_quant_conv``'s output; None: the latent's channels.
+    ch, ch_mult, num_res_blocks, attn_resolutions, num_groups, dropout, mid_attention, dtype:
+      as in `LDMEncoder` (the decoder has one more block per level, as LDM's).
   """
 
   out_channels: int = 3
+  z_channels: int | None = None
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
     if z.ndim != 4:
-      raise ValueError(f"LDMDecoder takes latent maps [B, r, r, z], got shape {z.shape}")
+      raise ValueError(f"LDMDecoder takes latent maps [B, h, w, z], got shape {z.shape}")
     _check_groups(self.ch, self.ch_mult, self.num_groups)
     z = z.astype(self.dtype)
-    h = nn.Conv(z.shape[-1], (1, 1), dtype=self.dtype, name="post_quant_conv")(z)
+    z_channels = z.shape[-1] if self.z_channels is None else self.z_channels
+    h = nn.Conv(z_channels, (1, 1), dtype=self.dtype, name="post_quant_conv")(z)
     h = nn.Conv(self.ch * self.ch_mult[-1], (3, 3), dtype=self.dtype, name="conv_in")(h)
     h = self._middle(h, train=train)
     for i in reversed(range(len(self.ch_mult))):

@@ -45,5 +45,5 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match="num_groups"):
     LDMEncoder(ch=6, ch_mult=(1, 2), num_groups=4).init(
         jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
-  with pytest.raises(ValueError, match="square"):
-    LDMEncoder(**KW).init(jax.random.key(0), jnp.zeros((1, 8, 4, 1)), train=False)
+  with pytest.raises(ValueError, match="not divisible"):  # f = 4 divides 8 but not 6
+    LDMEncoder(**KW).init(jax.random.key(0), jnp.zeros((1, 8, 6, 1)), train=False)
