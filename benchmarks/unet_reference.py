@@ -78,7 +78,8 @@ def ldm_unet_names(config: dict) -> dict[str, str]:
       if attn[level]:
         names[f"up_blocks.{i}.attentions.{b}"] = f"output_blocks.{n}.1"
       if b == layers and level != 0:
-        names[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{n}.{2 if attn[level] else 1}.conv"
+        index = 2 if attn[level] else 1
+        names[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{n}.{index}.conv"
       n += 1
   return names
 

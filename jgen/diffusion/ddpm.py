@@ -142,6 +142,13 @@ class DDPM:
     return TrainState.create(params=params, tx=self.tx, rng=state_rng,
                              ema_decay=self.ema_decay, ema_warmup=self.ema_warmup)
 
+  def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The batch shapes `init` reads (the loop restores a checkpoint without opening data)."""
+    batch = {"image": jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32)}
+    if self.model.num_classes > 0:
+      batch["label"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    return batch
+
   def model_fn(self, params, conditions: Conditions | None = None, *, train: bool = False,
                dropout_rng: jax.Array | None = None) -> ModelFn:
     """The network's raw prediction (of kind `prediction`) as `fn(x_t, t)`."""

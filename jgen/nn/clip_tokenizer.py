@@ -153,6 +153,21 @@ def open_clip_vocab() -> tuple[list[str], list[tuple[str, str]]]:
   return vocab, merges
 
 
+def _read_tokenizer_json(path: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+  """The BPE vocabulary and merges of a `tokenizers` ``tokenizer.json`` (``model.vocab``,
+  ``model.merges`` as "a b" strings or [a, b] pairs).
+
+  Raises:
+    ValueError: the file's model is not BPE.
+  """
+  with open(path, encoding="utf-8") as f:
+    model = json.load(f).get("model", {})
+  if model.get("type") != "BPE":
+    raise ValueError(f"{path}: a {model.get('type')!r} tokenizer, not CLIP's BPE")
+  merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+  return dict(model["vocab"]), merges
+
+
 class CLIPTokenizer:
   """CLIP's BPE tokenizer (see the module docstring for the algorithm).
 
@@ -208,14 +223,19 @@ class CLIPTokenizer:
     """
     files = {name: os.path.join(path, name) for name in ("vocab.json", "merges.txt")}
     lacking = [n for n, p in files.items() if not os.path.exists(p)]
-    if lacking:
-      raise FileNotFoundError(f"{path} lacks {lacking}: not a CLIP tokenizer folder (a "
-                              "pipeline keeps it in its tokenizer/ subfolder)")
-    with open(files["vocab.json"], encoding="utf-8") as f:
-      vocab = json.load(f)
-    with open(files["merges.txt"], encoding="utf-8") as f:
-      merges = [tuple(line.split()) for line in f.read().split("\n")
-                if line and not line.startswith("#version")]
+    fast = os.path.join(path, "tokenizer.json")
+    if lacking and os.path.exists(fast):  # transformers 5 saves only the `tokenizers` file
+      vocab, merges = _read_tokenizer_json(fast)
+    elif lacking:
+      raise FileNotFoundError(f"{path} lacks {lacking} (and tokenizer.json): not a CLIP "
+                              "tokenizer folder (a pipeline keeps it in its tokenizer/ "
+                              "subfolder)")
+    else:
+      with open(files["vocab.json"], encoding="utf-8") as f:
+        vocab = json.load(f)
+      with open(files["merges.txt"], encoding="utf-8") as f:
+        merges = [tuple(line.split()) for line in f.read().split("\n")
+                  if line and not line.startswith("#version")]
     settings: dict = {}
     for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the map wins
       if os.path.exists(os.path.join(path, name)):

@@ -32,8 +32,8 @@ from jgen.train import rules as rules_lib
 from jgen.train import run_record
 from jgen.train import translations
 from jgen.train.method import (Conditional, Evaluates, Method, PathLengths, Prepares,
-                               Reconstructs, SampleFigures, SamplesWithFrozen, Translates,
-                               Truncates, load_method, sample_tag)
+                               Reconstructs, SampleFigures, SamplesWithFrozen, SamplesWithoutData,
+                               Translates, Truncates, load_method, sample_tag)
 from jgen.train.state import TrainState
 from jgen.train.writers import MetricWriter, save_image_grid, save_json, save_npz, to_uint8
 
@@ -538,7 +538,12 @@ def restore_for_inference(config, workdir: str) -> tuple[Method, Any, TrainState
   jdata.check_batch_size(config.data.batch_size, num_devices=mesh.size,
                          process_count=jax.process_count())  # eval batches, state shapes
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  batch = abstract_batch(config, mesh, load_data(config, split=config.data.split))
+  if isinstance(method, SamplesWithoutData):
+    sharding = mesh_lib.batch_sharding(mesh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
+             for k, v in method.example_batch(config.data.batch_size).items()}
+  else:
+    batch = abstract_batch(config, mesh, load_data(config, split=config.data.split))
   abstract = _abstract_state(method, config, jax.random.key(config.seed), batch, mesh)
   items = ckpt.restore(abstract.checkpoint_items())
   ckpt.close()

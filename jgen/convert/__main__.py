@@ -1,0 +1,50 @@
+"""`python -m jgen.convert SRC WORKDIR`: a published checkpoint as a jgen work directory.
+
+  python -m jgen.convert ~/models/stable-diffusion-v1-5 /tmp/sd15
+  python -m jgen.convert v2-1_768-ema-pruned.safetensors /tmp/sd21 --prediction=v
+  python -m jgen.convert ~/models/ddpm-cifar10-32 /tmp/ddpm_cifar
+
+Prints the ``launch.py`` command that samples the result (`jgen.convert.pipeline`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from jgen.convert import pipeline
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m jgen.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("src", help="a diffusers folder or a single .ckpt/.safetensors file")
+  parser.add_argument("workdir", help="the jgen work directory to write (new)")
+  parser.add_argument("--prediction", choices=sorted(pipeline.PREDICTIONS.values()),
+                      help="what the U-Net predicts (single files cannot tell; SD 2.x 768: v)")
+  parser.add_argument("--ema", action="store_true",
+                      help="single files: convert the model_ema weights")
+  parser.add_argument("--variant", help="diffusers weight variant to prefer, e.g. fp16")
+  parser.add_argument("--config", help="experiment config file to start from")
+  parser.add_argument("--overrides", help="single files: JSON {part: {diffusers config}} for "
+                      "what shapes cannot tell, e.g. '{\"unet\": {\"attention_head_dim\": 8}}'")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  try:
+    result = pipeline.convert(args.src, args.workdir, prediction=args.prediction, ema=args.ema,
+                              weights_variant=args.variant, config_file=args.config,
+                              overrides=json.loads(args.overrides) if args.overrides else None)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  command = " ".join(["python launch.py", f"--config {result['config']}",
+                      f"--workdir {args.workdir}", "--mode=sample", *result["overrides"]])
+  print(f"converted {args.src} ({result['format']}) -> {args.workdir} ({result['method']})\n"
+        f"sample it with:\n  {command}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
