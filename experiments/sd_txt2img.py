@@ -5,6 +5,8 @@
   python launch.py --config experiments/sd_txt2img.py --workdir /tmp/sd15 --mode=sample \
       --config.sample.prompts="a photo of an astronaut riding a horse"
   # SD 2.x (v-prediction, 768 px, OpenCLIP text encoder): experiments/sd_txt2img.py:sd21
+  # a community LoRA / embedding: --config.lora.file=x.safetensors --config.lora.scale=0.8
+  #   --config.textual_inversion.file=learned_embeds.safetensors (then use its token in prompts)
   # several prompts: --config.sample.prompts="a red apple|a castle, oil painting"
   # other samplers: --config.sample.sampler=dpmpp_2m (euler, heun, ddim, ddpm)
 
@@ -77,6 +79,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.prediction = "eps"            # eps (SD 1.x, SD 2.x base 512) | v (SD 2.x 768)
   d.loss_type = "mse"
   d.cond_drop_prob = 0.1          # fine-tuning: P(caption -> empty prompt)
+
+  # Community files applied at sampling (jgen.diffusion.stable_diffusion): a LoRA (peft /
+  # diffusers or kohya safetensors) at strength lora.scale, and a textual-inversion embedding
+  # (learned_embeds.safetensors / .bin or an A1111 .pt; token: the file's unless given).
+  c.lora.file = ""
+  c.lora.scale = 1.0
+  c.textual_inversion = ml_collections.ConfigDict()
+  c.textual_inversion.file = ""
+  c.textual_inversion.token = ""
 
   # A converted model samples with its weights; nothing trains unless a fine-tune says so.
   c.optim.rules = ((".*", "frozen"),)

@@ -23,6 +23,13 @@ once when the method is made; the loop's labels select them: the method is `Cond
 one "class" per prompt, so ``sample.labels`` picks prompts by index and the samples ``.npz``
 records which prompt each image shows.
 
+**Community files at sampling.** ``lora.file`` (a peft/diffusers or kohya LoRA,
+`jgen.convert.lora`) is folded into the U-Net and text encoder as W + lora.scale (alpha / r) A B
+(diffusers' ``lora_scale``); ``textual_inversion.file`` (diffusers ``learned_embeds`` or an
+A1111 ``.pt``, `jgen.convert.textual_inversion`) adds its tokens to the tokenizer and its rows to
+the token embedding table, and prompts may use them. Both reach the jitted sampler as arrays
+(`sample_frozen`), never as compile-time constants, and leave the checkpoint untouched.
+
 **Training** (fine-tuning through the loop; rules, ``init_from`` and LoRA as for any method):
 the DDPM loss of the configured prediction on ``z = s E(x)`` (the posterior mean) with the
 caption's context, the caption replaced by the empty prompt with probability
@@ -41,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jgen.autoencoder.ldm_autoencoder import LDMAutoencoder
+from jgen.convert import lora as lora_files
+from jgen.convert import textual_inversion
 from jgen.autoencoder.ldm_networks import LDMDecoder, LDMEncoder
 from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion.guidance import cfg_eps_fn
@@ -51,6 +60,7 @@ from jgen.diffusion.schedules import schedule_from_config
 from jgen.nn.clip import CLIPTextModel
 from jgen.nn.clip_tokenizer import CLIPTokenizer
 from jgen.nn.dtypes import compute_dtype
+from jgen.nn.lora import Lora
 from jgen.nn.unet import UNet
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
@@ -82,6 +92,9 @@ class StableDiffusion:
     guidance_scale: w.
     image_shape: (H, W, C) of the images.
     ema_decay: EMA decay of the U-Net (None: no EMA; sampling uses the weights).
+    lora_unet, lora_text: the `Lora` of a community LoRA file's U-Net / text-encoder part.
+    extras: the sampler's arrays (`sample_frozen`): ``lora_unet`` / ``lora_text`` adapters and
+      ``token_rows`` ``[n, D]``, the textual-inversion vectors of token ids ``vocab_size ..``.
   """
 
   unet: UNet
@@ -96,6 +109,9 @@ class StableDiffusion:
   guidance_scale: float
   image_shape: tuple[int, int, int]
   ema_decay: float | None = None
+  lora_unet: Lora | None = None
+  lora_text: Lora | None = None
+  extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def num_classes(self) -> int:
@@ -112,10 +128,31 @@ class StableDiffusion:
 
   # ------------------------------------------------------------------ pieces
 
+  @property
+  def sample_frozen(self) -> dict[str, Any]:
+    """Arrays the sampler needs beyond the checkpoint (LoRA adapters, new token rows)."""
+    return dict(self.extras)
+
   def context(self, frozen: PyTree, tokens: jax.Array) -> jax.Array:
-    """The U-Net's context ``[B, L, D]`` of token ids ``[B, L]``."""
-    return self.text_encoder.apply({"params": frozen["text_encoder"]}, tokens,
-                                   output_layer=self.text_layer).astype(jnp.float32)
+    """The U-Net's context ``[B, L, D]`` of token ids ``[B, L]`` (with the sampler's
+    textual-inversion rows and text-encoder LoRA when `frozen` carries them)."""
+    params, module = frozen["text_encoder"], self.text_encoder
+    if "lora_text" in frozen:
+      params = self.lora_text.merge(params, frozen["lora_text"])
+    if "token_rows" in frozen:
+      table = params["token_embedding"]["embedding"]
+      rows = frozen["token_rows"].astype(table.dtype)
+      params = {**params, "token_embedding": {"embedding": jnp.concatenate([table, rows])}}
+      module = module.clone(vocab_size=module.vocab_size + rows.shape[0])
+    return module.apply({"params": params}, tokens,
+                        output_layer=self.text_layer).astype(jnp.float32)
+
+  def unet_params(self, state: TrainState) -> PyTree:
+    """The U-Net's sampling parameters (with the sampler's LoRA when `state.frozen` has it)."""
+    params = state.ema_params["unet"]
+    if "lora_unet" in state.frozen:
+      params = self.lora_unet.merge(params, state.frozen["lora_unet"])
+    return params
 
   def latents(self, frozen: PyTree, images: jax.Array) -> jax.Array:
     """``s E(x)``: the scaled posterior mean of images in [-1, 1]."""
@@ -182,10 +219,10 @@ class StableDiffusion:
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
     return state.gradient_step(lambda p, b, r: self.loss_fn(p, state.frozen, b, r), batch, rng)
 
-  def sample_tokens(self, state: TrainState, rng: jax.Array, tokens: jax.Array,
-                    negative: jax.Array, *, guidance_scale: float | None = None,
-                    x_T: jax.Array | None = None) -> jax.Array:
-    """Images ``[B, H, W, C]`` in [-1, 1] for prompt tokens ``[B, L]`` (negative ``[B, L]``).
+  def sample_latents(self, state: TrainState, rng: jax.Array, tokens: jax.Array,
+                     negative: jax.Array, *, guidance_scale: float | None = None,
+                     x_T: jax.Array | None = None) -> jax.Array:
+    """Scaled latents ``[B, h, w, c]`` for prompt tokens ``[B, L]`` (negative ``[B, L]``).
 
     Args:
       state: the run's state (sampling parameters: the EMA when there is one).
@@ -195,14 +232,20 @@ class StableDiffusion:
       x_T: initial latents ``[B, h, w, c]`` (default: drawn from `rng`).
     """
     w = self.guidance_scale if guidance_scale is None else guidance_scale
-    frozen = state.frozen
-    both = self.context(frozen, jnp.concatenate([tokens, negative], axis=0))
+    both = self.context(state.frozen, jnp.concatenate([tokens, negative], axis=0))
     context, null = jnp.split(both, 2, axis=0)
-    eps_fn = cfg_eps_fn(self.cond_eps_fn(state.ema_params["unet"]), {"context": context},
+    eps_fn = cfg_eps_fn(self.cond_eps_fn(self.unet_params(state)), {"context": context},
                         {"context": null}, w)
-    z = self.base.run_sampler(eps_fn, rng, tokens.shape[0]) if x_T is None else (
-        _run_from(self.base, eps_fn, rng, x_T))
-    return self.decode(frozen, z)
+    if x_T is None:
+      return self.base.run_sampler(eps_fn, rng, tokens.shape[0])
+    return _run_from(self.base, eps_fn, rng, x_T)
+
+  def sample_tokens(self, state: TrainState, rng: jax.Array, tokens: jax.Array,
+                    negative: jax.Array, *, guidance_scale: float | None = None,
+                    x_T: jax.Array | None = None) -> jax.Array:
+    """Images ``[B, H, W, C]`` in [-1, 1]: `sample_latents` decoded by the autoencoder."""
+    z = self.sample_latents(state, rng, tokens, negative, guidance_scale=guidance_scale, x_T=x_T)
+    return self.decode(state.frozen, z)
 
   def sample_conditional(self, state: TrainState, rng: jax.Array,
                          conditions: dict[str, jax.Array], n: int) -> jax.Array:
@@ -243,6 +286,56 @@ def make_tokenizer(text_config: Any) -> CLIPTokenizer:
   return CLIPTokenizer.from_folder(where)
 
 
+def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CLIPTokenizer
+                     ) -> tuple[dict[str, Any], dict[str, Lora], Any]:
+  """The sampler's arrays of ``lora.file`` and ``textual_inversion.file``, their `Lora`s, and
+  the prompt expansion of multi-vector tokens (the tokenizer gains the new tokens).
+
+  Raises:
+    ValueError: a file that does not fit these networks (`jgen.convert.lora.LoraFormatError`,
+      an embedding of another width or a token the tokenizer has).
+  """
+  extras: dict[str, Any] = {}
+  loras: dict[str, Lora] = {}
+  lora_cfg = config.get("lora", {})
+  if lora_cfg.get("file", ""):
+    lora_file = lora_files.read_lora(lora_cfg.file)
+    scale = float(lora_cfg.get("scale", 1.0))
+    shapes = {
+        "unet": lambda: unet.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)),
+                                  {"context": jnp.zeros((1, 1, unet.context_dim))},
+                                  train=False)["params"],
+        "text_encoder": lambda: text.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))[
+            "params"]}
+    for part, init in shapes.items():
+      if not lora_file.component(part):
+        continue
+      adapters, lora = lora_files.lora_to_jgen_adapters(lora_file, jax.eval_shape(init),
+                                                        component=part)
+      extras[f"lora_{'unet' if part == 'unet' else 'text'}"] = jax.tree.map(
+          lambda x: np.asarray(x, np.float32), adapters)
+      loras[part] = dataclasses.replace(lora, alpha=lora.scale * lora.rank * scale)
+  embeddings: dict[str, np.ndarray] = {}
+  ti_cfg = config.get("textual_inversion", {})
+  if ti_cfg.get("file", ""):
+    embeddings = textual_inversion.read_embedding(ti_cfg.file, token=ti_cfg.get("token") or None)
+    rows = []
+    for token, vectors in embeddings.items():
+      vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+      if vectors.shape[1] != text.hidden_size:
+        raise ValueError(f"textual_inversion.file: {token!r} has width {vectors.shape[1]}, the "
+                         f"text encoder {text.hidden_size} (SD 1.x is 768 wide, SD 2.x 1024)")
+      names = textual_inversion.vector_tokens(token, vectors.shape[0])
+      ids = tokenizer.add_tokens(names)
+      if ids != list(range(text.vocab_size + sum(len(r) for r in rows),
+                           text.vocab_size + sum(len(r) for r in rows) + len(names))):
+        raise ValueError(f"textual_inversion.file: tokens {names} did not take new ids after "
+                         f"the {text.vocab_size}-token vocabulary (are they already in it?)")
+      rows.append(vectors)
+    extras["token_rows"] = np.concatenate(rows)
+  return extras, loras, lambda prompt: textual_inversion.expand_prompt(prompt, embeddings)
+
+
 def make_method(config: Any) -> StableDiffusion:
   """Translates ``config`` (experiments/sd_txt2img.py) into a `StableDiffusion`."""
   m, t, a, s = config.model, config.text, config.autoencoder, config.sample
@@ -270,7 +363,8 @@ def make_method(config: Any) -> StableDiffusion:
   if tokenizer.max_length != t.max_length:
     raise ValueError(f"text.max_length={t.max_length} but the tokenizer pads to "
                      f"{tokenizer.max_length}")
-  prompts = split_prompts(s.prompts)
+  extras, loras, expand = _community_files(config, unet, text, tokenizer)
+  prompts = tuple(expand(p) for p in split_prompts(s.prompts))
   if not prompts:
     raise ValueError("sample.prompts is empty: give one or more prompts separated by '|', e.g. "
                      "--config.sample.prompts='a photo of an astronaut riding a horse'")
@@ -292,9 +386,10 @@ def make_method(config: Any) -> StableDiffusion:
   ema = float(config.train.get("ema_decay", 0.0) or 0.0)
   return StableDiffusion(unet=unet, text_encoder=text, autoencoder=ae, base=base,
                          prompts=tokenizer(list(prompts)),
-                         negative=tokenizer([s.get("negative_prompt", "")])[0],
+                         negative=tokenizer([expand(s.get("negative_prompt", ""))])[0],
                          captions=tokenizer(list(captions)), empty=tokenizer([""])[0],
                          text_layer=int(t.get("output_layer", -1)),
                          guidance_scale=float(s.guidance_scale),
                          image_shape=(size, size, config.data.channels),
-                         ema_decay=ema if ema > 0 else None)
+                         ema_decay=ema if ema > 0 else None, lora_unet=loras.get("unet"),
+                         lora_text=loras.get("text_encoder"), extras=extras)
