@@ -6,6 +6,7 @@ Kept apart from the source modules so that combinators (``unpaired:A|B``,
 
 from __future__ import annotations
 
+from jgen.data import captions as captions_lib
 from jgen.data import derived as derived_lib
 from jgen.data import paired as paired_lib
 from jgen.data import sources as src_lib
@@ -16,7 +17,8 @@ __all__ = ["load_source"]
 _VALID_SPECS = (
     "'digits', 'fill', 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH', 'idx:DIR', 'npz:FILE', "
     "'paired:PATH', 'paired_btoa:PATH', 'unpaired:PATH', 'unpaired:tfds:NAME', "
-    "'unpaired:SPEC_A|SPEC_B', 'derived:TRANSFORM:SPEC', 'unpaired_derived:TRANSFORM:SPEC' "
+    "'unpaired:SPEC_A|SPEC_B', 'derived:TRANSFORM:SPEC', 'unpaired_derived:TRANSFORM:SPEC', "
+    "'captioned:PATH' "
     "(TRANSFORM one of "
     f"{', '.join(derived_lib.TRANSFORMS)})"
 )
@@ -39,7 +41,7 @@ def _split_derived(spec: str, rest: str) -> tuple[str, str]:
 def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
                 image_size: int | None = None, channels: int | None = None,
                 resize: bool = False, seed: int = 0, cache: bool = False,
-                skip_corrupt: bool = False):
+                skip_corrupt: bool = False, tokenizer=None):
   """Opens the data named by ``spec`` as a random-access source.
 
   Every source has ``len``, ``source[i] -> {field: array}``, ``element_spec``,
@@ -86,6 +88,9 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
         split and B from the second (fields image_a, image_b, label_a, label_b); every other
         split gives true pairs (image_a, image_b = TRANSFORM(image_a), label, paired), e.g.
         ``unpaired_derived:edges:digits``.
+      ``'captioned:PATH'``: a folder of images with captions (``metadata.jsonl``, or a
+        ``.txt`` beside each image; `jgen.data.captions`), fields image and tokens (the
+        caption's ids by ``tokenizer``): text-to-image fine-tuning. One folder for every split.
     split: 'train' or 'test' (tfds accepts its own split syntax, e.g. 'train[:10%]', except
       in ``unpaired:tfds:``, where the split name gets A/B appended).
     data_dir: tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
@@ -99,6 +104,7 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
       and counted) instead of raising `CorruptImageError`.
     seed: the sources' own randomness (the unpaired permutations, ``mask:box``); shuffling
       and flips are seeded by ``make_dataset``.
+    tokenizer: ``captioned:`` sources: captions -> int32 token ids ``[N, L]``.
 
   Returns:
     An ``ArraySource``, ``TfdsSource``, ``PairedSource``, ``UnpairedSource``,
@@ -110,6 +116,12 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
   """
   kind, _, arg = spec.partition(":")
   shape_args = dict(image_size=image_size, channels=channels, resize=resize)
+  if kind == "captioned" and arg:
+    if tokenizer is None:
+      raise ValueError(f"{spec}: a captioned folder needs the text encoder's tokenizer (a "
+                       "method with a config.text block, e.g. experiments/sd_finetune.py)")
+    return captions_lib.CaptionedFolderSource(src_lib.checked_path(kind, arg), tokenizer,
+                                              **shape_args)
   if kind == "derived" and arg:
     transform, inner = _split_derived(spec, arg)
     inner_source = load_source(inner, split=split, data_dir=data_dir, seed=seed,

@@ -280,10 +280,8 @@ def make_tokenizer(text_config: Any) -> CLIPTokenizer:
   """The tokenizer of ``config.text``: a pipeline's ``tokenizer/`` folder (``text.tokenizer``
   a path) or CLIP's vocabulary from the open_clip wheel (``"open_clip"``), padding with
   ``text.pad_token``."""
-  where = str(text_config.get("tokenizer", "open_clip"))
-  if where == "open_clip":
-    return CLIPTokenizer.from_open_clip(pad_token=text_config.get("pad_token", "<|endoftext|>"))
-  return CLIPTokenizer.from_folder(where)
+  return CLIPTokenizer.from_spec(str(text_config.get("tokenizer", "open_clip")),
+                                 pad_token=text_config.get("pad_token", "<|endoftext|>"))
 
 
 def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CLIPTokenizer

@@ -212,6 +212,14 @@ class CLIPTokenizer:
                max_length=max_length)
 
   @classmethod
+  def from_spec(cls, where: str = "open_clip", *, pad_token: str = EOS) -> "CLIPTokenizer":
+    """``"open_clip"`` (the wheel's vocabulary, padding with `pad_token`) or a tokenizer folder
+    (`from_folder`, whose own files name the pad token): what ``config.text.tokenizer`` says."""
+    if where == "open_clip":
+      return cls.from_open_clip(pad_token=pad_token)
+    return cls.from_folder(where)
+
+  @classmethod
   def from_folder(cls, path: str) -> CLIPTokenizer:
     """A transformers / diffusers ``tokenizer/`` folder: ``vocab.json``, ``merges.txt``, the pad
     token and ``model_max_length`` from ``special_tokens_map.json`` / ``tokenizer_config.json``,

@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 
 from jgen import data as jdata
 from jgen.nn import conditioning
+from jgen.nn.clip_tokenizer import CLIPTokenizer
 from jgen.train import mesh as mesh_lib
 from jgen.train.checkpoint import Checkpointer
 from jgen.train import adapters
@@ -51,10 +52,14 @@ def _is_main() -> bool:
 def load_data(config, *, split: str):
   """The source named by `config.data` for `split`, checked against the model's shape."""
   d = config.data
+  tokenizer = None
+  if str(d.source).startswith("captioned:") and "text" in config:
+    tokenizer = CLIPTokenizer.from_spec(str(config.text.get("tokenizer", "open_clip")),
+                                        pad_token=config.text.get("pad_token", "<|endoftext|>"))
   source = jdata.load_source(d.source, split=split, data_dir=d.data_dir,
                              image_size=d.image_size, channels=d.channels, resize=d.resize,
                              seed=config.seed, cache=d.get("cache", False),
-                             skip_corrupt=d.get("skip_corrupt", False))
+                             skip_corrupt=d.get("skip_corrupt", False), tokenizer=tokenizer)
   if len(source) == 0:  # sources that index lazily (tfds) are checked here
     raise jdata.EmptySourceError(f"data source {d.source!r} split {split!r}")
   keep = {int(v) for v in str(d.get("train_labels", "") or "").replace(" ", "").split(",") if v}

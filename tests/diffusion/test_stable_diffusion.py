@@ -121,3 +121,43 @@ def test_empty_prompts_are_an_error(workdir):
   config = _config(workdir, "")
   with pytest.raises(ValueError, match="sample.prompts"):
     make_method(config)
+
+
+def _captioned_folder(root, n=4, size=8):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  os.makedirs(root)
+  rng = np.random.RandomState(0)
+  for i in range(n):
+    Image.fromarray(rng.randint(0, 256, (size, size, 3), np.uint8)).save(f"{root}/{i}.png")
+    with open(f"{root}/{i}.txt", "w") as f:
+      f.write("a photo of a cat" if i % 2 else "a dog on the beach")
+  return root
+
+
+def test_lora_fine_tuning_through_the_loop(workdir, tmp_path):
+  from jgen.train import loop  # pylint: disable=import-outside-toplevel
+  from jgen.train.config import experiment_module  # pylint: disable=import-outside-toplevel
+  experiments = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "experiments")
+  config = experiment_module("sd_finetune", os.path.join(experiments, "x.py")).get_config(
+      "lora_tiny")
+  converted = run_record.latest_config(workdir)
+  for block in ("model", "text", "autoencoder", "diffusion"):
+    for key, value in converted[block].items():
+      with config[block].ignore_type():
+        config[block][key] = value
+  config.data.image_size = converted.data.image_size
+  config.data.source = "captioned:" + _captioned_folder(str(tmp_path / "images"))
+  config.init_from.workdir = workdir
+  config.train.num_steps = 2
+  config.train.checkpoint_every = 2
+  config.train.async_checkpoints = False
+  config.sample.num = 2
+  config.sample.batch_size = 2
+  run = str(tmp_path / "lora_run")
+  state = loop.train(config, run)
+  base = restore_for_inference(_config(workdir), workdir)[2]
+  lora = jax.tree.leaves(state.params["lora"])
+  assert lora and any(float(jnp.abs(x).max()) > 0 for x in lora)  # B moved off zero
+  for a, b in zip(jax.tree.leaves(state.params["unet"]), jax.tree.leaves(base.params["unet"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the base stays frozen
+  assert os.path.isdir(os.path.join(run, "adapters"))
