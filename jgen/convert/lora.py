@@ -44,9 +44,9 @@ encoder modules: ``text_model.encoder.layers.{i}.self_attn.{q,k,v,out}_proj`` an
 -> ``layers_{i}/self_attn/..``, ``layers_{i}/mlp/..`` (`jgen.convert.clip`'s table).
 
 Two uses: `merge_lora` folds a file into converted weights (sampling with a community LoRA);
-`lora_to_jgen_adapters` turns it into jgen adapters and a `Lora` (resuming training). Back out:
-`to_lora_file` from jgen adapters, written by `save_peft` / `save_kohya` (`export_peft`,
-`export_kohya` do both steps). Writing needs the ``safetensors`` package.
+`lora_to_jgen_adapters` turns it into jgen adapters and a `Lora` (resuming training). A
+`LoraFile` is written by `save_peft` / `save_kohya` (needs the ``safetensors`` package); jgen's
+own adapters become one in `jgen.convert.lora_export`.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ from jgen.convert.files import read_state_dict
 from jgen.convert.unet import fill_unet
 from jgen.nn.lora import A, B, KERNEL, Lora
 
-__all__ = ["COMPONENTS", "LoraFile", "LoraFormatError", "LoraModule", "export_kohya",
-           "export_peft", "lora_to_jgen_adapters", "merge_lora", "read_lora", "save_kohya",
-           "save_peft", "text_modules", "to_lora_file", "unet_modules"]
+__all__ = ["COMPONENTS", "LoraFile", "LoraFormatError", "LoraModule", "lora_to_jgen_adapters",
+           "merge_lora", "module_map", "read_lora", "save_kohya", "save_peft", "text_modules",
+           "unet_modules"]
 
 COMPONENTS = ("unet", "text_encoder")
 METADATA_KEY = "lora_adapter_metadata"
@@ -364,7 +364,8 @@ def text_modules(params: Mapping[str, Any]) -> dict[str, str]:
   return out
 
 
-def _module_map(params: Mapping[str, Any], component: str) -> dict[str, str]:
+def module_map(params: Mapping[str, Any], component: str) -> dict[str, str]:
+  """diffusers / transformers module name -> jgen kernel path of one component's parameters."""
   return unet_modules(params) if component == "unet" else text_modules(params)
 
 
@@ -374,7 +375,7 @@ def _resolve(lora_file: LoraFile, params: Mapping[str, Any], component: str
   modules = lora_file.component(component)
   if not modules:
     return {}
-  table = _module_map(params, component)
+  table = module_map(params, component)
   underscored = {name.replace(".", "_"): name for name in table}
   out, unknown = {}, []
   for name, module in modules.items():
@@ -486,51 +487,6 @@ def lora_to_jgen_adapters(lora_file: LoraFile, params: Mapping[str, Any], *,
 # --- writing -------------------------------------------------------------------------------
 
 
-def to_lora_file(*, unet: tuple[Mapping, Lora, Mapping] | None = None,
-                 text_encoder: tuple[Mapping, Lora, Mapping] | None = None,
-                 use_linear_projection: bool = False) -> LoraFile:
-  """A `LoraFile` of jgen adapters: per component ``(adapters, lora, params)``.
-
-  ``adapters`` mirror the kernel paths of ``params`` (the tree under ``lora/``); each module's
-  alpha is ``lora.scale * r_m`` (r_m its own A's width), so a reader's alpha / r_m is jgen's
-  scale. A 2-D kernel is a torch Linear except the U-Net's ``proj_in`` / ``proj_out``, which are
-  1 x 1 convolutions in SD 1.x (``use_linear_projection=False``, diffusers' config field).
-
-  Raises:
-    LoraFormatError: an adapter on a kernel diffusers' model does not have.
-  """
-  modules: dict[str, dict[str, LoraModule]] = {}
-  for component, item in (("unet", unet), ("text_encoder", text_encoder)):
-    if item is None:
-      continue
-    adapters, lora, params = item
-    flat = flatten_tree(_unwrap(params))
-    inverse = {path: name for name, path in _module_map(params, component).items()}
-    leaves = flatten_tree(adapters)
-    out = {}
-    for key in sorted(leaves):
-      if not key.endswith("/" + A):
-        continue
-      path = key[:-len("/" + A)]
-      if path not in inverse:
-        raise LoraFormatError(f"adapter {path!r} is on no kernel of diffusers' {component}")
-      a = np.asarray(leaves[key], np.float32)
-      b = np.asarray(leaves[f"{path}/{B}"], np.float32)
-      shape, name, r = np.shape(flat[path]), inverse[path], a.shape[1]
-      if len(shape) == 4:
-        down = a.reshape(*shape[:3], r).transpose(3, 2, 0, 1)
-        up = b.T[:, :, None, None]
-      elif (component == "unet" and not use_linear_projection
-            and name.endswith((".proj_in", ".proj_out")) and ".attentions." in name):
-        down, up = a.T[:, :, None, None], b.T[:, :, None, None]
-      else:
-        down, up = a.T, b.T
-      out[name] = LoraModule(np.ascontiguousarray(down), np.ascontiguousarray(up),
-                             float(lora.scale * r))
-    modules[component] = out
-  return LoraFile("peft", modules)
-
-
 def _save(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str]) -> None:
   try:
     from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
@@ -558,12 +514,12 @@ def save_peft(lora_file: LoraFile, path: str, *, dtype: Any = np.float32) -> Non
   transformers 4 and 5 alike.
 
   kohya files are resolved only against a model: convert them with `lora_to_jgen_adapters`
-  and `to_lora_file` first.
+  and `jgen.convert.lora_export.to_lora_file` first.
   """
   if lora_file.format != "peft":
     raise LoraFormatError("save_peft needs module names; a kohya file's underscore names are "
                           "resolved against a model first (lora_to_jgen_adapters, then "
-                          "to_lora_file)")
+                          "jgen.convert.lora_export.to_lora_file)")
   tensors, config = {}, {}
   for component, modules in lora_file.modules.items():
     if not modules:
@@ -610,20 +566,3 @@ def save_kohya(lora_file: LoraFile, path: str, *, dtype: Any = np.float32) -> No
               "ss_network_dim": str(max((m.rank for m in every), default=0)),
               "ss_network_alpha": str(alpha)}
   _save(tensors, path, metadata)
-
-
-def export_peft(adapters: Mapping, lora: Lora, path: str, *, params: Mapping,
-                text_encoder: tuple[Mapping, Lora, Mapping] | None = None,
-                use_linear_projection: bool = False, dtype: Any = np.float32) -> None:
-  """jgen U-Net adapters (and optionally the text encoder's) -> a peft/diffusers file that
-  ``pipe.load_lora_weights`` reads (`to_lora_file`, `save_peft`)."""
-  save_peft(to_lora_file(unet=(adapters, lora, params), text_encoder=text_encoder,
-                         use_linear_projection=use_linear_projection), path, dtype=dtype)
-
-
-def export_kohya(adapters: Mapping, lora: Lora, path: str, *, params: Mapping,
-                 text_encoder: tuple[Mapping, Lora, Mapping] | None = None,
-                 use_linear_projection: bool = False, dtype: Any = np.float32) -> None:
-  """jgen adapters -> a kohya file (`to_lora_file`, `save_kohya`)."""
-  save_kohya(to_lora_file(unet=(adapters, lora, params), text_encoder=text_encoder,
-                          use_linear_projection=use_linear_projection), path, dtype=dtype)

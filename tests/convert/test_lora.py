@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from jgen.convert import lora as lora_lib
+from jgen.convert import lora_export
 from jgen.convert.clip import clip_text_from_transformers
 from jgen.convert.common import flatten_tree
 from jgen.convert.files import read_state_dict
@@ -163,7 +164,7 @@ def test_export_round_trips(unet, text, tmp_path, kind):
   source = read("kohya")
   ua, ul = lora_lib.lora_to_jgen_adapters(source, unet[1])
   ta, tl = lora_lib.lora_to_jgen_adapters(source, text[1], component="text_encoder")
-  export = lora_lib.export_peft if kind == "peft" else lora_lib.export_kohya
+  export = lora_export.export_peft if kind == "peft" else lora_export.export_kohya
   path = str(tmp_path / f"out_{kind}.safetensors")
   export(ua, ul, path, params=unet[1], text_encoder=(ta, tl, text[1]))
   back = lora_lib.read_lora(path)
@@ -181,7 +182,7 @@ def test_locon_export_round_trips(unet, tmp_path):
   source = read("locon")
   adapters, lora = lora_lib.lora_to_jgen_adapters(source, unet[1])
   path = str(tmp_path / "locon.safetensors")
-  lora_lib.export_kohya(adapters, lora, path, params=unet[1])
+  lora_export.export_kohya(adapters, lora, path, params=unet[1])
   back = lora_lib.read_lora(path)
   assert back.component("unet")["down_blocks_0_resnets_0_conv1"].down.shape == (2, 32, 3, 3)
   assert max_diff(lora_lib.merge_lora(unet[1], back), lora_lib.merge_lora(unet[1], source)) \
@@ -247,7 +248,7 @@ def test_diffusers_loads_jgen_exports(unet, text, ref, tmp_path):
   ta, tl = lora_lib.lora_to_jgen_adapters(source, text[1], component="text_encoder")
   shapes = json.loads((FIXTURES / "lora_unet" / "shapes.json").read_text())
   weights = {k: torch.from_numpy(v) for k, v in seeded_weights(shapes).items()}
-  for kind, export in (("peft", lora_lib.export_peft), ("kohya", lora_lib.export_kohya)):
+  for kind, export in (("peft", lora_export.export_peft), ("kohya", lora_export.export_kohya)):
     path = str(tmp_path / f"{kind}.safetensors")
     export(ua, ul, path, params=unet[1], text_encoder=(ta, tl, text[1]))
     state, alphas, metadata = pipe_cls.lora_state_dict(path, return_lora_metadata=True)
