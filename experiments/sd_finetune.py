@@ -21,6 +21,10 @@ architecture as in sd_txt2img, e.g. ``lora_sd21``):
   subject's images captioned "a photo of sks dog" and class images drawn by the base model
   (``--mode=sample`` of the converted run with the class prompt) captioned "a photo of a dog";
   lr 5e-6, 800 steps (Ruiz et al. 2023). ``dreambooth_lora`` is the same with LoRA (lr 1e-4).
+* ``textual_inversion``: a new token's embedding (``textual_inversion.train_token``, starting
+  from ``init_token``) learned from a plain image folder (``--config.data.source=folder:DIR``)
+  with template captions ("a photo of a {}", ...), lr 5e-3, 2,000 steps; everything else
+  frozen. ``python -m jgen.export WORKDIR learned_embeds.safetensors --what=embedding``.
 """
 
 import ml_collections
@@ -28,7 +32,12 @@ import ml_collections
 from jgen.train.config import experiment_module
 
 _base = experiment_module("sd_txt2img", beside=__file__)
-KINDS = ("lora", "full", "dreambooth", "dreambooth_lora")
+KINDS = ("lora", "full", "dreambooth", "dreambooth_lora", "textual_inversion")
+# Textual inversion's captions (the templates of Gal et al. 2023 / diffusers' example); "{}"
+# stands for the trained token.
+TI_TEMPLATES = ("a photo of a {}|a rendering of a {}|a cropped photo of the {}|the photo of a {}|"
+                "a photo of a clean {}|a close-up photo of a {}|a bright photo of the {}|"
+                "a good photo of a {}")
 ARCHS = ("sd15", "sd21", "tiny")
 
 
@@ -69,7 +78,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.eval_every = 0
   c.diffusion.cond_drop_prob = 0.0 if kind.startswith("dreambooth") else 0.1
-  if kind.endswith("lora"):
+  if kind == "textual_inversion":
+    c.data.source = "folder:/path/to/images"
+    c.text.captions = TI_TEMPLATES
+    c.textual_inversion.train_token = "<my-token>"
+    c.textual_inversion.init_token = "toy"
+    c.textual_inversion.num_vectors = 1
+    c.optim.rules = (("token_offsets", 1.0), (".*", "frozen"))
+    c.optim.lr = 5e-3
+    c.train.num_steps = 2000
+    c.diffusion.cond_drop_prob = 0.0
+  elif kind.endswith("lora"):
     c.lora.rank = 4
     c.lora.alpha = 4.0
     c.lora.targets = r"attn[12]/to_(q|k|v|out)$"

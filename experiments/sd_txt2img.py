@@ -88,6 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.textual_inversion = ml_collections.ConfigDict()
   c.textual_inversion.file = ""
   c.textual_inversion.token = ""
+  c.textual_inversion.train_token = ""   # sd_finetune:textual_inversion learns this token
+  c.textual_inversion.init_token = ""
+  c.textual_inversion.num_vectors = 1
 
   # A converted model samples with its weights; nothing trains unless a fine-tune says so.
   c.optim.rules = ((".*", "frozen"),)

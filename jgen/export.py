@@ -35,8 +35,11 @@ import os
 import sys
 from typing import Any
 
+import numpy as np
+
 from jgen.autoencoder.ldm_autoencoder import LDMAutoencoder
 from jgen.convert import lora_export, textual_inversion, to_diffusers
+from jgen.diffusion.stable_diffusion import make_tokenizer
 from jgen.nn.controlnet import ControlNet, ControlledUNet
 from jgen.nn.lora import SUBTREE, Lora
 from jgen.nn.unet import UNet
@@ -208,6 +211,8 @@ def _lora_file(kind: str):
 
 
 def _embedding_file(run: Run, out: str, token: str | None) -> str:
+  trained = run.config.get("textual_inversion", {}).get("train_token", "")
+  token = token or trained
   if not token:
     raise ExportError("--what=embedding needs --token (the placeholder, e.g. '<cat-toy>')")
   text_config = run.config.get("text")
@@ -216,12 +221,16 @@ def _embedding_file(run: Run, out: str, token: str | None) -> str:
   if text_config is None or not found:
     raise ExportError(f"{run.has()}; --what=embedding needs a CLIP text encoder "
                       "(text_encoder of a Stable Diffusion run) and its tokenizer")
-  from jgen.diffusion.stable_diffusion import make_tokenizer  # pylint: disable=import-outside-toplevel
-  tokenizer = make_tokenizer(text_config)
-  if token not in tokenizer.added and token not in tokenizer.encoder:
-    raise ExportError(f"token {token!r} is not in the run's tokenizer (added tokens: "
-                      f"{sorted(tokenizer.added)[:10]})")
-  rows = textual_inversion.embeddings_of(found[0][1], tokenizer, [token])[token]
+  table = np.asarray(found[0][1]["token_embedding"]["embedding"])
+  offsets = (run.items.get("params") or {}).get("token_offsets")
+  if token == trained and offsets is not None:  # sd_finetune:textual_inversion: init row + offset
+    rows = table[np.asarray(run.method.train_init_ids)] + np.asarray(offsets)
+  else:
+    tokenizer = make_tokenizer(text_config)
+    if token not in tokenizer.added and token not in tokenizer.encoder:
+      raise ExportError(f"token {token!r} is not in the run's tokenizer (added tokens: "
+                        f"{sorted(tokenizer.added)[:10]})")
+    rows = textual_inversion.embeddings_of(found[0][1], tokenizer, [token])[token]
   path = os.path.join(out, "learned_embeds.safetensors") if os.path.isdir(out) else out
   textual_inversion.export_embedding(token, rows, path)
   return path

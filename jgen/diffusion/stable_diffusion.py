@@ -30,12 +30,20 @@ A1111 ``.pt``, `jgen.convert.textual_inversion`) adds its tokens to the tokenize
 the token embedding table, and prompts may use them. Both reach the jitted sampler as arrays
 (`sample_frozen`), never as compile-time constants, and leave the checkpoint untouched.
 
+**Textual inversion training** (``textual_inversion.train_token``, experiments/sd_finetune.py
+``:textual_inversion``): the token (``num_vectors`` of them: ``T``, ``T_1``, ...) joins the
+tokenizer, and its embedding rows are ``e_init + delta``: the frozen row of
+``textual_inversion.init_token`` plus a learned offset ``params["token_offsets"]`` ``[n, D]``
+(zero at the start, so "T" begins as the init word, as diffusers initialises it; the offset
+keeps the frozen table out of the trained parameters). Only the offsets train (rules).
+
 **Training** (fine-tuning through the loop; rules, ``init_from`` and LoRA as for any method):
 the DDPM loss of the configured prediction on ``z = s E(x)`` (the posterior mean) with the
 caption's context, the caption replaced by the empty prompt with probability
 ``diffusion.cond_drop_prob``. A batch's caption is ``tokens`` (int32 ``[B, 77]``) when the data
-source gives one, else row ``label`` of the table of ``text.captions`` (one caption per class,
-``|``-separated; one caption for all when the source has no labels).
+source gives them (``captioned:`` folders), else row ``label`` of the table of
+``text.captions`` (one caption per class, ``|``-separated), else one of those captions drawn per
+example (templates, as textual inversion's "a photo of a T").
 """
 
 from __future__ import annotations
@@ -95,6 +103,8 @@ class StableDiffusion:
     lora_unet, lora_text: the `Lora` of a community LoRA file's U-Net / text-encoder part.
     extras: the sampler's arrays (`sample_frozen`): ``lora_unet`` / ``lora_text`` adapters and
       ``token_rows`` ``[n, D]``, the textual-inversion vectors of token ids ``vocab_size ..``.
+    train_init_ids: textual-inversion training: the init token's id for each trained vector
+      (their ids follow the vocabulary and the file's rows).
   """
 
   unet: UNet
@@ -112,6 +122,7 @@ class StableDiffusion:
   lora_unet: Lora | None = None
   lora_text: Lora | None = None
   extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+  train_init_ids: tuple[int, ...] = ()
 
   @property
   def num_classes(self) -> int:
@@ -133,18 +144,24 @@ class StableDiffusion:
     """Arrays the sampler needs beyond the checkpoint (LoRA adapters, new token rows)."""
     return dict(self.extras)
 
-  def context(self, frozen: PyTree, tokens: jax.Array) -> jax.Array:
-    """The U-Net's context ``[B, L, D]`` of token ids ``[B, L]`` (with the sampler's
-    textual-inversion rows and text-encoder LoRA when `frozen` carries them)."""
-    params, module = frozen["text_encoder"], self.text_encoder
+  def context(self, frozen: PyTree, tokens: jax.Array, params: PyTree | None = None
+              ) -> jax.Array:
+    """The U-Net's context ``[B, L, D]`` of token ids ``[B, L]``: with the sampler's
+    textual-inversion rows and text-encoder LoRA when `frozen` carries them, and the trained
+    token rows (``table[init] + params["token_offsets"]``) when `params` has them."""
+    text, module = frozen["text_encoder"], self.text_encoder
     if "lora_text" in frozen:
-      params = self.lora_text.merge(params, frozen["lora_text"])
-    if "token_rows" in frozen:
-      table = params["token_embedding"]["embedding"]
-      rows = frozen["token_rows"].astype(table.dtype)
-      params = {**params, "token_embedding": {"embedding": jnp.concatenate([table, rows])}}
+      text = self.lora_text.merge(text, frozen["lora_text"])
+    table = text["token_embedding"]["embedding"]
+    rows = [frozen["token_rows"].astype(table.dtype)] if "token_rows" in frozen else []
+    if params is not None and "token_offsets" in params:
+      init = table[jnp.asarray(self.train_init_ids)]
+      rows.append(init + params["token_offsets"].astype(table.dtype))
+    if rows:
+      rows = jnp.concatenate(rows)
+      text = {**text, "token_embedding": {"embedding": jnp.concatenate([table, rows])}}
       module = module.clone(vocab_size=module.vocab_size + rows.shape[0])
-    return module.apply({"params": params}, tokens,
+    return module.apply({"params": text}, tokens,
                         output_layer=self.text_layer).astype(jnp.float32)
 
   def unet_params(self, state: TrainState) -> PyTree:
@@ -189,26 +206,32 @@ class StableDiffusion:
                           train=False)["params"]
     text = self.text_encoder.init(keys[1], tokens)["params"]
     ae = self.autoencoder.init(keys[2], jnp.zeros((1, h, w, c), jnp.float32))["params"]
-    return TrainState.create(params={"unet": unet}, tx=self.base.tx, rng=keys[3],
+    params = {"unet": unet}
+    if self.train_init_ids:
+      params["token_offsets"] = jnp.zeros((len(self.train_init_ids), text["token_embedding"][
+          "embedding"].shape[1]), jnp.float32)
+    return TrainState.create(params=params, tx=self.base.tx, rng=keys[3],
                              ema_decay=self.ema_decay,
                              frozen={"text_encoder": text, "autoencoder": ae})
 
-  def batch_tokens(self, batch: dict[str, jax.Array]) -> jax.Array:
-    """The caption tokens of a batch: its ``tokens``, else the caption row of its label."""
+  def batch_tokens(self, batch: dict[str, jax.Array], rng: jax.Array) -> jax.Array:
+    """The caption tokens of a batch: its ``tokens``; else the caption row of its label; else
+    a caption drawn per example from the ``text.captions`` templates."""
     if "tokens" in batch:
       return batch["tokens"]
     table = jnp.asarray(self.captions)
     if "label" in batch and table.shape[0] > 1:
       return table[batch["label"]]
-    return jnp.broadcast_to(table[0], (batch["image"].shape[0], table.shape[1]))
+    pick = jax.random.randint(rng, (batch["image"].shape[0],), 0, table.shape[0])
+    return table[pick]
 
   def loss_fn(self, params: PyTree, frozen: PyTree, batch: dict[str, jax.Array],
               rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    noise_rng, drop_rng = jax.random.split(rng)
-    tokens = self.batch_tokens(batch)
+    noise_rng, drop_rng, caption_rng = jax.random.split(rng, 3)
+    tokens = self.batch_tokens(batch, caption_rng)
     drop = jax.random.bernoulli(drop_rng, self.base.cond_drop_prob, (tokens.shape[0],))
     tokens = jnp.where(drop[:, None], jnp.asarray(self.empty)[None], tokens)
-    context = self.context(frozen, tokens)
+    context = self.context(frozen, tokens, params)
     z = self.latents(frozen, batch["image"])
     model_fn = lambda x, t: self.unet.apply({"params": params["unet"]}, x, t,
                                             {"context": context}, train=True)
@@ -232,7 +255,8 @@ class StableDiffusion:
       x_T: initial latents ``[B, h, w, c]`` (default: drawn from `rng`).
     """
     w = self.guidance_scale if guidance_scale is None else guidance_scale
-    both = self.context(state.frozen, jnp.concatenate([tokens, negative], axis=0))
+    both = self.context(state.frozen, jnp.concatenate([tokens, negative], axis=0),
+                        state.ema_params)
     context, null = jnp.split(both, 2, axis=0)
     eps_fn = cfg_eps_fn(self.cond_eps_fn(self.unet_params(state)), {"context": context},
                         {"context": null}, w)
@@ -285,9 +309,10 @@ def make_tokenizer(text_config: Any) -> CLIPTokenizer:
 
 
 def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CLIPTokenizer
-                     ) -> tuple[dict[str, Any], dict[str, Lora], Any]:
-  """The sampler's arrays of ``lora.file`` and ``textual_inversion.file``, their `Lora`s, and
-  the prompt expansion of multi-vector tokens (the tokenizer gains the new tokens).
+                     ) -> tuple[dict[str, Any], dict[str, Lora], Any, tuple[int, ...]]:
+  """The sampler's arrays of ``lora.file`` and ``textual_inversion.file``, their `Lora`s, the
+  prompt expansion of multi-vector tokens, and the init ids of a trained token (the tokenizer
+  gains the new tokens: the file's, then the trained one's).
 
   Raises:
     ValueError: a file that does not fit these networks (`jgen.convert.lora.LoraFormatError`,
@@ -331,7 +356,23 @@ def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CL
                          f"the {text.vocab_size}-token vocabulary (are they already in it?)")
       rows.append(vectors)
     extras["token_rows"] = np.concatenate(rows)
-  return extras, loras, lambda prompt: textual_inversion.expand_prompt(prompt, embeddings)
+  train = ti_cfg.get("train_token", "")
+  init_ids: tuple[int, ...] = ()
+  if train:
+    n = int(ti_cfg.get("num_vectors", 1))
+    init = tokenizer.encode(ti_cfg.get("init_token", ""), add_special_tokens=False)
+    if len(init) != 1:
+      raise ValueError(f"textual_inversion.init_token={ti_cfg.get('init_token', '')!r} must be "
+                       f"one token of the vocabulary (it is {len(init)}); pick a single word")
+    names = textual_inversion.vector_tokens(train, n)
+    first = text.vocab_size + len(extras.get("token_rows", ()))
+    if tokenizer.add_tokens(names) != list(range(first, first + n)):
+      raise ValueError(f"textual_inversion.train_token={train!r} is already a token: pick a "
+                       "new placeholder such as '<my-cat>'")
+    embeddings[train] = np.zeros((n, text.hidden_size), np.float32)  # expands "T" to n tokens
+    init_ids = tuple(init) * n
+  return (extras, loras,
+          lambda prompt: textual_inversion.expand_prompt(prompt, embeddings), init_ids)
 
 
 def make_method(config: Any) -> StableDiffusion:
@@ -361,12 +402,15 @@ def make_method(config: Any) -> StableDiffusion:
   if tokenizer.max_length != t.max_length:
     raise ValueError(f"text.max_length={t.max_length} but the tokenizer pads to "
                      f"{tokenizer.max_length}")
-  extras, loras, expand = _community_files(config, unet, text, tokenizer)
+  extras, loras, expand, init_ids = _community_files(config, unet, text, tokenizer)
   prompts = tuple(expand(p) for p in split_prompts(s.prompts))
   if not prompts:
     raise ValueError("sample.prompts is empty: give one or more prompts separated by '|', e.g. "
                      "--config.sample.prompts='a photo of an astronaut riding a horse'")
   captions = split_prompts(t.get("captions", "")) or ("",)
+  train_token = config.get("textual_inversion", {}).get("train_token", "")
+  if train_token:  # templates name the trained token "{}"
+    captions = tuple(c.replace("{}", train_token) for c in captions)
   size = config.data.image_size
   f = 2 ** (len(a.ch_mult) - 1)
   if size % (f * 2 ** (len(m.ch_mult) - 1)):
@@ -385,9 +429,11 @@ def make_method(config: Any) -> StableDiffusion:
   return StableDiffusion(unet=unet, text_encoder=text, autoencoder=ae, base=base,
                          prompts=tokenizer(list(prompts)),
                          negative=tokenizer([expand(s.get("negative_prompt", ""))])[0],
-                         captions=tokenizer(list(captions)), empty=tokenizer([""])[0],
+                         captions=tokenizer([expand(c) for c in captions]),
+                         empty=tokenizer([""])[0],
                          text_layer=int(t.get("output_layer", -1)),
                          guidance_scale=float(s.guidance_scale),
                          image_shape=(size, size, config.data.channels),
                          ema_decay=ema if ema > 0 else None, lora_unet=loras.get("unet"),
-                         lora_text=loras.get("text_encoder"), extras=extras)
+                         lora_text=loras.get("text_encoder"), extras=extras,
+                         train_init_ids=init_ids)

@@ -161,3 +161,27 @@ def test_lora_fine_tuning_through_the_loop(workdir, tmp_path):
   for a, b in zip(jax.tree.leaves(state.params["unet"]), jax.tree.leaves(base.params["unet"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the base stays frozen
   assert os.path.isdir(os.path.join(run, "adapters"))
+
+
+def test_textual_inversion_training_starts_at_the_init_word_and_trains_only_it(workdir, tmp_path):
+  config = _config(workdir, "a photo of <t>")
+  config.textual_inversion.train_token = "<t>"
+  config.textual_inversion.init_token = "cat"
+  config.text.captions = "a photo of a {}|a {} on the beach"
+  config.optim.rules = (("token_offsets", 1.0), (".*", "frozen"))
+  config.optim.lr = 1e-2
+  method = make_method(config)
+  assert method.train_init_ids and len(method.captions) == 2
+  _, _, base = restore_for_inference(_config(workdir), workdir)
+  params = {**base.params, "token_offsets": jnp.zeros((1, 16))}
+  state = base.replace(params=params).with_rules(config.optim.rules)
+  tokens = jnp.asarray(method.prompts)
+  plain = make_method(_config(workdir, "a photo of cat"))
+  np.testing.assert_allclose(np.asarray(method.context(state.frozen, tokens, state.params)),
+                             np.asarray(plain.context(state.frozen, jnp.asarray(plain.prompts))),
+                             atol=1e-6)  # "<t>" starts as "cat"
+  batch = {"image": jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)}
+  new, _ = jax.jit(method.train_step)(state, batch, jax.random.key(1))
+  assert float(jnp.abs(new.params["token_offsets"]).max()) > 0
+  for a, b in zip(jax.tree.leaves(new.params["unet"]), jax.tree.leaves(state.params["unet"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
