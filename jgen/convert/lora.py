@@ -57,12 +57,12 @@ import json
 import math
 import re
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from jgen.convert.common import StateDict, Tree, flatten_tree, unflatten_tree
+from jgen.convert.common import AnyName, StateDict, Tree, flatten_tree, unflatten_tree
 from jgen.convert.files import read_state_dict
 from jgen.convert.unet import fill_unet
 from jgen.nn.lora import A, B, KERNEL, Lora
@@ -298,25 +298,6 @@ def read_lora(path: str) -> LoraFile:
 # --- names ---------------------------------------------------------------------------------
 
 
-class _AnyName(Mapping):
-  """A state dict that has every name (a dummy array), except DDPM's pre-0.14 attention names,
-  so `fill_unet` lists the whole diffusers -> jgen table."""
-
-  _LEGACY = (".query.weight", ".key.weight", ".value.weight", ".proj_attn.weight")
-
-  def __contains__(self, name: object) -> bool:
-    return isinstance(name, str) and not name.endswith(self._LEGACY)
-
-  def __getitem__(self, name: str) -> np.ndarray:
-    return np.zeros((1, 1, 1, 1), np.float32)
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(())
-
-  def __len__(self) -> int:
-    return 0
-
-
 def _unwrap(params: Mapping[str, Any]) -> Mapping[str, Any]:
   return params["params"] if set(params) == {"params"} else params
 
@@ -344,7 +325,7 @@ def unet_modules(params: Mapping[str, Any]) -> dict[str, str]:
   blocks, attention levels, transformer depth, read from `params`), so it is the converter's map.
   """
   flat = flatten_tree(_unwrap(params))
-  tree = Tree(StateDict(_AnyName()))
+  tree = Tree(StateDict(AnyName()))
   fill_unet(tree, _unet_layout(flat))
   return {name[:-len(".weight")]: path for path, name in tree.origin.items()
           if path.endswith("/" + KERNEL) and path in flat}

@@ -32,14 +32,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from jgen.autoencoder.ldm_autoencoder import LDMAutoencoder
 from jgen.convert.autoencoder import autoencoder_from_diffusers, autoencoder_module
-from jgen.convert.common import ConversionError, flatten_tree
+from jgen.convert.common import AnyName, ConversionError, flatten_tree
 from jgen.convert.controlnet import controlnet_from_diffusers, controlnet_settings
 from jgen.convert.unet import unet_from_diffusers, unet_settings
 from jgen.nn.controlnet import ControlNet
@@ -58,30 +58,11 @@ class ExportError(ValueError):
   """A jgen model that a diffusers class cannot hold (the message says what differs)."""
 
 
-class _Probe(Mapping):
-  """A state dict with every diffusers name (a dummy array), except the pre-0.14 attention
-  names (``query``, ``proj_attn``), so a forward converter asks for today's names."""
-
-  _LEGACY = (".query.weight", ".key.weight", ".value.weight", ".proj_attn.weight")
-
-  def __contains__(self, name: object) -> bool:
-    return isinstance(name, str) and not name.endswith(self._LEGACY)
-
-  def __getitem__(self, name: str) -> np.ndarray:
-    return np.zeros((1, 1, 1, 1), np.float32)
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(())
-
-  def __len__(self) -> int:
-    return 0
-
-
 def _name_map(forward: Callable[[Mapping, Mapping], Any], config: Mapping
               ) -> dict[str, tuple[str, str, tuple[int, ...]]]:
   """jgen path -> (torch name, 'conv' | 'dense' | 'copy', jgen shape), by `forward` on `_Probe`."""
   try:
-    forward(config, _Probe())
+    forward(config, AnyName())
   except ConversionError as report:
     table = {}
     for name, path, got, want in report.misshaped:

@@ -50,10 +50,8 @@ def scaled_linear_beta_schedule(num_timesteps: int,
   Returns:
     float64 array of shape [T].
   """
-  _check_num_timesteps(num_timesteps)
-  if not 0.0 < beta_start <= beta_end < 1.0:
-    raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-  return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64)**2
+  return linear_beta_schedule(num_timesteps, beta_start=beta_start**0.5,
+                              beta_end=beta_end**0.5)**2
 
 
 def cosine_beta_schedule(num_timesteps: int,
