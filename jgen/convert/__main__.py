@@ -3,6 +3,7 @@
   python -m jgen.convert ~/models/stable-diffusion-v1-5 /tmp/sd15
   python -m jgen.convert v2-1_768-ema-pruned.safetensors /tmp/sd21 --prediction=v
   python -m jgen.convert ~/models/ddpm-cifar10-32 /tmp/ddpm_cifar
+  python -m jgen.convert ~/models/sd-controlnet-canny /tmp/sd15_canny --base=/tmp/sd15
 
 Prints the ``launch.py`` command that samples the result (`jgen.convert.pipeline`).
 """
@@ -14,7 +15,7 @@ import json
 import logging
 import sys
 
-from jgen.convert import pipeline
+from jgen.convert import controlnet_pipeline, pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,14 +29,22 @@ def main(argv: list[str] | None = None) -> int:
                       help="single files: convert the model_ema weights")
   parser.add_argument("--variant", help="diffusers weight variant to prefer, e.g. fp16")
   parser.add_argument("--config", help="experiment config file to start from")
+  parser.add_argument("--base", help="a converted Stable Diffusion work directory: SRC is then "
+                      "a diffusers ControlNetModel folder for it (diffusion.sd_controlnet)")
   parser.add_argument("--overrides", help="single files: JSON {part: {diffusers config}} for "
                       "what shapes cannot tell, e.g. '{\"unet\": {\"attention_head_dim\": 8}}'")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   try:
-    result = pipeline.convert(args.src, args.workdir, prediction=args.prediction, ema=args.ema,
-                              weights_variant=args.variant, config_file=args.config,
-                              overrides=json.loads(args.overrides) if args.overrides else None)
+    if args.base:
+      result = controlnet_pipeline.convert_controlnet(
+          args.src, args.base, args.workdir, weights_variant=args.variant,
+          config_file=args.config)
+    else:
+      result = pipeline.convert(args.src, args.workdir, prediction=args.prediction,
+                                ema=args.ema, weights_variant=args.variant,
+                                config_file=args.config,
+                                overrides=json.loads(args.overrides) if args.overrides else None)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

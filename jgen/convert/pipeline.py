@@ -96,8 +96,9 @@ def detect_format(src: str) -> str:
     raise files.UnknownFormatError(
         f"{src}: not a checkpoint jgen converts to a work directory. Known: a diffusers "
         "StableDiffusionPipeline or DDPMPipeline folder (model_index.json), a UNet2DModel "
-        "folder (config.json), a single-file .ckpt/.safetensors. One model of a pipeline "
-        "(a U-Net, VAE, text encoder or ControlNet folder) loads with jgen.convert.load.")
+        "folder (config.json), a single-file .ckpt/.safetensors; a ControlNetModel folder "
+        "with --base=<a converted SD work directory>. One model of a pipeline (a U-Net, VAE "
+        "or text encoder folder) loads with jgen.convert.load.")
   if os.path.isfile(src):
     if src.endswith((".ckpt", ".safetensors", ".pt", ".pth", ".bin")):
       return "single_file"

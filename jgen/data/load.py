@@ -125,7 +125,8 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
   if kind == "derived" and arg:
     transform, inner = _split_derived(spec, arg)
     inner_source = load_source(inner, split=split, data_dir=data_dir, seed=seed,
-                               cache=cache, skip_corrupt=skip_corrupt, **shape_args)
+                               cache=cache, skip_corrupt=skip_corrupt, tokenizer=tokenizer,
+                               **shape_args)
     return derived_lib.DerivedPairSource(inner_source, transform, seed=seed)
   if kind == "unpaired_derived" and arg:
     transform, inner = _split_derived(spec, arg)

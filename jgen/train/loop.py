@@ -53,7 +53,7 @@ def load_data(config, *, split: str):
   """The source named by `config.data` for `split`, checked against the model's shape."""
   d = config.data
   tokenizer = None
-  if str(d.source).startswith("captioned:") and "text" in config:
+  if "captioned:" in str(d.source) and "text" in config:  # also inside derived:T:captioned:
     tokenizer = CLIPTokenizer.from_spec(str(config.text.get("tokenizer", "open_clip")),
                                         pad_token=config.text.get("pad_token", "<|endoftext|>"))
   source = jdata.load_source(d.source, split=split, data_dir=d.data_dir,

@@ -27,7 +27,7 @@ import numpy as np
 
 from jgen import data as jdata
 from jgen.train import mesh as mesh_lib
-from jgen.train.method import Translates, TranslatesByLabel
+from jgen.train.method import SamplesWithFrozen, Translates, TranslatesByLabel
 from jgen.train.state import TrainState
 from jgen.train.writers import save_image_grid, save_npz, to_uint8
 
@@ -63,8 +63,12 @@ def translate_all(method: Translates, state: TrainState, mesh, source: np.ndarra
                   batch_size: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
   """`method.translate` of every source, [N, D, H, W, C'] on the host (chunk i uses key
   ``fold_in(key(seed), i)``); ``translate_labeled`` with `labels` [N] for a
-  `TranslatesByLabel` method."""
+  `TranslatesByLabel` method. A `SamplesWithFrozen` method's arrays join ``state.frozen`` as
+  arguments of the compiled function, as in the loop's sampler."""
   labeled = labels is not None and isinstance(method, TranslatesByLabel)
+  if isinstance(method, SamplesWithFrozen) and method.sample_frozen:
+    extra = jax.device_put(dict(method.sample_frozen), mesh_lib.replicated(mesh))
+    state = state.replace(frozen={**state.frozen, **extra})
   fn = jax.jit(method.translate_labeled if labeled else method.translate,
                out_shardings=mesh_lib.replicated(mesh))
   chunk = min(batch_size, len(source))
