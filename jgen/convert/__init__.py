@@ -9,9 +9,12 @@ Research code loads one model folder as a Flax module and its variables::
   context = text.apply(text_vars, tokenizer(["a photo of a cat"]))
 
 Whole checkpoints become work directories with ``python -m jgen.convert SRC WORKDIR``
-(`jgen.convert.pipeline`). Modules: `files` (lazy, never-executing readers), `common` (the
-name-map machinery and its missing / unexpected / mis-shaped report), one converter per model
-(`unet`, `autoencoder`, `clip`, `controlnet`), `single_file` (CompVis/LDM layouts).
+(`jgen.convert.pipeline`; a ControlNet on a converted SD: `controlnet_pipeline`). Modules:
+`files` (lazy, never-executing readers), `common` (the name-map machinery and its missing /
+unexpected / mis-shaped report), one converter per model (`unet`, `autoencoder`, `clip`,
+`controlnet`), `single_file` (CompVis/LDM layouts), community files (`lora`,
+`textual_inversion`); and back out: `to_diffusers` (model folders), `lora_export` (peft /
+kohya files), driven by ``python -m jgen.export``.
 """
 
 from __future__ import annotations
