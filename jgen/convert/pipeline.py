@@ -27,8 +27,10 @@ eps vs v prediction is read from ``scheduler/scheduler_config.json``; a single f
 it (``prediction="v"`` for SD 2.x 768 models), and the choice is recorded in the config.
 
 Memory: every source is read lazily (safetensors memory-mapped, a view renamed without copies)
-and converted one leaf at a time into the float32 tree that is saved, so the host holds about
-one copy of the model in float32 plus the source's pages.
+and converted one leaf at a time (float32 leaves are views of the mapped file; a transpose is a
+view too), and Orbax saves them without its defensive copy (`host_arrays_saved_in_place`):
+converting SD 1.5 (4.27 GB) peaks at about 2.1 times the checkpoint's size, the mapped file's
+pages plus tensorstore's write buffers (benchmarks/convert_memory.py; README).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from jgen.convert import single_file
 from jgen.convert.unet import unet_from_diffusers, unet_settings
 from jgen.train import rules as rules_lib
 from jgen.train import run_record
-from jgen.train.checkpoint import Checkpointer
+from jgen.train.checkpoint import Checkpointer, host_arrays_saved_in_place
 from jgen.train.config import experiment_module
 from jgen.train.method import load_method
 from jgen.train.state import TrainState
@@ -172,7 +174,7 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any,
       raise ValueError(f"the converted {name} do not match the {config.method} model of this "
                        f"config (first differences: {diff}); convert with the config of this "
                        "architecture")
-  with Checkpointer(ckpt_dir, async_save=False) as ckpt:
+  with host_arrays_saved_in_place(), Checkpointer(ckpt_dir, async_save=False) as ckpt:
     ckpt.save(0, state.checkpoint_items())
   run_record.append_start(workdir, config, step=0)
   return ckpt_dir

@@ -99,6 +99,7 @@ def test_textual_inversion_token_reaches_the_context(workdir, tmp_path):
     make_method(config)
 
 
+@pytest.mark.slow  # about 45 s on 2 cores (compiling the full U-Net's gradient)
 def test_fine_tuning_step_lowers_the_loss_on_one_batch(workdir):
   config = _config(workdir)
   config.optim.rules = ()
@@ -111,7 +112,7 @@ def test_fine_tuning_step_lowers_the_loss_on_one_batch(workdir):
   batch = {"image": images}
   step = jax.jit(method.train_step)
   losses = []
-  for i in range(6):
+  for _ in range(3):
     state, metrics = step(state, batch, jax.random.key(7))  # the same noise and t each step
     losses.append(float(metrics["loss"]))
   assert losses[-1] < losses[0]
@@ -134,6 +135,7 @@ def _captioned_folder(root, n=4, size=8):
   return root
 
 
+@pytest.mark.slow  # about 50 s on 2 cores; the train step itself is tested above
 def test_lora_fine_tuning_through_the_loop(workdir, tmp_path):
   from jgen.train import loop  # pylint: disable=import-outside-toplevel
   from jgen.train.config import experiment_module  # pylint: disable=import-outside-toplevel
