@@ -17,10 +17,13 @@ architecture as in sd_txt2img, e.g. ``lora_sd21``):
 * ``lora`` (default): rank-4 LoRA of every attention projection (diffusers' train_text_to_image
   _lora targets: to_q, to_k, to_v, to_out), lr 1e-4, adapters only;
 * ``full``: every U-Net weight, lr 1e-5;
-* ``dreambooth``: full fine-tuning on a subject with prior preservation: the folder holds the
-  subject's images captioned "a photo of sks dog" and class images drawn by the base model
-  (``--mode=sample`` of the converted run with the class prompt) captioned "a photo of a dog";
-  lr 5e-6, 800 steps (Ruiz et al. 2023). ``dreambooth_lora`` is the same with LoRA (lr 1e-4).
+* ``dreambooth``: full fine-tuning on a subject with prior preservation (Ruiz et al. 2023):
+  draw class images with the base (``--mode=sample`` of the converted run,
+  ``--config.sample.prompts="a photo of a dog" --config.sample.num=200``), then make the folder
+  with ``python -m jgen.data.captions SUBJECT_DIR WORKDIR/samples/<tag>.npz OUT
+  --instance_prompt="a photo of sks dog" --class_prompt="a photo of a dog"`` (the subject
+  repeated so that it and the prior are drawn equally often); lr 5e-6, 800 steps.
+  ``dreambooth_lora`` is the same with LoRA (lr 1e-4).
 * ``textual_inversion``: a new token's embedding (``textual_inversion.train_token``, starting
   from ``init_token``) learned from a plain image folder (``--config.data.source=folder:DIR``)
   with template captions ("a photo of a {}", ...), lr 5e-3, 2,000 steps; everything else

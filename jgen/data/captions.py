@@ -24,7 +24,7 @@ import numpy as np
 
 from jgen.data import sources as src_lib
 
-__all__ = ["CaptionedFolderSource", "TEXT_KEYS", "read_captions"]
+__all__ = ["CaptionedFolderSource", "TEXT_KEYS", "read_captions", "write_dreambooth_folder"]
 
 TEXT_KEYS = ("text", "caption", "prompt")
 
@@ -114,3 +114,76 @@ class CaptionedFolderSource:
 def _read_file(path: str) -> bytes:
   with open(path, "rb") as f:
     return f.read()
+
+
+def write_dreambooth_folder(out: str, instance_images: Sequence[np.ndarray],
+                            instance_prompt: str, class_images: Sequence[np.ndarray],
+                            class_prompt: str) -> str:
+  """A captioned folder for DreamBooth with prior preservation (Ruiz et al. 2023).
+
+  Writes ``out/instance_K.png`` and ``out/class_K.png`` and a ``metadata.jsonl`` that lists every
+  class image once and the instance images repeated (in turn) to as many rows, so that uniform
+  sampling from the folder draws subject and prior examples equally often: the expected loss is
+  (L_instance + L_prior) / 2, DreamBooth's L_instance + lambda L_prior with lambda = 1 at half
+  the scale.
+
+  Args:
+    out: the folder to write (created; must not hold a metadata.jsonl yet).
+    instance_images: the subject's images, uint8 [H, W, C].
+    instance_prompt: their caption, e.g. "a photo of sks dog".
+    class_images: images of the class drawn by the base model (``--mode=sample``'s ``.npz``).
+    class_prompt: their caption, e.g. "a photo of a dog".
+
+  Returns:
+    the metadata file's path.
+
+  Raises:
+    ValueError: no instance or class images, or `out` already holds a metadata.jsonl.
+  """
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  if not len(instance_images) or not len(class_images):
+    raise ValueError("DreamBooth needs at least one instance image and one class image")
+  os.makedirs(out, exist_ok=True)
+  metadata = os.path.join(out, "metadata.jsonl")
+  if os.path.exists(metadata):
+    raise ValueError(f"{metadata} exists; write the DreamBooth folder into a new directory")
+  rows = []
+  for kind, images, prompt in (("instance", instance_images, instance_prompt),
+                               ("class", class_images, class_prompt)):
+    for k, image in enumerate(images):
+      image = np.asarray(image, np.uint8)
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+          os.path.join(out, f"{kind}_{k}.png"))
+    rows.append([{"file_name": f"{kind}_{k}.png", "text": prompt} for k in range(len(images))])
+  instance_rows, class_rows = rows
+  repeated = [instance_rows[i % len(instance_rows)] for i in range(len(class_rows))]
+  with open(metadata, "w", encoding="utf-8") as f:
+    for row in repeated + class_rows:
+      f.write(json.dumps(row) + "\n")
+  return metadata
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """``python -m jgen.data.captions INSTANCE_DIR CLASS_NPZ OUT --instance_prompt=P
+  --class_prompt=Q``: a DreamBooth folder (`write_dreambooth_folder`) from the subject's images and the class
+  images that ``--mode=sample`` of the converted model wrote (``samples/*.npz``)."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(prog="python -m jgen.data.captions", description=main.__doc__)
+  parser.add_argument("instance_dir")
+  parser.add_argument("class_npz")
+  parser.add_argument("out")
+  parser.add_argument("--instance_prompt", required=True)
+  parser.add_argument("--class_prompt", required=True)
+  args = parser.parse_args(argv)
+  decode = src_lib._decode  # pylint: disable=protected-access
+  instance = [decode(_read_file(os.path.join(args.instance_dir, f)))
+              for f in _images_under(args.instance_dir)]
+  with np.load(args.class_npz) as z:
+    classes = list(z["images"])
+  print(write_dreambooth_folder(args.out, instance, args.instance_prompt, classes,
+                                args.class_prompt))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -56,3 +56,21 @@ def test_missing_captions_and_tokenizer_are_errors(tmp_path):
     read_captions(root)
   with pytest.raises(ValueError, match="tokenizer"):
     load_source(f"captioned:{root}", image_size=8, channels=3)
+
+
+def test_dreambooth_folder_balances_subject_and_prior(tmp_path):
+  from jgen.data.captions import main  # pylint: disable=import-outside-toplevel
+  _images(str(tmp_path / "subject"), ["a.png", "b.png"])
+  classes = np.random.RandomState(0).randint(0, 256, (5, 8, 8, 3)).astype(np.uint8)
+  np.savez(tmp_path / "class.npz", images=classes)
+  out = str(tmp_path / "db")
+  assert main([str(tmp_path / "subject"), str(tmp_path / "class.npz"), out,
+               "--instance_prompt=a photo of sks dog", "--class_prompt=a photo of a dog"]) == 0
+  files, captions = read_captions(out)
+  assert captions.count("a photo of sks dog") == 5 and captions.count("a photo of a dog") == 5
+  assert files[:3] == ["instance_0.png", "instance_1.png", "instance_0.png"]
+  source = load_source(f"captioned:{out}", image_size=8, channels=3, tokenizer=_tokenize)
+  np.testing.assert_array_equal(source[5]["image"], classes[0])
+  with pytest.raises(ValueError, match="exists"):
+    main([str(tmp_path / "subject"), str(tmp_path / "class.npz"), out,
+          "--instance_prompt=x", "--class_prompt=y"])
