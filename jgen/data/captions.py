@@ -166,7 +166,8 @@ def write_dreambooth_folder(out: str, instance_images: Sequence[np.ndarray],
 def main(argv: Sequence[str] | None = None) -> int:
   """``python -m jgen.data.captions INSTANCE_DIR CLASS_NPZ OUT --instance_prompt=P
   --class_prompt=Q``: a DreamBooth folder (`write_dreambooth_folder`) from the subject's
-  images and the class images that ``--mode=sample`` of the converted model wrote (``samples/*.npz``)."""
+  images and the class images that ``--mode=sample`` of the converted model wrote
+  (``samples/*.npz``)."""
   import argparse  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog="python -m jgen.data.captions", description=main.__doc__)
   parser.add_argument("instance_dir")
