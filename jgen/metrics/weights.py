@@ -99,6 +99,11 @@ class ScriptObject:
   class_name = "ScriptObject"
   attributes: Mapping[str, Any] = types.MappingProxyType({})
 
+  def __init__(self, *args: Any, **kwargs: Any):
+    if args or kwargs:  # a pickle that *calls* a __torch__ global is not a TorchScript module
+      raise pickle.UnpicklingError(f"{self.class_name} called with arguments: not a weights "
+                                   "file (refused, nothing was run)")
+
   def __setstate__(self, state: Any) -> None:
     if not isinstance(state, dict):
       raise pickle.UnpicklingError(f"{self.class_name}: unexpected state {type(state).__name__}")

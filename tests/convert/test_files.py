@@ -304,3 +304,16 @@ def test_unknown_extension_and_missing_file(tmp_path):
     assert ext in str(info.value)
   with pytest.raises(FileNotFoundError, match="no weight file"):
     files.read_state_dict(str(tmp_path / "missing.safetensors"))
+
+
+def test_a_called_torchscript_global_is_refused(tmp_path):
+  """``__torch__.*`` names resolve to attribute holders (TorchScript archives); a pickle that
+  calls one with arguments (``__torch__.os.system("...")``) is refused as a bad file."""
+  marker = tmp_path / "pwned"
+  data = (pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + pickle.MARK + pickle.BINUNICODE
+          + struct.pack("<I", 1) + b"w" + _global_call("__torch__.os", "system",
+                                                       f"touch {marker}")
+          + pickle.SETITEMS + pickle.STOP)
+  with pytest.raises(pickle.UnpicklingError, match="called with arguments"):
+    files.read_state_dict(_zip(tmp_path / "torchscript.bin", data))
+  assert not marker.exists()
