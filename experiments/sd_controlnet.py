@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.batch_size = 1 if c.data.image_size >= 512 else 8
     c.text.captions = "a photo"       # '|'-separated per label, or the source's own tokens
     c.diffusion.cond_drop_prob = 0.0  # train_controlnet's proportion_empty_prompts
-    c.init_from.workdir = ml_collections.FieldReference(None, field_type=str)
+    _base.load_frozen_from_converted(c)
     c.init_from.source = "params"
     if kind == "train":               # the converted SD's U-Net, twice
       c.init_from.subtree = "unet"
@@ -89,12 +89,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:                             # a converted sd_controlnet run: U-Net and ControlNet
       c.init_from.subtree = ""
       c.init_from.into = "params"
-    for name in ("text_encoder", "autoencoder"):
-      c.init_from[name] = ml_collections.ConfigDict()
-      c.init_from[name].workdir = c.init_from.get_ref("workdir")
-      c.init_from[name].source = "frozen"
-      c.init_from[name].subtree = name
-      c.init_from[name].into = f"frozen/{name}"
     c.optim.rules = (("control/.*", 1.0), (".*", "frozen"))
     c.optim.lr = 1e-5
     c.optim.schedule = "constant"

@@ -60,16 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.captions = ""            # the folder's captions
 
   # The converted model: the U-Net into params, text encoder and autoencoder frozen.
-  c.init_from.workdir = ml_collections.FieldReference(None, field_type=str)
+  _base.load_frozen_from_converted(c)
   c.init_from.source = "params"
   c.init_from.subtree = "unet"
   c.init_from.into = "params/unet"
-  for name in ("text_encoder", "autoencoder"):
-    c.init_from[name] = ml_collections.ConfigDict()
-    c.init_from[name].workdir = c.init_from.get_ref("workdir")
-    c.init_from[name].source = "frozen"
-    c.init_from[name].subtree = name
-    c.init_from[name].into = f"frozen/{name}"
 
   c.optim.rules = ()
   c.optim.schedule = "constant"

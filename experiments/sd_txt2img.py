@@ -23,6 +23,20 @@ from jgen.train.config import base_config
 VARIANTS = ("sd15", "sd21", "tiny")
 
 
+def load_frozen_from_converted(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the named ``init_from`` loads of a converted run's frozen text encoder and autoencoder
+  (into ``frozen/``), reading the work directory that ``init_from.workdir`` names (one
+  ``--config.init_from.workdir=`` sets all three loads)."""
+  c.init_from.workdir = ml_collections.FieldReference(None, field_type=str)
+  for name in ("text_encoder", "autoencoder"):
+    c.init_from[name] = ml_collections.ConfigDict()
+    c.init_from[name].workdir = c.init_from.get_ref("workdir")
+    c.init_from[name].source = "frozen"
+    c.init_from[name].subtree = name
+    c.init_from[name].into = f"frozen/{name}"
+  return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "sd15"
   if variant not in VARIANTS:
