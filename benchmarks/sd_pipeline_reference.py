@@ -86,6 +86,17 @@ def small_vocabulary(folder: str) -> int:
   return len(tokens)
 
 
+def pipeline_like_jgen(unet, vae, text, tokenizer) -> StableDiffusionPipeline:
+  """A ``StableDiffusionPipeline`` of these models whose DDIM is jgen's: ``scaled_linear``
+  betas, trailing timesteps, the last step to x0 (``set_alpha_to_one``), no clipping."""
+  scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                            clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+                            timestep_spacing="trailing")
+  return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer,
+                                 scheduler=scheduler, safety_checker=None,
+                                 feature_extractor=None, requires_safety_checker=False)
+
+
 def main() -> None:
   torch.manual_seed(0)
   tok_dir = tempfile.mkdtemp()
@@ -112,12 +123,7 @@ def main() -> None:
     with torch.no_grad():
       for p in model.parameters():
         p.copy_(torch.randn_like(p) * 0.1)
-  scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                            clip_sample=False, set_alpha_to_one=True, steps_offset=0,
-                            timestep_spacing="trailing")
-  pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer,
-                                 scheduler=scheduler, safety_checker=None,
-                                 feature_extractor=None, requires_safety_checker=False)
+  pipe = pipeline_like_jgen(unet, vae, text, tokenizer)
   folder = os.path.join(OUT, "sd_pipeline")
   pipe.save_pretrained(folder)
   latents = np.random.RandomState(0).randn(2, 4, 4, 4).astype(np.float32)

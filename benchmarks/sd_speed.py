@@ -107,13 +107,13 @@ def build_pipeline(size: str, folder: str, device: str, seed: int = 0):
   """A random `StableDiffusionPipeline` of `size` saved to `folder` (float32)."""
   # pylint: disable=import-outside-toplevel
   import torch
-  from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
-                         UNet2DConditionModel)
+  from diffusers import AutoencoderKL, UNet2DConditionModel
   from diffusers.utils import logging as diffusers_logging
   from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
   from transformers.utils import logging as transformers_logging
 
   from convert_memory import write_tokenizer
+  from sd_pipeline_reference import pipeline_like_jgen
   diffusers_logging.set_verbosity_error()
   diffusers_logging.disable_progress_bar()
   transformers_logging.set_verbosity_error()
@@ -129,12 +129,7 @@ def build_pipeline(size: str, folder: str, device: str, seed: int = 0):
   tokenizer = CLIPTokenizer(os.path.join(tok_dir, "vocab.json"),
                             os.path.join(tok_dir, "merges.txt"), pad_token="<|endoftext|>",
                             model_max_length=77)
-  scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                            clip_sample=False, set_alpha_to_one=True, steps_offset=0,
-                            timestep_spacing="trailing")
-  pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer,
-                                 scheduler=scheduler, safety_checker=None,
-                                 feature_extractor=None, requires_safety_checker=False)
+  pipe = pipeline_like_jgen(unet, vae, text, tokenizer)
   pipe.set_progress_bar_config(disable=True)
   pipe.save_pretrained(os.path.join(folder, "pipeline"))
   shutil.rmtree(tok_dir)
