@@ -24,7 +24,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 sys.path.insert(0, ROOT)
 FIXTURES = os.path.join(ROOT, "tests", "convert", "fixtures")
 
-# pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position,protected-access
 from jgen.convert import pipeline  # noqa: E402
 from jgen.convert.autoencoder import autoencoder_from_diffusers  # noqa: E402
 from jgen.convert.clip import clip_text_from_transformers  # noqa: E402
@@ -44,8 +44,8 @@ def _row(name: str, got, want) -> None:
 def unets() -> None:
   ref = np.load(os.path.join(FIXTURES, "unet.npz"))
   for name in ("ddpm", "ddpm_defaults", "sd15", "sd21"):
-    module, variables = unet_from_diffusers(*test_unet._folder(name))  # pylint: disable=protected-access
-    _row(f"U-Net {name}", test_unet._apply(module, variables, ref, name),  # pylint: disable=protected-access
+    module, variables = unet_from_diffusers(*test_unet._folder(name))
+    _row(f"U-Net {name}", test_unet._apply(module, variables, ref, name),
          ref[f"{name}_out"])
 
 
@@ -63,8 +63,8 @@ def autoencoders() -> None:
 def clips() -> None:
   ref = np.load(os.path.join(FIXTURES, "clip_text.npz"))
   for act in ("quick_gelu", "gelu"):
-    model, variables = clip_text_from_transformers(*test_clip._folder(act))  # pylint: disable=protected-access
-    last, penultimate, pooled = test_clip._outputs(model, variables, ref["input_ids"])  # pylint: disable=protected-access
+    model, variables = clip_text_from_transformers(*test_clip._folder(act))
+    last, penultimate, pooled = test_clip._outputs(model, variables, ref["input_ids"])
     _row(f"CLIP text ({act}) last layer", last, ref[f"{act}_last_hidden_state"])
     _row(f"CLIP text ({act}) penultimate layer", penultimate, ref[f"{act}_penultimate"])
     _row(f"CLIP text ({act}) pooled", pooled, ref[f"{act}_pooled"])
