@@ -78,5 +78,6 @@ def _plot(path: str, scatters, *, cols: int, size: int = 240, extent: float = 5.
     draw.text((ox + 4, oy + 4), title, fill=(0, 0, 0))
   canvas.save(path)
 
+
 if __name__ == "__main__":
   app.run(main)

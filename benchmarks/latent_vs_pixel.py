@@ -111,7 +111,7 @@ def main(argv):
       shape, params = info[name]
       rows.append((f"{size}x{size}", name, "x".join(map(str, shape)), params, med[name],
                    med[name] / med["pixel"]))
-  print(f"\n| images | diffusion | U-Net input | U-Net params | train images/s | vs pixel |")
+  print("\n| images | diffusion | U-Net input | U-Net params | train images/s | vs pixel |")
   print("|---|---|---|---|---|---|")
   for size, name, shape, params, rate, ratio in rows:
     print(f"| {size} | {name} | {shape} | {params / 1e6:.2f}M | {rate:.0f} | {ratio:.2f}x |")

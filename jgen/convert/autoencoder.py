@@ -326,6 +326,7 @@ def autoencoder_config_from_state(state: Mapping[str, Any], *, norm_num_groups: 
   return {"_class_name": "AutoencoderKL", **config, "use_quant_conv": "quant_conv.weight" in state,
           "use_post_quant_conv": "post_quant_conv.weight" in state}
 
+
 _LDM_ATTENTION = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v",
                   "proj_out": "to_out.0"}
 _LDM_RULES = (  # (pattern on the LDM name without prefix, diffusers name; {up} = L - 1 - N)

@@ -272,4 +272,3 @@ def config_from_state(state: Mapping[str, Any], *, hidden_act: str | None = None
           "num_hidden_layers": layers, "num_attention_heads": width // head_dim,
           "max_position_embeddings": positions, "hidden_act": hidden_act or act,
           "layer_norm_eps": 1e-5, "eos_token_id": 2}
-

@@ -189,4 +189,3 @@ class DerivedPairSource:
 
   def __repr__(self) -> str:
     return f"DerivedPairSource({self.transform}, {self.inner!r})"
-

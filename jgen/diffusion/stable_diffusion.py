@@ -414,7 +414,7 @@ def make_method(config: Any) -> StableDiffusion:
   size = config.data.image_size
   f = 2 ** (len(a.ch_mult) - 1)
   if size % (f * 2 ** (len(m.ch_mult) - 1)):
-    raise ValueError(f"data.image_size={size} must be divisible by {f * 2**(len(m.ch_mult)-1)}"
+    raise ValueError(f"data.image_size={size} must be divisible by {f * 2**(len(m.ch_mult) - 1)}"
                      " (the autoencoder's and the U-Net's downsampling)")
   latent_shape = (size // f, size // f, a.latent_channels)
   tx = make_optimizer(config.optim, total_steps=config.train.num_steps)

@@ -257,6 +257,7 @@ class AffineCoupling(_Coupling):
   def __call__(self, x: jax.Array, *, reverse: bool = False) -> tuple[jax.Array, jax.Array]:
     if self.scale not in ("sigmoid", "tanh"):
       raise ValueError(f"unknown coupling scale {self.scale!r}; use 'sigmoid' or 'tanh'")
+
     def transform(v, h, rev):
       shift, raw = h[..., 0::2], h[..., 1::2]
       if self.scale == "sigmoid":

@@ -202,6 +202,7 @@ class ProGAN:
 
     def branch(i):
       level, fading = self.schedule.phase(i)
+
       def run(params, z, alpha):
         x = self.g_apply(level, fading, alpha)(params, {}, z, train=False)[0]
         while x.shape[1] < self.image_size:
@@ -301,6 +302,7 @@ class ProGAN:
 
     def branch(i):
       level, fading = self.schedule.phase(i)
+
       def run(g_params, d_params, images, z, alpha):
         real = real_images_at(images, level, fading=fading, alpha=alpha)
         fake = self.g_apply(level, fading, alpha)(g_params, {}, z, train=False)[0]

@@ -421,4 +421,3 @@ def make_method(config: Any) -> StarGAN:
       target_sampling=g.target_sampling, n_critic=g.n_critic, lambda_gp=g.lambda_gp,
       lambda_cls=g.lambda_cls, lambda_rec=g.lambda_rec, ema_decay=config.train.ema_decay,
       ema_warmup=config.train.ema_warmup)
-

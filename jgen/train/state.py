@@ -326,4 +326,3 @@ class TrainState:
   def from_checkpoint_items(self, items: dict[str, PyTree]) -> "TrainState":
     """The state with its arrays replaced by restored `items`."""
     return self.replace(**items)
-

@@ -69,6 +69,7 @@ def test_folder_images_equal_diffusers(workdir, ref):
 def test_single_file_converts_to_the_folder_weights(workdir, tmp_path):
   other = str(tmp_path / "single")
   pipeline.convert(SINGLE, other, overrides=TINY)
+
   def leaves(path):
     config = run_record.latest_config(path)
     with Checkpointer(os.path.join(path, "checkpoints"), async_save=False) as ckpt:

@@ -118,7 +118,6 @@ def test_iou_by_hand():
   assert iou(a, b) == pytest.approx((0.5 + 1.0) / 2)
 
 
-
 def test_a_class_conditional_controlnet_translates_by_label():
   """The loop's translations pass the held-out labels (`TranslatesByLabel`): chunk i equals
   `sample_conditional` with the hints, the labels and the key fold_in(key(seed), i)."""

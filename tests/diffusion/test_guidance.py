@@ -78,6 +78,7 @@ def test_concat_conditions_fills_the_null_flag(inputs):
 def unet():
   model = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
                num_groups=4, num_classes=K)
+
   @jax.jit
   def init(rng):
     params = model.init(rng, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32),

@@ -17,7 +17,6 @@ import pytest
 from jgen.nn import (
     AttnBlock,
     Downsample,
-    ResBlock,
     ddpm_res_block,
     UNet,
     Upsample,
