@@ -7,6 +7,8 @@
       --config.sample.sampler=ddpm
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -33,11 +35,30 @@ flags.DEFINE_bool("verbose", False, errors.VERBOSE_HELP)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _missing_config_file(argv) -> errors.ConfigError | None:
+  """A `--config` file that is not there (ml_collections would defer the error to a traceback)."""
+  values = []  # the last one counts, as for absl
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      values.append(a.split("=", 1)[1])
+    elif a == "--config" and i + 1 < len(argv):
+      values.append(argv[i + 1])
+  path = values[-1].split(":", 1)[0] if values else None
+  if path is None or os.path.isfile(path):
+    return None
+  return errors.ConfigError(f"--config={values[-1]}: {path} is not a file (relative to "
+                            f"{os.getcwd()}); pass an experiment such as "
+                            "experiments/ddpm_digits.py")
+
+
 def parse_flags(argv):
   """absl's parsing, with its errors reported as a jgen error is (absl: a two-line message and
   exit status 1): a flag error, a jgen error raised by the config file's `get_config` (which
   absl would wrap into a flag error), and an override of a field the config lacks
   (ml_collections raises a bare KeyError)."""
+  missing = _missing_config_file(argv)
+  if missing:
+    raise SystemExit(errors.report(missing))
   try:
     return FLAGS(argv)
   except flags.Error as e:

@@ -146,7 +146,9 @@ def _launch(tmp_path, *args):
      "integer >= 1"),
     (["--config.data.imag_size=3"], "names a field the config does not have: 'imag_size' Did you "
      "mean \"image_size\""),
-], ids=["sample_without_checkpoint", "missing_data", "bad_init_from", "image_size", "typo"])
+    (["--config=experiments/nope.py:smoke"], "experiments/nope.py is not a file"),
+], ids=["sample_without_checkpoint", "missing_data", "bad_init_from", "image_size", "typo",
+        "missing_config_file"])
 def test_launch_prints_one_message_and_exits_2(tmp_path, args, expected):
   line, stderr = _launch(tmp_path, *args)
   assert re.search(expected, line), line

@@ -179,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--class_prompt", required=True)
   parser.add_argument("--verbose", action="store_true", help=errors.VERBOSE_HELP)
   args = parser.parse_args(argv)
+  for path, what in ((args.instance_dir, "the subject's image folder"),
+                     (args.class_npz, "the class images' .npz (samples/*.npz of --mode=sample)")):
+    if not os.path.exists(path):
+      raise errors.DataError(f"{path} does not exist: pass {what}")
   decode = src_lib._decode  # pylint: disable=protected-access
   instance = [decode(_read_file(os.path.join(args.instance_dir, f)))
               for f in _images_under(args.instance_dir)]

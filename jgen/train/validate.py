@@ -132,15 +132,16 @@ def _probabilities(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def _method_problem(name: Any) -> str | None:
   """Why `config.method` names no importable module (None when it does), without importing it."""
   if not isinstance(name, str) or not name:
-    return f"--config.method={name!r}: method must be a module path such as 'diffusion.ddpm'"
+    return f"unknown method {name!r}: set --config.method to a module path such as 'diffusion.ddpm'"
   for candidate in (f"jgen.{name}", name):
     try:
       if importlib.util.find_spec(candidate) is not None:
         return None
     except (ModuleNotFoundError, ValueError):
       continue  # a parent package that does not exist
-  return (f"--config.method={name!r}: neither jgen.{name} nor {name} is a module; set it to a "
-          "module under jgen/ that defines make_method(config), e.g. 'diffusion.ddpm'")
+  return (f"unknown method {name!r}: neither jgen.{name} nor {name} is a module; set "
+          "--config.method to a module under jgen/ that defines make_method(config), e.g. "
+          "'diffusion.ddpm'")
 
 
 def check_ranges(config: Any) -> None:
