@@ -2,6 +2,7 @@
 
 A command line (`launch.py`, `python -m jgen.convert`, ...) prints a `JgenError` as one message
 and exits with status 2 without a traceback; `--verbose` (or ``JGEN_VERBOSE=1``) shows it.
+`reported` (a context manager) and `report` are that one handler; every command line uses them.
 Anything else that escapes is a bug and keeps its traceback. Each kind also subclasses the
 built-in exception that code caught before the family existed (`ValueError`, `FileNotFoundError`,
 `RuntimeError`), so ``except ValueError`` around a config check keeps working.
