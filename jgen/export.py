@@ -248,7 +248,7 @@ def export(workdir: str, out: str, what: str, *, step: int | None = None,
 
   Args:
     workdir: a jgen work directory.
-    out: the folder (unet, vae, controlnet) or file (lora-*, embedding; a folder gets
+    out: the folder (unet, vae, controlnet) or file (`lora-*`, embedding; a folder gets
       ``pytorch_lora_weights.safetensors`` / ``learned_embeds.safetensors``).
     what: one of `WHATS`.
     step: the checkpoint step (None: the latest).

@@ -7,8 +7,8 @@ inputs                                     work directory
 a diffusers ``ControlNetModel`` folder     ``diffusion.sd_controlnet``
 (``config.json`` + weights), and the       (experiments/sd_controlnet.py): ``params/unet``
 work directory of the Stable Diffusion it  (the base's), ``params/control`` (the ControlNet,
-was trained on (``python -m jgen.convert   `jgen.convert.controlnet`), ``frozen/text_encoder``,
-PIPELINE SD_WORKDIR``)                     ``frozen/autoencoder`` (the base's)
+was trained on (``jgen.convert`` of its    `jgen.convert.controlnet`), ``frozen/text_encoder``,
+pipeline)                                  ``frozen/autoencoder`` (the base's)
 =========================================  ============================================
 
 The base is read as it was saved (its latest checkpoint; the EMA's leaves when the run keeps

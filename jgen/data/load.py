@@ -50,6 +50,7 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
 
   Args:
     spec: one of
+
       ``'digits'``: scikit-learn's 1,797 real 8x8 digits (gray levels 0..16 scaled to 0..255),
         labels 0-9; 'train' = the first 1,500, 'test' = the last 297. Fields image, label.
       ``'fill'``: ControlNet's fill50k task regenerated (`jgen.data.fill`): a disc in one of 8
@@ -64,14 +65,15 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
         give labels (sorted names -> 0..K-1); images directly in the folder have none. Paths
         are sorted, so the order is deterministic. Files are indexed when opened and decoded
         on access (`FolderSource`; ``cache`` decodes all of them into memory up front).
-      ``'idx:DIR'``: MNIST-format files ``train-*`` ('train') / ``t10k-*`` ('test'):
+      ``'idx:DIR'``: MNIST-format files ``train-*`` ('train') / ``t10k-*`` ('test'),
         ``<prefix>-images-idx3-ubyte[.gz]`` and optional ``<prefix>-labels-idx1-ubyte[.gz]``.
       ``'npz:FILE'``: arrays ``images`` (or ``x``, or ``x_<split>``) and optional ``labels``
         (or ``y``, ``y_<split>``).
       ``'paired:PATH'``: a pix2pix directory or .zip (``jgen.data.paired``): files holding
         A | B side by side, or ``A/`` and ``B/`` folders of matching names; optional
         ``train/``/``test/``/``val/`` folders. Fields source (A), target (B).
-      ``'paired_btoa:PATH'``: the same with source = B, target = A (pix2pix's BtoA).
+      ``'paired_btoa:PATH'``: the same with source = B, target = A
+        (pix2pix's BtoA).
       ``'unpaired:PATH'``: a CycleGAN directory or .zip: ``<split>A/`` and ``<split>B/``
         (trainA/ trainB/ testA/ testB/). Fields image_a, image_b; len = max(nA, nB); the
         pairing is redrawn every epoch.

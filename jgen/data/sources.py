@@ -13,7 +13,7 @@ Field conventions (shared by every source and by ``jgen.data.pipeline``):
 This module holds the single-image sources (``image`` and optional ``label``/``attributes``).
 
 Everything except tfds is decoded into memory once (``ArraySource``), with no on-disk cache
-(CIFAR-10's 50,000 JPEGs decode in about 12 s, and a cache could go stale); tfds datasets are
+(decoding is fast, docs/guide/performance.md, and a cache could go stale); tfds datasets are
 read lazily, record by record, from their ArrayRecord files (no TensorFlow needed), and are
 never downloaded: an unprepared dataset raises ``DatasetUnavailableError`` at once, where
 ``tfds.data_source`` would retry its downloads for minutes offline.

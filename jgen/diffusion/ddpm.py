@@ -78,9 +78,8 @@ class DDPM:
     cond_drop_prob: probability of training with the null condition (conditional only).
     dropout_prng: the bit generator of the dropout masks: 'threefry' (JAX's default; the same
       masks under any sharding) or 'unsafe_rbg' (XLA's RngBitGenerator, seeded from the
-      threefry key: different masks, which may change with the sharding). On 2 CPU cores the
-      threefry masks of the CIFAR-10 U-Net's 28 dropouts cost about 0.3 s of a 1.7 s
-      gradient at batch 8, unsafe_rbg's about 0.05 s (`benchmarks/vs_torch.py`).
+      threefry key: different masks, which may change with the sharding), cheaper on CPU
+      (`benchmarks/unet_profile.py`; docs/guide/performance.md).
   """
 
   model: UNet

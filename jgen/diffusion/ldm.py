@@ -43,7 +43,7 @@ tokenized when the method is made: a word outside the vocabulary is an error lis
 before anything compiles.
 
 The text encoder trains jointly with the U-Net (``params["text_encoder"]``) by default. A
-frozen one comes from another run through a second `init_from` load,
+frozen one comes from another run through a second `init_from` load:
 
     --config.init_from.text_encoder.workdir=<a diffusion.ldm text run>
     (experiments/ldm_text_digits.py presets subtree="text_encoder", source="ema",

@@ -84,7 +84,7 @@ def ddpm_sample(
 
   Returns:
     The samples, shape `shape`; with `return_trajectory`, a tuple
-    (samples, trajectory) where trajectory has shape [T + 1, *shape],
+    (samples, trajectory) where trajectory has shape `[T + 1, *shape]`,
     trajectory[k] is the state at noise level alphas_cumprod[T - 1 - k]
     (trajectory[0] = x_T) and trajectory[T] equals the samples.
   """
@@ -271,7 +271,7 @@ def ddim_interpolate(
     clip_denoised: Clip the x_0 prediction to [-1, 1].
 
   Returns:
-    Decoded images of shape [num, *shape].
+    Decoded images of shape `[num, *shape]`.
   """
   if num < 1:
     raise ValueError(f"num must be >= 1, got {num}")

@@ -4,7 +4,7 @@
 A U-Net G maps a source image s to its target t (`jgen.nn.translation.UNetGenerator`, whose
 dropout is its noise z); a PatchGAN D scores the channel concatenation [s, y] of the source and
 a real (y = t) or translated (y = G(s)) target patch by patch (`PatchDiscriminator`, logits
-[B, h, w]). With BCE on every patch logit,
+[B, h, w]). With BCE on every patch logit:
 
   L_D = 1/2 [ E softplus(-D(s, t)) + E softplus(D(s, G(s))) ]        (halved, as the paper
                                                                      "divides the objective by

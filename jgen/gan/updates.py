@@ -21,11 +21,9 @@ Regularizers are terms, each a `Regularizer(name, fn, every)` with `fn(params, m
 inputs, rng) -> (penalty, model_state)`. A regularizer with `every = k > 1` is *lazy*
 (StyleGAN2, Karras et al. 2020, appendix B): it runs only on the steps with step % k == 0,
 inside a `lax.cond` (the other steps compute nothing for it), with its penalty multiplied by k
-so that its average strength is unchanged (measured on XLA:CPU, 2 cores, the 16x16 digits DCGAN
-pair, 5 critic steps per loop step: no R1 34 ms/step, R1 every step 89 ms, every 16th 50 ms,
-every 4th 87 ms, every 1000th 34 ms: a skipped step costs nothing, but a taken `cond` costs
-about 4x the same R1 inlined, as XLA:CPU runs convolutions inside control flow slower, so on CPU
-laziness breaks even at k = 4; `every=1` is inlined, no `cond`). Provided: `gradient_penalty`
+so that its average strength is unchanged (a skipped step costs nothing; a taken `cond` costs
+more than the same term inlined on XLA:CPU, see docs/guide/performance.md; `every=1` is
+inlined, no `cond`). Provided: `gradient_penalty`
 (WGAN-GP), `r1` (Mescheder et al. 2018; StyleGAN2's lazy R1 is `r1(d, gamma=10, every=16)`) and
 `path_length` (StyleGAN2's path-length regularization of G, with its running mean in
 `model_state`). Weight clipping is a projection after the optimizer step: `clip_projection`.

@@ -9,12 +9,14 @@ true translations ``targets`` [N, D, H, W, C] (all float in [-1, 1]):
 * with content labels ``labels`` [N] (the digit a translation must keep) a **judge**: a small
   `jgen.metrics.domain.DomainClassifier` trained on *real* images to name both the domain and
   the class, with classes (domain, label). Its domains are the D target domains, plus the source
-  domain when D = 1 (so that it tells an untranslated image from a translated one). Then
+  domain when D = 1 (so that it tells an untranslated image from a translated one). Then:
+
   - ``content``: the share of outputs of translation d whose predicted class is the source's
     label (content preservation);
   - ``domain_success``: the share whose predicted domain is d;
   - ``judge_accuracy``: the judge's (domain, class) accuracy on the real held-out targets: the
     ceiling of the two figures above.
+
   The judge is *cross-fitted* on the held-out set: it is trained on the real images of one half
   and judges the outputs of the other half, then the halves swap, so it never judges an output
   whose real counterpart it trained on, and it needs no paired training data (CycleGAN's

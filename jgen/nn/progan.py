@@ -133,10 +133,9 @@ def conv_im2col(x: Array, w: Array) -> Array:
 
   Equal to `lax.conv_general_dilated` (tests/nn/test_progan.py); its derivatives of every
   order are slices, pads and dots. The ProGAN step runs each phase as a branch of `lax.switch`,
-  and XLA:CPU runs the gradient convolutions of `lax.conv` inside control flow 30-70x slower
-  than outside (measured, jax 0.10.2, 2 cores, [64, 16, 16, 32] 3x3: the weight gradient 29 ms
-  outside vs 1,500 ms inside a switch; a WGAN-GP second-order gradient 44 ms vs 2,870 ms),
-  while this form costs the same inside and outside (119 ms for that penalty).
+  and XLA:CPU runs the gradient convolutions of `lax.conv` inside control flow far slower
+  than outside, while this form costs the same inside and outside (figures in
+  docs/guide/performance.md).
   """
   k = w.shape[0]
   p = k // 2

@@ -27,7 +27,7 @@ def experiment_module(name: str, beside: str) -> ModuleType:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Fields every experiment has; experiments/*.py start from this and override."""
+  """Fields every experiment has; `experiments/*.py` start from this and override."""
   c = ml_collections.ConfigDict()
   c.method = "diffusion.ddpm"
   c.seed = 0

@@ -5,6 +5,7 @@ A method (DDPM, WGAN-GP, VQ-VAE, Glow ...) is a small object with pure functions
 * ``init(rng, batch) -> TrainState``
 * ``train_step(state, batch, rng) -> (state, metrics)``
 * ``sample(state, rng, n) -> images`` in [-1, 1], ``[n, H, W, C]``
+
 Optional members are declared as protocols of their own, which the loop checks with
 ``isinstance`` (no ``hasattr`` probing):
 

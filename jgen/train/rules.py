@@ -111,7 +111,7 @@ def leaf_multipliers(paths: Sequence[str], rules: Sequence[Rule], *, what: str =
 
 def select(tree: Mapping[str, Any], keep: Callable[[str], bool] | Mapping[str, Any]
            ) -> dict[str, Any]:
-  """The nested dict of `tree`'s leaves whose path `keep`s (a predicate or a set of paths)."""
+  """The nested dict of `tree`'s leaves whose path `keep` takes (a predicate or a set of paths)."""
   pred = keep if callable(keep) else keep.__contains__
   return unflat({k: v for k, v in flat(tree).items() if pred(k)})
 

@@ -103,7 +103,7 @@ def per_network(txs: Mapping[str, optax.GradientTransformation]) -> PerNetwork:
 
 @dataclasses.dataclass(frozen=True)
 class ChainedView:
-  """`TrainState.view`s applied in turn (LoRA's merge, then a method's own view)."""
+  """`TrainState.view` functions applied in turn (LoRA's merge, then a method's own view)."""
 
   views: tuple[Callable[[PyTree], PyTree], ...]
 
@@ -130,7 +130,7 @@ class TrainState:
     model_state: non-optimized arrays (other Flax collections, non-gradient state).
     frozen: arrays never optimized or averaged (`init_from` fills them).
     tx: the optax transformation (static); a `PerNetwork` for several networks.
-    ema_specs: the `EmaSpec`s (static).
+    ema_specs: the `EmaSpec` entries (static).
     rules: `((pattern, multiplier or None), ...)` over parameter paths (static).
     view: the model's parameters as a function of the stored ones (static; None: the
       identity). LoRA stores the base parameters and a ``lora`` subtree of adapters, and its
