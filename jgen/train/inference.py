@@ -20,6 +20,8 @@ import numpy as np
 
 from jgen import data as jdata
 from jgen.metrics import evaluate as metrics_lib
+from jgen.metrics import feature_net
+from jgen.metrics import translation as translation_metrics
 from jgen.train import inputs
 from jgen.train import mesh as mesh_lib
 from jgen.train import sampling
@@ -33,7 +35,8 @@ from jgen.train.writers import MetricWriter, save_image_grid, save_json, save_np
 
 log = logging.getLogger("jgen")
 
-__all__ = ["evaluate", "restore_for_inference", "sample", "sample_metric_fns"]
+__all__ = ["evaluate", "restore_for_inference", "sample", "sample_metric_fns",
+           "translation_eval"]
 
 
 def _is_main() -> bool:
@@ -146,6 +149,26 @@ def _sample_metrics(method: Method, state: TrainState, mesh, config) -> dict[str
   return result
 
 
+def translation_eval(method: Translates, state: TrainState, mesh, config: Any
+                     ) -> dict[str, float]:
+  """`jgen.metrics.translation.translation_metrics` of the translations of the whole held-out
+  split (or the first ``config.eval.num_samples`` examples). Domain FID uses
+  ``config.eval.features`` when it names a domain classifier (``domain:digits``), else none
+  (Inception features of a few hundred translations would mean little)."""
+  held_out = translations.held_out_inputs(method, config, config.eval.get("num_samples"))
+  images = translations.translate_all(method, state, mesh, held_out["source"],
+                                      batch_size=config.sample.batch_size, seed=config.eval.seed,
+                                      labels=held_out.get("label"))
+  features = config.eval.get("features", "auto")
+  net = feature_net.load(features) if str(features).startswith("domain:") else None
+  if net is None:
+    log.info("translation eval: no domain FID (eval.features=%r is not a domain:<dataset> "
+             "classifier)", features)
+  return translation_metrics.translation_metrics(
+      held_out["source"], images, held_out.get("target"), held_out.get("label"),
+      feature_net=net, seed=config.eval.seed)
+
+
 def evaluate(config, workdir: str) -> dict[str, Any]:
   """Evaluates the latest checkpoint (EMA params): the method's `evaluate` on
   config.data.eval_split, and the sample metrics of ``config.eval`` (FID/KID/IS/P&R/D&C of EMA
@@ -177,7 +200,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     log.info("eval at step %d: %s", step, scalars)
     result.update(scalars)
   if translates:
-    metrics = translations.translation_eval(method, state, mesh, config)
+    metrics = translation_eval(method, state, mesh, config)
     log.info("translation metrics at step %d: %s", step,
              ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
     result.update({f"translation/{k}": v for k, v in metrics.items()})
