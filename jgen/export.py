@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from jgen import errors
 from jgen.autoencoder.ldm_autoencoder import LDMAutoencoder
 from jgen.convert import lora_export, textual_inversion, to_diffusers
 from jgen.diffusion.stable_diffusion import make_tokenizer
@@ -57,7 +58,7 @@ WHATS = ("unet", "vae", "controlnet", "lora-peft", "lora-kohya", "embedding")
 SOURCES = ("params", "ema")
 
 
-class ExportError(ValueError):
+class ExportError(errors.ConversionError):
   """The work directory lacks what was asked for (the message lists what it has)."""
 
 
@@ -281,15 +282,15 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--token", help="--what=embedding: the placeholder token")
   parser.add_argument("--linear-projection", choices=("auto", "yes", "no"), default="auto",
                       help="diffusers' use_linear_projection (auto: SD 2.x-style heads -> yes)")
+  parser.add_argument("--verbose", action="store_true", help=errors.VERBOSE_HELP)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   linear = {"auto": None, "yes": True, "no": False}[args.linear_projection]
   try:
     path = export(args.workdir, args.out, args.what, step=args.step, source=args.source,
                   token=args.token, linear_projection=linear)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (errors.JgenError, ValueError, FileNotFoundError, FileExistsError) as e:
+    return errors.report(e, parser.prog, verbose=args.verbose or None)
   print(f"wrote {path}")
   return 0
 

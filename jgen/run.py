@@ -8,8 +8,10 @@ import os
 
 import jax
 
+from jgen.errors import ConfigError
 from jgen.train import inference, loop
 from jgen.train.config import check_config_keys
+from jgen.train.validate import validate_config
 
 MODES = {"train": loop.train, "sample": inference.sample, "eval": inference.evaluate}
 
@@ -44,8 +46,9 @@ def main(config, *, workdir: str, mode: str = "train", distributed: bool = False
     compilation_cache: use the persistent compilation cache.
   """
   if mode not in MODES:
-    raise ValueError(f"unknown mode {mode!r}; choose one of {sorted(MODES)}")
+    raise ConfigError(f"unknown mode {mode!r}; choose one of {sorted(MODES)}")
   check_config_keys(config)
+  validate_config(config)
   if distributed:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)

@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 
+from jgen import errors
 from jgen.convert import controlnet_pipeline, pipeline
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                       "a diffusers ControlNetModel folder for it (diffusion.sd_controlnet)")
   parser.add_argument("--overrides", help="single files: JSON {part: {diffusers config}} for "
                       "what shapes cannot tell, e.g. '{\"unet\": {\"attention_head_dim\": 8}}'")
+  parser.add_argument("--verbose", action="store_true", help=errors.VERBOSE_HELP)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   try:
@@ -45,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                                 ema=args.ema, weights_variant=args.variant,
                                 config_file=args.config,
                                 overrides=json.loads(args.overrides) if args.overrides else None)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (errors.JgenError, ValueError, FileNotFoundError, FileExistsError) as e:
+    return errors.report(e, parser.prog, verbose=args.verbose or None)
   command = " ".join(["python launch.py", f"--config {result['config']}",
                       f"--workdir {args.workdir}", "--mode=sample", *result["overrides"]])
   print(f"converted {args.src} ({result['format']}) -> {args.workdir} ({result['method']})\n"

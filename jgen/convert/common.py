@@ -26,14 +26,17 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from jgen import errors
+
 PyTree = Any
 
 __all__ = ["AnyName", "ConversionError", "Renamed", "StateDict", "Tree", "conv_kernel",
            "dense_kernel", "flatten_tree", "unflatten_tree"]
 
 
-class ConversionError(ValueError):
-  """A state dict does not fit the module it is converted into.
+class ConversionError(errors.ConversionError):
+  """A state dict does not fit the module it is converted into (the `jgen.errors` kind, with
+  the names that do not fit).
 
   Attributes:
     missing: source names the module needs and the file lacks.

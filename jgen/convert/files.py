@@ -31,6 +31,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from jgen import errors
 from jgen.metrics.weights import flatten_state_dict, read_torch_file
 
 __all__ = ["FORMATS", "SafetensorsFile", "ShardedFile", "UnknownFormatError", "model_weights",
@@ -47,7 +48,7 @@ _DTYPES = {
 }
 
 
-class UnknownFormatError(ValueError):
+class UnknownFormatError(errors.ConversionError):
   """A path in none of the known weight formats."""
 
 

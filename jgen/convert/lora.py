@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from jgen import errors
 from jgen.convert.common import AnyName, StateDict, Tree, flatten_tree, unflatten_tree
 from jgen.convert.files import read_state_dict
 from jgen.convert.unet import fill_unet
@@ -91,7 +92,7 @@ _PROCESSOR = {"processor.to_q": "to_q", "processor.to_k": "to_k", "processor.to_
 _CLIP_KERNEL = re.compile(r"layers_(\d+)/(self_attn|mlp)/(\w+)/kernel")
 
 
-class LoraFormatError(ValueError):
+class LoraFormatError(errors.ConversionError):
   """A LoRA file jgen cannot read or apply (a LyCORIS kind, SDXL, unknown names)."""
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from jgen import errors
 from jgen.autoencoder.ldm_autoencoder import LDMAutoencoder
 from jgen.convert.autoencoder import autoencoder_from_diffusers, autoencoder_module
 from jgen.convert.common import AnyName, ConversionError, flatten_tree
@@ -54,7 +55,7 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 Exported = tuple[dict[str, Any], dict[str, np.ndarray]]  # (config.json, torch-named arrays)
 
 
-class ExportError(ValueError):
+class ExportError(errors.ConversionError):
   """A jgen model that a diffusers class cannot hold (the message says what differs)."""
 
 

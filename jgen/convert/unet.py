@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jgen import errors
 from jgen.convert.common import StateDict, Tree
 from jgen.nn.unet import UNet
 
@@ -65,7 +66,7 @@ UNSUPPORTED = {
 _CLASSES = ("UNet2DModel", "UNet2DConditionModel", "ControlNetModel")
 
 
-class UNetConfigError(ValueError):
+class UNetConfigError(errors.ConversionError):
   """A diffusers U-Net config that jgen's U-Net cannot reproduce."""
 
 

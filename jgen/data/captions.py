@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from jgen import errors
 from jgen.data import sources as src_lib
 
 __all__ = ["CaptionedFolderSource", "TEXT_KEYS", "read_captions", "write_dreambooth_folder"]
@@ -146,7 +147,8 @@ def write_dreambooth_folder(out: str, instance_images: Sequence[np.ndarray],
   os.makedirs(out, exist_ok=True)
   metadata = os.path.join(out, "metadata.jsonl")
   if os.path.exists(metadata):
-    raise ValueError(f"{metadata} exists; write the DreamBooth folder into a new directory")
+    raise errors.ConfigError(f"{metadata} exists; write the DreamBooth folder into a new "
+                             "directory")
   rows = []
   for kind, images, prompt in (("instance", instance_images, instance_prompt),
                                ("class", class_images, class_prompt)):
@@ -175,7 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("out")
   parser.add_argument("--instance_prompt", required=True)
   parser.add_argument("--class_prompt", required=True)
+  parser.add_argument("--verbose", action="store_true", help=errors.VERBOSE_HELP)
   args = parser.parse_args(argv)
+  for path, what in ((args.instance_dir, "the subject's image folder"),
+                     (args.class_npz, "the class images' .npz (samples/*.npz of --mode=sample)")):
+    if not os.path.exists(path):
+      raise errors.DataError(f"{path} does not exist: pass {what}")
   decode = src_lib._decode  # pylint: disable=protected-access
   instance = [decode(_read_file(os.path.join(args.instance_dir, f)))
               for f in _images_under(args.instance_dir)]
@@ -187,4 +194,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  with errors.reported("python -m jgen.data.captions"):
+    raise SystemExit(main())

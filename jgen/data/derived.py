@@ -30,6 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jgen import errors
+
 __all__ = ["TRANSFORMS", "DerivedPairSource", "box_mask", "center_mask", "downsample_image",
            "grayscale_image", "outline_image", "parse_transform", "sobel_edges"]
 
@@ -116,8 +118,8 @@ def parse_transform(name: str) -> tuple[str, int | str | None]:
     return kind, int(arg)
   if kind == "mask" and arg in ("box", "center"):
     return kind, arg
-  raise ValueError(f"unknown derived transform {name!r}; valid: {', '.join(TRANSFORMS)} "
-                   "(K an integer >= 2)")
+  raise errors.ConfigError(f"unknown derived transform {name!r}; valid: "
+                           f"{', '.join(TRANSFORMS)} (K an integer >= 2)")
 
 
 class DerivedPairSource:

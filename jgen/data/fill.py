@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jgen import errors
+
 __all__ = ["BACKGROUND", "FILL_COLORS", "FILL_NUM", "FILL_SEED", "FillSource", "disc_image"]
 
 # (name, sRGB); saturated hues chosen to be far apart and from the white background (the
@@ -66,12 +68,14 @@ class FillSource:
 
   def __init__(self, split: str = "train", *, size: int = 32, channels: int | None = None):
     if split not in FILL_NUM:
-      raise ValueError(f"fill has splits 'train' (50,000) and 'test' (1,000), not {split!r}")
+      raise errors.ConfigError(
+          f"fill has splits 'train' (50,000) and 'test' (1,000), not {split!r}")
     if channels not in (None, 3):
-      raise ValueError(f"fill draws RGB discs (3 channels), not {channels}: set "
-                       "--config.data.channels=3")
+      raise errors.ConfigError(f"fill draws RGB discs (3 channels), not {channels}: set "
+                               "--config.data.channels=3")
     if size < 8:
-      raise ValueError(f"fill needs images of at least 8x8, got --config.data.image_size={size}")
+      raise errors.ConfigError(
+          f"fill needs images of at least 8x8, got --config.data.image_size={size}")
     self.split, self.size = split, int(size)
     self.num_classes = len(FILL_COLORS)
     self.class_names = tuple(name for name, _ in FILL_COLORS)

@@ -6,6 +6,7 @@ Kept apart from the source modules so that combinators (``unpaired:A|B``,
 
 from __future__ import annotations
 
+from jgen import errors
 from jgen.data import captions as captions_lib
 from jgen.data import derived as derived_lib
 from jgen.data import paired as paired_lib
@@ -24,8 +25,8 @@ _VALID_SPECS = (
 )
 
 
-def _unknown(spec: str) -> ValueError:
-  return ValueError(f"unknown data source {spec!r}; valid forms: {_VALID_SPECS}")
+def _unknown(spec: str) -> errors.ConfigError:
+  return errors.ConfigError(f"unknown data source {spec!r}; valid forms: {_VALID_SPECS}")
 
 
 def _split_derived(spec: str, rest: str) -> tuple[str, str]:

@@ -34,6 +34,8 @@ import grain
 import jax
 import numpy as np
 
+from jgen import errors
+
 __all__ = ["batch_spec", "check_batch_size", "iterate", "make_dataset", "shard_batch"]
 
 Batch = dict[str, np.ndarray]
@@ -74,13 +76,13 @@ def batch_spec(element_spec: Mapping[str, tuple[tuple[int, ...], Any]], batch_si
 
 
 def check_batch_size(global_batch_size: int, *, num_devices: int, process_count: int) -> None:
-  """Raises ValueError unless the global batch splits evenly over devices and processes."""
+  """Raises ConfigError unless the global batch splits evenly over devices and processes."""
   if global_batch_size <= 0:
-    raise ValueError(f"the global batch size must be positive, got {global_batch_size}; "
-                     "set --config.data.batch_size")
+    raise errors.ConfigError(f"the global batch size must be positive, got {global_batch_size}; "
+                             "set --config.data.batch_size")
   for count, what in ((num_devices, "devices"), (process_count, "processes")):
     if global_batch_size % count:
-      raise ValueError(
+      raise errors.ConfigError(
           f"the global batch size {global_batch_size} does not divide evenly over {count} "
           f"{what} ({num_devices} devices in {process_count} processes); set "
           f"--config.data.batch_size to a multiple of {num_devices} (e.g. "

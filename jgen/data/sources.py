@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from jgen import errors
+
 log = logging.getLogger("jgen")
 
 __all__ = [
@@ -73,7 +75,7 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(errors.DataError):
   """The requested data is not on this machine (and will not be downloaded)."""
 
 
@@ -115,7 +117,7 @@ def _adapt(image: np.ndarray, image_size: int | None, channels: int | None) -> n
 
 def _check_shape(shape: Sequence[int | None], image_size: int | None, channels: int | None,
                  what: str) -> None:
-  """Raises ValueError when ``shape`` (H, W, C) is not the requested one (no resize)."""
+  """Raises ConfigError when ``shape`` (H, W, C) is not the requested one (no resize)."""
   h, w, c = shape
   bad_size = image_size is not None and (h, w) != (image_size, image_size)
   bad_channels = channels is not None and c != channels
@@ -125,13 +127,13 @@ def _check_shape(shape: Sequence[int | None], image_size: int | None, channels: 
   as_is = ""
   if h == w and h is not None:
     as_is = f"set --config.data.image_size={h} --config.data.channels={c} to use it as is, or "
-  raise ValueError(
+  raise errors.ConfigError(
       f"{what} has images of shape {tuple(shape)} but shape {wanted} was asked for; "
       f"{as_is}set --config.data.resize=True to resize it (and convert 1 <-> 3 channels)."
   )
 
 
-class EmptySourceError(ValueError):
+class EmptySourceError(errors.DataError, ValueError):
   """A data source split holds no images."""
 
   def __init__(self, what: str):
@@ -307,7 +309,7 @@ class TfdsSource:
     elif None not in shape:
       _check_shape(shape, image_size, channels, self._what)
     if None in shape:
-      raise ValueError(f"{self._what} has images of varying size {shape}; set "
+      raise errors.ConfigError(f"{self._what} has images of varying size {shape}; set "
                        "--config.data.resize=True and --config.data.image_size")
     self.image_shape = shape
     self._image_key = image_key
@@ -375,7 +377,7 @@ def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[:cut], labels[:cut]
   if split == "test":
     return images[cut:], labels[cut:]
-  raise ValueError(f"digits has splits 'train' and 'test', not {split!r}")
+  raise errors.ConfigError(f"digits has splits 'train' and 'test', not {split!r}")
 
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -407,7 +409,7 @@ def read_idx(path: str) -> np.ndarray:
 def _load_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray | None]:
   prefixes = {"train": "train", "test": "t10k"}
   if split not in prefixes:
-    raise ValueError(f"idx data has splits 'train' and 'test', not {split!r}")
+    raise errors.ConfigError(f"idx data has splits 'train' and 'test', not {split!r}")
   names = sorted(os.listdir(directory))
 
   def find(kind: str, ndim: int) -> str | None:
@@ -505,7 +507,7 @@ def _list_images(path: str, stack: contextlib.ExitStack
   return files, files, read
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(errors.DataError, ValueError):
   """An image file of a folder/zip source cannot be decoded."""
 
 
@@ -560,9 +562,9 @@ class FolderSource:
     if shape is None:
       _check_shape(image.shape, self._size, self._channels, self.what)
     elif image.shape != shape:
-      raise ValueError(f"{self.path}:{name} has shape {image.shape}, the other images of "
-                       f"{self.what} {shape}; set --config.data.resize=True and "
-                       "--config.data.image_size")
+      raise errors.ConfigError(f"{self.path}:{name} has shape {image.shape}, the other images of "
+                               f"{self.what} {shape}; set --config.data.resize=True and "
+                               "--config.data.image_size")
     return image
 
   def __len__(self) -> int:
@@ -652,8 +654,8 @@ def stack_images(images: Sequence[np.ndarray], *, what: str, image_size: int | N
   shapes = {x.shape for x in images}
   if len(shapes) > 1:
     if not (resize and image_size):
-      raise ValueError(f"{what} has images of different shapes ({sorted(shapes)[:4]} ...); set "
-                       "--config.data.resize=True and --config.data.image_size")
+      raise errors.ConfigError(f"{what} has images of different shapes ({sorted(shapes)[:4]} ...); "
+                               "set --config.data.resize=True and --config.data.image_size")
     images = [_adapt(x, image_size, channels) for x in images]
   return _conform(np.stack(images), image_size=image_size, channels=channels, resize=resize,
                   what=what)
@@ -683,7 +685,7 @@ def load_image_source(spec: str, *, split: str = "train", data_dir: str | None =
   if kind == "tfds" and arg:
     return TfdsSource(arg, split=split, data_dir=data_dir, **shape_args)
   if kind not in ("folder", "idx", "npz") or not arg:
-    raise ValueError(f"unknown data source {spec!r}; valid forms: {valid_specs}")
+    raise errors.ConfigError(f"unknown data source {spec!r}; valid forms: {valid_specs}")
   path = checked_path(kind, arg)
   if kind == "folder":
     return _load_folder(path, split, image_size, channels, resize, cache=cache,

@@ -33,6 +33,7 @@ import optax
 from flax import traverse_util
 from PIL import Image
 
+from jgen import errors
 from jgen.metrics import feature_net as fnet
 
 __all__ = ["DATASETS", "DomainClassifier", "DomainFeatureNet", "DomainSpec", "load_feature_net",
@@ -302,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, default=None)
   p.add_argument("--retrain", action="store_true", help="ignore and overwrite the cache")
+  p.add_argument("--verbose", action="store_true", help=errors.VERBOSE_HELP)
   args = p.parse_args(argv)
   net = load_feature_net(args.dataset, source=args.source, seed=args.seed, steps=args.steps,
                          cache=not args.retrain)
@@ -319,4 +321,5 @@ if __name__ == "__main__":
   from jgen.xla import set_cpu_xla_flags  # pylint: disable=import-outside-toplevel
   set_cpu_xla_flags()  # before anything starts JAX's backends
   logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-  main()
+  with errors.reported("python -m jgen.metrics.domain"):
+    main()

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from jgen import errors
 from jgen.metrics import feature_net as fnet
 
 __all__ = [
@@ -319,6 +320,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help="split folder for folders/zips with train/ test/")
   p.add_argument("--save_stats", default=None, metavar="OUT.npz",
                  help="write the statistics of PATH1 to this .npz")
+  p.add_argument("--verbose", action="store_true", help=errors.VERBOSE_HELP)
   return p.parse_args(argv)
 
 
@@ -335,10 +337,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   stats, feats = [], []
   for path in args.paths:
     if not os.path.exists(path):
-      raise SystemExit(f"error: {path} does not exist")
+      raise errors.DataError(f"{path} does not exist: pass a folder, .zip or .npz of images, "
+                             "or an .npz of statistics")
     if _is_stats_file(path):
       if args.kid:
-        raise SystemExit(f"error: --kid needs images, but {path} holds only statistics")
+        raise errors.ConfigError(f"--kid needs images, but {path} holds only statistics")
       stats.append(load_stats(path))
       feats.append(None)
       continue
@@ -348,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     feats.append(kept.get("features"))
   if args.save_stats:
     if not isinstance(stats[0], GaussianStats):
-      raise SystemExit("error: --save_stats needs images as PATH1")
+      raise errors.ConfigError("--save_stats needs images as PATH1")
     save_stats(args.save_stats, stats[0], net=net.name, source=os.path.abspath(args.paths[0]))
   result = {"fid": fid_from_stats(stats[0], stats[1])}
   note = "" if args.features == "inception" else f"  [{label}: not comparable to Inception FID]"
@@ -366,4 +369,5 @@ if __name__ == "__main__":
   from jgen.xla import set_cpu_xla_flags  # pylint: disable=import-outside-toplevel
   set_cpu_xla_flags()  # before anything starts JAX's backends
   logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-  main()
+  with errors.reported("python -m jgen.metrics.fid"):
+    main()

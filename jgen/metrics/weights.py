@@ -48,6 +48,8 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
+from jgen import errors
+
 __all__ = [
     "InceptionWeightsNotFoundError",
     "LPIPSWeightsNotFoundError",
@@ -82,11 +84,11 @@ _STORAGE_DTYPES = {
 }
 
 
-class InceptionWeightsNotFoundError(FileNotFoundError):
+class InceptionWeightsNotFoundError(errors.DataError, FileNotFoundError):
   """No FID Inception weights were found on this machine."""
 
 
-class LPIPSWeightsNotFoundError(FileNotFoundError):
+class LPIPSWeightsNotFoundError(errors.DataError, FileNotFoundError):
   """An LPIPS weight file (VGG16 trunk or linear heads) is missing."""
 
 

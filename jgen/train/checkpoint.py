@@ -12,11 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jgen.errors import CheckpointError
+
 PyTree = Any
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint exists but cannot be restored into the configured run."""
 
 
 def _abstract(tree: PyTree) -> PyTree:

@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from jgen import errors
+
 
 def experiment_module(name: str, beside: str) -> ModuleType:
   """Loads the config file `<name>.py` in the folder of `beside` (an experiment's `__file__`).
@@ -155,7 +157,7 @@ CLOSED_BLOCKS = ("data", "train", "optim", "mesh", "eval")
 
 
 def check_config_keys(config: Any) -> None:
-  """Raises ValueError for fields of the spine's closed blocks that `base_config` lacks.
+  """Raises ConfigError for fields of the spine's closed blocks that `base_config` lacks.
 
   A config file that sets ``c.train.chekpoint_every = 100`` would otherwise run with the
   default and ignore the setting silently.
@@ -171,7 +173,7 @@ def check_config_keys(config: Any) -> None:
       hint = f" (did you mean {block}.{close[0]}?)" if close else ""
       problems.append(f"{block}.{key}{hint}")
   if problems:
-    raise ValueError(
+    raise errors.ConfigError(
         f"the config sets fields jgen does not define: {', '.join(problems)}. Fix the name, or "
         f"remove it; the fields of {', '.join(CLOSED_BLOCKS)} are those of "
         "jgen.train.config.base_config()")

@@ -37,20 +37,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jgen.errors import InitFromError
 from jgen.train import rules as rules_lib
 
 PyTree = Any
 
-__all__ = ["InitFrom", "InitFromError", "apply_loads", "check_loads", "fingerprint", "frozen_load",
-           "fit_problems", "load", "parse_init_from", "raise_problems", "read_record", "subtree",
-           "verify_frozen", "write_record"]
+__all__ = ["InitFrom", "InitFromError", "apply_loads", "check_loads", "checkpoints_dir",
+           "fingerprint", "frozen_load", "fit_problems", "load", "parse_init_from",
+           "raise_problems", "read_record", "subtree", "verify_frozen", "write_record"]
 
 RECORD = "init_from.json"
 SOURCES_FIXED = ("params", "model_state", "frozen")
-
-
-class InitFromError(ValueError):
-  """An `init_from` load cannot be carried out (missing run, paths or shapes that differ)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,23 +105,29 @@ def frozen_load(config: Any, name: str, *, needs: str, hint: str = "") -> InitFr
     hint: more of the error after the ``into`` it names (another field, which config sets it).
 
   Raises:
-    ValueError: no load goes into ``frozen/<name>``; the error lists the loads found.
+    InitFromError: no load goes into ``frozen/<name>``; the error lists the loads found.
   """
   loads = parse_init_from(config)
   for spec in loads:
     if spec.into == f"frozen/{name}":
       return spec
   found = [f"{s.name}: into={s.into!r}" for s in loads]
-  raise ValueError(f"{needs} with init_from.into='frozen/{name}'{hint}"
+  raise InitFromError(f"{needs} with init_from.into='frozen/{name}'{hint}"
                    + (f"; found {found}" if found else "; init_from.workdir is empty"))
 
 
-def _manager(workdir: str) -> ocp.CheckpointManager:
+def checkpoints_dir(workdir: str) -> epath.Path:
+  """``workdir/checkpoints``; raises InitFromError when it is not there."""
   path = epath.Path(workdir) / "checkpoints"
   if not path.exists():
     raise InitFromError(f"init_from.workdir={workdir!r} has no checkpoints/ folder: point it "
                         "at the work directory of a trained run")
-  return ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler())
+  return path
+
+
+def _manager(workdir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(checkpoints_dir(workdir),
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 def subtree(tree: Mapping[str, Any], path: str, what: str) -> Any:

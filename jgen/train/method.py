@@ -59,6 +59,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 
+from jgen import errors
 from jgen.train.state import TrainState
 
 
@@ -252,7 +253,7 @@ def load_method(config: Any) -> Method:
   that live in a researcher's own package, a full module path ("mylab.methods.my_gan").
 
   Raises:
-    ValueError: no such module, or it defines no `make_method`.
+    ConfigError: no such module, or it defines no `make_method`.
   """
   name = config.method
   module = None
@@ -264,10 +265,10 @@ def load_method(config: Any) -> Method:
       if e.name is None or not candidate.startswith(e.name):
         raise  # the module exists but one of its own imports is missing
   if module is None:
-    raise ValueError(
+    raise errors.ConfigError(
         f"unknown method {name!r}: neither jgen.{name} nor {name} is an importable module. "
         "Set --config.method to a module under jgen/ that defines make_method(config), "
         "e.g. 'diffusion.ddpm'.")
   if not hasattr(module, "make_method"):
-    raise ValueError(f"method module {module.__name__} defines no make_method(config)")
+    raise errors.ConfigError(f"method module {module.__name__} defines no make_method(config)")
   return module.make_method(config)

@@ -17,6 +17,7 @@ _OPTIMIZERS = {
                                            eps=c.get("eps", 1e-8)),
     "sgd": lambda lr, c: optax.sgd(lr, momentum=c.get("momentum") or None),
 }
+OPTIMIZERS = tuple(_OPTIMIZERS)  # the names optim.name accepts
 
 
 SCHEDULES = ("constant", "cosine", "linear", "exponential")

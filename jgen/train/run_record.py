@@ -24,6 +24,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from jgen import errors
 from jgen.train.config import base_config
 
 RECORD = "run_record.json"
@@ -42,11 +43,11 @@ BLOCKING = ("method", "seed", "model.", "diffusion.", "gan.", "classifier.", "da
             "optim_d.", "lora.", "personalize.")
 
 
-class RunRecordError(ValueError):
+class RunRecordError(errors.CheckpointError, ValueError):
   """A work directory has no (readable) run record."""
 
 
-class ConfigChangeError(ValueError):
+class ConfigChangeError(errors.ConfigError):
   """A resumed run's config differs from the recorded one where it changes the run's math."""
 
 

@@ -15,6 +15,7 @@ from flax import traverse_util
 from PIL import Image
 
 from jgen import data as jdata
+from jgen.errors import ConfigError
 from jgen.metrics import domain, fid, mmd
 from tests.conftest import REPO, subprocess_env
 from tests.metrics import test_inception
@@ -164,7 +165,7 @@ def test_command_line_with_domain_features(tmp_path, folders, monkeypatch):
   # In process, from the saved statistics of A: the same FID.
   again = fid.main([str(tmp_path / "a_stats.npz"), str(b), "--features", "domain:digits"])
   assert again["fid"] == pytest.approx(value, rel=1e-5, abs=1e-6)
-  with pytest.raises(SystemExit, match="needs images"):
+  with pytest.raises(ConfigError, match="needs images"):
     fid.main([str(tmp_path / "a_stats.npz"), str(b), "--kid", "--features", "domain:digits"])
 
 
