@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jgen import data as jdata
+from jgen import errors
 from jgen.metrics.control import FILL_SOURCE, scores
 from jgen.train import inference, run_record, sampling, translations
 from jgen.xla import set_cpu_xla_flags
@@ -51,8 +52,8 @@ def evaluate_run(workdir: str, *, num: int = 300, threshold: int = 64, seed: int
   config = run_record.latest_config(workdir)
   if config.method != "diffusion.controlnet":
     if config.data.source != "fill":
-      raise ValueError(f"{workdir} is a {config.method} run on {config.data.source!r}: score a "
-                       "diffusion.controlnet run, or a base trained on 'fill'")
+      raise errors.ConfigError(f"{workdir} is a {config.method} run on {config.data.source!r}: "
+                               "score a diffusion.controlnet run, or a base trained on 'fill'")
     d = config.data
     held_out = jdata.load_source(FILL_SOURCE, split=d.eval_split, image_size=d.image_size)
     batch = jdata.read_batch(held_out, range(min(num, len(held_out))))
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   p.add_argument("--num", type=int, default=300, help="held-out conditions")
   p.add_argument("--threshold", type=int, default=64, help="edge level (uint8) to binarise at")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--verbose", action="store_true", help=errors.VERBOSE_HELP)
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
   out = evaluate_run(args.run, num=args.num, threshold=args.threshold, seed=args.seed)
@@ -101,4 +103,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
   set_cpu_xla_flags()
-  main(sys.argv[1:])
+  with errors.reported("python -m jgen.cli.control"):
+    main(sys.argv[1:])

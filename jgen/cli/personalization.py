@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jgen import errors
 from jgen.metrics import domain
 from jgen.metrics.personalization import (digit_of, feature_fid, format_table,
                                           mean_pairwise_cosine, rowwise_cosine,
@@ -160,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   p.add_argument("--num", type=int, default=100, help="samples of [V] and of the class")
   p.add_argument("--per_other_class", type=int, default=20)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--verbose", action="store_true", help=errors.VERBOSE_HELP)
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
   if args.image_prompt:
@@ -194,4 +196,5 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
   set_cpu_xla_flags()
-  main(sys.argv[1:])
+  with errors.reported("python -m jgen.cli.personalization"):
+    main(sys.argv[1:])
