@@ -27,7 +27,7 @@ from absl import app, flags
 from jgen.autoregressive import sampling
 from jgen.nn.transformer import Transformer
 from jgen.train import run_record
-from jgen.train.loop import restore_for_inference
+from jgen.train.inference import restore_for_inference
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("run", [], "Work directory of a code-transformer run.")

@@ -28,7 +28,8 @@ from jgen.autoencoder import quantizer as vq
 from jgen.autoencoder.ae import corrupt
 from jgen.autoencoder.common import psnr
 from jgen.train.config import experiment_module
-from jgen.train.loop import load_data, restore_for_inference
+from jgen.train.inference import restore_for_inference
+from jgen.train.inputs import load_data
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("run", [], "CONFIG[:VARIANT]=WORKDIR of a trained run.")

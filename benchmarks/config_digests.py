@@ -51,7 +51,10 @@ def digests(root: str) -> dict[str, dict]:
     params, count = _digest(state.params)
     row = {"params": params, "count": count}
     if name not in NO_NOISE_SAMPLES:
-      images = jax.jit(method.sample, static_argnums=2)(state, jax.random.key(1), 2)
+      # An autoencoder's grids: `sample` before the `Samples`/`Reconstructs` split (issue 33),
+      # `reconstructions` after it; the same function, so the digests compare across it.
+      draw = method.sample if hasattr(method, "sample") else method.reconstructions
+      images = jax.jit(draw, static_argnums=2)(state, jax.random.key(1), 2)
       row["samples"] = hashlib.sha256(np.asarray(images, np.float32).round(5).tobytes()
                                       ).hexdigest()[:16]
     out[name] = row

@@ -69,7 +69,9 @@ from jgen.metrics import feature_net as fnet
 from jgen.metrics import fid as fid_lib
 from jgen.metrics import precision_recall as pr_lib
 from jgen.train.config import experiment_module
-from jgen.train.loop import jit_sampler, load_data, restore_for_inference
+from jgen.train.inference import restore_for_inference
+from jgen.train.inputs import load_data
+from jgen.train.sampling import jit_sampler
 from jgen.metrics import ppl as ppl_lib
 from jgen.train.method import Conditional, PathLengths, Reconstructs
 

@@ -32,7 +32,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jgen import data as jdata  # noqa: E402
-from jgen.train import loop as loop_lib  # noqa: E402
+from jgen.train import inference  # noqa: E402
 from jgen.train.config import experiment_module  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +60,7 @@ def main(argv):
   del argv
   config = experiment_module("ldm_inpaint_digits", CONFIG.value).get_config(None)
   config.init_from.workdir = None  # the frozen first stage comes from the checkpoint
-  method, _, state = loop_lib.restore_for_inference(_with_fs(config), WORKDIR.value)
+  method, _, state = inference.restore_for_inference(_with_fs(config), WORKDIR.value)
   d = config.data
   src = jdata.load_source(d.source, split=d.eval_split, image_size=d.image_size,
                           channels=d.channels, resize=d.resize, seed=config.seed)

@@ -31,7 +31,7 @@ from jgen.convert.clip import clip_text_from_transformers  # noqa: E402
 from jgen.convert.controlnet import controlled_unet, controlnet_from_diffusers  # noqa: E402
 from jgen.convert.unet import unet_from_diffusers  # noqa: E402
 from jgen.train import run_record  # noqa: E402
-from jgen.train.loop import restore_for_inference  # noqa: E402
+from jgen.train.inference import restore_for_inference  # noqa: E402
 from tests.convert import test_clip, test_unet  # noqa: E402
 from tests.convert.test_controlnet import _folder as folder  # noqa: E402
 

@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jgen.train import load_method
-from jgen.train.loop import restore_for_inference
+from jgen.train.inference import restore_for_inference
 from jgen.train.method import Conditional
 
 FLAGS = flags.FLAGS

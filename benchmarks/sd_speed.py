@@ -9,8 +9,8 @@ One ``StableDiffusionPipeline`` is built from config dicts with random weights (
 torch's default initialisation, seeded), saved with ``save_pretrained`` into a temporary folder
 (with a small byte-level BPE tokenizer, `sd_pipeline_reference.small_vocabulary`) and converted
 by `jgen.convert.pipeline.convert` into a jgen work directory, which is restored as the
-``diffusion.stable_diffusion`` method (`jgen.train.loop.restore_for_inference`). Both sides then
-draw the same image: one prompt and a negative prompt, classifier-free guidance 7.5, DDIM with
+``diffusion.stable_diffusion`` method (`jgen.train.inference.restore_for_inference`). Both sides
+then draw the same image: one prompt and a negative prompt, classifier-free guidance 7.5, DDIM with
 ``timestep_spacing="trailing"`` (jgen's ``sample.spacing``), the same initial latents, decoding
 included.
 
@@ -140,7 +140,7 @@ def jgen_sampler(workdir: str, steps: int, guidance: float, dtype: str):
   """(jitted fn(state, latents NHWC) -> images in [0, 1] NHWC, the restored state) of the
   converted `workdir`, computing in `dtype`."""
   from jgen.train import run_record  # pylint: disable=import-outside-toplevel
-  from jgen.train.loop import restore_for_inference  # pylint: disable=import-outside-toplevel
+  from jgen.train.inference import restore_for_inference  # pylint: disable=import-outside-toplevel
   config = run_record.latest_config(workdir)
   config.sample.prompts = PROMPT
   config.sample.negative_prompt = NEGATIVE

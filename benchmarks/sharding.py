@@ -5,10 +5,11 @@
 
 Every FSDP size runs in its own process (the simulated device count is fixed when JAX starts;
 on a GPU/TPU host the real devices are used). The state (params, EMA, Adam moments) is built
-by the loop's own `restore_or_init` on a `(data, fsdp)` mesh (`jgen.train.mesh`), then the
-loop's jitted step runs `--steps` times after one compile. Printed per size: the largest state
-bytes held by one device, the ratio to fsdp=1, XLA's temporary bytes of the compiled step per
-device (`memory_analysis`), compile seconds and seconds per step. On a CPU the simulated
+by the loop's own `restore_or_init` (`jgen.train.sharding`) on a `(data, fsdp)` mesh
+(`jgen.train.mesh`), then the loop's jitted step runs `--steps` times after one compile.
+Printed per size: the largest state bytes held by one device, the ratio to fsdp=1, XLA's
+temporary bytes of the compiled step per device (`memory_analysis`), compile seconds and
+seconds per step. On a CPU the simulated
 devices share the same cores, so step times show the cost of the gathers, not a speed-up.
 """
 
@@ -31,7 +32,7 @@ def measure(config_path: str, fsdp: int, steps: int, batch_size: int) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, REPO)
   from jgen import data as jdata  # pylint: disable=import-outside-toplevel
-  from jgen.train import Checkpointer, load_method, loop  # pylint: disable=import-outside-toplevel
+  from jgen.train import Checkpointer, load_method, sharding  # pylint: disable=import-outside-toplevel
   from jgen.train import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from jgen.train.config import experiment_module  # pylint: disable=import-outside-toplevel
 
@@ -50,7 +51,7 @@ def measure(config_path: str, fsdp: int, steps: int, batch_size: int) -> dict:
   batch = jdata.shard_batch(batch, mesh_lib.batch_sharding(mesh))
   with tempfile.TemporaryDirectory() as workdir:
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    state = loop.restore_or_init(method, config, mesh, ckpt, batch, workdir=workdir)
+    state = sharding.restore_or_init(method, config, mesh, ckpt, batch, workdir=workdir)
     ckpt.close()
   per_device = mesh_lib.state_bytes_per_device(state.checkpoint_items())
   shardings = jax.tree.map(lambda x: x.sharding, state)

@@ -26,7 +26,8 @@ import gan_digits  # benchmarks/gan_digits.py: its --run/--batch/--seed flags an
 from jgen.metrics import domain
 from jgen.metrics import feature_net as fnet
 from jgen.nn import text
-from jgen.train.loop import jit_sampler, restore_for_inference
+from jgen.train.inference import restore_for_inference
+from jgen.train.sampling import jit_sampler
 
 FLAGS = flags.FLAGS
 HELD_OUT = ("the number {word}", "a drawing of {a} {word}", "an image of the digit {digit}",

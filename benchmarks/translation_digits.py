@@ -34,7 +34,7 @@ from jgen.metrics import feature_net as fnet
 from jgen.metrics import translation as tm
 from jgen.train import translations
 from jgen.train.config import experiment_module
-from jgen.train.loop import restore_for_inference
+from jgen.train.inference import restore_for_inference
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("run", [], "CONFIG[:VARIANT]=WORKDIR of a trained run.")

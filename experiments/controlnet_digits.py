@@ -5,7 +5,7 @@
       --config.init_from.workdir=/tmp/ddpm_digits
   python launch.py --config experiments/controlnet_digits.py --workdir /tmp/controlnet_digits \
       --config.init_from.workdir=/tmp/ddpm_digits --mode=sample   # edges | sample | digit
-  python -m jgen.metrics.control --run /tmp/controlnet_digits     # edge IoU vs the base
+  python -m jgen.cli.control --run /tmp/controlnet_digits     # edge IoU vs the base
 
 The data are `derived:edges:digits` (source = the edges, target = the digit). The base U-Net
 (ddpm_digits' settings, loaded whole into params/unet) stays frozen; its embedding, down path

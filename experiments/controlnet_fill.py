@@ -5,7 +5,7 @@
       --config.init_from.workdir=/tmp/ddpm_cond_fill
   python launch.py --config experiments/controlnet_fill.py --workdir /tmp/controlnet_fill \
       --config.init_from.workdir=/tmp/ddpm_cond_fill --mode=sample  # outline | sample | disc
-  python -m jgen.metrics.control --run /tmp/controlnet_fill      # disc IoU, colour accuracy
+  python -m jgen.cli.control --run /tmp/controlnet_fill      # disc IoU, colour accuracy
 
 The data are `derived:outline:fill` (source = the circle's outline, target = the filled disc,
 label = its colour, the paper's prompt). The colour-conditional base (ddpm_cond_fill, loaded

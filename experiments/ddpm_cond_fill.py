@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sample.guidance_scale = 2.0
   # v-prediction: an eps-prediction base, even with 16-32-64 channels, gave the asked colour
   # to 42.3% of 300 guided samples (orange and pink came out red, yellow green), v to 100%
-  # (`python -m jgen.metrics.control --run BASE`, colour accuracy; `--config.diffusion.
+  # (`python -m jgen.cli.control --run BASE`, colour accuracy; `--config.diffusion.
   # prediction=eps --config.model.ch_mult="(1,2,4)"` for the former).
   c.diffusion.prediction = "v"
   if not smoke:

@@ -10,7 +10,7 @@ first held-out "3" toward "a handwritten eight".
   python launch.py --config experiments/imagic_digits.py --workdir /tmp/imagic_digits \
       --config.init_from.workdir=/tmp/vqgan_digits \
       --config.init_from.base.workdir=/tmp/ldm_text_digits --mode=sample   # eta 0 .. 1
-  python -m jgen.metrics.personalization --imagic /tmp/imagic_digits     # class, distance
+  python -m jgen.cli.personalization --imagic /tmp/imagic_digits     # class, distance
 
 Stage 1: 300 steps of the embedding offset (Adam 1e-2), stage 2: 300 steps of the U-Net
 (Adam 1e-4), 8 noise draws of the image per step; the sweep has 11 etas. `:smoke` is seconds.

@@ -9,7 +9,7 @@
   python launch.py --config experiments/ip_adapter_digits.py --workdir /tmp/ip_digits \
       --config.init_from.workdir=/tmp/vqgan_digits \
       --config.init_from.base.workdir=/tmp/ldm_text_digits --mode=sample  # reference | sample
-  python -m jgen.metrics.personalization --image_prompt /tmp/ip_digits  # the reference's digit?
+  python -m jgen.cli.personalization --image_prompt /tmp/ip_digits  # the reference's digit?
 
 ldm_text_digits' model, first stage and sampler (50-step DDIM, w = 3); the image prompt is the
 frozen VQ-GAN latent of the reference (4x4x8 = 128 numbers) projected to 4 tokens of the

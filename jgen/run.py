@@ -1,4 +1,5 @@
-"""Entry point behind launch.py: process setup, then the mode's function in jgen.train.loop."""
+"""Entry point behind launch.py: process setup, then the mode's function (training in
+`jgen.train.loop`, sampling and evaluation in `jgen.train.inference`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import os
 
 import jax
 
-from jgen.train import loop
 from jgen.errors import ConfigError
+from jgen.train import inference, loop
 from jgen.train.config import check_config_keys
 from jgen.train.validate import validate_config
 
-MODES = {"train": loop.train, "sample": loop.sample, "eval": loop.evaluate}
+MODES = {"train": loop.train, "sample": inference.sample, "eval": inference.evaluate}
 
 
 def enable_compilation_cache(cache_dir: str | None = None) -> str:

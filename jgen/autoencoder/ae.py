@@ -6,9 +6,10 @@ pixel set to -1, the data minimum, with probability `level`: masking noise); the
 the reconstruction of the corrupted input with the clean image. `config.method =
 "autoencoder.dae"` is a shortcut that insists on a corruption.
 
-`sample` shows held-out inputs next to their reconstructions; an autoencoder has no prior to
-sample, so FID of `sample` is refused and reconstruction FID (`--config.eval.metrics=rfid`,
-through `reconstruct_images`) is offered instead.
+An autoencoder has no prior to sample: it is `jgen.train.Reconstructs`, not `Samples`. Its
+grids (`reconstructions`) show held-out inputs next to their reconstructions, sample metrics
+(FID ...) are refused, and reconstruction FID (`--config.eval.metrics=rfid`, through
+`reconstruct_images`) is offered instead.
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ class Autoencoder:
     encoder: `encoder.apply({'params': p}, x, train=...) -> z`.
     decoder: `decoder.apply({'params': p}, z, train=...) -> x_hat` (C channels).
     tx: optimizer.
-    holdout: held-out images `[M, H, W, C]` in [-1, 1] that `sample` reconstructs.
+    holdout: held-out images `[M, H, W, C]` in [-1, 1] that `reconstructions` shows.
     loss_type: 'mse' or 'mae'.
     corruption: 'none' (plain AE), 'gaussian' or 'dropout' (denoising AE).
     corruption_level: noise std or drop rate.
-    ema_decay, ema_warmup: EMA of the parameters used by `evaluate` and `sample`.
+    ema_decay, ema_warmup: EMA of the parameters used by `evaluate` and `reconstructions`.
   """
 
   encoder: Encoder
@@ -120,16 +121,14 @@ class Autoencoder:
     _, metrics = self.loss_fn(state.ema_params, batch, rng, train=False)
     return metrics
 
-  sample_is_reconstruction = True  # sample() shows reconstructions: no sample metrics of it
-
   def reconstruct_images(self, state: TrainState, images: jax.Array) -> jax.Array:
     """Reconstructions in [-1, 1] of (uncorrupted) images in [-1, 1], EMA params: what
     reconstruction FID scores."""
     return jnp.clip(self.reconstruct(state.ema_params, images), -1.0, 1.0)
 
-  def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
+  def reconstructions(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     """Held-out inputs (corrupted for a DAE) interleaved with their reconstructions, cycled to
-    `n` images: a picture of the model, not samples (see `sample_is_reconstruction`)."""
+    `n` images: a picture of the model, not samples."""
     x = jnp.asarray(self.holdout)
     x_in = jnp.clip(corrupt(x, rng, self.corruption, self.corruption_level), -1.0, 1.0)
     return interleave(x_in, self.reconstruct_images(state, x_in), n)

@@ -1,5 +1,5 @@
 """What the autoencoder methods share: config -> networks, reconstruction metrics, held-out
-images for `sample()` (inputs side by side with their reconstructions)."""
+images for `reconstructions()` (inputs side by side with their reconstructions)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from jgen.autoencoder.networks import Decoder, Encoder
 from jgen.nn.dtypes import compute_dtype
+from jgen.train.inputs import load_data
 
 __all__ = ["interleave", "load_holdout", "make_networks", "psnr", "reconstruction_error"]
 
@@ -53,8 +54,6 @@ def psnr(x_hat: jax.Array, x: jax.Array) -> jax.Array:
 
 def load_holdout(config: Any, num: int) -> np.ndarray:
   """The first `num` images of the config's eval split, float32 in [-1, 1], `[num, H, W, C]`."""
-  from jgen.train.loop import load_data  # pylint: disable=g-import-not-at-top
-
   source = load_data(config, split=config.data.eval_split)
   num = min(num, len(source))
   images = np.stack([source[i]["image"] for i in range(num)]).astype(np.float32)

@@ -195,14 +195,14 @@ class FirstStage:
       `LDMDecoder`.
     discriminator: the PatchGAN critic, or None (no adversarial term).
     tx_ae, tx_d: optimizers of the autoencoder (already masked for an EMA codebook) and critic.
-    holdout: held-out images that `sample` reconstructs.
+    holdout: held-out images that `reconstructions` shows.
     perceptual: the perceptual distance; `perceptual_variables` its variables (frozen).
     bottleneck: 'vq' or 'kl'.
     num_codes, beta, vq_ema, decay, epsilon, l2_codes, restart_every, restart_threshold: VQ.
     kl_weight: weight of the KL term (KL bottleneck).
     perceptual_weight: w_p.
     disc_weight, disc_start, adaptive: the GAN term's weight, first step, adaptive lambda.
-    ema_decay, ema_warmup: EMA of the autoencoder parameters (`evaluate`, `sample`).
+    ema_decay, ema_warmup: EMA of the autoencoder parameters (`evaluate`, `reconstructions`).
   """
 
   encoder: LDMEncoder
@@ -502,9 +502,7 @@ class FirstStage:
             "mse": jnp.mean(reconstruction_error(x_hat, x, "mse")),
             "psnr": jnp.mean(psnr(x_hat, x)), **extra}
 
-  sample_is_reconstruction = True  # sample() shows reconstructions: no sample metrics of it
-
-  def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
+  def reconstructions(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     """Held-out inputs interleaved with their reconstructions, cycled to `n` images."""
     del rng
     x = jnp.asarray(self.holdout)

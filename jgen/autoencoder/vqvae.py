@@ -13,16 +13,17 @@ collection, everything else is `model_state`):
     model_state = {"vq_stats": {"counts": [K], "sums": [K, D]}}
 
 The codebook is the decoder's input weights and stays in `params` (and so in the parameter EMA
-that `evaluate` and `sample` use); with `vq.ema=True` it follows the EMA statistics instead of
-its gradient, so `masked_optimizer` gives it `optax.set_to_zero()`. The statistics are
+that `evaluate` and `reconstructions` use); with `vq.ema=True` it follows the EMA statistics
+instead of its gradient, so `masked_optimizer` gives it `optax.set_to_zero()`. The statistics are
 non-gradient state: never optimized, never averaged, checkpointed and resumed with the state's
 `model_state`. `train_step` writes the new statistics and codebook by hand, then applies the
 gradients. The running counts are kept in both modes: they measure code usage and find dead
 codes.
 
-`sample` returns held-out inputs next to their reconstructions, not samples of a generative
-model: sample metrics (FID ...) of it are refused by `jgen.metrics.evaluate.evaluate_config`;
-`reconstruct_images` serves reconstruction FID (`--config.eval.metrics=rfid`) instead.
+A VQ-VAE is `jgen.train.Reconstructs`, not `Samples` (a prior over its codes samples:
+`jgen.autoregressive.code_transformer`): its grids (`reconstructions`) show held-out inputs next
+to their reconstructions, sample metrics (FID ...) are refused, and `reconstruct_images` serves
+reconstruction FID (`--config.eval.metrics=rfid`) instead.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class VQVAE:
     encoder: spatial encoder with `code_dim` output channels.
     decoder: spatial decoder from `[B, r, r, code_dim]` to C channels.
     tx: optimizer (already masked, see `masked_optimizer`).
-    holdout: held-out images that `sample` reconstructs.
+    holdout: held-out images that `reconstructions` shows.
     num_codes: K.
     beta: commitment weight.
     ema: EMA codebook updates instead of the codebook loss.
@@ -72,7 +73,7 @@ class VQVAE:
     epsilon: Laplace smoothing.
     restart_every: re-seed dead codes every this many steps (0: never).
     restart_threshold: dead = running count below this fraction of the mean count.
-    ema_decay, ema_warmup: EMA of the parameters used by `evaluate` and `sample`.
+    ema_decay, ema_warmup: EMA of the parameters used by `evaluate` and `reconstructions`.
   """
 
   encoder: Encoder
@@ -176,14 +177,12 @@ class VQVAE:
     _, (metrics, _, _) = self.loss_fn(state.ema_params, batch, rng, train=False)
     return metrics
 
-  sample_is_reconstruction = True  # sample() shows reconstructions: no sample metrics of it
-
   def reconstruct_images(self, state: TrainState, images: jax.Array) -> jax.Array:
     """Reconstructions in [-1, 1] of images in [-1, 1] (EMA params): reconstruction FID."""
     x_hat, _, _ = self.forward(state.ema_params, images)
     return jnp.clip(x_hat, -1.0, 1.0)
 
-  def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
+  def reconstructions(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     """Held-out inputs interleaved with their reconstructions, cycled to `n` images."""
     del rng
     x = jnp.asarray(self.holdout)

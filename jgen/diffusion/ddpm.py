@@ -314,7 +314,7 @@ class ConditionalDDPM(DDPM):
     if self.classifier is not None and self.classifier_scale != 0.0:
       if "classifier" not in state.frozen:
         raise ValueError("classifier guidance reads the classifier from state.frozen"
-                         "['classifier']: sample through jgen.train.loop.jit_sampler, or pass "
+                         "['classifier']: sample through jgen.train.sampling.jit_sampler, or pass "
                          "state.replace(frozen={**state.frozen, **method.sample_frozen})")
       logits_fn = self.classifier.logits_fn(state.frozen["classifier"])
       grad_fn = classifier_grad_fn(logits_fn, conditions["label"])

@@ -20,7 +20,7 @@ null image.
 
 The loop treats it as a `Translates` method: the held-out digits are the image prompts,
 ``--mode=sample`` writes ``reference | sample`` rows with the prompt ``ip.prompt`` ("" = the
-image alone), and `jgen.metrics.personalization --image_prompt` scores the samples' digit.
+image alone), and `python -m jgen.cli.personalization --image_prompt` scores the samples' digit.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ with ``k = controlnet.conditioning_scale`` (diffusers' ``controlnet_conditioning
 scale reaches the network as the call argument of `ControlledUNet`, never as a module
 attribute: `sample_latents` takes it as an array (a traced scalar sweeps it inside one compiled
 function), and by default reads ``state.frozen["conditioning_scale"]``, a `sample_frozen` array:
-where the loop passes those as arguments (as `jgen.train.loop.jit_sampler` does) a new value
+where the loop passes those as arguments (as `jgen.train.sampling.jit_sampler` does) a new value
 recompiles nothing; where it does not, `translate` puts them in as constants. Samplers,
 schedule, prediction, prompts, negative prompt, LoRA and textual-inversion files are Stable
 Diffusion's.

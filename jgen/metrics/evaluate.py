@@ -17,13 +17,12 @@ Metric names: "fid", "kid", "is", "pr" (precision & recall), "dc" (density & cov
 `jgen.train.method.PathLengths`; the distance is the squared distance of the same feature
 network's float features, `jgen.metrics.ppl.feature_distance`, not LPIPS).
 
-Methods whose `sample()` shows held-out reconstructions instead of samples (the AE, DAE and
-VQ-VAE: ``sample_is_reconstruction = True``) are refused the sample metrics: they would score a
-few reconstructions cycled to fill ``num_samples``. Their metric is "rfid": every image of
-``config.data.eval_split`` reconstructed once, against the statistics of those same held-out
-images (not the ``reference_split`` statistics of FID), so it measures what reconstruction
-loses and not the gap between the train and test splits (the rFID of VQGAN / latent diffusion
-papers).
+Methods that do not sample (the AE, DAE, VQ-VAE and first stages: `jgen.train.Reconstructs`,
+not `Samples`; ``sample_fn=None``) are refused the sample metrics. Their metric is "rfid": every
+image of ``config.data.eval_split`` reconstructed once, against the statistics of those same
+held-out images (not the ``reference_split`` statistics of FID), so it measures what
+reconstruction loses and not the gap between the train and test splits (the rFID of VQGAN /
+latent diffusion papers).
 """
 
 from __future__ import annotations
@@ -242,15 +241,15 @@ def sample_metrics(sample_fn: Callable[[int, int], Any], num_samples: int,
   return image_metrics(chunks(), net, **kwargs)
 
 
-def _check_method(config: Any, metrics: Sequence[str], method: Any,
+def _check_method(config: Any, metrics: Sequence[str], method: Any, sample_fn: Callable | None,
                   reconstruct_fn: Callable | None, path_length_fns: dict | None) -> None:
   """Raises ValueError for metrics the method cannot be scored on (before any features)."""
   sampled = [m for m in metrics if m in SAMPLE_METRICS]
-  if sampled and getattr(method, "sample_is_reconstruction", False):
+  if sampled and sample_fn is None:
     raise ValueError(
-        f"method {config.get('method')} ({type(method).__name__}) has no generative sampler: "
-        f"its sample() returns held-out reconstructions cycled to fill n, so sample metrics "
-        f"{','.join(sampled)} would score repeated reconstructions. Use reconstruction FID "
+        f"method {config.get('method')} ({type(method).__name__}) has no generative sampler "
+        f"(an autoencoder shows held-out reconstructions, not samples), so there are no "
+        f"samples for the sample metrics {','.join(sampled)}. Use reconstruction FID "
         f"instead: --config.eval.metrics=rfid (every image of data.eval_split reconstructed "
         f"once, against those images' statistics)")
   if "ppl" in metrics and path_length_fns is None:
@@ -264,7 +263,7 @@ def _check_method(config: Any, metrics: Sequence[str], method: Any,
         f"{config.get('method')} gave no reconstruct_fn")
 
 
-def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any], *,
+def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
                     method: Any = None,
                     reconstruct_fn: Callable[[np.ndarray], Any] | None = None,
                     path_length_fns: dict[str, Any] | None = None
@@ -273,9 +272,9 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any], *,
 
   Args:
     config: the experiment config.
-    sample_fn: (chunk index i, n) -> n samples in [-1, 1].
-    method: the method object; one with ``sample_is_reconstruction = True`` is refused the
-      sample metrics (ValueError).
+    sample_fn: (chunk index i, n) -> n samples in [-1, 1]; None for a method that does not
+      sample (an autoencoder), which is refused the sample metrics (ValueError).
+    method: the method object (named in errors).
     reconstruct_fn: images [n, H, W, C] in [-1, 1] -> reconstructions (the method's
       ``reconstruct_images`` with the state bound), for "rfid".
     path_length_fns: `jgen.metrics.ppl.path_length_distances` keyword arguments of the
@@ -296,14 +295,14 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any], *,
     "ppl" {"ppl", "ppl_unfiltered", "ppl_std", "ppl_num_samples"}.
 
   Raises:
-    ValueError: sample metrics of a method whose sample() shows reconstructions, or "rfid"
+    ValueError: sample metrics without a `sample_fn`, or "rfid"
       without a `reconstruct_fn`; raised before any feature extraction.
   """
   ev = config.get("eval")
   metrics = parse_metrics(ev.get("metrics") if ev is not None else None)
   if not metrics:
     return None
-  _check_method(config, metrics, method, reconstruct_fn, path_length_fns)
+  _check_method(config, metrics, method, sample_fn, reconstruct_fn, path_length_fns)
   from jgen import data as jdata  # pylint: disable=import-outside-toplevel
   from jgen.metrics import weights  # pylint: disable=import-outside-toplevel
 

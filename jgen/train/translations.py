@@ -11,7 +11,8 @@
 * **Files:** ``samples/<tag>.png`` and ``samples/<tag>.npz`` with ``source`` uint8 [N, H, W, C],
   ``images`` uint8 [N, D, H, W, C'], ``target`` (when known), ``label`` (when present) and
   ``names`` (the D translations).
-* **Eval:** `jgen.metrics.translation.translation_metrics` over the held-out split.
+* **Eval:** `jgen.metrics.translation.translation_metrics` over the held-out split
+  (`jgen.train.inference.translation_eval`, the eval mode).
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from jgen.train.writers import save_image_grid, save_npz, to_uint8
 
 log = logging.getLogger("jgen")
 
-__all__ = ["held_out_inputs", "translate_all", "translation_eval", "translation_rows",
-           "write_translations"]
+__all__ = ["held_out_inputs", "translate_all", "translation_rows", "write_translations"]
 
 
 def held_out_inputs(method: Translates, config: Any, num: int | None) -> dict[str, np.ndarray]:
@@ -129,25 +129,3 @@ def write_translations(method: Translates, state: TrainState, mesh, config: Any,
     log.info("wrote %d translations (%s): %s, %s", len(images),
              ", ".join(method.translation_names), paths["png"], paths["npz"])
   return paths
-
-
-def translation_eval(method: Translates, state: TrainState, mesh, config: Any
-                     ) -> dict[str, float]:
-  """`translation_metrics` of the translations of the whole held-out split (or the first
-  ``config.eval.num_samples`` examples). Domain FID uses ``config.eval.features`` when it names
-  a domain classifier (``domain:digits``), else none (Inception features of a few hundred
-  translations would mean little)."""
-  from jgen.metrics import feature_net as fnet  # pylint: disable=import-outside-toplevel
-  from jgen.metrics import translation as tm  # pylint: disable=import-outside-toplevel
-
-  inputs = held_out_inputs(method, config, config.eval.get("num_samples"))
-  images = translate_all(method, state, mesh, inputs["source"],
-                         batch_size=config.sample.batch_size, seed=config.eval.seed,
-                         labels=inputs.get("label"))
-  features = config.eval.get("features", "auto")
-  net = fnet.load(features) if str(features).startswith("domain:") else None
-  if net is None:
-    log.info("translation eval: no domain FID (eval.features=%r is not a domain:<dataset> "
-             "classifier)", features)
-  return tm.translation_metrics(inputs["source"], images, inputs.get("target"),
-                                inputs.get("label"), feature_net=net, seed=config.eval.seed)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jgen.train import load_method
+from jgen.train.sampling import method_sampler
 from tests.conftest import load_experiment
 
 CASES = [(name, method) for name in ("autoencoder_mnist", "autoencoder_cifar")
@@ -26,7 +27,7 @@ def test_config_builds(tmp_path, name, method):
   batch = {"image": jax.ShapeDtypeStruct((config.data.batch_size, size, size, ch), jnp.float32)}
   state = jax.eval_shape(m.init, jax.random.key(0), batch)
   assert sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)) > 0
-  images = jax.eval_shape(lambda s, r: m.sample(s, r, 8), state, jax.random.key(1))
+  images = jax.eval_shape(lambda s, r: method_sampler(m).fn(s, r, 8), state, jax.random.key(1))
   assert images.shape[1:] == (size, size, ch)
 
 

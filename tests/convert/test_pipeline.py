@@ -18,7 +18,7 @@ from jgen.convert import files, pipeline
 from jgen.convert.common import flatten_tree
 from jgen.train import run_record
 from jgen.train.checkpoint import Checkpointer
-from jgen.train.loop import restore_for_inference
+from jgen.train.inference import restore_for_inference
 from jgen.train.method import load_method
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

@@ -18,7 +18,7 @@ import pytest
 
 from jgen.convert import pipeline
 from jgen.train import run_record
-from jgen.train.loop import restore_for_inference
+from jgen.train.inference import restore_for_inference
 
 ROOT = os.environ.get("JGEN_REAL_CHECKPOINTS", "")
 ENTRIES = sorted(os.listdir(os.path.expanduser(ROOT))) if ROOT and os.path.isdir(

@@ -14,7 +14,8 @@ from jgen.diffusion import classifier_grad_fn, classifier_guided_eps_fn, ddim_sa
 from jgen.diffusion.ddpm import DDPM, ConditionalDDPM
 from jgen.diffusion.noisy_classifier import load_guiding_classifier
 from jgen.train import load_method
-from jgen.train.loop import jit_sampler, restore_for_inference
+from jgen.train.inference import restore_for_inference
+from jgen.train.sampling import jit_sampler
 from jgen.train.run_record import RunRecordError
 from tests.conftest import load_experiment
 

@@ -10,8 +10,9 @@ import pytest
 
 import jgen.data
 import jgen.run
+from jgen.cli import control as control_cli
 from jgen.diffusion.guidance import cfg_eps_fn
-from jgen.metrics.control import iou
+from jgen.metrics.control import fill_scores, iou
 from jgen.nn.conditioning import null_conditions
 from jgen.nn.controlnet import ControlledUNet
 from jgen.nn.unet import UNet
@@ -153,7 +154,6 @@ def test_fill_scores_against_the_lens_area():
   union, 2 r^2 acos(d / 2r) - (d / 2) sqrt(4 r^2 - d^2) over 2 pi r^2 minus it; colour by the
   nearest palette entry of the mean disc colour, a blank sample counting as wrong."""
   from jgen.data.fill import FILL_COLORS, disc_image  # pylint: disable=import-outside-toplevel
-  from jgen.metrics.control import fill_scores  # pylint: disable=import-outside-toplevel
 
   r, d, size = 20.0, 10.0, 128
   target = disc_image(size, 64, 50, r, FILL_COLORS[0][1])
@@ -177,9 +177,8 @@ def test_fill_scores_against_the_lens_area():
 
 @pytest.mark.slow
 def test_the_fill_task_trains_and_scores(tmp_path):
-  """controlnet_fill from ddpm_cond_fill (both :smoke): the run trains and `jgen.metrics.control`
+  """controlnet_fill from ddpm_cond_fill (both :smoke): the run trains and `jgen.cli.control`
   scores it and its colour-conditional base on the same held-out outlines and labels."""
-  from jgen.metrics import control  # pylint: disable=import-outside-toplevel
 
   base = str(tmp_path / "base")
   jgen.run.main(load_experiment("ddpm_cond_fill", "smoke"), workdir=base)
@@ -187,11 +186,11 @@ def test_the_fill_task_trains_and_scores(tmp_path):
   config.init_from.workdir = base
   run = str(tmp_path / "fill")
   jgen.run.main(config, workdir=run)
-  out = control.evaluate_run(run, num=6)
+  out = control_cli.evaluate_run(run, num=6)
   assert out["task"] == "fill" and out["num"] == 6
   for row in ("controlled", "uncontrolled"):
     assert set(out[row]) == {"disc_iou", "color_accuracy"}
     assert all(0.0 <= v <= 1.0 for v in out[row].values())
-  alone = control.evaluate_run(base, num=6)
+  alone = control_cli.evaluate_run(base, num=6)
   assert set(alone) == {"num", "task", "threshold", "uncontrolled"}
   assert alone["uncontrolled"] == out["uncontrolled"]  # the same samples of the same base

@@ -11,7 +11,7 @@ import pytest
 import jgen.run
 from jgen.train import init_from as init_from_lib
 from jgen.train import load_method
-from jgen.train import loop
+from jgen.train import inference
 from jgen.train.rules import flat
 from tests.conftest import load_experiment
 
@@ -47,7 +47,7 @@ def test_stages_train_their_own_parameters(tmp_path, fs_run, text_base):
   images = np.load(paths["npz"])["images"]
   assert images.shape[0] == 11
   # The sweep's ends: eta = 0 is e_opt, eta = 1 is e_tgt, each from the sweep's one noise.
-  method, _, state = loop.restore_for_inference(config, workdir)
+  method, _, state = inference.restore_for_inference(config, workdir)
   sweep = np.asarray(jax.jit(method.sample, static_argnums=2)(state, jax.random.key(0), 3))
   ends = [np.asarray(jax.jit(method.sample_eta, static_argnums=3)(state, jax.random.key(0), e,
                                                                     1))[0] for e in (0.0, 1.0)]

@@ -13,7 +13,7 @@ from jgen.diffusion import lcm
 from jgen.diffusion.schedules import get_schedule
 from jgen.train import init_from as init_from_lib
 from jgen.train import load_method
-from jgen.train import loop as loop_lib
+from jgen.train import inference
 from tests.conftest import checkpoint_steps, load_experiment
 
 
@@ -155,7 +155,7 @@ def test_lcm_starts_as_the_teacher_trains_resumes_and_samples(tmp_path, teacher_
   for a, b in zip(_leaves(final.params), _leaves(again.params), strict=True):
     np.testing.assert_array_equal(a, b)
 
-  method, _, restored = loop_lib.restore_for_inference(_lcm_config(teacher_run), straight)
+  method, _, restored = inference.restore_for_inference(_lcm_config(teacher_run), straight)
   images = method.sample_conditional(restored, jax.random.key(0),
                                      {"label": jnp.arange(4, dtype=jnp.int32)}, 4)
   assert images.shape == (4, 8, 8, 1)

@@ -13,7 +13,7 @@ from jgen.autoencoder.common import load_holdout
 from jgen.diffusion import ldm
 from jgen.train import init_from as init_from_lib
 from jgen.train import load_method
-from jgen.train import loop as loop_lib
+from jgen.train import inference, inputs
 from tests.conftest import checkpoint_steps, load_experiment
 
 
@@ -32,7 +32,7 @@ def ldm_run(tmp_path_factory, fs_run):
     config = _config(fs_run)
     state = jgen.run.main(config, workdir=workdir)
     assert int(state.step) == config.train.num_steps == 4
-    _, _, restored = loop_lib.restore_for_inference(config, workdir)
+    _, _, restored = inference.restore_for_inference(config, workdir)
   return config, workdir, state, recorded, restored
 
 
@@ -77,8 +77,8 @@ def test_train_eval_sample_through_the_loop(fs_run, ldm_run):
 
   # The scale factor is 1/std of the loop's first batch's latents (NumPy).
   method = load_method(config)
-  source = loop_lib.load_data(config, split=config.data.split)
-  first = loop_lib._make_dataset(config, source, seed=config.seed)[0]
+  source = inputs.load_data(config, split=config.data.split)
+  first = inputs.make_dataset(config, source, seed=config.seed)[0]
   z = _numpy_latents(method, loaded, jnp.asarray(first["image"]))
   np.testing.assert_allclose(float(state.model_state["scale_factor"]), 1.0 / np.std(z),
                              rtol=1e-5)

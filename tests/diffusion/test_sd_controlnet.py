@@ -21,7 +21,7 @@ from jgen.convert import controlnet_pipeline, pipeline
 from jgen.diffusion import sd_controlnet
 from jgen.train import rules as rules_lib
 from jgen.train import run_record
-from jgen.train.loop import restore_for_inference
+from jgen.train.inference import restore_for_inference
 from jgen.train.method import SamplesWithoutData, Translates, load_method
 
 FIXTURES = os.path.join(os.path.dirname(__file__), os.pardir, "convert", "fixtures")

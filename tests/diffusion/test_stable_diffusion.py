@@ -11,8 +11,8 @@ import pytest
 from jgen.convert import lora as lora_files
 from jgen.convert import pipeline, textual_inversion
 from jgen.diffusion.stable_diffusion import make_method, split_prompts
-from jgen.train import run_record
-from jgen.train.loop import restore_for_inference
+from jgen.train import loop, run_record
+from jgen.train.inference import restore_for_inference
 
 FIXTURES = os.path.join(os.path.dirname(__file__), os.pardir, "convert", "fixtures")
 TOKENS_ONE = "a photo of a cat"
@@ -137,7 +137,6 @@ def _captioned_folder(root, n=4, size=8):
 
 @pytest.mark.slow  # about 50 s on 2 cores; the train step itself is tested above
 def test_lora_fine_tuning_through_the_loop(workdir, tmp_path):
-  from jgen.train import loop  # pylint: disable=import-outside-toplevel
   from jgen.train.config import experiment_module  # pylint: disable=import-outside-toplevel
   experiments = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "experiments")
   config = experiment_module("sd_finetune", os.path.join(experiments, "x.py")).get_config(

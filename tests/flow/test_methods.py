@@ -13,7 +13,7 @@ import pytest
 
 import jgen.run
 from jgen.train import load_method
-from jgen.train.loop import load_data
+from jgen.train.inputs import load_data
 from tests.conftest import checkpoint_steps, load_experiment
 
 

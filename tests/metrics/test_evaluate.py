@@ -14,7 +14,7 @@ import jgen.run
 from jgen import data as jdata
 from jgen.metrics import (classifier_score, evaluate, feature_net, fid, mmd, precision_recall,
                           weights)
-from jgen.train import loop
+from jgen.train import Reconstructs, Samples, inference, inputs
 from jgen.train.config import base_config
 from tests.conftest import load_experiment
 from tests.metrics.conftest import random_domain_net
@@ -151,7 +151,7 @@ def test_launch_eval_computes_sample_metrics_of_a_trained_model(tmp_path, monkey
   assert len([f for f in cached if f.endswith("-features.npz")]) == 1 and len(cached) == 2
 
   # The FID is that of the EMA samples drawn with fold_in(key(eval.seed), i), recomputed here.
-  method, mesh, state = loop.restore_for_inference(config, workdir)
+  method, mesh, state = inference.restore_for_inference(config, workdir)
   sampler = jax.jit(method.sample, static_argnums=2)
   samples = np.concatenate([np.asarray(sampler(state, jax.random.fold_in(
       jax.random.key(config.eval.seed), i), 8)) for i in range(3)])[:20]
@@ -173,9 +173,7 @@ def test_launch_eval_computes_sample_metrics_of_a_trained_model(tmp_path, monkey
 
 
 class _Reconstructs:
-  """A method whose sample() shows reconstructions (as the AE and VQ-VAE do)."""
-
-  sample_is_reconstruction = True
+  """A method that does not sample (as the AE and VQ-VAE): no `sample_fn` for its metrics."""
 
 
 def _rfid_config(metrics):
@@ -194,7 +192,7 @@ def test_sample_metrics_of_reconstructions_are_refused_before_any_features(monke
   monkeypatch.setattr(feature_net, "load", no_features)
   for metrics in ("fid", "kid,pr", "fid,rfid"):
     with pytest.raises(ValueError, match=r"autoencoder\.ae.*reconstructions.*metrics=rfid"):
-      evaluate.evaluate_config(_rfid_config(metrics), lambda i, n: None, method=_Reconstructs(),
+      evaluate.evaluate_config(_rfid_config(metrics), None, method=_Reconstructs(),
                                reconstruct_fn=lambda x: x)
   with pytest.raises(ValueError, match="rfid .*reconstruct"):
     evaluate.evaluate_config(_rfid_config("rfid"), lambda i, n: None, method=object())
@@ -228,12 +226,12 @@ def test_reconstruction_fid_of_every_held_out_image_once(monkeypatch):
 
 def test_rfid_of_a_trained_autoencoder(tmp_path, monkeypatch):
   """The AE smoke run through `reconstruct_images`, jitted and bound to the restored state the
-  way `jgen.train.loop.evaluate` passes it; its FID is refused."""
+  way `jgen.train.inference.evaluate` passes it; its FID is refused."""
   config = load_experiment("ae_digits", "smoke")
   workdir = str(tmp_path / "run")
   jgen.run.main(config, workdir=workdir, mode="train")
-  method, _, state = loop.restore_for_inference(config, workdir)
-  assert method.sample_is_reconstruction
+  method, _, state = inference.restore_for_inference(config, workdir)
+  assert isinstance(method, Reconstructs) and not isinstance(method, Samples)
   monkeypatch.setattr(feature_net, "load",
                       lambda spec, **kwargs: random_domain_net(batch_size=kwargs["batch_size"]))
   reconstruct = jax.jit(method.reconstruct_images)
@@ -241,7 +239,7 @@ def test_rfid_of_a_trained_autoencoder(tmp_path, monkeypatch):
   got = evaluate.evaluate_config(config, None, method=method,
                                  reconstruct_fn=lambda x: reconstruct(state, x))
   assert got["features"] == "domain-digits" and np.isfinite(got["rfid"]) and got["rfid"] > 0
-  assert got["rfid_num_images"] == len(loop.load_data(config, split=config.data.eval_split))
+  assert got["rfid_num_images"] == len(inputs.load_data(config, split=config.data.eval_split))
   config.eval.metrics = "fid"
   with pytest.raises(ValueError, match="reconstruction FID"):
     evaluate.evaluate_config(config, None, method=method)

@@ -33,7 +33,7 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, {repo!r})
 import jgen.run
-from jgen.train import loop, mesh as mesh_lib
+from jgen.train import inference, mesh as mesh_lib, sampling
 from jgen.train.method import load_method
 from tests.conftest import load_experiment
 c = load_experiment("ddpm_digits", "smoke")
@@ -52,13 +52,13 @@ out = {{"devices": jax.device_count(),
         "total_bytes": int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state.checkpoint_items())))}}
 if {restore_fsdp} is not None:  # the same checkpoint restored onto another mesh
   c.mesh.fsdp = {restore_fsdp}
-  _, _, restored = loop.restore_for_inference(c, {workdir!r})
+  _, _, restored = inference.restore_for_inference(c, {workdir!r})
   out["restored"] = [np.asarray(x, np.float64).ravel().tolist() for x in jax.tree.leaves(restored.params)]
   # The loop's sampler spreads the 8 samples over the 8 devices and gathers them: the same
   # images as one replicated program.
   method = load_method(c)
   mesh = mesh_lib.make_mesh(fsdp=c.mesh.fsdp)
-  spread = loop.jit_sampler(method, mesh)(restored, jax.random.key(3), 8)
+  spread = sampling.jit_sampler(method, mesh)(restored, jax.random.key(3), 8)
   whole = jax.jit(method.sample, static_argnums=2,
                   out_shardings=mesh_lib.replicated(mesh))(restored, jax.random.key(3), 8)
   out["sample_diff"] = float(np.max(np.abs(spread - np.asarray(whole))))

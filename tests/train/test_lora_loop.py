@@ -14,7 +14,7 @@ import jgen.run
 from jgen.train import adapters as adapters_lib
 from jgen.train import init_from as init_from_lib
 from jgen.train import load_method
-from jgen.train import loop
+from jgen.train import sharding
 from jgen.train.rules import flat
 from tests.conftest import load_experiment
 
@@ -93,7 +93,7 @@ def test_fresh_lora_state_equals_base_model(base_run):
   method = load_method(config)
   batch = {"image": np.zeros((config.data.batch_size, 16, 16, 1), np.float32)}
   plain = method.init(jax.random.key(0), batch)
-  state = loop._init_fn(method, config)(jax.random.key(0), batch)
+  state = sharding.init_fn(method, config)(jax.random.key(0), batch)
   assert state.rules[-1] == (".*", None)
   for p, v in flat(plain.params).items():
     np.testing.assert_array_equal(np.asarray(flat(state.model_params)[p]), np.asarray(v))
@@ -110,7 +110,7 @@ def test_gan_adapters_in_each_network(tmp_path):
   d = config.data
   batch = {"image": np.zeros((d.batch_size, d.image_size, d.image_size, d.channels), np.float32),
            "label": np.zeros((d.batch_size,), np.int32)}
-  start = loop._init_fn(method, config)(jax.random.key(config.seed), batch)
+  start = sharding.init_fn(method, config)(jax.random.key(config.seed), batch)
   state = jgen.run.main(config, workdir=str(tmp_path / "gan"))
   before, after = flat(start.params), flat(state.params)
   moved = {p for p in after if not np.array_equal(np.asarray(after[p]), np.asarray(before[p]))}
@@ -127,4 +127,4 @@ def test_bad_lora_settings_are_refused(base_run):
   method = load_method(config)
   batch = {"image": np.zeros((config.data.batch_size, 16, 16, 1), np.float32)}
   with pytest.raises(ValueError, match="match no Dense or convolution kernel"):
-    loop._init_fn(method, config)(jax.random.key(0), batch)
+    sharding.init_fn(method, config)(jax.random.key(0), batch)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jgen.train import loop, preemption
+from jgen.train import inference, preemption
 from tests.conftest import REPO, checkpoint_steps, load_experiment, subprocess_env
 
 pytestmark = pytest.mark.slow  # about 3 minutes on 2 cores: launches of two processes
@@ -54,7 +54,7 @@ def _finish(procs):
 
 def _params(workdir):
   config = load_experiment("ddpm_digits", "smoke")
-  _, _, state = loop.restore_for_inference(config, str(workdir))
+  _, _, state = inference.restore_for_inference(config, str(workdir))
   assert int(state.step) == STEPS
   # Attention key biases are left out: they add q.b_k to every logit of a query, which softmax
   # ignores, so their gradient is zero up to rounding, and Adam turns that rounding (another

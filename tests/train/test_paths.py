@@ -9,7 +9,7 @@ from etils import epath
 from etils.epath import testing as epath_testing
 
 import jgen.run
-from jgen.train import loop, run_record
+from jgen.train import inputs, loop, run_record
 from jgen.train.writers import MetricWriter, save_image_grid, save_json, save_npz
 
 BUCKET = "gs://jgen-test-bucket/run"
@@ -75,7 +75,7 @@ def test_png_npz_json_run_record_and_events_go_to_gs(fake_gcs, smoke_config):
 def test_unwritable_workdir_fails_before_data(tmp_path, smoke_config, monkeypatch):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  monkeypatch.setattr(loop, "load_data", lambda *a, **k: pytest.fail("data was loaded"))
+  monkeypatch.setattr(inputs, "load_data", lambda *a, **k: pytest.fail("data was loaded"))
   with pytest.raises(ValueError, match="not writable.*--workdir"):
     jgen.run.main(smoke_config, workdir=str(blocker / "run"))
 

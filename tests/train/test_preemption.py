@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jgen.train import loop, preemption
+from jgen.train import inference, preemption
 from tests.conftest import REPO, checkpoint_steps, load_experiment, subprocess_env
 
 STEPS = 300
@@ -37,7 +37,7 @@ def _run(cmd, **kw):
 def _final_leaves(workdir):
   config = load_experiment("ddpm_digits", "smoke")
   config.train.num_steps = STEPS
-  _, _, state = loop.restore_for_inference(config, str(workdir))
+  _, _, state = inference.restore_for_inference(config, str(workdir))
   assert int(state.step) == STEPS
   return [np.asarray(x) for x in jax.tree.leaves(state.checkpoint_items())]
 

@@ -4,7 +4,7 @@ are whole; too many is a clear error."""
 import numpy as np
 import pytest
 
-from jgen.train.loop import load_data
+from jgen.train.inputs import load_data
 from tests.conftest import load_experiment
 
 
