@@ -69,7 +69,7 @@ def test_shipped_configs_pass_and_each_field_out_of_range_is_named():
   check_ranges(config)
   for field, value, accepted in [
       ("data.image_size", -3, "an integer >= 1"), ("data.batch_size", 0, "an integer >= 1"),
-      ("data.channels", 2, "one of 1, 3"), ("optim.lr", 0.0, "(0.0, inf)"),
+      ("data.channels", 2, "one of 1, 3"), ("optim.lr", -1e-4, "[0.0, inf)"),
       ("optim.b2", 1.0, "[0.0, 1.0)"), ("optim.name", "adamm", "one of 'adam'"),
       ("optim.schedule", "step", "one of 'constant'"), ("train.num_steps", -1, ">= 0"),
       ("train.ema_decay", 1.5, "[0.0, 1.0]"), ("train.log_every", 0, ">= 1"),
@@ -103,7 +103,7 @@ def test_gan_discriminator_optimizer_follows_with_none_and_is_checked():
   config = load_experiment("dcgan_digits", "smoke")
   check_ranges(config)  # optim_d's None fields follow optim
   config.optim_d.lr = -1.0
-  with pytest.raises(errors.ConfigError, match=r"optim_d.lr must be a number in \(0.0, inf\)"):
+  with pytest.raises(errors.ConfigError, match=r"optim_d.lr must be a number in \[0.0, inf\)"):
     check_ranges(config)
 
 

@@ -69,7 +69,7 @@ _POSITIVE = integer(1)
 _COUNT = integer(0)
 
 _OPTIM: dict[str, Rule] = {
-    "name": one_of(optim_lib.OPTIMIZERS), "lr": number(0.0, lo_open=True),
+    "name": one_of(optim_lib.OPTIMIZERS), "lr": number(0.0),
     "b1": number(0.0, 1.0, hi_open=True), "b2": number(0.0, 1.0, hi_open=True),
     "eps": number(0.0, lo_open=True), "weight_decay": number(0.0),
     "warmup_steps": _COUNT, "schedule": one_of(optim_lib.SCHEDULES),
