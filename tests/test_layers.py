@@ -181,6 +181,10 @@ def find_cycle(edges) -> list[str] | None:
   return None
 
 
+def _lines(pairs) -> str:
+  return "\n".join(f"  {rel} imports {module}" for rel, module in pairs)
+
+
 @pytest.fixture(scope="module")
 def graph():
   return import_graph()
@@ -193,7 +197,8 @@ def test_every_module_has_a_layer(graph):
 
 def test_no_upward_import(graph):
   files, edges, _ = graph
-  assert not sorted(upward_imports(files, edges) - _PENDING)
+  bad = sorted(upward_imports(files, edges) - _PENDING)
+  assert not bad, "upward (or unassigned) imports:\n" + _lines(bad)
 
 
 def test_no_cycle(graph):
@@ -205,12 +210,14 @@ def test_no_cycle(graph):
 
 def test_no_function_local_jgen_import(graph):
   _, _, local = graph
-  assert not sorted(local - _PENDING)
+  bad = sorted(local - _PENDING)
+  assert not bad, "function-local imports of jgen modules:\n" + _lines(bad)
 
 
 def test_pending_is_current(graph):
   files, edges, local = graph
-  assert not sorted(_PENDING - upward_imports(files, edges) - local)
+  gone = sorted(_PENDING - upward_imports(files, edges) - local)
+  assert not gone, "fixed, remove from _PENDING:\n" + _lines(gone)
 
 
 def _tree(tmp_path, sources: dict[str, str]) -> pathlib.Path:
