@@ -61,7 +61,32 @@ _PENDING: frozenset[tuple[str, str]] = frozenset({
     ("jgen/train/loop.py", "jgen.metrics.evaluate"),
     # jgen/train/__init__.py exports the loop (train core must not)
     ("jgen/train/__init__.py", "jgen.train.loop"),
+    # translation_eval (train core) scores translations for the loop's eval mode: it moves up
+    # with that mode into jgen.train.inference (loop.py calls translations.translation_eval)
+    ("jgen/train/translations.py", "jgen.metrics.networks"),
+    ("jgen/train/translations.py", "jgen.metrics.translation"),
 })
+
+# Violations of the families that need a larger move than the layering branch made (each is a
+# network or a file reader used by a family but defined in a higher layer). Same mechanics as
+# `_PENDING`; the fix for each is named.
+_UNRESOLVED: frozenset[tuple[str, str]] = frozenset({
+    # perceptual losses: the LPIPS network and its weight reader belong in jgen.nn (and the torch
+    # file reader of jgen.metrics.weights below it); the domain classifier's trained features
+    # are a metrics product, so the first stage should take them as frozen init_from arrays.
+    ("jgen/autoencoder/first_stage.py", "jgen.metrics.domain"),
+    ("jgen/autoencoder/first_stage.py", "jgen.metrics.lpips"),
+    ("jgen/autoencoder/first_stage.py", "jgen.metrics.weights"),
+    ("jgen/diffusion/consistency.py", "jgen.metrics"),
+    ("jgen/diffusion/consistency.py", "jgen.metrics.ppl"),
+    ("jgen/diffusion/consistency.py", "jgen.metrics.weights"),
+    # Stable Diffusion reads LoRA and textual-inversion files while it builds: the readers of
+    # jgen.convert (format code over jgen.nn) belong below the families, the pipelines above.
+    ("jgen/diffusion/stable_diffusion.py", "jgen.convert"),
+    ("jgen/diffusion/stable_diffusion.py", "jgen.convert.lora"),
+    ("jgen/diffusion/stable_diffusion.py", "jgen.convert.textual_inversion"),
+})
+_ALLOWED = _PENDING | _UNRESOLVED
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -197,27 +222,26 @@ def test_every_module_has_a_layer(graph):
 
 def test_no_upward_import(graph):
   files, edges, _ = graph
-  bad = sorted(upward_imports(files, edges) - _PENDING)
+  bad = sorted(upward_imports(files, edges) - _ALLOWED)
   assert not bad, "upward (or unassigned) imports:\n" + _lines(bad)
 
 
 def test_no_cycle(graph):
   _, edges, _ = graph
-  pending = {m for _, m in _PENDING}
-  cycle = find_cycle({e for e in edges if (e[2], e[1]) not in _PENDING and e[1] not in pending})
+  cycle = find_cycle({e for e in edges if (e[2], e[1]) not in _ALLOWED})
   assert cycle is None, " -> ".join(cycle)
 
 
 def test_no_function_local_jgen_import(graph):
   _, _, local = graph
-  bad = sorted(local - _PENDING)
+  bad = sorted(local - _ALLOWED)
   assert not bad, "function-local imports of jgen modules:\n" + _lines(bad)
 
 
 def test_pending_is_current(graph):
   files, edges, local = graph
-  gone = sorted(_PENDING - upward_imports(files, edges) - local)
-  assert not gone, "fixed, remove from _PENDING:\n" + _lines(gone)
+  gone = sorted(_ALLOWED - upward_imports(files, edges) - local)
+  assert not gone, "fixed, remove from _PENDING / _UNRESOLVED:\n" + _lines(gone)
 
 
 def _tree(tmp_path, sources: dict[str, str]) -> pathlib.Path:

@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from jgen.data.fill import FillSource
+
 log = logging.getLogger("jgen")
 
 __all__ = [
@@ -675,7 +677,6 @@ def load_image_source(spec: str, *, split: str = "train", data_dir: str | None =
   kind, _, arg = spec.partition(":")
   shape_args = dict(image_size=image_size, channels=channels, resize=resize)
   if spec == "fill":
-    from jgen.data.fill import FillSource  # pylint: disable=import-outside-toplevel
     return FillSource(split, size=image_size or 32, channels=channels)
   if spec == "digits":
     images, labels = _load_digits(split)

@@ -137,7 +137,7 @@ def translation_eval(method: Translates, state: TrainState, mesh, config: Any
   ``config.eval.num_samples`` examples). Domain FID uses ``config.eval.features`` when it names
   a domain classifier (``domain:digits``), else none (Inception features of a few hundred
   translations would mean little)."""
-  from jgen.metrics import feature_net as fnet  # pylint: disable=import-outside-toplevel
+  from jgen.metrics import networks  # pylint: disable=import-outside-toplevel
   from jgen.metrics import translation as tm  # pylint: disable=import-outside-toplevel
 
   inputs = held_out_inputs(method, config, config.eval.get("num_samples"))
@@ -145,7 +145,7 @@ def translation_eval(method: Translates, state: TrainState, mesh, config: Any
                          batch_size=config.sample.batch_size, seed=config.eval.seed,
                          labels=inputs.get("label"))
   features = config.eval.get("features", "auto")
-  net = fnet.load(features) if str(features).startswith("domain:") else None
+  net = networks.load(features) if str(features).startswith("domain:") else None
   if net is None:
     log.info("translation eval: no domain FID (eval.features=%r is not a domain:<dataset> "
              "classifier)", features)
