@@ -142,27 +142,36 @@ def _with_packages(target: str, importer: str) -> list[str]:
   return [m for m in out if not importer.startswith(m + ".")]
 
 
+def _imports(tree: ast.AST, calls: bool):
+  """(import statement or call, inside a function?) of a module, in one pass. Imports are
+  statements, so only statements are walked unless `calls` (the text has `import_module(`)."""
+  stack = [(tree, False)]
+  keep = ast.AST if calls else (ast.stmt, ast.excepthandler, ast.match_case)
+  while stack:
+    node, in_function = stack.pop()
+    if isinstance(node, (ast.Import, ast.ImportFrom, ast.Call)):
+      yield node, in_function
+    inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+    stack.extend((child, inner) for child in ast.iter_child_nodes(node)
+                 if isinstance(child, keep))
+
+
 def import_graph(root: pathlib.Path = ROOT):
   """(module -> file, module-level edges {(importer, imported, file)}, local imports)."""
   files = {module_name(p, root): p for p in sorted((root / "jgen").rglob("*.py"))}
   known = set(files)
   edges, local = set(), set()
   for module, path in files.items():
-    tree = ast.parse(path.read_text(), filename=str(path))
+    text = path.read_text()
+    tree = ast.parse(text, filename=str(path))
     rel = str(path.relative_to(root))
-    in_function = set()
-    for fn in ast.walk(tree):
-      if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-        in_function.update(id(n) for n in ast.walk(fn) if n is not fn)
-    for node in ast.walk(tree):
+    for node, in_function in _imports(tree, "import_module(" in text):
       if isinstance(node, ast.Call):
         targets = _dynamic_target(node)
-      elif isinstance(node, (ast.Import, ast.ImportFrom)):
-        targets = _targets(node, module, path.name == "__init__.py", known)
       else:
-        continue
+        targets = _targets(node, module, path.name == "__init__.py", known)
       for target in targets:
-        if id(node) in in_function:
+        if in_function:
           local.add((rel, target))
         else:
           edges.update((module, m, rel) for m in _with_packages(target, module) if m != module)
