@@ -26,7 +26,7 @@ from absl import app, flags
 
 from jgen.autoencoder import quantizer as vq
 from jgen.autoencoder.ae import corrupt
-from jgen.autoencoder.common import psnr
+from jgen.ops.image import psnr
 from jgen.train.config import experiment_module
 from jgen.train.inference import restore_for_inference
 from jgen.train.inputs import load_data

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jgen import data as jdata  # noqa: E402
 from jgen.diffusion import ddpm as ddpm_lib  # noqa: E402
 from jgen.diffusion import ldm  # noqa: E402
+from jgen.nn.class_token_unet import ClassTokenUNet  # noqa: E402
 from jgen.train import load_method  # noqa: E402
 from jgen.train.config import experiment_module  # noqa: E402
 
@@ -62,7 +63,7 @@ def latent_method(size: int) -> ldm.LatentDiffusion:
   unet = dataclasses.replace(ddpm_lib.make_unet(c.model), num_classes=0,
                              context_dim=int(lc.context_dim),
                              cross_attn_heads=int(lc.cross_attn_heads))
-  model = ldm.ClassTokenUNet(unet=unet, num_classes=int(c.model.num_classes),
+  model = ClassTokenUNet(unet=unet, num_classes=int(c.model.num_classes),
                              num_tokens=int(lc.num_tokens))
   with c.unlocked():
     c.data.image_size, c.data.channels = latent_shape[0], latent_shape[2]

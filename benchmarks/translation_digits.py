@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags
 
 from jgen import data as jdata
-from jgen.metrics import feature_net as fnet
+from jgen.metrics import networks
 from jgen.metrics import translation as tm
 from jgen.train import translations
 from jgen.train.config import experiment_module
@@ -66,7 +66,7 @@ def main(argv):
   del argv
   if not FLAGS.run:
     raise app.UsageError("give at least one --run CONFIG=WORKDIR")
-  net = fnet.load("domain:digits")
+  net = networks.load("domain:digits")
   rows = []
   for run in FLAGS.run:
     spec, _, workdir = run.partition("=")

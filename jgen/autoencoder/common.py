@@ -13,7 +13,7 @@ from jgen.autoencoder.networks import Decoder, Encoder
 from jgen.nn.dtypes import compute_dtype
 from jgen.train.inputs import load_data
 
-__all__ = ["interleave", "load_holdout", "make_networks", "psnr", "reconstruction_error"]
+__all__ = ["interleave", "load_holdout", "make_networks", "reconstruction_error"]
 
 
 def make_networks(config: Any, *, encoder_features: int, decoder_channels: int
@@ -44,12 +44,6 @@ def reconstruction_error(x_hat: jax.Array, x: jax.Array, kind: str = "mse") -> j
   else:
     raise ValueError(f"unknown reconstruction loss {kind!r}; choose 'mse' or 'mae'")
   return jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
-
-
-def psnr(x_hat: jax.Array, x: jax.Array) -> jax.Array:
-  """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2, i.e. PSNR on [0, 1])."""
-  mse01 = reconstruction_error(jnp.clip(x_hat, -1.0, 1.0), x, "mse") / 4.0
-  return 10.0 * jnp.log10(1.0 / jnp.maximum(mse01, 1e-10))
 
 
 def load_holdout(config: Any, num: int) -> np.ndarray:

@@ -14,7 +14,7 @@ Bottlenecks (encoder output h = E(x), `[B, r, r, c]`):
   code). L_vq = ||sg(h) - e||^2 + beta ||h - sg(e)||^2 (the first term dropped with EMA).
 * ``kl``: h = (mean, log-variance) of a diagonal Gaussian posterior (log-variance clipped to
   [-30, 20], as LDM), z = mean + sigma * eps in training; L_kl = kl_weight * E_b KL(q || N(0, I))
-  (`jgen.autoencoder.likelihoods.gaussian_kl`, summed over latent dims; kl_weight ~ 1e-6).
+  (`jgen.ops.likelihoods.gaussian_kl`, summed over latent dims; kl_weight ~ 1e-6).
 
 Loss of the autoencoder (taming's VQLPIPSWithDiscriminator, LDM's LPIPSWithDiscriminator):
 
@@ -65,14 +65,15 @@ import numpy as np
 import optax
 
 from jgen.autoencoder import quantizer as vq
-from jgen.autoencoder.common import interleave, load_holdout, psnr, reconstruction_error
+from jgen.autoencoder.common import interleave, load_holdout, reconstruction_error
 from jgen.autoencoder.ldm_networks import LAST_LAYER, LDMDecoder, LDMEncoder, latent_resolution
-from jgen.autoencoder.likelihoods import gaussian_kl, reparameterize
 from jgen.autoencoder.vqvae import masked_optimizer
 from jgen.gan import losses, updates
 from jgen.gan.adversarial import discriminator_optim
 from jgen.nn.dtypes import compute_dtype
 from jgen.nn.translation import PatchDiscriminator
+from jgen.ops.image import psnr
+from jgen.ops.likelihoods import gaussian_kl, reparameterize
 from jgen.train.optim import make_optimizer
 from jgen.train.state import EmaSpec, TrainState, per_network
 

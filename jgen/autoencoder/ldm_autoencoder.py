@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jgen.autoencoder import quantizer as vq
 from jgen.autoencoder.first_stage import LOGVAR_RANGE
 from jgen.autoencoder.ldm_networks import LDMDecoder, LDMEncoder
-from jgen.autoencoder.likelihoods import reparameterize
+from jgen.ops.likelihoods import reparameterize
 
 __all__ = ["BOTTLENECKS", "LDMAutoencoder", "example_input"]
 

@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jgen.autoencoder import likelihoods as lik
 from jgen.autoencoder.common import make_networks
 from jgen.autoencoder.networks import Decoder, Encoder, init_encoder_decoder, latent_shape
-from jgen.flow.likelihood import bits_per_dim
+from jgen.ops import likelihoods as lik
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 
@@ -152,7 +151,7 @@ class VAE:
   def _metrics(self, rec, kl, num_dims: int) -> dict[str, jax.Array]:
     elbo = jnp.mean(rec - kl)
     return {"elbo": elbo, "rec": jnp.mean(rec), "kl": jnp.mean(kl),
-            "bpd": bits_per_dim(elbo, num_dims, n_bits=0)}
+            "bpd": lik.bits_per_dim(elbo, num_dims, n_bits=0)}
 
   def loss_fn(self, params, batch: dict[str, jax.Array], rng: jax.Array,
               beta: jax.Array | float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -199,7 +198,7 @@ class VAE:
     ll = jnp.mean(self.iwae_log_likelihood(state.ema_params, batch["image"], iwae_rng,
                                            self.iwae_k))
     return {**metrics, "loss": -metrics["elbo"], "iwae_ll": ll,
-            "iwae_bpd": bits_per_dim(ll, num_dims, n_bits=0)}
+            "iwae_bpd": lik.bits_per_dim(ll, num_dims, n_bits=0)}
 
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     """Decoder means of `n` latents from the prior N(0, I), EMA params, in [-1, 1]."""

@@ -37,9 +37,10 @@ import numpy as np
 import optax
 
 from jgen.autoencoder import quantizer as vq
-from jgen.autoencoder.common import (interleave, load_holdout, make_networks, psnr,
+from jgen.autoencoder.common import (interleave, load_holdout, make_networks,
                                      reconstruction_error)
 from jgen.autoencoder.networks import Decoder, Encoder, latent_shape
+from jgen.ops.image import psnr
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 

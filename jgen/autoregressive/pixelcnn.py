@@ -2,7 +2,7 @@
 
 The model factorizes an image over its pixels in raster order,
 p(x) = prod_i p(x_i | x_{<i}), each factor a discretized logistic mixture over the pixel's C
-channels (`jgen.autoencoder.likelihoods.LogisticMixture`, PixelCNN++'s linear channel
+channels (`jgen.ops.likelihoods.LogisticMixture`, PixelCNN++'s linear channel
 coefficients for RGB) whose parameters the gated PixelCNN (`jgen.nn.pixelcnn.PixelCNN`) computes
 from x_{<i} in one pass. The loss is the exact bits/dim of the 8-bit data,
 -log2 p(x) / (H W C): no dequantization, no bound.
@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgen.autoencoder.likelihoods import (logistic_mixture_log_prob, sample_logistic_mixture,
-                                          split_mixture_params)
 from jgen.nn.conditioning import conditions_from_batch
 from jgen.nn.pixelcnn import PixelCNN
+from jgen.ops.likelihoods import (logistic_mixture_log_prob, sample_logistic_mixture,
+                                  split_mixture_params)
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 

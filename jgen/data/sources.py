@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from jgen import errors
+from jgen.data.fill import FillSource
 
 log = logging.getLogger("jgen")
 
@@ -677,7 +678,6 @@ def load_image_source(spec: str, *, split: str = "train", data_dir: str | None =
   kind, _, arg = spec.partition(":")
   shape_args = dict(image_size=image_size, channels=channels, resize=resize)
   if spec == "fill":
-    from jgen.data.fill import FillSource  # pylint: disable=import-outside-toplevel
     return FillSource(split, size=image_size or 32, channels=channels)
   if spec == "digits":
     images, labels = _load_digits(split)

@@ -1,4 +1,8 @@
-"""Diffusion models: noise schedules, training losses, parameterizations, samplers and solvers."""
+"""Diffusion models: training losses, parameterizations, samplers and solvers.
+
+The noise schedules (the discrete forward process) are `jgen.ops.schedules`, re-exported here;
+they sit below the families because DDGAN (`jgen.gan.ddgan`) runs the same process.
+"""
 
 from jgen.diffusion.classifier_guidance import (
     classifier_grad_fn,
@@ -30,7 +34,16 @@ from jgen.diffusion.samplers import (
     ddpm_sample,
     slerp,
 )
-from jgen.diffusion.schedules import (
+from jgen.diffusion.solvers import (
+    DPM_SPACINGS,
+    dpm_timesteps,
+    dpmpp_2m_sample,
+    euler_sample,
+    heun_sample,
+    karras_sigmas,
+    schedule_sigmas,
+)
+from jgen.ops.schedules import (
     Schedule,
     cosine_beta_schedule,
     get_schedule,
@@ -40,15 +53,6 @@ from jgen.diffusion.schedules import (
     predict_x0_from_eps,
     q_posterior_mean_variance,
     q_sample,
-)
-from jgen.diffusion.solvers import (
-    DPM_SPACINGS,
-    dpm_timesteps,
-    dpmpp_2m_sample,
-    euler_sample,
-    heun_sample,
-    karras_sigmas,
-    schedule_sigmas,
 )
 
 __all__ = [

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jgen.diffusion.samplers import ddpm_sample
-from jgen.diffusion.schedules import Schedule, extract
+from jgen.ops.schedules import Schedule, extract
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]

@@ -56,10 +56,10 @@ import optax
 
 from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion.parameterization import sigma_to_timestep, to_x0_fn
-from jgen.diffusion.schedules import Schedule
 from jgen.diffusion.solvers import karras_level, karras_sigmas
 from jgen.metrics.ppl import lpips_distance
 from jgen.nn.unet import UNet
+from jgen.ops.schedules import Schedule
 from jgen.train import init_from as init_from_lib
 from jgen.train import run_record
 from jgen.train.method import load_method

@@ -39,11 +39,11 @@ from jgen.diffusion.losses import ddpm_loss
 from jgen.diffusion.parameterization import PREDICTIONS, to_eps_fn
 from jgen.diffusion.noisy_classifier import GuidingClassifier, load_guiding_classifier
 from jgen.diffusion.samplers import ddim_sample, ddpm_sample
-from jgen.diffusion.schedules import Schedule, schedule_from_config
 from jgen.diffusion.solvers import DPM_SPACINGS, dpmpp_2m_sample, euler_sample, heun_sample
 from jgen.nn.conditioning import conditions_from_batch, drop_conditions, null_conditions
 from jgen.nn.dtypes import compute_dtype
 from jgen.nn.unet import UNet
+from jgen.ops.schedules import Schedule, schedule_from_config
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 

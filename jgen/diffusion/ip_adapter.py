@@ -28,33 +28,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jgen.diffusion import ldm as ldm_lib
 from jgen.diffusion.guidance import cfg_eps_fn
+from jgen.nn.ip_adapter import ImageProjection
 from jgen.train import rules as rules_lib
 from jgen.train.state import TrainState
 
-__all__ = ["IP_RULES", "IPAdapter", "ImageProjection", "make_method"]
+__all__ = ["IP_RULES", "IPAdapter", "make_method"]
 
 IP_RULES = rules_lib.parse_rules(((r"unet/.*/(k_ip|v_ip)/.*", 1.0), (r"ip_proj/.*", 1.0),
                                   (".*", "frozen")))
-
-
-class ImageProjection(nn.Module):
-  """Image features [B, F] -> N tokens [B, N, D]: Dense(N D), reshape, LayerNorm."""
-
-  num_tokens: int
-  dim: int
-
-  @nn.compact
-  def __call__(self, features: jax.Array) -> jax.Array:
-    x = nn.Dense(self.num_tokens * self.dim, name="proj")(features.astype(jnp.float32))
-    x = x.reshape(features.shape[0], self.num_tokens, self.dim)
-    return nn.LayerNorm(name="norm")(x)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

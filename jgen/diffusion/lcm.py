@@ -72,9 +72,9 @@ from jgen.diffusion import ldm as ldm_lib
 from jgen.diffusion.consistency import l2, pseudo_huber
 from jgen.diffusion.guidance import cfg_eps_fn
 from jgen.diffusion.parameterization import alpha_sigma, to_x0_fn
-from jgen.diffusion.schedules import Schedule, q_sample
 from jgen.nn.conditioning import null_conditions
 from jgen.nn.layers import timestep_embedding
+from jgen.ops.schedules import Schedule, q_sample
 from jgen.train import init_from as init_from_lib
 from jgen.train import rules as rules_lib
 from jgen.train import run_record

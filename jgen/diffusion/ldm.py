@@ -22,9 +22,9 @@ nearest code first, as LDM's VQ interface quantizes before decoding; ``ldm.quant
 
 Conditioning is cross-attention (LDM's class-conditional ImageNet model): the label y indexes
 a learned table of ``num_classes + 1`` rows of ``ldm.num_tokens`` tokens of size
-``ldm.context_dim`` (`ClassTokenUNet`; the last row is the learned null condition of
-classifier-free guidance), and the U-Net (`jgen.nn.unet.UNet` with ``context_dim``) attends
-to those tokens at every attention resolution and in the middle.
+``ldm.context_dim`` (`jgen.nn.class_token_unet.ClassTokenUNet`; the last row is the learned null
+condition of classifier-free guidance), and the U-Net (`jgen.nn.unet.UNet` with
+``context_dim``) attends to those tokens at every attention resolution and in the middle.
 
 **Text conditioning** (``ldm.conditioning = "text"``, `TextLatentDiffusion`,
 experiments/ldm_text_digits.py): the U-Net cross-attends to ``c = E_text(tokens)`` instead,
@@ -60,10 +60,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +71,7 @@ from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion.guidance import cfg_eps_fn
 from jgen.diffusion.losses import ddpm_loss
 from jgen.nn import text as text_lib
+from jgen.nn.class_token_unet import ClassTokenUNet
 from jgen.nn.conditioning import drop_conditions
 from jgen.nn.unet import UNet
 from jgen.train import init_from as init_from_lib
@@ -81,8 +80,8 @@ from jgen.train import run_record
 from jgen.train.method import load_method
 from jgen.train.state import TrainState
 
-__all__ = ["CONDITIONINGS", "FROZEN", "TEXT_FROZEN", "ClassTokenUNet", "LatentDiffusion",
-           "TextLatentDiffusion", "load_first_stage", "latent_train_step", "load_frozen_first_stage",
+__all__ = ["CONDITIONINGS", "FROZEN", "TEXT_FROZEN", "LatentDiffusion", "TextLatentDiffusion",
+           "load_first_stage", "latent_train_step", "load_frozen_first_stage",
            "make_method", "measure_scale_factor", "text_method_on_base"]
 
 log = logging.getLogger(__name__)
@@ -91,49 +90,6 @@ FROZEN = "autoencoder"  # state.frozen key of the first stage (init_from.into="f
 TEXT_FROZEN = "text_encoder"  # params (trained) or state.frozen (frozen) key of the text encoder
 CONDITIONINGS = ("label", "text")  # ldm.conditioning
 PyTree = Any
-
-
-class ClassTokenUNet(nn.Module):
-  """A U-Net conditioned on a class label through cross-attention to learned label tokens.
-
-  ``context = T[y]``, ``T`` of shape ``[num_classes + 1, num_tokens, unet.context_dim]``
-  (rows initialized N(0, 1) as flax's `nn.Embed`; row ``num_classes`` is the null class), then
-  ``unet(x, t, {"context": context})``. It takes the conditions dict of `jgen.nn.conditioning`
-  with ``label`` only, so `ConditionalDDPM` trains and guides it as any label-conditional
-  network (CFG replaces the label by the null class, i.e. the learned null tokens). A U-Net
-  with ``embedding_dim > 0`` also takes ``embedding`` [B, embedding_dim], passed through (the
-  guidance-scale input of a latent consistency student, `jgen.diffusion.lcm`).
-
-  Attributes:
-    unet: the network, with ``context_dim > 0`` and ``num_classes = 0``.
-    num_classes: classes of the label.
-    num_tokens: tokens L per label.
-  """
-
-  unet: UNet
-  num_classes: int
-  num_tokens: int = 4
-
-  @property
-  def condition_keys(self) -> tuple[str, ...]:
-    return ("label", "embedding") if self.unet.embedding_dim else ("label",)
-
-  @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, conditions: Mapping[str, jax.Array] | None,
-               *, train: bool) -> jax.Array:
-    if not conditions or "label" not in conditions:
-      raise KeyError(f"ClassTokenUNet needs the condition 'label'; got "
-                     f"{sorted(conditions or {})}")
-    label = jnp.asarray(conditions["label"])
-    if label.shape != (x.shape[0],) or not jnp.issubdtype(label.dtype, jnp.integer):
-      raise ValueError(f"label must be an integer array of shape [B]=({x.shape[0]},) with "
-                       f"values in 0..{self.num_classes} ({self.num_classes}: null), got "
-                       f"{label.dtype}{label.shape}")
-    d = self.unet.context_dim
-    tokens = nn.Embed(self.num_classes + 1, self.num_tokens * d, name="label_tokens")(label)
-    context = tokens.reshape(x.shape[0], self.num_tokens, d)
-    extra = {k: conditions[k] for k in ("embedding",) if k in conditions}  # the U-Net checks
-    return self.unet(x, t, {"context": context, **extra}, train=train)
 
 
 def measure_scale_factor(latents: jax.Array) -> jax.Array:

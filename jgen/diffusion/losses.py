@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jgen.diffusion.parameterization import training_target
-from jgen.diffusion.schedules import Schedule, q_sample
+from jgen.ops.schedules import Schedule, q_sample
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgen.diffusion.schedules import Schedule, q_sample, schedule_from_config
 from jgen.nn.classifier import NoisyClassifier
 from jgen.nn.dtypes import compute_dtype
+from jgen.ops.schedules import Schedule, q_sample, schedule_from_config
 from jgen.train import init_from, run_record
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState

@@ -39,7 +39,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jgen.diffusion.schedules import Schedule
+from jgen.ops.schedules import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -77,9 +77,9 @@ import jax.numpy as jnp
 from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion.parameterization import PREDICTIONS, alpha_sigma, predict_x0, to_x0_fn
 from jgen.diffusion.samplers import initial_noise
-from jgen.diffusion.schedules import Schedule
 from jgen.nn.dtypes import compute_dtype
 from jgen.nn.unet import UNet
+from jgen.ops.schedules import Schedule
 from jgen.train import init_from as init_from_lib
 from jgen.train import run_record
 from jgen.train.method import load_method

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgen.diffusion.schedules import (
+from jgen.ops.schedules import (
     Schedule,
     predict_eps_from_x0,
     predict_x0_from_eps,

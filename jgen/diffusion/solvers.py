@@ -36,7 +36,7 @@ import numpy as np
 
 from jgen.diffusion.parameterization import sigma_to_timestep
 from jgen.diffusion.samplers import initial_noise, trailing_timesteps
-from jgen.diffusion.schedules import Schedule
+from jgen.ops.schedules import Schedule
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -64,12 +64,12 @@ from jgen.diffusion.guidance import cfg_eps_fn
 from jgen.diffusion.losses import ddpm_loss
 from jgen.diffusion.parameterization import to_eps_fn
 from jgen.diffusion.samplers import ddim_sample
-from jgen.diffusion.schedules import schedule_from_config
 from jgen.nn.clip import CLIPTextModel
 from jgen.nn.clip_tokenizer import CLIPTokenizer
 from jgen.nn.dtypes import compute_dtype
 from jgen.nn.lora import Lora
 from jgen.nn.unet import UNet
+from jgen.ops.schedules import schedule_from_config
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 

@@ -26,8 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["PREPROCESSING", "bits_per_dim", "dequantize", "postprocess", "preprocess",
-           "quantize", "standard_normal_log_prob", "to_levels"]
+__all__ = ["PREPROCESSING", "dequantize", "postprocess", "preprocess", "quantize", "to_levels"]
 
 PREPROCESSING = ("center", "symmetric", "logit")
 
@@ -84,22 +83,3 @@ def postprocess(v: jax.Array, kind: str = "center", alpha: float = 0.05) -> jax.
   if kind == "logit":
     return (jax.nn.sigmoid(v) - alpha) / (1.0 - 2.0 * alpha)
   raise ValueError(f"unknown flow preprocessing {kind!r}; choose one of {PREPROCESSING}")
-
-
-def standard_normal_log_prob(z: jax.Array) -> jax.Array:
-  """`log N(z; 0, I)` per example (sum over all but the batch axis), nats, float32.
-
-  The one standard-normal log-density of jgen: the flows' prior and the VAE's prior.
-  """
-  z = z.reshape(z.shape[0], -1).astype(jnp.float32)
-  return -0.5 * jnp.sum(z * z + math.log(2.0 * math.pi), axis=-1)
-
-
-def bits_per_dim(log_p: jax.Array, num_dims: int, n_bits: int = 8) -> jax.Array:
-  """`n_bits - log p / (D log 2)`: bits/dim of discrete data of `num_dims` = D dimensions.
-
-  The one bits/dim of jgen. For a flow, `log_p` is the density `log p(y)` (nats) of the
-  dequantized data `y` in [0, 1]^D and `n_bits` the bits per pixel (the `-D log 2^n_bits` of
-  the discrete-data bound). With `n_bits=0` it is `-log_p / (D log 2)`: the bits/dim of a
-  log-probability of the discrete data itself (a VAE's ELBO or IWAE bound)."""
-  return n_bits - log_p / (num_dims * math.log(2.0))

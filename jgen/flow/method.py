@@ -22,6 +22,7 @@ import optax
 
 from jgen.flow import likelihood as lik
 from jgen.flow.models import MultiScaleFlow
+from jgen.ops.likelihoods import bits_per_dim
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 
@@ -86,7 +87,7 @@ class FlowMethod:
     """Bits/dim per image of 8-bit images `x` in [-1, 1], with one dequantization sample."""
     v, logdet_pre = self.to_flow_input(x, rng)
     log_p_v = self.model.apply(self.variables(params, model_state), v, method="log_prob")
-    return lik.bits_per_dim(log_p_v + logdet_pre, math.prod(x.shape[1:]), self.n_bits)
+    return bits_per_dim(log_p_v + logdet_pre, math.prod(x.shape[1:]), self.n_bits)
 
   def loss_fn(self, params: PyTree, model_state: PyTree, batch: dict[str, jax.Array],
               rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

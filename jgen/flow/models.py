@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jgen.flow.layers import (ActNorm, AdditiveCoupling, AffineCoupling, InvConv1x1,
                               LearnedPrior, Split, Squeeze)
-from jgen.flow.likelihood import standard_normal_log_prob
+from jgen.ops.likelihoods import standard_normal_log_prob
 
 __all__ = ["Glow", "MultiScaleFlow", "RealNVP"]
 

@@ -60,7 +60,7 @@ from jgen.gan import losses, updates
 from jgen.gan.adversarial import discriminator_optim
 from jgen.nn.dtypes import compute_dtype
 from jgen.nn.translation import PatchDiscriminator, ResnetGenerator
-from jgen.autoencoder.common import psnr
+from jgen.ops.image import psnr
 from jgen.train.optim import make_optimizer
 from jgen.train.state import EmaSpec, TrainState, per_network
 

@@ -2,7 +2,7 @@
 
 A diffusion process of only T (2..8) large steps, whose denoising distributions are not
 Gaussian and are each modelled by a conditional GAN. With the DDPM tables of the T betas
-(`jgen.diffusion.schedules`, indices k = 0..T-1, x_{-1} the data):
+(`jgen.ops.schedules`, indices k = 0..T-1, x_{-1} the data):
 
 * **Schedule** (`vp_betas`): the continuous variance-preserving SDE with
   beta(s) = beta_min + s (beta_max - beta_min), s in [0, 1] (beta_min 0.1, beta_max 20, Song et
@@ -12,14 +12,14 @@ Gaussian and are each modelled by a conditional GAN. With the DDPM tables of the
   extra beta = 1e-8 before the data, below float32 resolution, is dropped). T = 4: betas
   0.4783, 0.8492, 0.9564, 0.9874; abar_{T-1} = abar(1) / abar(s_min) = 4.32e-5 for every T, so
   x_{T-1} starts from N(0, I).
-* **Generator** G(x_k, k, z) -> x0 (`DDGANGenerator`): the paper's NCSN++ with AdaGN for z;
-  here jgen's DDPM U-Net, z (N(0, I)) entering through the paper's mapping network (pixel norm,
-  then 1 + `n_mlp` dense layers with SiLU) as the U-Net's ``embedding`` condition, projected and
-  added to the time embedding; tanh on the output.
+* **Generator** G(x_k, k, z) -> x0 (`jgen.nn.ddgan.DDGANGenerator`): the paper's NCSN++ with
+  AdaGN for z; here jgen's DDPM U-Net, z (N(0, I)) entering through the paper's mapping network
+  (pixel norm, then 1 + `n_mlp` dense layers with SiLU) as the U-Net's ``embedding`` condition,
+  projected and added to the time embedding; tanh on the output.
 * **Implicit denoiser** p(x_{k-1} | x_k) = E_z q(x_{k-1} | x_k, x0 = G(x_k, k, z)): the DDPM
   posterior N(c1_k x0 + c2_k x_k, sigma_k^2 I) drawn by `posterior_sample` (sigma_0 = 0, so
   the last step returns G's x0).
-* **Discriminator** D(x_{k-1}, x_k, k) (`TimeConditionalDiscriminator`): the channel
+* **Discriminator** D(x_{k-1}, x_k, k) (`jgen.nn.ddgan.TimeConditionalDiscriminator`): the channel
   concatenation of the pair, jgen residual blocks with the time embedding added, minibatch
   standard deviation, a linear score.
 * **Losses**: the non-saturating GAN loss on real pairs (x_{k-1}, x_k) ~ q (`q_sample_pair`)
@@ -50,7 +50,6 @@ counts G updates (the lazy R1 tests it).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -59,13 +58,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgen.diffusion.schedules import Schedule, extract, make_schedule, q_posterior_mean_variance
 from jgen.gan import losses, updates
 from jgen.gan.adversarial import discriminator_optim
 from jgen.nn.dtypes import compute_dtype
-from jgen.nn.layers import ResBlock, default_init, timestep_embedding
-from jgen.nn.progan import minibatch_stddev
+from jgen.nn.ddgan import DDGANGenerator, TimeConditionalDiscriminator
 from jgen.nn.unet import UNet
+from jgen.ops.schedules import Schedule, extract, make_schedule, q_posterior_mean_variance
 from jgen.train.optim import make_optimizer
 from jgen.train.state import EmaSpec, TrainState, per_network
 
@@ -73,8 +71,8 @@ PyTree = Any
 Array = jax.Array
 Conditions = dict[str, Array]
 
-__all__ = ["DDGAN", "DDGANGenerator", "TimeConditionalDiscriminator", "ddgan_schedule",
-           "make_method", "posterior_sample", "q_sample_pair", "vp_betas"]
+__all__ = ["DDGAN", "ddgan_schedule", "make_method", "posterior_sample", "q_sample_pair",
+           "vp_betas"]
 
 
 # ---------------------------------------------------------------------- the noise process
@@ -129,81 +127,6 @@ def posterior_sample(schedule: Schedule, x0: Array, x_t: Array, t: Array, noise:
   """
   mean, variance, _ = q_posterior_mean_variance(schedule, x0, x_t, t)
   return mean + jnp.sqrt(variance) * noise
-
-
-# ---------------------------------------------------------------------- the networks
-
-
-class DDGANGenerator(nn.Module):
-  """G(x_t, t, z) -> x0 in [-1, 1]: a U-Net with z mapped into its time embedding.
-
-  Mapping (the paper's): e = MLP(z / rms(z)), `1 + n_mlp` dense layers of `z_emb_dim` with
-  SiLU after each; x0 = tanh(UNet(x_t, t, {"embedding": e})).
-
-  Attributes:
-    unet: the U-Net, built with `embedding_dim = z_emb_dim` (and no dropout).
-    z_emb_dim: width of the mapping network.
-    n_mlp: dense layers after the first one.
-  """
-
-  unet: UNet
-  z_emb_dim: int = 256
-  n_mlp: int = 4
-
-  @nn.compact
-  def __call__(self, x_t: Array, t: Array, z: Array, *, train: bool) -> Array:
-    z = z.astype(jnp.float32)
-    h = z * jax.lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + 1e-8)
-    for i in range(1 + self.n_mlp):
-      h = nn.silu(nn.Dense(self.z_emb_dim, kernel_init=default_init(1.0), name=f"mapping_{i}",
-                           dtype=self.unet.dtype)(h))
-    out = self.unet(x_t, t, {"embedding": h}, train=train)
-    return jnp.tanh(out)
-
-
-class TimeConditionalDiscriminator(nn.Module):
-  """D(x_{t-1}, x_t, t) -> logits [B] (the reference's small discriminator, jgen blocks).
-
-  e = Dense(LReLU(Dense(sinusoid(t)))); h = Conv1x1([x_{t-1}, x_t]); for each level a
-  `ResBlock` (no norm, LeakyReLU 0.2, e projected and added after its first conv, last conv
-  zero-initialised), the first at full resolution and each later one halving it; then minibatch
-  stddev, a 3x3 conv, LeakyReLU, a sum over positions and a linear score.
-
-  Attributes:
-    ch: channels of the first conv.
-    ch_mult: channels per level (times `ch`); levels after the first downsample.
-    t_emb_dim: size of the time embedding.
-    mbstd_group: minibatch-stddev group size (0: off).
-  """
-
-  ch: int = 128
-  ch_mult: Sequence[int] = (1, 2, 4, 4)
-  t_emb_dim: int = 256
-  mbstd_group: int = 4
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_prev: Array, x_t: Array, t: Array, *, train: bool) -> Array:
-    act = lambda v: nn.leaky_relu(v, 0.2)
-    dense = lambda f, name: nn.Dense(f, kernel_init=default_init(1.0), name=name,
-                                     dtype=self.dtype)
-    conv = lambda f, k, name, scale=1.0: nn.Conv(f, (k, k), padding="SAME", name=name,
-                                                 kernel_init=default_init(scale),
-                                                 dtype=self.dtype)
-    emb = dense(self.t_emb_dim, "t_dense1")(act(dense(self.t_emb_dim, "t_dense0")(
-        timestep_embedding(t, self.t_emb_dim))))
-    h = jnp.concatenate([x_prev, x_t], axis=-1).astype(self.dtype)
-    h = conv(self.ch, 1, "conv_in")(h)
-    for i, mult in enumerate(self.ch_mult):
-      h = ResBlock(self.ch * mult, norm="none", activation=act,
-                   resample="none" if i == 0 else "down", kernel_init=default_init(1.0),
-                   out_kernel_init=default_init(0.0), dtype=self.dtype,
-                   name=f"block_{i}")(h, emb, train=train)
-    if self.mbstd_group:
-      h = minibatch_stddev(h, self.mbstd_group)
-    h = act(conv(self.ch * self.ch_mult[-1], 3, "conv_out", 0.0)(h))
-    h = jnp.sum(h.astype(jnp.promote_types(h.dtype, jnp.float32)), axis=(1, 2))
-    return nn.Dense(1, kernel_init=default_init(1.0), name="score")(h)[:, 0]
 
 
 # ---------------------------------------------------------------------- the method

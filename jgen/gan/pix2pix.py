@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jgen.autoencoder.common import psnr
+from jgen.ops.image import psnr
 from jgen.gan import losses, updates
 from jgen.gan.adversarial import discriminator_optim
 from jgen.nn.dtypes import compute_dtype

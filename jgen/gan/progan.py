@@ -62,12 +62,12 @@ from jgen.train.state import EmaSpec, TrainState, per_network
 
 PyTree = Any
 
-__all__ = ["ProGAN", "Schedule", "downsample_to", "drift_critic_loss", "make_method",
+__all__ = ["GrowthSchedule", "ProGAN", "downsample_to", "drift_critic_loss", "make_method",
            "real_images_at"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Schedule:
+class GrowthSchedule:
   """The growth schedule: `num_levels` levels, `steps_per_phase` steps per phase."""
 
   num_levels: int
@@ -79,7 +79,8 @@ class Schedule:
                        f"{self.num_levels} levels, {self.steps_per_phase} steps")
 
   @classmethod
-  def from_images(cls, num_levels: int, images_per_phase: int, batch_size: int) -> "Schedule":
+  def from_images(cls, num_levels: int, images_per_phase: int, batch_size: int
+                  ) -> "GrowthSchedule":
     """S = ceil(images_per_phase / batch_size) steps per phase."""
     if images_per_phase < 1:
       raise ValueError(f"gan.images_per_phase must be >= 1, got {images_per_phase}")
@@ -163,7 +164,7 @@ class ProGAN:
   discriminator: nets.ProGANDiscriminator
   tx_g: optax.GradientTransformation
   tx_d: optax.GradientTransformation
-  schedule: Schedule
+  schedule: GrowthSchedule
   image_size: int
   z_dim: int = 512
   gp_weight: float = 10.0
@@ -352,7 +353,7 @@ def make_method(config: Any) -> ProGAN:
                      f"model.mbstd_group ({group})")
   if not g.gp_weight > 0:
     raise ValueError(f"gan.progan needs gan.gp_weight > 0 (10 in the paper), got {g.gp_weight}")
-  schedule = Schedule.from_images(levels, g.images_per_phase, config.data.batch_size)
+  schedule = GrowthSchedule.from_images(levels, g.images_per_phase, config.data.batch_size)
   dtype = compute_dtype(m.dtype)
   total = config.train.num_steps
   return ProGAN(

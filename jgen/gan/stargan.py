@@ -63,7 +63,7 @@ from jgen.gan.adversarial import discriminator_optim, split_critic_batches
 from jgen.gan import updates
 from jgen.nn.dtypes import compute_dtype
 from jgen.nn.stargan import StarGANDiscriminator, StarGANGenerator
-from jgen.autoencoder.common import psnr
+from jgen.ops.image import psnr
 from jgen.train.optim import make_optimizer
 from jgen.train.state import EmaSpec, TrainState, per_network
 

@@ -2,7 +2,7 @@
 
 FID (`fid`), KID (`mmd`), Inception Score (`classifier_score`), improved precision & recall and
 density & coverage (`precision_recall`), perceptual path length (`ppl`) over a `FeatureNet`
-(`feature_net.load`: the FID Inception of `inception`, or a small domain classifier of
+(`networks.load`: the FID Inception of `inception`, or a small domain classifier of
 `domain`), LPIPS (`lpips`), and `evaluate`, which ties them to a sampler and a dataset.
 
 The names below are imported on first use (PEP 562), so that ``import jgen.metrics`` stays
@@ -17,7 +17,8 @@ from typing import Any
 _EXPORTS = {
     "evaluate": ("METRICS", "auto_features", "evaluate_config", "image_metrics",
                  "parse_metrics", "reference_features", "sample_metrics"),
-    "feature_net": ("FeatureNet", "as_uint8", "load_feature_net", "to_uint8"),
+    "feature_net": ("FeatureNet", "as_uint8", "to_uint8"),
+    "networks": ("load_feature_net",),
     "fid": ("GaussianStats", "accumulate", "fid_from_stats", "frechet_distance", "load_stats",
             "reference_stats", "save_stats"),
     "classifier_score": ("inception_score",),
@@ -27,9 +28,9 @@ _EXPORTS = {
             "path_length_distances", "perceptual_path_length", "slerp"),
     "precision_recall": ("knn_radii", "pairwise_distances", "prdc"),
 }
-_RENAMED = {"load_feature_net": "load"}  # feature_net.load, exported under a clearer name
+_RENAMED = {"load_feature_net": "load"}  # networks.load, exported under a clearer name
 _SUBMODULES = ("classifier_score", "domain", "evaluate", "feature_net", "fid", "inception",
-               "lpips", "mmd", "ppl", "precision_recall", "weights")
+               "lpips", "mmd", "networks", "ppl", "precision_recall", "weights")
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = sorted(_WHERE)

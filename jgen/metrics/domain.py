@@ -34,6 +34,7 @@ from flax import traverse_util
 from PIL import Image
 
 from jgen import errors
+from jgen import data as jdata
 from jgen.metrics import feature_net as fnet
 
 __all__ = ["DATASETS", "DomainClassifier", "DomainFeatureNet", "DomainSpec", "load_feature_net",
@@ -98,8 +99,6 @@ def _to_float(images: jax.Array) -> jax.Array:
 
 
 def _load_split(spec: DomainSpec, source: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  from jgen import data as jdata  # pylint: disable=import-outside-toplevel
-
   src = jdata.load_source(source, split=split, image_size=spec.image_size, channels=1,
                           resize=True, cache=True)
   if src.labels is None:
@@ -110,8 +109,6 @@ def _load_split(spec: DomainSpec, source: str, split: str) -> tuple[np.ndarray, 
 def _data(spec: DomainSpec, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                                   str]:
   """(train images, labels, held-out images, labels, how the split was made)."""
-  from jgen import data as jdata  # pylint: disable=import-outside-toplevel
-
   test_x, test_y = _load_split(spec, source, "test")
   try:
     train_x, train_y = _load_split(spec, source, "train")
@@ -258,8 +255,6 @@ def load_feature_net(dataset: str = "digits", *, source: str | None = None, seed
     ValueError: unknown dataset.
     jgen.data.DatasetUnavailableError: the data are not on this machine.
   """
-  from jgen import data as jdata  # pylint: disable=import-outside-toplevel
-
   del unused
   if dataset not in DATASETS:
     raise ValueError(f"unknown domain dataset {dataset!r}; expected one of {sorted(DATASETS)}")

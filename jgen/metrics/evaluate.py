@@ -36,11 +36,16 @@ from typing import Any
 import jax
 import numpy as np
 
+from jgen import data as jdata
+from jgen.metrics import domain
 from jgen.metrics import feature_net as fnet
 from jgen.metrics import fid as fid_lib
 from jgen.metrics import classifier_score as is_lib
 from jgen.metrics import mmd as kid_lib
+from jgen.metrics import networks
+from jgen.metrics import ppl
 from jgen.metrics import precision_recall as pr_lib
+from jgen.metrics import weights
 
 __all__ = ["METRICS", "SAMPLE_METRICS", "auto_features", "evaluate_config", "image_metrics",
            "parse_metrics", "reconstruction_fid", "reference_features", "sample_metrics"]
@@ -71,8 +76,6 @@ def auto_features(source: str) -> str:
   """The feature network 'auto' picks for a data source: the domain classifier of that
   dataset where jgen has one (``digits`` -> ``domain:digits``, Debian's Fashion-MNIST ->
   ``domain:fashion_mnist``), else ``inception``."""
-  from jgen.metrics import domain  # pylint: disable=import-outside-toplevel
-
   for name, spec in domain.DATASETS.items():
     if spec.source is not None and spec.source == source:
       return f"domain:{name}"
@@ -90,8 +93,6 @@ def reference_features(net: fnet.FeatureNet, source: str, *, num: int, split: st
   sits beside `jgen.metrics.fid.reference_stats`' files
   (``$JGEN_CACHE/fid_stats/<net.name>/...-features.npz``).
   """
-  from jgen import data as jdata  # pylint: disable=import-outside-toplevel
-
   key = f"{source}|{split}|{image_size}|{channels}|{resize}|{num}|{seed}"
   name = fid_lib._slug(  # pylint: disable=protected-access
       f"{source}-{split}-{image_size}x{channels}{'r' if resize else ''}-n{num}-s{seed}")
@@ -164,7 +165,7 @@ def image_metrics(images: np.ndarray | Iterable[np.ndarray], net: fnet.FeatureNe
 
   Args:
     images: the generated images.
-    net: the feature network (`jgen.metrics.feature_net.load`).
+    net: the feature network (`jgen.metrics.networks.load`).
     metrics: names from `METRICS`.
     reference_stats: real statistics ({'mu', 'sigma'} or a GaussianStats), for "fid".
     reference_features: real features [N, D], for "kid", "pr", "dc".
@@ -303,9 +304,6 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
   if not metrics:
     return None
   _check_method(config, metrics, method, sample_fn, reconstruct_fn, path_length_fns)
-  from jgen import data as jdata  # pylint: disable=import-outside-toplevel
-  from jgen.metrics import weights  # pylint: disable=import-outside-toplevel
-
   d = config.data
   spec = auto_features(d.source) if ev.features == "auto" else ev.features
   kwargs: dict[str, Any] = {"batch_size": ev.batch_size}
@@ -314,7 +312,7 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
   else:
     kwargs.update(source=ev.domain_source)
   try:
-    net = fnet.load(spec, **kwargs)
+    net = networks.load(spec, **kwargs)
   except (weights.InceptionWeightsNotFoundError, jdata.DatasetUnavailableError) as e:
     if ev.features != "auto":
       raise
@@ -359,8 +357,6 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
 def _path_length(net: fnet.FeatureNet, fns: dict[str, Any], ev: Any, *, batch_size: int
                  ) -> dict[str, float]:
   """PPL of the method's latent paths with `net`'s float features as the distance."""
-  from jgen.metrics import ppl  # pylint: disable=import-outside-toplevel
-
   distance = ppl.feature_distance(ppl.float_features_fn(net))
   log.info("PPL (%s space, %s sampling) of %d pairs with %s feature distances",
            fns.get("space", "z"), ev.ppl_sampling, ev.ppl_samples, net.name)

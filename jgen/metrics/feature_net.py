@@ -16,7 +16,6 @@ Two kinds exist:
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
@@ -25,8 +24,7 @@ import numpy as np
 
 from jgen.train.writers import to_uint8 as _writers_to_uint8
 
-__all__ = ["FeatureNet", "SPECS", "as_uint8", "cache_dir", "iterate_batches", "load",
-           "to_uint8"]
+__all__ = ["FeatureNet", "SPECS", "as_uint8", "cache_dir", "iterate_batches", "to_uint8"]
 
 SPECS = ("inception", "domain:digits", "domain:mnist", "domain:fashion_mnist")
 
@@ -89,24 +87,3 @@ def iterate_batches(images: np.ndarray | Iterable[np.ndarray], batch_size: int
     chunk = as_uint8(chunk)
     for i in range(0, len(chunk), batch_size):
       yield chunk[i:i + batch_size]
-
-
-def load(spec: str, **kwargs: Any) -> FeatureNet:
-  """The feature network named by `spec`.
-
-  Args:
-    spec: ``"inception"`` (kwargs go to `jgen.metrics.inception.load_feature_net`: weights,
-      batch_size, dtype, mesh) or ``"domain:<dataset>"`` with dataset one of digits, mnist,
-      fashion_mnist (kwargs go to `jgen.metrics.domain.load_feature_net`).
-    **kwargs: passed to the loader.
-
-  Raises:
-    ValueError: for an unknown spec.
-  """
-  if spec == "inception":
-    module = importlib.import_module("jgen.metrics.inception")
-    return module.load_feature_net(**kwargs)
-  if spec.startswith("domain:"):
-    module = importlib.import_module("jgen.metrics.domain")
-    return module.load_feature_net(spec.split(":", 1)[1], **kwargs)
-  raise ValueError(f"unknown feature network {spec!r}; expected one of {', '.join(SPECS)}")

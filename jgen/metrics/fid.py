@@ -42,7 +42,10 @@ from typing import Any
 import numpy as np
 
 from jgen import errors
+from jgen import data as jdata
 from jgen.metrics import feature_net as fnet
+from jgen.metrics import mmd as kid_lib
+from jgen.metrics import networks
 
 __all__ = [
     "GaussianStats",
@@ -238,8 +241,6 @@ def reference_stats(net: fnet.FeatureNet, source: str, *, split: str = "train",
   Returns:
     {'mu', 'sigma', 'count', 'path' (the cache file or None)}.
   """
-  from jgen import data as jdata  # pylint: disable=import-outside-toplevel
-
   key = f"{source}|{split}|{image_size}|{channels}|{resize}|{max_images}"
   name = _slug(f"{source}-{split}-{image_size}x{channels}{'r' if resize else ''}-"
                f"{max_images or 'all'}")
@@ -285,8 +286,6 @@ def load_images(path: str, *, split: str = "train") -> np.ndarray:
   --mode=sample`` writes). Folders/zips are read with ``jgen.data.load_source('folder:...')``
   (images of one size; with top-level ``train/``/``test/`` folders, `split` picks one).
   """
-  from jgen import data as jdata  # pylint: disable=import-outside-toplevel
-
   if path.endswith(".npz") and os.path.isfile(path):
     return _images_from_npz(path)
   return jdata.load_source(f"folder:{path}", split=split, cache=True).images
@@ -332,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     kw.update(weights=args.weights, dtype=args.dtype)
   elif args.domain_source:
     kw["source"] = args.domain_source
-  net = fnet.load(args.features, **kw)
+  net = networks.load(args.features, **kw)
   label = "FID" if args.features == "inception" else f"domain FID ({net.name})"
   stats, feats = [], []
   for path in args.paths:
@@ -357,7 +356,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   note = "" if args.features == "inception" else f"  [{label}: not comparable to Inception FID]"
   print(f"FID: {result['fid']:.6f}{note}")
   if args.kid:
-    from jgen.metrics import mmd as kid_lib  # pylint: disable=import-outside-toplevel
     n = min(len(feats[0]), len(feats[1]))
     mean, std = kid_lib.kid(feats[0], feats[1], subset_size=min(1000, n))
     result.update(kid=mean, kid_std=std)

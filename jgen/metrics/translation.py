@@ -38,6 +38,7 @@ import numpy as np
 from jgen.metrics import domain
 from jgen.metrics import feature_net as fnet
 from jgen.metrics import fid as fid_lib
+from jgen.ops import image as image_ops
 
 __all__ = ["l1_error", "psnr", "translation_metrics"]
 
@@ -58,13 +59,11 @@ def l1_error(outputs: np.ndarray, targets: np.ndarray) -> float:
   return float(np.mean(np.abs(_unit(outputs) - _unit(targets))))
 
 
-def psnr(outputs: np.ndarray, targets: np.ndarray, *, max_db: float = 100.0) -> float:
-  """Mean over images of 10 log10(1 / MSE) on [0, 1] (an exact image scores `max_db`)."""
+def psnr(outputs: np.ndarray, targets: np.ndarray) -> float:
+  """Mean over images of `jgen.ops.image.psnr`: 10 log10(1 / MSE) on [0, 1] (100 dB at most)."""
   _check(outputs, targets)
-  err = (_unit(outputs) - _unit(targets)) ** 2
-  mse = err.reshape(*err.shape[:-3], -1).mean(-1)
-  db = np.where(mse > 0, -10.0 * np.log10(np.maximum(mse, 1e-300)), max_db)
-  return float(np.mean(np.minimum(db, max_db)))
+  shape = (-1, *np.shape(outputs)[-3:])
+  return float(np.mean(image_ops.psnr(np.reshape(outputs, shape), np.reshape(targets, shape))))
 
 
 def _gray(images: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jgen.train.rules import flat, unflat
+from jgen.ops.trees import flat, unflat
 
 Array = jax.Array
 PyTree = Any

@@ -25,7 +25,7 @@ gate ``tanh(a) * sigmoid(b)`` with the class embedding added to a and b as a bia
 (van den Oord's ``V^T h`` conditioning), and a residual 1x1 projection. The output head reads the
 horizontal stack only, so the output at pixel i depends on pixels < i: the logistic mixture of
 pixel i's channels (the order of a pixel's RGB channels is the mixture's linear channel
-coefficients, `jgen.autoencoder.likelihoods.LogisticMixture`, so no channel masks are needed).
+coefficients, `jgen.ops.likelihoods.LogisticMixture`, so no channel masks are needed).
 
 Receptive field: after the first layer v covers the kh rows above and (k - 1) / 2 columns on
 each side of the pixel, h the kh pixels to its left; each gated layer adds kh - 1 rows above and
@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jgen.autoencoder.likelihoods import mixture_num_params
+from jgen.ops.likelihoods import mixture_num_params
 
 __all__ = ["GatedLayer", "PixelCNN", "down_right_shifted_conv", "down_shift",
            "down_shifted_conv", "right_shift"]
@@ -134,7 +134,7 @@ class PixelCNN(nn.Module):
   """Gated PixelCNN: images [B, H, W, C] in [-1, 1] -> logistic-mixture parameters per pixel.
 
   The output [B, H, W, K (1 + 2C + C(C-1)/2)] at pixel i depends only on pixels before i in
-  raster order (see the module docstring); `jgen.autoencoder.likelihoods.split_mixture_params`
+  raster order (see the module docstring); `jgen.ops.likelihoods.split_mixture_params`
   reads it.
 
   Attributes:

@@ -20,7 +20,7 @@ import numpy as np
 
 from jgen import data as jdata
 from jgen.metrics import evaluate as metrics_lib
-from jgen.metrics import feature_net
+from jgen.metrics import networks
 from jgen.metrics import translation as translation_metrics
 from jgen.train import inputs
 from jgen.train import mesh as mesh_lib
@@ -160,7 +160,7 @@ def translation_eval(method: Translates, state: TrainState, mesh, config: Any
                                       batch_size=config.sample.batch_size, seed=config.eval.seed,
                                       labels=held_out.get("label"))
   features = config.eval.get("features", "auto")
-  net = feature_net.load(features) if str(features).startswith("domain:") else None
+  net = networks.load(features) if str(features).startswith("domain:") else None
   if net is None:
     log.info("translation eval: no domain FID (eval.features=%r is not a domain:<dataset> "
              "classifier)", features)

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import flax.traverse_util as traverse_util
+from jgen.ops.trees import flat, unflat
 
 PyTree = Any
 Rule = tuple[str, float | None]  # (pattern, multiplier); None = frozen
@@ -29,18 +29,6 @@ __all__ = ["FROZEN", "Rule", "flat", "leaf_multipliers", "merge", "parse_rules",
            "unflat"]
 
 FROZEN = "frozen"
-
-
-def flat(tree: Mapping[str, Any]) -> dict[str, Any]:
-  """`{"a/b/c": leaf}` of a nested dict (empty dicts dropped)."""
-  if not isinstance(tree, Mapping):
-    raise TypeError(f"parameters must be nested dicts, got {type(tree).__name__}")
-  return traverse_util.flatten_dict(dict(tree), sep="/")
-
-
-def unflat(items: Mapping[str, Any]) -> dict[str, Any]:
-  """Inverse of `flat`."""
-  return traverse_util.unflatten_dict(dict(items), sep="/")
 
 
 def parse_rules(spec: Sequence[Any] | str | None) -> tuple[Rule, ...]:

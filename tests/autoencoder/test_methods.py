@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jgen.run
-from jgen.autoencoder import likelihoods as lik
+from jgen.ops import likelihoods as lik
 from jgen.autoencoder.common import load_holdout
 from jgen.train import Checkpointer, load_method
 from tests.conftest import checkpoint_steps, load_experiment

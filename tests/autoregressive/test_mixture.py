@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from jgen.autoencoder import likelihoods as lik
+from jgen.ops import likelihoods as lik
 
 
 def random_mixture(rng, lead, channels, k, *, log_scale=(-3.0, -0.5)):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jgen.run
-from jgen.autoencoder import likelihoods as lik
+from jgen.ops import likelihoods as lik
 from jgen.autoregressive.pixelcnn import PixelCNNMethod, make_method
 from jgen.nn import pixelcnn as pc
 from jgen.train.optim import make_optimizer

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from jgen.diffusion.ddpm import DDPM
-from jgen.diffusion.schedules import get_schedule
+from jgen.ops.schedules import get_schedule
 
 
 class DropoutNet(nn.Module):

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jgen.ops.schedules import get_schedule
 import jgen.run
 from jgen.diffusion import progressive_distillation as pd
 from jgen.diffusion.parameterization import alpha_sigma
-from jgen.diffusion.schedules import get_schedule
 from jgen.train import init_from as init_from_lib
 from jgen.train import load_method
 from tests.conftest import checkpoint_steps, load_experiment

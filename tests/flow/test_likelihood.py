@@ -12,7 +12,7 @@ import pytest
 
 from jgen.flow import likelihood as lik
 from jgen.flow.method import FlowMethod
-from jgen.flow.likelihood import standard_normal_log_prob
+from jgen.ops.likelihoods import bits_per_dim, standard_normal_log_prob
 
 
 class StandardNormal(nn.Module):
@@ -75,7 +75,7 @@ def test_standard_normal_bits_per_dim_matches_numpy(preprocessing):
   # ... and its pieces with uniform noise u.
   u = rng.uniform(size=levels.shape)
   v, logdet = lik.preprocess(jnp.asarray((levels + u) / 256.0, jnp.float32), preprocessing)
-  got = lik.bits_per_dim(standard_normal_log_prob(v) + logdet, 16)
+  got = bits_per_dim(standard_normal_log_prob(v) + logdet, 16)
   np.testing.assert_allclose(got, numpy_bits_per_dim(levels, u, preprocessing), rtol=1e-6)
 
 
@@ -87,7 +87,7 @@ def test_fewer_bits_reduce_levels_and_the_discretization_term():
   np.testing.assert_allclose(flow(n_bits=5).bits_per_dim({}, {}, x, None), [expected],
                              rtol=1e-6)
   # A uniform density on [0, 1]^D (log p(y) = 0) costs exactly n_bits per dimension.
-  np.testing.assert_allclose(lik.bits_per_dim(jnp.zeros(2), 12, n_bits=8), 8.0)
+  np.testing.assert_allclose(bits_per_dim(jnp.zeros(2), 12, n_bits=8), 8.0)
 
 
 def test_dequantize_stays_in_its_bin_and_quantize_inverts_it():

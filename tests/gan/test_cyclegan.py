@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jgen.run
-from jgen.autoencoder.common import psnr
+from jgen.ops.image import psnr
 from jgen.gan import cyclegan
 from jgen.train import Checkpointer, load_method
 from jgen.train.method import Evaluates, Translates

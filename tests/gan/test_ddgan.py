@@ -11,6 +11,7 @@ import pytest
 
 import jgen.run
 from jgen.gan import ddgan, updates
+from jgen.nn.ddgan import TimeConditionalDiscriminator
 from jgen.train import load_method
 from tests.conftest import checkpoint_steps, load_experiment
 
@@ -111,7 +112,7 @@ def test_r1_differentiates_x_prev_only_and_matches_finite_differences(smoke):
   with x_t, t fixed, against central differences in float64 NumPy (minibatch stddev off, so
   each example's score depends on its own inputs only)."""
   config, method, batch, state = smoke
-  d = ddgan.TimeConditionalDiscriminator(ch=4, ch_mult=(1, 2), t_emb_dim=8, mbstd_group=0)
+  d = TimeConditionalDiscriminator(ch=4, ch_mult=(1, 2), t_emb_dim=8, mbstd_group=0)
   b, shape = 2, batch["image"].shape[1:]
   rng = np.random.default_rng(3)
   x_prev = rng.standard_normal((b, *shape))

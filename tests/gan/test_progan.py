@@ -13,7 +13,7 @@ from tests.conftest import checkpoint_steps, load_experiment
 
 
 def test_schedule_on_exact_steps():
-  s = progan.Schedule.from_images(3, images_per_phase=40, batch_size=8)   # 5 steps per phase
+  s = progan.GrowthSchedule.from_images(3, images_per_phase=40, batch_size=8)  # 5 per phase
   assert s.steps_per_phase == 5 and s.num_phases == 5 and s.growth_steps == 20
   expected = {0: (0, 1.0), 4: (0, 1.0), 5: (1, 0.0), 6: (1, 0.2), 9: (1, 0.8), 10: (2, 1.0),
               14: (2, 1.0), 15: (3, 0.0), 17: (3, 0.4), 19: (3, 0.8), 20: (4, 1.0),
@@ -23,7 +23,7 @@ def test_schedule_on_exact_steps():
     assert int(p) == phase and float(a) == pytest.approx(alpha, abs=1e-7), step
   assert [s.phase(i) for i in range(5)] == [(0, False), (1, True), (1, False), (2, True),
                                              (2, False)]
-  assert progan.Schedule.from_images(2, 41, 8).steps_per_phase == 6   # ceil
+  assert progan.GrowthSchedule.from_images(2, 41, 8).steps_per_phase == 6   # ceil
 
 
 def test_drift_term_value():

@@ -12,7 +12,7 @@ import pytest
 
 import jgen.run
 from jgen import data as jdata
-from jgen.metrics import (classifier_score, evaluate, feature_net, fid, mmd, precision_recall,
+from jgen.metrics import (classifier_score, evaluate, fid, mmd, networks, precision_recall,
                           weights)
 from jgen.train import Reconstructs, Samples, inference, inputs
 from jgen.train.config import base_config
@@ -135,7 +135,7 @@ def test_launch_eval_computes_sample_metrics_of_a_trained_model(tmp_path, monkey
     loaded.append((spec, kwargs))
     return random_domain_net(batch_size=kwargs["batch_size"])
 
-  monkeypatch.setattr(feature_net, "load", load)
+  monkeypatch.setattr(networks, "load", load)
   result = jgen.run.main(config, workdir=workdir, mode="eval")
   assert loaded == [("domain:digits", {"batch_size": 200, "source": None})]  # 'auto'
   assert result["step"] == 6 and np.isfinite(result["loss"])
@@ -189,7 +189,7 @@ def test_sample_metrics_of_reconstructions_are_refused_before_any_features(monke
   def no_features(*args, **kwargs):
     raise AssertionError("no feature network may load for a refused metric")
 
-  monkeypatch.setattr(feature_net, "load", no_features)
+  monkeypatch.setattr(networks, "load", no_features)
   for metrics in ("fid", "kid,pr", "fid,rfid"):
     with pytest.raises(ValueError, match=r"autoencoder\.ae.*reconstructions.*metrics=rfid"):
       evaluate.evaluate_config(_rfid_config(metrics), None, method=_Reconstructs(),
@@ -202,7 +202,7 @@ def test_reconstruction_fid_of_every_held_out_image_once(monkeypatch):
   """rFID against the held-out images' own statistics, each image reconstructed once, in
   calls of one shape (the last batch padded)."""
   net = random_domain_net(batch_size=64)
-  monkeypatch.setattr(feature_net, "load", lambda spec, **kwargs: net)
+  monkeypatch.setattr(networks, "load", lambda spec, **kwargs: net)
   held_out = jdata.load_source("digits", split="test", image_size=8, channels=1).images
   calls = []
 
@@ -232,7 +232,7 @@ def test_rfid_of_a_trained_autoencoder(tmp_path, monkeypatch):
   jgen.run.main(config, workdir=workdir, mode="train")
   method, _, state = inference.restore_for_inference(config, workdir)
   assert isinstance(method, Reconstructs) and not isinstance(method, Samples)
-  monkeypatch.setattr(feature_net, "load",
+  monkeypatch.setattr(networks, "load",
                       lambda spec, **kwargs: random_domain_net(batch_size=kwargs["batch_size"]))
   reconstruct = jax.jit(method.reconstruct_images)
   config.eval.metrics = "rfid"

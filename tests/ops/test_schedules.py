@@ -1,11 +1,11 @@
-"""Tests for jgen.diffusion.schedules."""
+"""Tests for jgen.ops.schedules."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jgen.diffusion import schedules as sch
+from jgen.ops import schedules as sch
 
 T = 100
 
@@ -167,10 +167,9 @@ def test_shape_checks():
 
 
 def test_scaled_linear_is_stable_diffusions_schedule():
-  from jgen.diffusion.schedules import get_schedule  # pylint: disable=import-outside-toplevel
-  betas = np.asarray(get_schedule("scaled_linear", 1000).betas, np.float64)
+  betas = np.asarray(sch.get_schedule("scaled_linear", 1000).betas, np.float64)
   # diffusers' "scaled_linear": linspace(sqrt(0.00085), sqrt(0.012), 1000) ** 2
   want = np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2
   np.testing.assert_allclose(betas, want, rtol=1e-6)
   assert abs(float(np.prod(1 - want)) - float(np.asarray(
-      get_schedule("scaled_linear", 1000).alphas_cumprod)[-1])) < 1e-6
+      sch.get_schedule("scaled_linear", 1000).alphas_cumprod)[-1])) < 1e-6

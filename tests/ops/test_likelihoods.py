@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jgen.autoencoder import likelihoods as lik
+from jgen.ops import likelihoods as lik
 from jgen.autoencoder.vae import iwae_bound, kl_weight, lerp
 
 

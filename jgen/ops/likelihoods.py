@@ -2,8 +2,8 @@
 the discretized logistic mixture of PixelCNN++ (Salimans et al. 2017) and its sampler.
 
 Every VAE function returns log-probabilities in nats summed over all but the leading (batch)
-axis, so `[B, ...] -> [B]`. Images are in [-1, 1]. The prior's `standard_normal_log_prob` is the
-flows' (`jgen.flow.likelihood`, re-exported here), as is the bits/dim the VAE reports.
+axis, so `[B, ...] -> [B]`. Images are in [-1, 1]. The prior's `standard_normal_log_prob` is
+also the flows' prior, and `bits_per_dim` the one bits/dim of VAEs and flows.
 
 The discretized logistic mixture is one implementation: `logistic_mixture_log_prob` is the joint
 log-probability of each pixel's channels, and the VAE's `discretized_logistic_log_prob` is its
@@ -18,15 +18,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jgen.flow.likelihood import standard_normal_log_prob
-
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
 
 __all__ = ["LIKELIHOODS", "LogisticMixture", "bernoulli_log_prob", "binarize",
            "diag_gaussian_log_prob", "discretized_logistic_log_prob", "gaussian_kl",
            "logistic_mixture_log_prob", "mixture_num_params", "quantize_to_bins",
            "reparameterize", "sample_logistic_mixture", "split_mixture_params",
-           "standard_normal_log_prob"]
+           "standard_normal_log_prob", "bits_per_dim"]
 
 
 def _sum_rest(x: jax.Array) -> jax.Array:
@@ -226,3 +224,22 @@ def sample_logistic_mixture(rng: jax.Array, mix: LogisticMixture, num_bins: int 
       loc = loc + coeffs[..., _pair(c, c_prev)] * xs[c_prev]
     xs.append(quantize_to_bins(loc + noise[..., c], num_bins))
   return jnp.stack(xs, axis=-1)
+
+
+def standard_normal_log_prob(z: jax.Array) -> jax.Array:
+  """`log N(z; 0, I)` per example (sum over all but the batch axis), nats, float32.
+
+  The one standard-normal log-density of jgen: the flows' prior and the VAE's prior.
+  """
+  z = z.reshape(z.shape[0], -1).astype(jnp.float32)
+  return -0.5 * jnp.sum(z * z + math.log(2.0 * math.pi), axis=-1)
+
+
+def bits_per_dim(log_p: jax.Array, num_dims: int, n_bits: int = 8) -> jax.Array:
+  """`n_bits - log p / (D log 2)`: bits/dim of discrete data of `num_dims` = D dimensions.
+
+  The one bits/dim of jgen. For a flow, `log_p` is the density `log p(y)` (nats) of the
+  dequantized data `y` in [0, 1]^D and `n_bits` the bits per pixel (the `-D log 2^n_bits` of
+  the discrete-data bound). With `n_bits=0` it is `-log_p / (D log 2)`: the bits/dim of a
+  log-probability of the discrete data itself (a VAE's ELBO or IWAE bound)."""
+  return n_bits - log_p / (num_dims * math.log(2.0))
