@@ -37,7 +37,7 @@ def set_cpu_xla_flags(environ: dict[str, str] | None = None,
   env = os.environ if environ is None else environ
   flags = env.get("XLA_FLAGS", "")
   if jaxlib_version is None:
-    import jaxlib  # pylint: disable=import-outside-toplevel
+    import jaxlib  # noqa: PLC0415 (only when no version is passed)
     jaxlib_version = tuple(int(v) for v in jaxlib.__version__.split(".")[:2])
   lo, hi = CPU_XLA_FLAGS_JAXLIB
   if env.get("JGEN_CPU_XLA_FLAGS", "1") == "0" or not lo <= tuple(jaxlib_version[:2]) < hi:

@@ -70,6 +70,9 @@ from jgen.autoencoder.ldm_networks import LAST_LAYER, LDMDecoder, LDMEncoder, la
 from jgen.autoencoder.vqvae import masked_optimizer
 from jgen.gan import losses, updates
 from jgen.gan.adversarial import discriminator_optim
+from jgen.metrics.domain import DomainClassifier, load_feature_net
+from jgen.metrics.lpips import LPIPS
+from jgen.metrics.weights import lpips_variables
 from jgen.nn.dtypes import compute_dtype
 from jgen.nn.translation import PatchDiscriminator
 from jgen.ops.image import psnr
@@ -117,12 +120,10 @@ class Perceptual:
 
   def distance(self, variables: PyTree, x0: jax.Array, x1: jax.Array) -> jax.Array:
     if self.kind == "lpips":
-      from jgen.metrics.lpips import LPIPS  # pylint: disable=import-outside-toplevel
       if x0.shape[-1] == 1:  # gray: the VGG trunk takes RGB
         x0, x1 = (jnp.repeat(x, 3, axis=-1) for x in (x0, x1))
       return LPIPS().apply(variables, x0, x1)
     if self.kind == "domain":
-      from jgen.metrics.domain import DomainClassifier  # pylint: disable=import-outside-toplevel
       n = x0.shape[0]
       _, inter = DomainClassifier().apply(variables, jnp.concatenate([x0, x1]),
                                           capture_intermediates=True, mutable=["intermediates"])
@@ -162,12 +163,10 @@ def load_perceptual(kind: str, *, image_size: int, channels: int, domain: str = 
   if kind not in PERCEPTUAL:
     raise ValueError(f"unknown loss.perceptual {kind!r}; choose one of {PERCEPTUAL}")
   if kind == "lpips":
-    from jgen.metrics.weights import lpips_variables  # pylint: disable=import-outside-toplevel
     vgg, lin = _lpips_files(lpips_vgg, lpips_lin)
     p = Perceptual("lpips", f"LPIPS-VGG v0.1 ({vgg}, {lin})")
     variables = lpips_variables(vgg, lin)
   elif kind == "domain":
-    from jgen.metrics.domain import load_feature_net  # pylint: disable=import-outside-toplevel
     net = load_feature_net(domain)
     if channels != 1 or image_size != net.image_size:
       raise ValueError(f"loss.perceptual='domain' uses the domain:{domain} classifier, which "

@@ -61,6 +61,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from jgen import errors
 from jgen.convert.common import AnyName, StateDict, Tree, flatten_tree, unflatten_tree
@@ -470,11 +471,6 @@ def lora_to_jgen_adapters(lora_file: LoraFile, params: Mapping[str, Any], *,
 
 
 def _save(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str]) -> None:
-  try:
-    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("writing LoRA files needs the safetensors package: pip install "
-                      "safetensors") from e
   # (np.ascontiguousarray would make a 0-d alpha 1-d)
   save_file({k: np.require(v, requirements="C") for k, v in tensors.items()}, path,
             metadata=metadata)

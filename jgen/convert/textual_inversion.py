@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from jgen.convert.files import read_state_dict
 from jgen.metrics.weights import read_torch_file
@@ -166,11 +167,6 @@ def export_embedding(token: str, vectors: Any, path: str) -> None:
   Raises:
     ImportError: the safetensors package is missing.
   """
-  try:
-    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("writing embeddings needs the safetensors package: pip install "
-                      "safetensors") from e
   rows = np.ascontiguousarray(_as_rows(vectors, token))
   save_file({token: rows}, path, metadata={"format": "pt"})
 

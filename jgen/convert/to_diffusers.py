@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from jgen import errors
 from jgen.autoencoder.ldm_autoencoder import LDMAutoencoder
@@ -360,11 +361,6 @@ def save_model(folder: str, config: Mapping[str, Any], state: Mapping[str, np.nd
     FileExistsError: the folder already holds a model.
     ImportError: the safetensors package is missing.
   """
-  try:
-    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("writing diffusers folders needs the safetensors package: pip install "
-                      "safetensors") from e
   for name in ("config.json", WEIGHTS):
     if os.path.exists(os.path.join(folder, name)):
       raise FileExistsError(f"{folder} already holds {name}; export into a new folder")

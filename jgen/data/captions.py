@@ -16,11 +16,13 @@ as every folder source's are).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from jgen import errors
 from jgen.data import sources as src_lib
@@ -141,7 +143,6 @@ def write_dreambooth_folder(out: str, instance_images: Sequence[np.ndarray],
   Raises:
     ValueError: no instance or class images, or `out` already holds a metadata.jsonl.
   """
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   if not len(instance_images) or not len(class_images):
     raise ValueError("DreamBooth needs at least one instance image and one class image")
   os.makedirs(out, exist_ok=True)
@@ -170,7 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   --class_prompt=Q``: a DreamBooth folder (`write_dreambooth_folder`) from the subject's
   images and the class images that ``--mode=sample`` of the converted model wrote
   (``samples/*.npz``)."""
-  import argparse  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog="python -m jgen.data.captions", description=main.__doc__)
   parser.add_argument("instance_dir")
   parser.add_argument("class_npz")

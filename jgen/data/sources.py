@@ -242,7 +242,7 @@ def _open_tfds(name: str, split: str, data_dir: str | None):
   ``tfds.data_source`` would call ``download_and_prepare``, which offline retries for minutes
   before failing; we build the builder and read the prepared ArrayRecord files only.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # noqa: PLC0415 (only tfds: sources; its import loads TensorFlow's protos)
 
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -368,7 +368,7 @@ def _missing(kind: str, path: str) -> DatasetUnavailableError:
 
 
 def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits  # noqa: PLC0415 (only the digits source needs scikit-learn)
 
   digits = load_digits()
   images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]

@@ -58,6 +58,7 @@ from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion.parameterization import sigma_to_timestep, to_x0_fn
 from jgen.diffusion.solvers import karras_level, karras_sigmas
 from jgen.metrics.ppl import lpips_distance
+from jgen.metrics.weights import lpips_variables
 from jgen.nn.unet import UNet
 from jgen.ops.schedules import Schedule
 from jgen.train import init_from as init_from_lib
@@ -548,7 +549,6 @@ def make_method(config: Any) -> Consistency:
     kwargs = dict(s0=int(cc.s0), s1=int(cc.s1), p_mean=float(cc.p_mean),
                   p_std=float(cc.p_std), total_steps=int(config.train.num_steps))
   if cc.distance == "lpips":
-    from jgen.metrics.weights import lpips_variables
     kwargs["lpips_variables"] = lpips_variables(cc.lpips.vgg_path, cc.lpips.lin_path)
     kwargs["lpips_resize"] = int(cc.lpips.resize)
   s = config.sample

@@ -55,7 +55,7 @@ class Preempted(SystemExit):
 
 def preemption_sync_available() -> bool:
   """True when `jax.distributed` runs with its preemption service (XLA catches SIGTERM)."""
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # noqa: PLC0415 (only multi-process runs; no public API)
   # Private, but the only record of whether initialize() started the preemption sync manager;
   # getattr keeps a future rename from breaking single-process runs.
   state = getattr(distributed, "global_state", None)

@@ -95,7 +95,7 @@ class MetricWriter:
     self._staging = None
     self._sync_secs, self._synced = sync_secs, time.time()
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      from tensorboardX import SummaryWriter  # noqa: PLC0415 (process 0 only)
       if self._remote is not None:
         self._staging = tempfile.mkdtemp(prefix="jgen_events_")
       self._tb = SummaryWriter(self._staging or logdir, flush_secs=30)
