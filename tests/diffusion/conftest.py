@@ -24,5 +24,6 @@ def text_base(tmp_path_factory, fs_run):
   workdir = str(tmp_path_factory.mktemp("ldm_text_base"))
   config = load_experiment("ldm_text_digits", "smoke")
   config.init_from.workdir = fs_run
+  config.train.eval_every = 0  # a base to adapt: its eval loss is never read
   jgen.run.main(config, workdir=workdir)
   return workdir

@@ -21,13 +21,11 @@ from tests.conftest import load_experiment
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, ddpm_smoke_run):
   """(classifier workdir, DDPM workdir): the smoke runs of both experiments (8x8, T = 20)."""
-  root = tmp_path_factory.mktemp("guided")
-  clf, ddpm = str(root / "clf"), str(root / "ddpm")
+  clf = str(tmp_path_factory.mktemp("guided") / "clf")
   jgen.run.main(load_experiment("noisy_classifier_digits", "smoke"), workdir=clf, mode="train")
-  jgen.run.main(load_experiment("ddpm_digits", "smoke"), workdir=ddpm, mode="train")
-  return clf, ddpm
+  return clf, ddpm_smoke_run
 
 
 def _guided_config(clf: str, scale: float, **sample):

@@ -58,10 +58,8 @@ def test_zero_init_is_the_base_bit_for_bit(num_classes):
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("ddpm_base"))
-  jgen.run.main(load_experiment("ddpm_digits", "smoke"), workdir=workdir)
-  return workdir
+def base_run(ddpm_smoke_run):
+  return ddpm_smoke_run
 
 
 def _config(base_workdir):

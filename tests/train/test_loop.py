@@ -149,20 +149,26 @@ from tests.conftest import load_experiment
 c = load_experiment("ddpm_digits", "smoke")
 c.train.num_steps = 2
 c.train.eval_every = 0
-c.data.batch_size = {batch}
-try:
-    state = jgen.run.main(c, workdir={workdir!r})
-except ValueError as e:
-    print(json.dumps({{"error": str(e)}})); sys.exit(0)
+c.data.batch_size = 8
+state = jgen.run.main(c, workdir={workdir!r})
 leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(state.params)]
-print(json.dumps({{"devices": jax.device_count(),
+error = None
+if {bad_batch}:  # in the same process: one JAX start less
+    c.data.batch_size = {bad_batch}
+    try:
+        jgen.run.main(c, workdir={workdir!r} + "_bad")
+    except ValueError as e:
+        error = str(e)
+print(json.dumps({{"devices": jax.device_count(), "error": error,
                   "params": [float(np.sum(x * x)) for x in leaves]}}))
 """
 
 
-def _run_devices(n, tmp_path, batch=8):
-  script = _DEVICES_SCRIPT.format(repo=str(REPO), workdir=str(tmp_path / f"d{n}_{batch}"),
-                                  batch=batch)
+def _run_devices(n, tmp_path, bad_batch=0):
+  """A 2-step run on `n` devices at batch 8; then, if `bad_batch`, the error of a run at that
+  batch size."""
+  script = _DEVICES_SCRIPT.format(repo=str(REPO), workdir=str(tmp_path / f"d{n}"),
+                                  bad_batch=bad_batch)
   env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                        timeout=600, check=False)
@@ -171,11 +177,10 @@ def _run_devices(n, tmp_path, batch=8):
 
 
 def test_eight_devices_match_one_device(tmp_path):
-  one, eight = _run_devices(1, tmp_path), _run_devices(8, tmp_path)
+  one, eight = _run_devices(1, tmp_path), _run_devices(8, tmp_path, bad_batch=12)
   assert one["devices"] == 1 and eight["devices"] == 8
   np.testing.assert_allclose(one["params"], eight["params"], rtol=1e-4)
-  bad = _run_devices(8, tmp_path, batch=12)
-  assert "batch_size" in bad["error"] and "8" in bad["error"]
+  assert "batch_size" in eight["error"] and "8" in eight["error"]
 
 
 def test_launch_py_with_overrides(tmp_path):

@@ -24,11 +24,8 @@ def _size(tree):
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("base"))
-  config = load_experiment("ddpm_digits", "smoke")
-  jgen.run.main(config, workdir=workdir)
-  return workdir
+def base_run(ddpm_smoke_run):
+  return ddpm_smoke_run
 
 
 def _lora_config(base_workdir, **lora):
