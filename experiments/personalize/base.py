@@ -11,7 +11,7 @@ import ml_collections
 
 from jgen.train.config import experiment_module
 
-_cond = experiment_module("ddpm_cond_digits", beside=__file__)
+_cond = experiment_module("../ddpm/cond_digits", beside=__file__)
 
 MNIST_TEST = "idx:../shared/data/mnist-test"
 

@@ -3,7 +3,7 @@
 Every autoencoder experiment (ae/dae/vae/vqvae_digits, autoencoder_mnist, autoencoder_cifar)
 starts from `get_config(method, variant)` and sets its data and scale; no experiment file loads
 another, so changing a CPU recipe changes no other run. Loaded by path:
-`experiment_module("base_autoencoder", beside=__file__)`.
+`experiment_module("base", beside=__file__)`.
 """
 
 import ml_collections
@@ -90,11 +90,3 @@ def digits(c: ml_collections.ConfigDict, *, smoke: bool = False) -> ml_collectio
     c.model.latent_dim = 4
     smoke_schedule(c)
   return c
-
-
-def method_arg(name: str, arg: str | None) -> str:
-  """The method argument of a multi-method experiment (`autoencoder_mnist.py:vae`), checked."""
-  if arg not in METHODS:
-    raise ValueError(f"{name} needs a method argument, one of {METHODS}: "
-                     f"experiments/{name}.py:vae (got {arg!r})")
-  return arg

@@ -10,14 +10,14 @@ clip 1, EMA 0.999 with warmup, 2500 steps of batch 64, 50-step DDIM without clip
 are not bounded to [-1, 1]). `cross_attention(c, smoke=...)` adds the U-Net's cross-attention
 width and heads (label tokens or text). The experiment files change what differs; `:smoke`
 (``smoke=True``) is the tests' seconds-long run on an 8x8 vqgan_digits:smoke first stage
-(4x4x4 latents). Loaded by path: `experiment_module("base_ldm", beside=__file__)`.
+(4x4x4 latents). Loaded by path: `experiment_module("base", beside=__file__)`.
 """
 
 import ml_collections
 
 from jgen.train.config import digits_data, experiment_module, smoke_schedule
 
-_ddpm = experiment_module("base_ddpm", beside=__file__)
+_ddpm = experiment_module("../ddpm/base", beside=__file__)
 
 
 def get_config(method: str, *, smoke: bool = False) -> ml_collections.ConfigDict:
@@ -95,10 +95,3 @@ def paper_schedule(c: ml_collections.ConfigDict, *, batch_size: int, num_steps: 
   c.train.sample_every = 50_000
   c.train.eval_every = 10_000
   return c
-
-
-def variant(name: str, arg: str | None) -> bool:
-  """`smoke` of an experiment argument: None or 'smoke'."""
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown variant {arg!r} of {name}; use 'smoke'")
-  return arg == "smoke"

@@ -1,6 +1,6 @@
 """The base of every GAN experiment (dcgan/cgan/wgan/wgan_gp on digits, MNIST, CIFAR-10).
 
-Experiment files load this module by path (`experiment_module("base_gan", beside=__file__)`)
+Experiment files load this module by path (`experiment_module("base", beside=__file__)`)
 and never each other. `digits_config(method)` is each method's 16x16 digits setup; the MNIST
 and CIFAR-10 configs start from it and scale data and networks.
 

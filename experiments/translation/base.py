@@ -1,6 +1,6 @@
 """The base of the image-to-image experiments (pix2pix; CycleGAN and StarGAN read it).
 
-Experiment files load this module by path (`experiment_module("base_translation",
+Experiment files load this module by path (`experiment_module("base",
 beside=__file__)`) and never each other. `pix2pix_base()` is the 16x16 edges -> digits setup;
 the facades, maps and CIFAR-10 colorization configs start from it and scale data and networks.
 
@@ -12,7 +12,7 @@ import ml_collections
 
 from jgen.train.config import base_config, experiment_module
 
-_gan = experiment_module("base_gan", beside=__file__)
+_gan = experiment_module("../gan/base", beside=__file__)
 
 
 def pix2pix_base(*, smoke: bool = False) -> ml_collections.ConfigDict:

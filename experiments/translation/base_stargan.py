@@ -29,7 +29,7 @@ import ml_collections
 
 from jgen.train.config import base_config, experiment_module
 
-_gan = experiment_module("base_gan", beside=__file__)
+_gan = experiment_module("../gan/base", beside=__file__)
 
 
 def stargan_base(*, batch: int, n_critic: int = 5) -> ml_collections.ConfigDict:

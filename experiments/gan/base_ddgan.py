@@ -17,7 +17,7 @@ import ml_collections
 
 from jgen.train.config import base_config, digits_data, experiment_module, smoke_schedule
 
-_gan = experiment_module("base_gan", beside=__file__)
+_gan = experiment_module("base", beside=__file__)
 
 
 def get_config() -> ml_collections.ConfigDict:

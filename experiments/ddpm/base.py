@@ -3,7 +3,7 @@
 Every DDPM experiment (ddpm_digits, ddpm_cifar, ddpm_cond_digits, ddpm_cond_cifar) starts from
 `get_config()` and sets its data, network, optimizer and schedule; no experiment file loads
 another. Loaded by path:
-`experiment_module("base_ddpm", beside=__file__)`.
+`experiment_module("base", beside=__file__)`.
 """
 
 import ml_collections
@@ -93,9 +93,9 @@ def digits(smoke: bool = False) -> ml_collections.ConfigDict:
   return c
 
 
-def cifar(variant: str | None = None) -> ml_collections.ConfigDict:
+def cifar(*, bf16: bool = False, smoke: bool = False) -> ml_collections.ConfigDict:
   """DDPM on CIFAR-10, the paper's setup (Ho et al. 2020) that ddpm_cifar is and ddpm_cond_cifar
-  builds on; `variant` 'bf16' (bfloat16 compute) or 'smoke' (seconds)."""
+  builds on; `bf16`: bfloat16 compute, `smoke`: a seconds-long run."""
   c = get_config()
 
   c.data.source = "tfds:cifar10"
@@ -122,9 +122,9 @@ def cifar(variant: str | None = None) -> ml_collections.ConfigDict:
   c.train.sample_every = 50_000
   c.train.eval_every = 10_000
 
-  if variant == "bf16":
+  if bf16:
     c.model.dtype = "bfloat16"
-  elif variant == "smoke":
+  if smoke:
     c.data.batch_size = 8
     c.model.ch = 32
     c.model.ch_mult = (1, 2)

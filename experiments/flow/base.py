@@ -4,7 +4,7 @@ RealNVP model blocks, and the method argument of the multi-method experiments.
 Every flow experiment (glow_digits, realnvp_digits, flow_mnist, flow_cifar) starts from
 `get_config(method, additive=...)` and sets its data and scale; no experiment file loads
 another, so changing a CPU recipe changes no other run. Loaded by path:
-`experiment_module("base_flow", beside=__file__)`.
+`experiment_module("base", beside=__file__)`.
 """
 
 import ml_collections
@@ -12,19 +12,6 @@ import ml_collections
 from jgen.train.config import base_config, digits_data, smoke_schedule
 
 METHODS = ("glow", "realnvp")
-OPTIONS = ("additive", "smoke")
-
-
-def parse_arg(name: str, arg: str | None) -> tuple[str, set[str]]:
-  """`'glow,smoke'` -> `('glow', {'smoke'})`, checked against METHODS and OPTIONS."""
-  method, *options = (arg or "").split(",")
-  if method not in METHODS or not set(options) <= set(OPTIONS):
-    raise ValueError(f"{name} needs a method argument, one of {METHODS}, optionally followed by "
-                     f"options from {OPTIONS}: experiments/{name}.py:glow or :glow,smoke "
-                     f"(got {arg!r})")
-  if "additive" in options and method != "glow":
-    raise ValueError(f"{name}: 'additive' is an option of glow only (got {arg!r})")
-  return method, set(options)
 
 
 def get_config(method: str, *, additive: bool = False) -> ml_collections.ConfigDict:

@@ -3,7 +3,7 @@
 `get_config(kind, smoke=..., adversarial=...)` gives the network, bottleneck, loss, critic and
 optimizer defaults of `kind` ('vq' or 'kl') on 16x16 digits at f = 4 (4x4 latents); the
 experiment files (vqgan_digits, klae_digits) pick their variant. Loaded by path:
-`experiment_module("base_first_stage", beside=__file__)`.
+`experiment_module("base", beside=__file__)`.
 
 Paper settings kept: hinge PatchGAN with the adaptive weight (taming: disc_weight 0.8 for VQ;
 LDM: 0.5 for KL), commitment beta 0.25, KL weight 1e-6, Adam b1 = 0.5, b2 = 0.9 for both
@@ -21,7 +21,7 @@ import ml_collections
 
 from jgen.train.config import base_config, digits_data, experiment_module, smoke_schedule
 
-_gan = experiment_module("base_gan", beside=__file__)
+_gan = experiment_module("../gan/base", beside=__file__)
 
 
 def get_config(kind: str, *, smoke: bool = False, adversarial: bool = True
@@ -103,12 +103,3 @@ def get_config(kind: str, *, smoke: bool = False, adversarial: bool = True
     smoke_schedule(c)
     c.eval.metrics = ""
   return c
-
-
-def variant(name: str, arg: str | None) -> tuple[bool, bool]:
-  """`(smoke, adversarial)` of an experiment argument: None, 'noadv', 'smoke', 'smoke_noadv'."""
-  if arg not in (None, "noadv", "smoke", "smoke_noadv"):
-    raise ValueError(f"unknown variant {arg!r} of {name}; use 'noadv', 'smoke' or "
-                     "'smoke_noadv'")
-  arg = arg or ""
-  return arg.startswith("smoke"), not arg.endswith("noadv")
