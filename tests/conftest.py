@@ -19,13 +19,14 @@ SHARED = REPO.parent / "shared"
 
 
 def load_experiment(name: str, arg: str | None = None):
-  """`get_config(arg)` of experiments/<name>.py, as launch.py's --config would load it."""
+  """`get_config(arg)` of experiments/<name>.py (`name`: "ddpm/digits"), as launch.py's --config
+  would load it."""
   return experiment_module(name, str(REPO / "experiments" / "_")).get_config(arg)
 
 
 @pytest.fixture
 def smoke_config():
-  return load_experiment("ddpm_digits", "smoke")
+  return load_experiment("ddpm/digits", "smoke")
 
 
 def subprocess_env(**extra) -> dict:

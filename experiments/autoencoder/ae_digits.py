@@ -1,8 +1,10 @@
 """Autoencoder on scikit-learn's 8x8 digits resized to 16x16: a 16-d vector bottleneck.
 
-  python launch.py --config experiments/ae_digits.py --workdir /tmp/ae_digits
-  python launch.py --config experiments/ae_digits.py --workdir /tmp/ae_digits --mode=eval
-  python launch.py --config experiments/ae_digits.py --workdir /tmp/ae_digits --mode=sample
+  python launch.py --config experiments/autoencoder/ae_digits.py --workdir /tmp/ae_digits
+  python launch.py --config experiments/autoencoder/ae_digits.py --workdir /tmp/ae_digits \
+      --mode=eval
+  python launch.py --config experiments/autoencoder/ae_digits.py --workdir /tmp/ae_digits \
+      --mode=sample
 
 `--mode=sample` writes held-out digits side by side with their reconstructions. Variants:
 `:mae` (L1 reconstruction), `:smoke` (a seconds-long run for the tests).

@@ -1,12 +1,12 @@
 """AE, DAE, VAE or VQ-VAE on CIFAR-10 (32x32x3).
 
-  python launch.py --config experiments/autoencoder_cifar.py:vqvae --workdir /tmp/vq_cifar
-  python launch.py --config experiments/autoencoder_cifar.py:vae --workdir /tmp/vae_cifar \
+  python launch.py --config experiments/autoencoder/cifar.py:method=vqvae --workdir /tmp/vq_cifar
+  python launch.py --config experiments/autoencoder/cifar.py:method=vae --workdir /tmp/vae_cifar \
       --config.data.source=folder:../shared/data/cifar10-jpeg.zip
 
-The argument names the method (ae, dae, vae, vqvae). The VAE uses the discretized-logistic
-decoder (8-bit colour images; bits/dim reported at eval). The VQ-VAE follows the paper's CIFAR-10
-shape: a 8x8 map of codes, K=512.
+The argument `method=` names the method (vae: the default, ae, dae, vqvae). The VAE uses the
+discretized-logistic decoder (8-bit colour images; bits/dim reported at eval). The VQ-VAE follows
+the paper's CIFAR-10 shape: a 8x8 map of codes, K=512.
 """
 
 import ml_collections

@@ -1,7 +1,8 @@
 """Denoising autoencoder on digits (16x16): reconstructs clean digits from corrupted ones.
 
-  python launch.py --config experiments/dae_digits.py --workdir /tmp/dae_digits
-  python launch.py --config experiments/dae_digits.py --workdir /tmp/dae_digits --mode=eval
+  python launch.py --config experiments/autoencoder/dae_digits.py --workdir /tmp/dae_digits
+  python launch.py --config experiments/autoencoder/dae_digits.py --workdir /tmp/dae_digits \
+      --mode=eval
 
 Gaussian noise with std 0.5 (on [-1, 1] images) by default; variant `:dropout` masks 30% of the
 pixels to black instead. `--mode=sample` writes corrupted held-out inputs next to their

@@ -1,13 +1,13 @@
 """AE, DAE, VAE or VQ-VAE on MNIST-format data (28x28 padded by resizing to 32x32, 1 channel).
 
-  python launch.py --config experiments/autoencoder_mnist.py:vae --workdir /tmp/vae_mnist
+  python launch.py --config experiments/autoencoder/mnist.py:method=vae --workdir /tmp/vae_mnist
   # MNIST-format idx files on disk instead of tensorflow-datasets (e.g. Fashion-MNIST from
   # Debian's dataset-fashion-mnist package):
-  python launch.py --config experiments/autoencoder_mnist.py:vqvae --workdir /tmp/vq_fmnist \
+  python launch.py --config experiments/autoencoder/mnist.py:method=vqvae --workdir /tmp/vq_fmnist \
       --config.data.source=idx:/usr/share/datasets/fashion-mnist
 
-The argument names the method (ae, dae, vae, vqvae); each starts from its digits config
-(experiments/base_autoencoder.py) and sets data and network for MNIST.
+The argument `method=` names the method (vae: the default, ae, dae, vqvae); each starts from its
+digits config (experiments/autoencoder/base.py) and sets data and network for MNIST.
 """
 
 import ml_collections

@@ -1,12 +1,15 @@
 """VAE on scikit-learn's digits (16x16, dynamically binarized, Bernoulli decoder).
 
-  python launch.py --config experiments/vae_digits.py --workdir /tmp/vae_digits
-  python launch.py --config experiments/vae_digits.py --workdir /tmp/vae_digits --mode=eval
-  python launch.py --config experiments/vae_digits.py --workdir /tmp/vae_digits --mode=sample
+  python launch.py --config experiments/autoencoder/vae_digits.py --workdir /tmp/vae_digits
+  python launch.py --config experiments/autoencoder/vae_digits.py --workdir /tmp/vae_digits \
+      --mode=eval
+  python launch.py --config experiments/autoencoder/vae_digits.py --workdir /tmp/vae_digits \
+      --mode=sample
 
 `--mode=eval` reports the ELBO, its terms, bits/dim and the IWAE (k = 100) log-likelihood in
 nats per image on held-out binarized digits; `--mode=sample` decodes prior samples. Variants:
-`:logistic` (discretized logistic decoder on 8-bit images), `:gaussian`, `:smoke`.
+`:likelihood=logistic` (discretized logistic decoder on 8-bit images), `:likelihood=gaussian`,
+`:smoke`.
 """
 
 import ml_collections

@@ -1,7 +1,8 @@
 """VQ-VAE on digits (16x16): a 4x4 map of codes from a codebook of 128 16-d vectors.
 
-  python launch.py --config experiments/vqvae_digits.py --workdir /tmp/vqvae_digits
-  python launch.py --config experiments/vqvae_digits.py --workdir /tmp/vqvae_digits --mode=eval
+  python launch.py --config experiments/autoencoder/vqvae_digits.py --workdir /tmp/vqvae_digits
+  python launch.py --config experiments/autoencoder/vqvae_digits.py --workdir /tmp/vqvae_digits \
+      --mode=eval
 
 EMA codebook updates (decay 0.99, Laplace smoothing) with commitment beta = 0.25 and dead-code
 restarts every 100 steps; variant `:grad` learns the codebook by its loss instead. `--mode=eval`

@@ -1,8 +1,10 @@
 """Gated PixelCNN on CIFAR-10 (32x32x3) with PixelCNN++'s CIFAR-10 settings.
 
-  python launch.py --config experiments/pixelcnn_cifar.py --workdir /tmp/pixelcnn_cifar \
+  python launch.py --config experiments/autoregressive/pixelcnn_cifar.py \
+      --workdir /tmp/pixelcnn_cifar \
       --config.data.source=folder:../shared/data/cifar10-jpeg.zip
-  python launch.py --config experiments/pixelcnn_cifar.py --workdir /tmp/pixelcnn_cifar --mode=eval
+  python launch.py --config experiments/autoregressive/pixelcnn_cifar.py \
+      --workdir /tmp/pixelcnn_cifar --mode=eval
 
 PixelCNN++ (Salimans et al. 2017, and the defaults of openai/pixel-cnn's train.py) reaches
 2.92 test bits/dim on CIFAR-10 with: 6 stages of 5 gated ResNet layers (30 layers), 160

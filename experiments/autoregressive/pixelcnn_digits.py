@@ -1,9 +1,12 @@
 """Class-conditional gated PixelCNN on scikit-learn's digits (16x16, 1 channel): exact bits/dim.
 
-  python launch.py --config experiments/pixelcnn_digits.py --workdir /tmp/pixelcnn_digits
-  python launch.py --config experiments/pixelcnn_digits.py --workdir /tmp/pixelcnn_digits \
+  python launch.py --config experiments/autoregressive/pixelcnn_digits.py \
+      --workdir /tmp/pixelcnn_digits
+  python launch.py --config experiments/autoregressive/pixelcnn_digits.py \
+      --workdir /tmp/pixelcnn_digits \
       --mode=eval
-  python launch.py --config experiments/pixelcnn_digits.py --workdir /tmp/pixelcnn_digits \
+  python launch.py --config experiments/autoregressive/pixelcnn_digits.py \
+      --workdir /tmp/pixelcnn_digits \
       --mode=sample --config.sample.labels=3
 
 `--mode=eval` prints the exact held-out bits/dim of the 8-bit digits: `bpd` of p(x | label) and

@@ -5,9 +5,11 @@ x = read_idx('../shared/data/mnist-test/t10k-images-idx3-ubyte.gz'); \
 y = read_idx('../shared/data/mnist-test/t10k-labels-idx1-ubyte.gz'); \
 np.savez('/tmp/mnist_split.npz', x_train=x[:9000], y_train=y[:9000], x_test=x[9000:], \
 y_test=y[9000:])"
-  python launch.py --config experiments/pixelcnn_mnist.py --workdir /tmp/pixelcnn_mnist \
+  python launch.py --config experiments/autoregressive/pixelcnn_mnist.py \
+      --workdir /tmp/pixelcnn_mnist \
       --config.data.source=npz:/tmp/mnist_split.npz
-  python launch.py --config experiments/pixelcnn_mnist.py --workdir /tmp/pixelcnn_mnist \
+  python launch.py --config experiments/autoregressive/pixelcnn_mnist.py \
+      --workdir /tmp/pixelcnn_mnist \
       --config.data.source=npz:/tmp/mnist_split.npz --mode=eval
 
 The data default to tensorflow-datasets' MNIST (prepared offline); the real MNIST test set in

@@ -1,11 +1,14 @@
 """A class-conditional transformer prior over the 4x4 codes of a trained vqvae_digits run.
 
-  python launch.py --config experiments/vqvae_digits.py --workdir /tmp/vqvae_digits
-  python launch.py --config experiments/vq_transformer_digits.py --workdir /tmp/vqtf_digits \
+  python launch.py --config experiments/autoencoder/vqvae_digits.py --workdir /tmp/vqvae_digits
+  python launch.py --config experiments/autoregressive/vq_transformer_digits.py \
+      --workdir /tmp/vqtf_digits \
       --config.init_from.workdir=/tmp/vqvae_digits
-  python launch.py --config experiments/vq_transformer_digits.py --workdir /tmp/vqtf_digits \
+  python launch.py --config experiments/autoregressive/vq_transformer_digits.py \
+      --workdir /tmp/vqtf_digits \
       --mode=eval     # held-out nats / bits per code
-  python launch.py --config experiments/vq_transformer_digits.py --workdir /tmp/vqtf_digits \
+  python launch.py --config experiments/autoregressive/vq_transformer_digits.py \
+      --workdir /tmp/vqtf_digits \
       --mode=sample --config.sample.temperature=0.9 --config.sample.top_k=32
 
 The VQ-VAE (its EMA parameters) is frozen in ``state.frozen["vqvae"]``; its architecture comes
@@ -20,8 +23,9 @@ Samples: every class in turn, 10 per row, decoded by the frozen decoder; tempera
 top-k / top-p by default. Variant `:vqgan` is the same prior over a vqgan_digits run's codes
 (its autoencoder subtree, default workdir /tmp/vqgan_digits):
 
-  python launch.py --config experiments/vqgan_digits.py --workdir /tmp/vqgan_digits
-  python launch.py --config experiments/vq_transformer_digits.py:vqgan --workdir /tmp/vqtf_gan
+  python launch.py --config experiments/first_stage/vqgan_digits.py --workdir /tmp/vqgan_digits
+  python launch.py --config experiments/autoregressive/vq_transformer_digits.py:vqgan \
+      --workdir /tmp/vqtf_gan
 
 `:smoke` and `:vqgan,smoke` are the tests' seconds-long runs (on vqvae_digits:smoke and
 vqgan_digits:smoke runs).

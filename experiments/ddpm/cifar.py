@@ -1,10 +1,10 @@
 """DDPM on CIFAR-10: the setup of Ho et al. 2020 (35.7M-parameter U-Net, T=1000, linear betas).
 
-  python launch.py --config experiments/ddpm_cifar.py --workdir /tmp/ddpm_cifar
+  python launch.py --config experiments/ddpm/cifar.py --workdir /tmp/ddpm_cifar
   # from local files instead of tensorflow-datasets:
-  python launch.py --config experiments/ddpm_cifar.py --workdir /tmp/ddpm_cifar \
+  python launch.py --config experiments/ddpm/cifar.py --workdir /tmp/ddpm_cifar \
       --config.data.source=folder:../shared/data/cifar10-jpeg.zip
-  # variants: experiments/ddpm_cifar.py:bf16 (bfloat16 compute, GPU/TPU), :smoke (tiny, CPU)
+  # variants: experiments/ddpm/cifar.py:bf16 (bfloat16 compute, GPU/TPU), :smoke (tiny, CPU)
 """
 
 import ml_collections

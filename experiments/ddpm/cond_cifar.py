@@ -1,8 +1,8 @@
 """Class-conditional DDPM with classifier-free guidance on CIFAR-10, for a GPU.
 
-  python launch.py --config experiments/ddpm_cond_cifar.py --workdir /tmp/ddpm_cond_cifar
+  python launch.py --config experiments/ddpm/cond_cifar.py --workdir /tmp/ddpm_cond_cifar
   # from local files instead of tensorflow-datasets:
-  python launch.py --config experiments/ddpm_cond_cifar.py --workdir /tmp/ddpm_cond_cifar \
+  python launch.py --config experiments/ddpm/cond_cifar.py --workdir /tmp/ddpm_cond_cifar \
       --config.data.source=folder:../shared/data/cifar10-jpeg.zip
   # variants: :bf16 (bfloat16 compute), :v (v-prediction), :smoke (tiny, CPU)
 

@@ -1,8 +1,8 @@
 """Class-conditional DDPM with classifier-free guidance on the bundled digits (16x16).
 
-  python launch.py --config experiments/ddpm_cond_digits.py --workdir /tmp/ddpm_cond_digits
+  python launch.py --config experiments/ddpm/cond_digits.py --workdir /tmp/ddpm_cond_digits
   # one digit only, stronger guidance, another sampler:
-  python launch.py --config experiments/ddpm_cond_digits.py --workdir /tmp/ddpm_cond_digits \
+  python launch.py --config experiments/ddpm/cond_digits.py --workdir /tmp/ddpm_cond_digits \
       --mode=sample --config.sample.labels=3 --config.sample.guidance_scale=4 \
       --config.sample.sampler=dpmpp_2m --config.sample.steps=20
 

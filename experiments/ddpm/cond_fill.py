@@ -1,6 +1,6 @@
 """Colour-conditional DDPM on the fill task (32x32 RGB discs): the base of controlnet_fill.
 
-  python launch.py --config experiments/ddpm_cond_fill.py --workdir /tmp/ddpm_cond_fill
+  python launch.py --config experiments/ddpm/cond_fill.py --workdir /tmp/ddpm_cond_fill
 
 The data are `fill` (`jgen.data.fill`: ControlNet's fill50k regenerated offline, a disc in one
 of 8 named colours on white, label = the colour). The model is told the colour only, so it

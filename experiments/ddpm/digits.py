@@ -1,6 +1,6 @@
 """DDPM on scikit-learn's bundled 8x8 digits, resized to 16x16: the CPU quickstart.
 
-  python launch.py --config experiments/ddpm_digits.py --workdir /tmp/ddpm_digits
+  python launch.py --config experiments/ddpm/digits.py --workdir /tmp/ddpm_digits
 
 Trains on 2 CPU cores in a few minutes and writes a grid of recognizable digits to
 WORKDIR/samples/. Variant `:smoke` is a seconds-long run used by the tests.

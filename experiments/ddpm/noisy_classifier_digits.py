@@ -1,7 +1,8 @@
 """A noise-aware digit classifier p(y | x_t, t) for classifier guidance of ddpm_digits.
 
-  python launch.py --config experiments/noisy_classifier_digits.py --workdir /tmp/clf
-  python launch.py --config experiments/noisy_classifier_digits.py --workdir /tmp/clf --mode=eval
+  python launch.py --config experiments/ddpm/noisy_classifier_digits.py --workdir /tmp/clf
+  python launch.py --config experiments/ddpm/noisy_classifier_digits.py --workdir /tmp/clf \
+      --mode=eval
 
 scikit-learn's 8x8 digits resized to 16x16 with ddpm_digits' noise process (base_ddpm: linear
 betas, T = 1000), so its EMA parameters can guide a ddpm_digits model

@@ -111,9 +111,11 @@ def digits(mode: str, smoke: bool = False) -> ml_collections.ConfigDict:
   return c
 
 
-def cifar(mode: str, *, bf16: bool = False, smoke: bool = False) -> ml_collections.ConfigDict:
+def cifar(mode: str, *, bf16: bool = False, smoke: bool = False
+          ) -> ml_collections.ConfigDict:
   """CIFAR-10 (GPU/TPU); the papers' NCSN++ replaced by jgen's DDPM U-Net (35.7M parameters,
-  ch 128, ch_mult (1, 2, 2, 2), 2 blocks, attention at 16); `bf16`: bfloat16 compute, `smoke`: seconds."""
+  ch 128, ch_mult (1, 2, 2, 2), 2 blocks, attention at 16); `bf16`: bfloat16 compute, `smoke`:
+  seconds."""
   c = get_config(mode)
   c.data.source = "tfds:cifar10"
   c.data.image_size = 32

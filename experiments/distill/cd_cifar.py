@@ -1,9 +1,9 @@
 """Consistency distillation on CIFAR-10, the settings of Song et al. 2023 (CD-LPIPS, one-step
 FID 3.55, two-step 2.93 there).
 
-  python launch.py --config experiments/ddpm_cifar.py --workdir /tmp/ddpm_cifar_v \
+  python launch.py --config experiments/ddpm/cifar.py --workdir /tmp/ddpm_cifar_v \
       --config.diffusion.prediction=v
-  python launch.py --config experiments/cd_cifar.py --workdir /tmp/cd_cifar \
+  python launch.py --config experiments/distill/cd_cifar.py --workdir /tmp/cd_cifar \
       --config.init_from.workdir=/tmp/ddpm_cifar_v \
       --config.consistency.lpips.vgg_path=vgg16-397923af.pth \
       --config.consistency.lpips.lin_path=vgg.pth

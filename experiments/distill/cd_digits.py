@@ -1,10 +1,10 @@
 """Consistency distillation (Song et al. 2023) of the quickstart DDPM, trained with v-prediction.
 
-  python launch.py --config experiments/ddpm_digits.py --workdir /tmp/ddpm_digits_v \
+  python launch.py --config experiments/ddpm/digits.py --workdir /tmp/ddpm_digits_v \
       --config.diffusion.prediction=v
-  python launch.py --config experiments/cd_digits.py --workdir /tmp/cd_digits \
+  python launch.py --config experiments/distill/cd_digits.py --workdir /tmp/cd_digits \
       --config.init_from.workdir=/tmp/ddpm_digits_v
-  python launch.py --config experiments/cd_digits.py --workdir /tmp/cd_digits \
+  python launch.py --config experiments/distill/cd_digits.py --workdir /tmp/cd_digits \
       --mode=sample --config.sample.steps=2
 
 The teacher's EMA U-Net is frozen in ``state.frozen["teacher"]`` (its architecture and schedule

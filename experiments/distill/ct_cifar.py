@@ -1,8 +1,8 @@
 """Improved consistency training on CIFAR-10, the settings of Song & Dhariwal 2023 (iCT: one-step
 FID 2.83, two-step 2.46 there).
 
-  python launch.py --config experiments/ct_cifar.py --workdir /tmp/ct_cifar
-  python launch.py --config experiments/ct_cifar.py --workdir /tmp/ct_cifar --mode=sample \
+  python launch.py --config experiments/distill/ct_cifar.py --workdir /tmp/ct_cifar
+  python launch.py --config experiments/distill/ct_cifar.py --workdir /tmp/ct_cifar --mode=sample \
       --config.sample.steps=2          # levels (80, 0.821), the paper's two-step choice
   # variants: :bf16, :smoke (tiny, CPU)
 

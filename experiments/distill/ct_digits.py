@@ -1,7 +1,7 @@
 """Improved consistency training (Song & Dhariwal 2023) on the bundled digits, from scratch.
 
-  python launch.py --config experiments/ct_digits.py --workdir /tmp/ct_digits
-  python launch.py --config experiments/ct_digits.py --workdir /tmp/ct_digits \
+  python launch.py --config experiments/distill/ct_digits.py --workdir /tmp/ct_digits
+  python launch.py --config experiments/distill/ct_digits.py --workdir /tmp/ct_digits \
       --mode=sample --config.sample.steps=2
 
 No teacher, no target EMA (the target is the stop-gradient online network at the next lower

@@ -1,11 +1,11 @@
 """Latent consistency distillation (Luo et al. 2023) of the class-conditional ldm_digits model.
 
-  python launch.py --config experiments/vqgan_digits.py --workdir /tmp/vqgan_digits
-  python launch.py --config experiments/ldm_digits.py --workdir /tmp/ldm_digits \
+  python launch.py --config experiments/first_stage/vqgan_digits.py --workdir /tmp/vqgan_digits
+  python launch.py --config experiments/ldm/digits.py --workdir /tmp/ldm_digits \
       --config.init_from.workdir=/tmp/vqgan_digits
-  python launch.py --config experiments/lcm_digits.py --workdir /tmp/lcm_digits \
+  python launch.py --config experiments/distill/lcm_digits.py --workdir /tmp/lcm_digits \
       --config.init_from.workdir=/tmp/ldm_digits
-  python launch.py --config experiments/lcm_digits.py --workdir /tmp/lcm_digits \
+  python launch.py --config experiments/distill/lcm_digits.py --workdir /tmp/lcm_digits \
       --mode=sample --config.sample.steps=1 --config.sample.guidance_scale=3
 
 `diffusion.lcm`: the teacher's EMA network is frozen in ``state.frozen["teacher"]`` and its

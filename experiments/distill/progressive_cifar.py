@@ -1,10 +1,10 @@
 """Progressive distillation on CIFAR-10 (Salimans & Ho 2022; FID 3.0 at 4 steps), for a GPU.
 
-  python launch.py --config experiments/ddpm_cifar.py --workdir /tmp/ddpm_cifar_v \
+  python launch.py --config experiments/ddpm/cifar.py --workdir /tmp/ddpm_cifar_v \
       --config.diffusion.prediction=v
-  python launch.py --config experiments/distill_cifar.py --workdir /tmp/distill_cifar \
+  python launch.py --config experiments/distill/progressive_cifar.py --workdir /tmp/distill_cifar \
       --config.init_from.workdir=/tmp/ddpm_cifar_v
-  python launch.py --config experiments/distill_cifar.py --workdir /tmp/distill_cifar \
+  python launch.py --config experiments/distill/progressive_cifar.py --workdir /tmp/distill_cifar \
       --mode=sample --config.sample.num=50000 --config.sample.batch_size=500
   # variants: :bf16 (bfloat16 compute), :smoke (seconds, on a ddpm_cifar:smoke teacher)
 

@@ -1,13 +1,16 @@
 """Progressive distillation of the digits quickstart DDPM (trained with v-prediction) to 4 steps.
 
-  python launch.py --config experiments/ddpm_digits.py --workdir /tmp/ddpm_digits_v \
+  python launch.py --config experiments/ddpm/digits.py --workdir /tmp/ddpm_digits_v \
       --config.diffusion.prediction=v
-  python launch.py --config experiments/distill_digits.py --workdir /tmp/distill_digits \
+  python launch.py --config experiments/distill/progressive_digits.py \
+      --workdir /tmp/distill_digits \
       --config.init_from.workdir=/tmp/ddpm_digits_v
   # continue the same run to 2 and then 1 step (the rounds are already scheduled):
-  python launch.py --config experiments/distill_digits.py --workdir /tmp/distill_digits \
+  python launch.py --config experiments/distill/progressive_digits.py \
+      --workdir /tmp/distill_digits \
       --config.init_from.workdir=/tmp/ddpm_digits_v --config.train.num_steps=3600
-  python launch.py --config experiments/distill_digits.py --workdir /tmp/distill_digits \
+  python launch.py --config experiments/distill/progressive_digits.py \
+      --workdir /tmp/distill_digits \
       --mode=sample --config.sample.steps=4
 
 `diffusion.progressive_distillation`: the teacher's EMA U-Net is frozen in

@@ -1,7 +1,8 @@
 """VQ-GAN first stage for CelebA-HQ 256x256 (f = 8: a 32x32 map of 4-d codes), for GPU; the
-first stage of experiments/ldm_celebahq.py.
+first stage of experiments/ldm/celebahq.py.
 
-  python launch.py --config experiments/vqgan_celebahq.py --workdir /tmp/vqgan_celebahq \
+  python launch.py --config experiments/first_stage/vqgan_celebahq.py \
+      --workdir /tmp/vqgan_celebahq \
       --config.data.source=folder:/data/celebahq256 \
       --config.loss.lpips_vgg=VGG.pth --config.loss.lpips_lin=LIN.pth
 

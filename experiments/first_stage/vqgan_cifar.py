@@ -1,7 +1,7 @@
 """VQ-GAN first stage for CIFAR-10 (32x32, f = 4: an 8x8 map of 3-d codes), for GPU; the
-first stage of experiments/ldm_cifar.py.
+first stage of experiments/ldm/cifar.py.
 
-  python launch.py --config experiments/vqgan_cifar.py --workdir /tmp/vqgan_cifar \
+  python launch.py --config experiments/first_stage/vqgan_cifar.py --workdir /tmp/vqgan_cifar \
       --config.loss.lpips_vgg=VGG.pth --config.loss.lpips_lin=LIN.pth
 
 Paper settings (LDM's ``models/first_stage_models/vq-f4``, taming's VQ-GAN): ch 128,

@@ -1,12 +1,12 @@
 """VQ-GAN first stage on MNIST (28x28 resized to 32x32, f = 4: an 8x8 map of 8-d codes), the
-first stage of experiments/ldm_sr_mnist.py.
+first stage of experiments/ldm/sr_mnist.py.
 
-  python launch.py --config experiments/vqgan_mnist.py --workdir /tmp/vqgan_mnist
+  python launch.py --config experiments/first_stage/vqgan_mnist.py --workdir /tmp/vqgan_mnist
   # MNIST-format idx files instead of tensorflow-datasets:
-  python launch.py --config experiments/vqgan_mnist.py --workdir /tmp/vqgan_mnist \
+  python launch.py --config experiments/first_stage/vqgan_mnist.py --workdir /tmp/vqgan_mnist \
       --config.data.source=idx:/path/to/mnist
 
-vqgan_digits's recipe (experiments/base_first_stage.py: L1 + hinge PatchGAN with the adaptive
+vqgan_digits's recipe (experiments/first_stage/base.py: L1 + hinge PatchGAN with the adaptive
 weight, learned codebook, beta 0.25, dead-code restarts) at 32x32 with 256 codes, ch 32 and a
 3-layer critic. Perceptual term: none, and it is logged -- the domain:mnist classifier takes
 28x28 images, these are 32x32 (the resize keeps the 8x8 latents divisible for the U-Net);

@@ -1,12 +1,13 @@
 """Glow or RealNVP on CIFAR-10 (32x32x3): the papers' CIFAR-10 setups.
 
-  python launch.py --config experiments/flow_cifar.py:glow --workdir /tmp/glow_cifar
-  python launch.py --config experiments/flow_cifar.py:glow --workdir /tmp/glow_cifar \
+  python launch.py --config experiments/flow/cifar.py:method=glow --workdir /tmp/glow_cifar
+  python launch.py --config experiments/flow/cifar.py:method=glow --workdir /tmp/glow_cifar \
       --config.data.source=folder:../shared/data/cifar10-jpeg.zip
-  python launch.py --config experiments/flow_cifar.py:glow --workdir /tmp/glow_cifar --mode=eval
+  python launch.py --config experiments/flow/cifar.py:method=glow --workdir /tmp/glow_cifar \
+      --mode=eval
 
-`:glow` is the Glow paper's CIFAR-10 model (Kingma & Dhariwal 2018, section 5 and the
-`--problem cifar10 --n_level 3 --depth 32 --flow_permutation 2 --flow_coupling 1 --learntop
+`:method=glow` (the default) is the Glow paper's CIFAR-10 model (Kingma & Dhariwal 2018, section 5
+and the `--problem cifar10 --n_level 3 --depth 32 --flow_permutation 2 --flow_coupling 1 --learntop
 --lr 0.001 --n_bits_x 8` run of openai/glow): L = 3 levels of K = 32 steps, coupling networks
 of 512 channels, affine couplings, invertible 1x1 convolutions (plain, as in that run; `lu` True
 for the LU-decomposed ones), a learned top prior, 8-bit data centred to [-0.5, 0.5], batch 512
@@ -16,7 +17,7 @@ paper's data augmentation is random translation by up to 10%, which jgen.data do
 (no augmentation here), and openai/glow's default optimizer is Adamax.
 `:glow,additive` swaps in additive couplings.
 
-`:realnvp` is RealNVP's CIFAR-10 model (Dinh et al. 2017, section 4.1): the logit transform
+`:method=realnvp` is RealNVP's CIFAR-10 model (Dinh et al. 2017, section 4.1): the logit transform
 (a = 0.05), one downscaling (2 levels), coupling networks of 8 residual blocks with 64 feature
 maps, batch 64, Adam at 1e-3, random horizontal flips; the paper reports 3.49 bits/dim. ActNorm
 stands in for the paper's batch normalization (see jgen.flow.models.RealNVP), and its small L2

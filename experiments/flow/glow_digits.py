@@ -1,8 +1,9 @@
 """Glow on scikit-learn's digits (8x8 resized to 16x16, 1 channel): exact log-likelihood.
 
-  python launch.py --config experiments/glow_digits.py --workdir /tmp/glow_digits
-  python launch.py --config experiments/glow_digits.py --workdir /tmp/glow_digits --mode=eval
-  python launch.py --config experiments/glow_digits.py --workdir /tmp/glow_digits --mode=sample \
+  python launch.py --config experiments/flow/glow_digits.py --workdir /tmp/glow_digits
+  python launch.py --config experiments/flow/glow_digits.py --workdir /tmp/glow_digits --mode=eval
+  python launch.py --config experiments/flow/glow_digits.py --workdir /tmp/glow_digits \
+      --mode=sample \
       --config.sample.temperature=1.0
 
 `--mode=eval` prints held-out bits/dim (8-bit data, uniform dequantization, the -log 256 term

@@ -1,8 +1,10 @@
 """Glow or RealNVP on MNIST-format data at its native 28x28x1: exact log-likelihood in bits/dim.
 
-  python launch.py --config experiments/flow_mnist.py:glow --workdir /tmp/glow_mnist
-  python launch.py --config experiments/flow_mnist.py:glow --workdir /tmp/glow_mnist --mode=eval
-  python launch.py --config experiments/flow_mnist.py:glow --workdir /tmp/glow_mnist --mode=sample
+  python launch.py --config experiments/flow/mnist.py:method=glow --workdir /tmp/glow_mnist
+  python launch.py --config experiments/flow/mnist.py:method=glow --workdir /tmp/glow_mnist \
+      --mode=eval
+  python launch.py --config experiments/flow/mnist.py:method=glow --workdir /tmp/glow_mnist \
+      --mode=sample
 
 The data default to tensorflow-datasets' MNIST (prepared offline). The real MNIST test set in
 ../shared (10,000 images, no training set) serves when split into 9,000 training and 1,000
@@ -11,7 +13,7 @@ held-out images as an .npz (`x_train`/`x_test` arrays are the 'train'/'test' spl
   python -c "import numpy as np; from jgen.data import read_idx; \
 x = read_idx('../shared/data/mnist-test/t10k-images-idx3-ubyte.gz'); \
 np.savez('/tmp/mnist_split.npz', x_train=x[:9000], x_test=x[9000:])"
-  python launch.py --config experiments/flow_mnist.py:glow --workdir /tmp/glow_mnist \
+  python launch.py --config experiments/flow/mnist.py:method=glow --workdir /tmp/glow_mnist \
       --config.data.source=npz:/tmp/mnist_split.npz
 
 On 2 CPU cores a 10-minute Glow run is 1,200 steps of a 155k-parameter model (64 channels,
@@ -24,8 +26,8 @@ for Debian's Fashion-MNIST). The flows run on the 28x28 images themselves (two s
 28 -> 14 -> 7), so the bits/dim are those of the 28x28 images (published flows reach about
 1.0-1.1 after long training), not of a padded or resized copy.
 
-The argument is `glow` or `realnvp`, optionally followed by `,additive` (Glow with additive
-couplings) and/or `,smoke` (a tiny model for the tests): `flow_mnist.py:glow,smoke`.
+The argument is `method=glow` (the default) or `method=realnvp`, optionally with `,additive` (Glow
+with additive couplings) and/or `,smoke` (a tiny model for the tests): `flow/mnist.py:smoke`.
 """
 
 import ml_collections

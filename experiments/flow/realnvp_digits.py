@@ -1,8 +1,9 @@
 """RealNVP on scikit-learn's digits (8x8 resized to 16x16, 1 channel): exact log-likelihood.
 
-  python launch.py --config experiments/realnvp_digits.py --workdir /tmp/realnvp_digits
-  python launch.py --config experiments/realnvp_digits.py --workdir /tmp/realnvp_digits --mode=eval
-  python launch.py --config experiments/realnvp_digits.py --workdir /tmp/realnvp_digits \
+  python launch.py --config experiments/flow/realnvp_digits.py --workdir /tmp/realnvp_digits
+  python launch.py --config experiments/flow/realnvp_digits.py --workdir /tmp/realnvp_digits \
+      --mode=eval
+  python launch.py --config experiments/flow/realnvp_digits.py --workdir /tmp/realnvp_digits \
       --mode=sample
 
 The data go through RealNVP's logit transform (a = 0.05), whose log-det is part of the

@@ -1,7 +1,7 @@
 """Class-conditional GAN on 16x16 digits: label embedding in G, projection discriminator.
 
-  python launch.py --config experiments/cgan_digits.py --workdir /tmp/cgan_digits
-  python launch.py --config experiments/cgan_digits.py --workdir /tmp/cgan_digits --mode=sample
+  python launch.py --config experiments/gan/cgan_digits.py --workdir /tmp/cgan_digits
+  python launch.py --config experiments/gan/cgan_digits.py --workdir /tmp/cgan_digits --mode=sample
 
 Samples come in rows of classes 0..9 (100 samples, 10 per row). Variants: `:concat` (one-hot
 label planes concatenated to D's input instead of projection), `:smoke`.

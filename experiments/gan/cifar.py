@@ -1,16 +1,16 @@
 """GAN, cGAN, WGAN or WGAN-GP on CIFAR-10 (32x32x3).
 
-  python launch.py --config experiments/gan_cifar.py:wgan_gp --workdir /tmp/wgan_gp_cifar
-  python launch.py --config experiments/gan_cifar.py:wgan_gp --workdir /tmp/wgan_gp_cifar \
+  python launch.py --config experiments/gan/cifar.py:method=wgan_gp --workdir /tmp/wgan_gp_cifar
+  python launch.py --config experiments/gan/cifar.py:method=wgan_gp --workdir /tmp/wgan_gp_cifar \
       --config.data.source=folder:../shared/data/cifar10-jpeg.zip
 
-`:wgan_gp` is the WGAN-GP paper's CIFAR-10 ResNet setup (Gulrajani et al. 2017, appendix and
-gan_cifar_resnet.py): ResNet generator (128 features, three up-blocks, batch norm) and critic
-(128 features, no normalization), z of 128, batch 64, 5 critic steps, lambda = 10,
+`:method=wgan_gp` (the default) is the WGAN-GP paper's CIFAR-10 ResNet setup (Gulrajani et al. 2017,
+appendix and gan_cifar_resnet.py): ResNet generator (128 features, three up-blocks, batch norm) and
+critic (128 features, no normalization), z of 128, batch 64, 5 critic steps, lambda = 10,
 Adam(2e-4, b1=0, b2=0.9) decayed to 0 over 100k generator steps (cosine here; the paper decays
-linearly). `:cgan` is the same ResNet pair with class conditioning (projection critic) and the
-hinge loss; `:dcgan` and `:wgan` use DCGAN networks (4x4x256 -> ... -> 32x32x3) with the
-papers' optimizers.
+linearly). `:method=cgan` is the same ResNet pair with class conditioning (projection critic) and
+the hinge loss; `:method=dcgan` and `:method=wgan` use DCGAN networks (4x4x256 -> ... -> 32x32x3)
+with the papers' optimizers.
 """
 
 import ml_collections

@@ -1,11 +1,12 @@
 """DCGAN on scikit-learn's 8x8 digits resized to 16x16 (non-saturating GAN loss).
 
-  python launch.py --config experiments/dcgan_digits.py --workdir /tmp/dcgan_digits
-  python launch.py --config experiments/dcgan_digits.py --workdir /tmp/dcgan_digits --mode=sample
+  python launch.py --config experiments/gan/dcgan_digits.py --workdir /tmp/dcgan_digits
+  python launch.py --config experiments/gan/dcgan_digits.py --workdir /tmp/dcgan_digits \
+      --mode=sample
 
 `--mode=sample` writes a grid and an .npz of samples of the EMA generator. Variants: the loss
-(`:minimax`, `:hinge`, `:least_squares`), `:smoke` (a seconds-long run for the tests).
-The data, network and schedule the GAN configs share are in experiments/base_gan.py.
+(`:loss=minimax`, `:loss=hinge`, `:loss=least_squares`), `:smoke` (a seconds-long run for the
+tests). The data, network and schedule the GAN configs share are in experiments/gan/base.py.
 """
 
 import ml_collections

@@ -1,16 +1,16 @@
 """Denoising diffusion GAN on CIFAR-10 (32x32x3): the paper's setup (Xiao et al. 2022, T = 4,
 FID 3.75), for GPU.
 
-  python launch.py --config experiments/ddgan_cifar.py --workdir /tmp/ddgan_cifar
-  python launch.py --config experiments/ddgan_cifar.py --workdir /tmp/ddgan_cifar \
+  python launch.py --config experiments/gan/ddgan_cifar.py --workdir /tmp/ddgan_cifar
+  python launch.py --config experiments/gan/ddgan_cifar.py --workdir /tmp/ddgan_cifar \
       --config.data.source=folder:../shared/data/cifar10-jpeg.zip
-  python launch.py --config experiments/ddgan_cifar.py --workdir /tmp/ddgan_cifar --mode=sample
+  python launch.py --config experiments/gan/ddgan_cifar.py --workdir /tmp/ddgan_cifar --mode=sample
 
 The settings, from the paper and the reference's CIFAR-10 command (NVlabs/denoising-diffusion-gan
 README, `train_ddgan.py --dataset cifar10 ...`):
 
 * process: T = 4 (`--num_timesteps 4`), the VP SDE with beta_min = 0.1, beta_max = 20
-  discretized at s_i = 1e-3 + (1 - 1e-3) i / 4 (experiments/base_ddgan.py, jgen.gan.ddgan);
+  discretized at s_i = 1e-3 + (1 - 1e-3) i / 4 (experiments/gan/base_ddgan.py, jgen.gan.ddgan);
 * generator: 128 base channels, multipliers (1, 2, 2, 2), 2 residual blocks per level,
   attention at 16x16, no dropout, positional time embedding, tanh output; z of 100 (`--nz 100`)
   through a mapping network of 1 + 4 layers of 256 (`--z_emb_dim 256 --n_mlp 4`). The paper's

@@ -1,12 +1,13 @@
 """Denoising diffusion GAN (T = 4) on scikit-learn's 8x8 digits resized to 16x16.
 
-  python launch.py --config experiments/ddgan_digits.py --workdir /tmp/ddgan_digits
-  python launch.py --config experiments/ddgan_digits.py --workdir /tmp/ddgan_digits --mode=sample
-  python benchmarks/gan_digits.py --run experiments/ddgan_digits.py=/tmp/ddgan_digits
+  python launch.py --config experiments/gan/ddgan_digits.py --workdir /tmp/ddgan_digits
+  python launch.py --config experiments/gan/ddgan_digits.py --workdir /tmp/ddgan_digits \
+      --mode=sample
+  python benchmarks/gan_digits.py --run experiments/gan/ddgan_digits.py=/tmp/ddgan_digits
 
 A small U-Net generator (z through the mapping network into its time embedding) and the
 time-conditional discriminator, non-saturating loss, lazy R1 on real x_{t-1}, EMA generator;
-the method's fields and the paper's values are in experiments/base_ddgan.py. Sampling is T = 4
+the method's fields and the paper's values are in experiments/gan/base_ddgan.py. Sampling is T = 4
 generator calls (`sample.steps` must stay T). Variant `:smoke` is a seconds-long run for tests.
 """
 

@@ -1,14 +1,14 @@
 """GAN, cGAN, WGAN or WGAN-GP on MNIST-format data (28x28 resized to 32x32, 1 channel).
 
-  python launch.py --config experiments/gan_mnist.py:wgan_gp --workdir /tmp/wgan_gp_mnist
+  python launch.py --config experiments/gan/mnist.py:method=wgan_gp --workdir /tmp/wgan_gp_mnist
   # MNIST-format idx files on disk instead of tensorflow-datasets (the real MNIST test set in
   # ../shared, or Fashion-MNIST from Debian's dataset-fashion-mnist package):
-  python launch.py --config experiments/gan_mnist.py:dcgan --workdir /tmp/dcgan_fmnist \
+  python launch.py --config experiments/gan/mnist.py:method=dcgan --workdir /tmp/dcgan_fmnist \
       --config.data.source=idx:/usr/share/datasets/fashion-mnist
 
-The argument names the method (dcgan, cgan, wgan, wgan_gp); each starts from its digits config
-(`digits_config` of experiments/base_gan.py) and scales data and networks to 32x32 (DCGAN G
-4x4x256 -> 8x8x128 -> 16x16x64 -> 32x32x1).
+The argument `method=` names the method (dcgan: the default, cgan, wgan, wgan_gp); each starts from
+its digits config (`digits_config` of experiments/gan/base.py) and scales data and networks to 32x32
+(DCGAN G 4x4x256 -> 8x8x128 -> 16x16x64 -> 32x32x1).
 """
 
 import ml_collections

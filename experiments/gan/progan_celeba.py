@@ -1,6 +1,6 @@
 """Progressive GAN on CelebA (tfds `celeb_a`) up to 128x128: the paper's schedule, for a GPU.
 
-  python launch.py --config experiments/progan_celeba.py --workdir /tmp/progan_celeba
+  python launch.py --config experiments/gan/progan_celeba.py --workdir /tmp/progan_celeba
 
 Karras et al. 2018 (appendix A; reference code `tkarras/progressive_growing_of_gans`):
 * growth 4x4 -> 8x8 -> ... -> 128x128 (6 levels, 11 phases): 800k real images per fade-in and

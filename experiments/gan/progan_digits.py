@@ -1,8 +1,9 @@
 """Progressive GAN on scikit-learn's digits at 16x16: 4x4 -> 8x8 -> 16x16 (Karras et al. 2018).
 
-  python launch.py --config experiments/progan_digits.py --workdir /tmp/progan_digits
-  python launch.py --config experiments/progan_digits.py --workdir /tmp/progan_digits --mode=sample
-  python benchmarks/gan_digits.py --run experiments/progan_digits.py=/tmp/progan_digits
+  python launch.py --config experiments/gan/progan_digits.py --workdir /tmp/progan_digits
+  python launch.py --config experiments/gan/progan_digits.py --workdir /tmp/progan_digits \
+      --mode=sample
+  python benchmarks/gan_digits.py --run experiments/gan/progan_digits.py=/tmp/progan_digits
 
 The paper's method at a CPU's scale: WGAN-GP (lambda 10) with the drift term (0.001), one critic
 step per generator step, Adam(1e-3, 0, 0.99), equalized learning rate, pixel norm, minibatch
@@ -14,7 +15,8 @@ level, 4x4 first). Variant `:smoke`: 8x8 (4x4 -> 8x8), 4 channels, 2 steps per p
 
 import ml_collections
 
-from jgen.train.config import base_config, digits_data, experiment_module, parse_arg, smoke_schedule
+from jgen.train.config import (base_config, digits_data, experiment_module, parse_arg,
+                                smoke_schedule)
 
 _base_gan = experiment_module("base", beside=__file__)
 

@@ -2,8 +2,8 @@
 Networks with Limited Data"; NVlabs/stylegan2-ada-pytorch `train.py`, `cfg_specs['cifar']`), for
 a GPU.
 
-  python launch.py --config experiments/stylegan2_cifar.py --workdir /tmp/stylegan2_cifar
-  python launch.py --config experiments/stylegan2_cifar.py:cond --workdir /tmp/stylegan2_cifar_c
+  python launch.py --config experiments/gan/stylegan2_cifar.py --workdir /tmp/stylegan2_cifar
+  python launch.py --config experiments/gan/stylegan2_cifar.py:cond --workdir /tmp/stylegan2_cifar_c
 
 The reference's values (`ref_gpus=2, kimg=100000, mb=64, mbstd=32, fmaps=1, lrate=0.0025,
 gamma=0.01, ema=500, ramp=0.05, map=2`, and for cifar `pl_weight=0`, `style_mixing_prob=0`,

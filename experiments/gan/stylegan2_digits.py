@@ -1,9 +1,9 @@
 """StyleGAN2 on scikit-learn's digits at 16x16 (Karras et al. 2020).
 
-  python launch.py --config experiments/stylegan2_digits.py --workdir /tmp/stylegan2_digits
-  python launch.py --config experiments/stylegan2_digits.py --workdir /tmp/stylegan2_digits \\
+  python launch.py --config experiments/gan/stylegan2_digits.py --workdir /tmp/stylegan2_digits
+  python launch.py --config experiments/gan/stylegan2_digits.py --workdir /tmp/stylegan2_digits \\
       --mode=sample --config.sample.truncation=0.7
-  python launch.py --config experiments/stylegan2_digits.py --workdir /tmp/stylegan2_digits \\
+  python launch.py --config experiments/gan/stylegan2_digits.py --workdir /tmp/stylegan2_digits \\
       --mode=eval
 
 The paper's method at a CPU's scale: an 8-layer mapping network (learning-rate multiplier
@@ -20,7 +20,7 @@ batch 32; untuned here: a chosen value, not a measured optimum). 2,500 steps of 
 (80k images) fit the 10-minute CPU budget.
 
 Variants: `:cond` (class-conditional: the label embedded in the mapping input, projection
-discriminator), `:smoke` (8x8, a seconds-long run), `:cond_smoke`.
+discriminator), `:smoke` (8x8, a seconds-long run), `:cond,smoke`.
 """
 
 import ml_collections

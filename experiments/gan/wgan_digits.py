@@ -1,7 +1,7 @@
 """WGAN with weight clipping on 16x16 digits: 5 critic steps per generator step, clip 0.01,
 RMSProp 5e-5 (Arjovsky et al. 2017, Algorithm 1).
 
-  python launch.py --config experiments/wgan_digits.py --workdir /tmp/wgan_digits
+  python launch.py --config experiments/gan/wgan_digits.py --workdir /tmp/wgan_digits
 
 The loop's batch is 5 x 64 real images (one 64-image chunk per critic step). Variant `:smoke`.
 """

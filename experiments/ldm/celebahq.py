@@ -1,11 +1,12 @@
 """Latent-diffusion inpainting of CelebA-HQ faces at 256x256 on the 32x32x4 latents (f = 8) of a
-frozen experiments/vqgan_celebahq.py run, for GPU.
+frozen experiments/first_stage/vqgan_celebahq.py run, for GPU.
 
-  python launch.py --config experiments/vqgan_celebahq.py --workdir /tmp/vqgan_celebahq ...
-  python launch.py --config experiments/ldm_celebahq.py --workdir /tmp/ldm_celebahq \
+  python launch.py --config experiments/first_stage/vqgan_celebahq.py \
+      --workdir /tmp/vqgan_celebahq ...
+  python launch.py --config experiments/ldm/celebahq.py --workdir /tmp/ldm_celebahq \
       --config.init_from.workdir=/tmp/vqgan_celebahq \
       --config.data.source=derived:mask:box:folder:/data/celebahq256
-  python launch.py --config experiments/ldm_celebahq.py --workdir /tmp/ldm_celebahq \
+  python launch.py --config experiments/ldm/celebahq.py --workdir /tmp/ldm_celebahq \
       --mode=sample --config.sample.source=/my/faces   # centre-masked own images
 
 `diffusion.ldm_image` with ``ldm.task = "inpaint"`` (LDM's inpainting model, ``inpainting_big``:

@@ -1,13 +1,13 @@
 """Class-conditional latent diffusion on CIFAR-10 (32x32, f = 4: 8x8x3 latents of a frozen
-experiments/vqgan_cifar.py run), for GPU.
+experiments/first_stage/vqgan_cifar.py run), for GPU.
 
-  python launch.py --config experiments/vqgan_cifar.py --workdir /tmp/vqgan_cifar ...
-  python launch.py --config experiments/ldm_cifar.py --workdir /tmp/ldm_cifar \
+  python launch.py --config experiments/first_stage/vqgan_cifar.py --workdir /tmp/vqgan_cifar ...
+  python launch.py --config experiments/ldm/cifar.py --workdir /tmp/ldm_cifar \
       --config.init_from.workdir=/tmp/vqgan_cifar
-  python launch.py --config experiments/ldm_cifar.py --workdir /tmp/ldm_cifar --mode=sample \
+  python launch.py --config experiments/ldm/cifar.py --workdir /tmp/ldm_cifar --mode=sample \
       --config.sample.guidance_scale=3 --config.sample.labels=3
 
-`diffusion.ldm` as experiments/ldm_digits.py. The paper trains no CIFAR model; the settings
+`diffusion.ldm` as experiments/ldm/digits.py. The paper trains no CIFAR model; the settings
 are its class-conditional ImageNet LDM-4 (``cin256``) scaled to 8x8 latents: U-Net ch 192,
 ch_mult (1, 2, 3) (8, 4, 2), 2 residual blocks, attention at every level and the middle with
 cross-attention to the label (LDM's ClassEmbedder: one 512-d token per class; 8 heads here),

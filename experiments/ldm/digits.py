@@ -1,9 +1,9 @@
 """Class-conditional latent diffusion on the 4x4x8 latents of a frozen vqgan_digits run.
 
-  python launch.py --config experiments/vqgan_digits.py --workdir /tmp/vqgan_digits
-  python launch.py --config experiments/ldm_digits.py --workdir /tmp/ldm_digits \
+  python launch.py --config experiments/first_stage/vqgan_digits.py --workdir /tmp/vqgan_digits
+  python launch.py --config experiments/ldm/digits.py --workdir /tmp/ldm_digits \
       --config.init_from.workdir=/tmp/vqgan_digits
-  python launch.py --config experiments/ldm_digits.py --workdir /tmp/ldm_digits \
+  python launch.py --config experiments/ldm/digits.py --workdir /tmp/ldm_digits \
       --mode=sample --config.sample.guidance_scale=3 --config.sample.labels=7
 
 Stage 2 of latent diffusion (`diffusion.ldm`): the VQ-GAN's EMA autoencoder is frozen in

@@ -1,11 +1,11 @@
 """Latent-diffusion inpainting of digits on the 4x4x8 latents of a frozen vqgan_digits run.
 
-  python launch.py --config experiments/vqgan_digits.py --workdir /tmp/vqgan_digits
-  python launch.py --config experiments/ldm_inpaint_digits.py --workdir /tmp/ldm_inpaint \
+  python launch.py --config experiments/first_stage/vqgan_digits.py --workdir /tmp/vqgan_digits
+  python launch.py --config experiments/ldm/inpaint_digits.py --workdir /tmp/ldm_inpaint \
       --config.init_from.workdir=/tmp/vqgan_digits
-  python launch.py --config experiments/ldm_inpaint_digits.py --workdir /tmp/ldm_inpaint \
+  python launch.py --config experiments/ldm/inpaint_digits.py --workdir /tmp/ldm_inpaint \
       --mode=sample     # held-out masked digit | inpainted | original, one row each
-  python launch.py --config experiments/ldm_inpaint_digits.py --workdir /tmp/ldm_inpaint \
+  python launch.py --config experiments/ldm/inpaint_digits.py --workdir /tmp/ldm_inpaint \
       --mode=sample --config.sample.source=/path/to/pngs   # centre-masked own images
   python benchmarks/inpaint_digits.py --workdir /tmp/ldm_inpaint   # masked-region PSNR
 

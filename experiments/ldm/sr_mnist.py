@@ -1,10 +1,10 @@
 """4x super-resolution latent diffusion on MNIST: 8x8 low-resolution digits -> 32x32, on the
-8x8x8 latents of a frozen experiments/vqgan_mnist.py run.
+8x8x8 latents of a frozen experiments/first_stage/vqgan_mnist.py run.
 
-  python launch.py --config experiments/vqgan_mnist.py --workdir /tmp/vqgan_mnist
-  python launch.py --config experiments/ldm_sr_mnist.py --workdir /tmp/ldm_sr_mnist \
+  python launch.py --config experiments/first_stage/vqgan_mnist.py --workdir /tmp/vqgan_mnist
+  python launch.py --config experiments/ldm/sr_mnist.py --workdir /tmp/ldm_sr_mnist \
       --config.init_from.workdir=/tmp/vqgan_mnist
-  python launch.py --config experiments/ldm_sr_mnist.py --workdir /tmp/ldm_sr_mnist \
+  python launch.py --config experiments/ldm/sr_mnist.py --workdir /tmp/ldm_sr_mnist \
       --mode=sample   # low-resolution | upsampled | original, one row per held-out digit
 
 `diffusion.ldm_image` with ``ldm.task = "sr"`` (LDM's super-resolution model, ``bsr_sr``): the

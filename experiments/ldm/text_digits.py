@@ -1,9 +1,9 @@
 """Text-conditioned latent diffusion on the 4x4x8 latents of a frozen vqgan_digits run.
 
-  python launch.py --config experiments/vqgan_digits.py --workdir /tmp/vqgan_digits
-  python launch.py --config experiments/ldm_text_digits.py --workdir /tmp/ldm_text_digits \
+  python launch.py --config experiments/first_stage/vqgan_digits.py --workdir /tmp/vqgan_digits
+  python launch.py --config experiments/ldm/text_digits.py --workdir /tmp/ldm_text_digits \
       --config.init_from.workdir=/tmp/vqgan_digits
-  python launch.py --config experiments/ldm_text_digits.py --workdir /tmp/ldm_text_digits \
+  python launch.py --config experiments/ldm/text_digits.py --workdir /tmp/ldm_text_digits \
       --mode=sample --config.sample.prompts="a handwritten three,the digit 7"
 
 `diffusion.ldm` with ``ldm.conditioning = "text"``: the first stage, scale factor, U-Net,

@@ -1,6 +1,6 @@
 """What DreamBooth and textual inversion of the digits model share (`jgen.diffusion.personalize`).
 
-The base is experiments/ddpm_cond_digits.py (the model, schedule and sampler come from it, and
+The base is experiments/ddpm/cond_digits.py (the model, schedule and sampler come from it, and
 its trained run comes in through --config.init_from.workdir). The subject: the first four
 MNIST 7s of the real MNIST test set in ../shared (thin, sharp strokes, unlike the base's blurry
 8x8 scans), resized to 16x16; the identifier is label 10 ("a [V] 7"); samples of it with

@@ -1,9 +1,11 @@
 """ControlNet on the digits DDPM: the Sobel edges of a digit steer the frozen quickstart model.
 
-  python launch.py --config experiments/ddpm_digits.py --workdir /tmp/ddpm_digits
-  python launch.py --config experiments/controlnet_digits.py --workdir /tmp/controlnet_digits \
+  python launch.py --config experiments/ddpm/digits.py --workdir /tmp/ddpm_digits
+  python launch.py --config experiments/personalize/controlnet_digits.py \
+      --workdir /tmp/controlnet_digits \
       --config.init_from.workdir=/tmp/ddpm_digits
-  python launch.py --config experiments/controlnet_digits.py --workdir /tmp/controlnet_digits \
+  python launch.py --config experiments/personalize/controlnet_digits.py \
+      --workdir /tmp/controlnet_digits \
       --config.init_from.workdir=/tmp/ddpm_digits --mode=sample   # edges | sample | digit
   python -m jgen.metrics.control --run /tmp/controlnet_digits     # edge IoU vs the base
 

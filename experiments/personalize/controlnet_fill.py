@@ -1,9 +1,11 @@
 """ControlNet on the fill task (Zhang et al. 2023's fill50k, offline, 32x32): outline + colour.
 
-  python launch.py --config experiments/ddpm_cond_fill.py --workdir /tmp/ddpm_cond_fill
-  python launch.py --config experiments/controlnet_fill.py --workdir /tmp/controlnet_fill \
+  python launch.py --config experiments/ddpm/cond_fill.py --workdir /tmp/ddpm_cond_fill
+  python launch.py --config experiments/personalize/controlnet_fill.py \
+      --workdir /tmp/controlnet_fill \
       --config.init_from.workdir=/tmp/ddpm_cond_fill
-  python launch.py --config experiments/controlnet_fill.py --workdir /tmp/controlnet_fill \
+  python launch.py --config experiments/personalize/controlnet_fill.py \
+      --workdir /tmp/controlnet_fill \
       --config.init_from.workdir=/tmp/ddpm_cond_fill --mode=sample  # outline | sample | disc
   python -m jgen.metrics.control --run /tmp/controlnet_fill      # disc IoU, colour accuracy
 

@@ -1,15 +1,15 @@
 """DreamBooth of the class-conditional digits DDPM on four MNIST 7s (`diffusion.dreambooth`).
 
-  python launch.py --config experiments/ddpm_cond_digits.py --workdir /tmp/ddpm_cond_digits
-  python launch.py --config experiments/dreambooth_digits.py --workdir /tmp/db_digits \
+  python launch.py --config experiments/ddpm/cond_digits.py --workdir /tmp/ddpm_cond_digits
+  python launch.py --config experiments/personalize/dreambooth_digits.py --workdir /tmp/db_digits \
       --config.init_from.workdir=/tmp/ddpm_cond_digits
-  python launch.py --config experiments/dreambooth_digits.py --workdir /tmp/db_digits \
+  python launch.py --config experiments/personalize/dreambooth_digits.py --workdir /tmp/db_digits \
       --config.init_from.workdir=/tmp/ddpm_cond_digits --mode=sample   # [V] 7 (label 10)
 
 Fine-tunes every weight (Adam 1e-4, 800 steps of 4 subject + 4 class images) with prior
 preservation lambda = 1 on 100 class images of 7 that the base generates first (cached in
 workdir/prior). Variants: `noprior` (lambda = 0: the language drift), `lora` (rank-4 adapters
-of every convolution and attention projection, and the identifier), `lora_noprior`, `smoke`.
+of every convolution and attention projection, and the identifier), `lora,noprior`, `smoke`.
 """
 
 import ml_collections

@@ -1,13 +1,13 @@
 """Imagic on the text-conditioned digits latent diffusion model (`diffusion.imagic`): edit the
 first held-out "3" toward "a handwritten eight".
 
-  python launch.py --config experiments/vqgan_digits.py --workdir /tmp/vqgan_digits
-  python launch.py --config experiments/ldm_text_digits.py --workdir /tmp/ldm_text_digits \
+  python launch.py --config experiments/first_stage/vqgan_digits.py --workdir /tmp/vqgan_digits
+  python launch.py --config experiments/ldm/text_digits.py --workdir /tmp/ldm_text_digits \
       --config.init_from.workdir=/tmp/vqgan_digits
-  python launch.py --config experiments/imagic_digits.py --workdir /tmp/imagic_digits \
+  python launch.py --config experiments/personalize/imagic_digits.py --workdir /tmp/imagic_digits \
       --config.init_from.workdir=/tmp/vqgan_digits \
       --config.init_from.base.workdir=/tmp/ldm_text_digits
-  python launch.py --config experiments/imagic_digits.py --workdir /tmp/imagic_digits \
+  python launch.py --config experiments/personalize/imagic_digits.py --workdir /tmp/imagic_digits \
       --config.init_from.workdir=/tmp/vqgan_digits \
       --config.init_from.base.workdir=/tmp/ldm_text_digits --mode=sample   # eta 0 .. 1
   python -m jgen.metrics.personalization --imagic /tmp/imagic_digits     # class, distance

@@ -1,12 +1,12 @@
 """IP-Adapter on the text-conditioned digits latent diffusion model (`diffusion.ip_adapter`).
 
-  python launch.py --config experiments/vqgan_digits.py --workdir /tmp/vqgan_digits
-  python launch.py --config experiments/ldm_text_digits.py --workdir /tmp/ldm_text_digits \
+  python launch.py --config experiments/first_stage/vqgan_digits.py --workdir /tmp/vqgan_digits
+  python launch.py --config experiments/ldm/text_digits.py --workdir /tmp/ldm_text_digits \
       --config.init_from.workdir=/tmp/vqgan_digits
-  python launch.py --config experiments/ip_adapter_digits.py --workdir /tmp/ip_digits \
+  python launch.py --config experiments/personalize/ip_adapter_digits.py --workdir /tmp/ip_digits \
       --config.init_from.workdir=/tmp/vqgan_digits \
       --config.init_from.base.workdir=/tmp/ldm_text_digits
-  python launch.py --config experiments/ip_adapter_digits.py --workdir /tmp/ip_digits \
+  python launch.py --config experiments/personalize/ip_adapter_digits.py --workdir /tmp/ip_digits \
       --config.init_from.workdir=/tmp/vqgan_digits \
       --config.init_from.base.workdir=/tmp/ldm_text_digits --mode=sample  # reference | sample
   python -m jgen.metrics.personalization --image_prompt /tmp/ip_digits  # the reference's digit?

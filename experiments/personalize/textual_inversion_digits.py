@@ -1,10 +1,12 @@
 """Textual inversion of the class-conditional digits DDPM on four MNIST 7s
 (`diffusion.textual_inversion`): only the identifier's embedding trains.
 
-  python launch.py --config experiments/ddpm_cond_digits.py --workdir /tmp/ddpm_cond_digits
-  python launch.py --config experiments/textual_inversion_digits.py --workdir /tmp/ti_digits \
+  python launch.py --config experiments/ddpm/cond_digits.py --workdir /tmp/ddpm_cond_digits
+  python launch.py --config experiments/personalize/textual_inversion_digits.py \
+      --workdir /tmp/ti_digits \
       --config.init_from.workdir=/tmp/ddpm_cond_digits
-  python launch.py --config experiments/textual_inversion_digits.py --workdir /tmp/ti_digits \
+  python launch.py --config experiments/personalize/textual_inversion_digits.py \
+      --workdir /tmp/ti_digits \
       --config.init_from.workdir=/tmp/ddpm_cond_digits --mode=sample   # [V] (label 10)
 
 The embedding (64 numbers: the offset of label 10's row from the row of 7) trains with Adam at

@@ -3,12 +3,12 @@ images, or train a ControlNet on a converted Stable Diffusion.
 
   python -m jgen.convert path/to/stable-diffusion-v1-5 /tmp/sd15
   python -m jgen.convert path/to/sd-controlnet-canny /tmp/sd15_canny --base=/tmp/sd15
-  python launch.py --config experiments/sd_controlnet.py --workdir /tmp/sd15_canny \
+  python launch.py --config experiments/sd/controlnet.py --workdir /tmp/sd15_canny \
       --mode=sample --config.sample.source=/path/to/edge_maps \
       --config.sample.prompts="a bird|a house" --config.controlnet.conditioning_scale=0.8
 
   # a new ControlNet of a converted SD, on edges of a captioned or plain folder:
-  python launch.py --config experiments/sd_controlnet.py:train --workdir /tmp/my_canny \
+  python launch.py --config experiments/sd/controlnet.py:kind=train --workdir /tmp/my_canny \
       --config.init_from.workdir=/tmp/sd15 --config.data.source=derived:edges:folder:/photos \
       --config.text.captions="a photo"
 
@@ -19,12 +19,13 @@ maps one onto the other). Sampling draws each condition image with each prompt o
 the ``source`` field of ``data.source``'s held-out split (``derived:edges:folder:DIR``,
 ``paired:DIR``).
 
-Variants: ``sd15`` (default), ``sd21``, ``tiny`` sample a converted run (nothing trains);
-``train[_ARCH]`` trains a new ControlNet on a converted Stable Diffusion (``init_from.workdir``:
-its U-Net into ``params/unet`` and, as the trainable copy, into ``params/control``; its text
-encoder and autoencoder frozen), as diffusers' ``train_controlnet`` (Adam 1e-5, no caption
-dropout, the U-Net frozen); ``finetune[_ARCH]`` continues training a converted ControlNet
-(``init_from.workdir``: an ``sd_controlnet`` run, all of its parameters).
+Variants (``:kind=KIND,arch=ARCH``): ``arch`` is ``sd15`` (default), ``sd21`` or ``tiny``;
+``kind=sample`` (default) samples a converted run (nothing trains); ``kind=train`` trains a new
+ControlNet on a converted Stable Diffusion (``init_from.workdir``: its U-Net into ``params/unet``
+and, as the trainable copy, into ``params/control``; its text encoder and autoencoder frozen), as
+diffusers' ``train_controlnet`` (Adam 1e-5, no caption dropout, the U-Net frozen); ``kind=finetune``
+continues training a converted ControlNet (``init_from.workdir``: an ``sd_controlnet`` run, all of
+its parameters).
 """
 
 import ml_collections

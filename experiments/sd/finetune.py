@@ -1,9 +1,9 @@
 """Fine-tuning a converted Stable Diffusion on captioned images (`diffusion.stable_diffusion`).
 
   python -m jgen.convert path/to/stable-diffusion-v1-5 /tmp/sd15
-  python launch.py --config experiments/sd_finetune.py --workdir /tmp/sd15_lora \
+  python launch.py --config experiments/sd/finetune.py --workdir /tmp/sd15_lora \
       --config.init_from.workdir=/tmp/sd15 --config.data.source=captioned:/path/to/images
-  python launch.py --config experiments/sd_finetune.py --workdir /tmp/sd15_lora --mode=sample \
+  python launch.py --config experiments/sd/finetune.py --workdir /tmp/sd15_lora --mode=sample \
       --config.sample.prompts="a photo of sks dog on the beach"
   python -m jgen.export /tmp/sd15_lora lora.safetensors --what=lora-peft   # for diffusers
 
@@ -12,8 +12,8 @@ The images: a folder with a ``.txt`` caption beside each image or a ``metadata.j
 autoencoder come from the converted work directory (``init_from``: ``params/unet``, and the
 frozen text encoder and autoencoder); the text encoder and autoencoder stay frozen.
 
-Variants (``experiments/sd_finetune.py:VARIANT``; ``sd21`` / ``tiny`` suffixes pick the
-architecture as in sd_txt2img, e.g. ``lora_sd21``):
+Variants (``experiments/sd/finetune.py:kind=KIND,arch=ARCH``; ``arch`` ``sd21`` / ``tiny`` picks
+the architecture as in sd/txt2img, e.g. ``kind=lora,arch=sd21``), the kinds:
 * ``lora`` (default): rank-4 LoRA of every attention projection (diffusers' train_text_to_image
   _lora targets: to_q, to_k, to_v, to_out), lr 1e-4, adapters only;
 * ``full``: every U-Net weight, lr 1e-5;

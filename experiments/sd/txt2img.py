@@ -2,16 +2,16 @@
 
   python -m jgen.convert path/to/stable-diffusion-v1-5 /tmp/sd15     # a diffusers folder or a
                                                                     # single .ckpt/.safetensors
-  python launch.py --config experiments/sd_txt2img.py --workdir /tmp/sd15 --mode=sample \
+  python launch.py --config experiments/sd/txt2img.py --workdir /tmp/sd15 --mode=sample \
       --config.sample.prompts="a photo of an astronaut riding a horse"
-  # SD 2.x (v-prediction, 768 px, OpenCLIP text encoder): experiments/sd_txt2img.py:sd21
+  # SD 2.x (v-prediction, 768 px, OpenCLIP text encoder): experiments/sd/txt2img.py:arch=sd21
   # a community LoRA / embedding: --config.lora.file=x.safetensors --config.lora.scale=0.8
   #   --config.textual_inversion.file=learned_embeds.safetensors (then use its token in prompts)
   # several prompts: --config.sample.prompts="a red apple|a castle, oil painting"
   # other samplers: --config.sample.sampler=dpmpp_2m (euler, heun, ddim, ddpm)
 
-Variants: ``sd15`` (default: SD 1.x's architecture), ``sd21`` (SD 2.x), ``tiny`` (a random
-network small enough for a CPU test: the same code path at 32 x 32). The workdir that
+Variants ``:arch=ARCH``: ``sd15`` (default: SD 1.x's architecture), ``sd21`` (SD 2.x), ``tiny`` (a
+random network small enough for a CPU test: the same code path at 32 x 32). The workdir that
 `jgen.convert` writes records the resolved config of the converted model; the config here must
 describe the same architecture (the converter prints the variant to use).
 """

@@ -1,10 +1,13 @@
 """CycleGAN between scikit-learn's digits and Sobel edge maps, at 16x16: a translation with a
 known answer that trains on 2 CPU cores.
 
-  python launch.py --config experiments/cyclegan_digits.py --workdir /tmp/cyclegan_digits
-  python launch.py --config experiments/cyclegan_digits.py --workdir /tmp/cyclegan_digits \
+  python launch.py --config experiments/translation/cyclegan_digits.py \
+      --workdir /tmp/cyclegan_digits
+  python launch.py --config experiments/translation/cyclegan_digits.py \
+      --workdir /tmp/cyclegan_digits \
       --mode=sample          # held-out digits | their translation | the true edge maps
-  python launch.py --config experiments/cyclegan_digits.py --workdir /tmp/cyclegan_digits \
+  python launch.py --config experiments/translation/cyclegan_digits.py \
+      --workdir /tmp/cyclegan_digits \
       --mode=eval
 
 Data (`unpaired_derived:edges:digits`, `jgen.data.unpaired_derived`): domain A is the digits of
@@ -22,7 +25,7 @@ scores l1_ab 0.253 / psnr_ab 16.1 dB, a black image 0.514 / 9.6, the digit itsel
 Networks: ResNet generators with ngf 16 and 3 residual blocks (on 4x4 features, 64 channels),
 PatchGAN discriminators with ndf 16 and 2 stride-2 layers (2 x 2 logits of 34 x 34 fields),
 instance norm, 623k parameters in all; batch 16, 2,000 steps (1,000 constant + 1,000
-decaying), everything else the paper's (experiments/base_cyclegan.py). `:smoke` is a
+decaying), everything else the paper's (experiments/translation/base_cyclegan.py). `:smoke` is a
 seconds-long run for the tests.
 """
 

@@ -1,8 +1,9 @@
 """CycleGAN between scikit-learn's 8x8 digits (resized to 32x32: blurry, thick strokes) and
 MNIST's handwritten digits (28x28 resized to 32x32: sharp, thin strokes), 1 channel.
 
-  python launch.py --config experiments/cyclegan_mnist_digits.py --workdir /tmp/cg_mnist
-  python launch.py --config experiments/cyclegan_mnist_digits.py --workdir /tmp/cg_mnist \
+  python launch.py --config experiments/translation/cyclegan_mnist_digits.py --workdir /tmp/cg_mnist
+  python launch.py --config experiments/translation/cyclegan_mnist_digits.py \
+      --workdir /tmp/cg_mnist \
       --mode=sample          # held-out 8x8 digits | their MNIST-style translation
 
 Domain A is `digits` (1,500 train / 297 test images), domain B `tfds:mnist` (prepared offline
@@ -13,7 +14,8 @@ held-out images as an .npz (`x_train` / `x_test` are the 'train' / 'test' splits
   python -c "import numpy as np; from jgen.data import read_idx; \
 x = read_idx('../shared/data/mnist-test/t10k-images-idx3-ubyte.gz'); \
 np.savez('/tmp/mnist_split.npz', x_train=x[:9000], x_test=x[9000:])"
-  python launch.py --config experiments/cyclegan_mnist_digits.py --workdir /tmp/cg_mnist \
+  python launch.py --config experiments/translation/cyclegan_mnist_digits.py \
+      --workdir /tmp/cg_mnist \
       --config.data.source='unpaired:digits|npz:/tmp/mnist_split.npz'
 
 (any MNIST-format idx directory works too: `unpaired:digits|idx:DIR`). The domains are unpaired

@@ -3,8 +3,10 @@
 Needs CIFAR-10 prepared for tfds under `data.data_dir` (jgen never downloads; see README), or
 the JPEG copy in ../shared/data through a folder source:
 
-  python launch.py --config experiments/pix2pix_cifar_colorize.py --workdir /tmp/p2p_colorize
-  python launch.py --config experiments/pix2pix_cifar_colorize.py --workdir /tmp/p2p_colorize \
+  python launch.py --config experiments/translation/pix2pix_cifar_colorize.py \
+      --workdir /tmp/p2p_colorize
+  python launch.py --config experiments/translation/pix2pix_cifar_colorize.py \
+      --workdir /tmp/p2p_colorize \
       --config.data.source=derived:grayscale:folder:../shared/data/cifar10-jpeg.zip
 
 The source is the luma repeated to 3 channels, the target the color image. U-Net 5 downs (32 ->

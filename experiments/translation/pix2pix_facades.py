@@ -4,12 +4,13 @@ The data is not on this machine: get the pix2pix `facades` folder (train/ val/ t
 512x256 `A|B` images; 400 training pairs, A the photo, B the label map) and point the config at
 it. The paper translates labels -> photos, B -> A, hence `paired_btoa:`:
 
-  python launch.py --config experiments/pix2pix_facades.py --workdir /tmp/pix2pix_facades \
+  python launch.py --config experiments/translation/pix2pix_facades.py \
+      --workdir /tmp/pix2pix_facades \
       --config.data.source=paired_btoa:$DATA/facades
 
 400 pairs x 200 epochs = 80,000 steps of batch 1. U-Net 8 downs (ngf 64), 70x70 PatchGAN,
 batch norm (each test image normalized by its own statistics), lambda = 100, mirroring; see
-experiments/base_translation.py. Variant: `:smoke` (8 steps of a tiny network at 32x32, for a
+experiments/translation/base.py. Variant: `:smoke` (8 steps of a tiny network at 32x32, for a
 run on the same folder layout).
 """
 

@@ -5,11 +5,11 @@ The data is not on this machine: get the pix2pix `maps` folder (train/ val/ of 1
 `A|B` images; 1,096 training pairs, A the aerial photo, B the map) and point the config at it.
 The paper's maps row translates aerial -> map, A -> B, hence `paired:`:
 
-  python launch.py --config experiments/pix2pix_maps.py --workdir /tmp/pix2pix_maps \
+  python launch.py --config experiments/translation/pix2pix_maps.py --workdir /tmp/pix2pix_maps \
       --config.data.source=paired:$DATA/maps
 
 1,096 pairs x 200 epochs = 219,200 steps of batch 1 (images resized to 256x256, as the paper's
-loader does before cropping). Networks and objective as experiments/pix2pix_facades.py.
+loader does before cropping). Networks and objective as experiments/translation/pix2pix_facades.py.
 Variant: `:smoke`.
 """
 

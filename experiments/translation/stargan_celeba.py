@@ -1,6 +1,7 @@
 """StarGAN on CelebA at 128 px, the paper's five attributes (Choi et al. 2018, section 4).
 
-  python launch.py --config experiments/stargan_celeba.py --workdir /tmp/stargan_celeba \
+  python launch.py --config experiments/translation/stargan_celeba.py \
+      --workdir /tmp/stargan_celeba \
       --config.data.data_dir=/path/to/tensorflow_datasets
 
 Data: tfds `celeb_a` prepared as ArrayRecord under `data.data_dir` (default $TFDS_DATA_DIR or

@@ -1,6 +1,6 @@
 """StarGAN on 16x16 digits with synthetic domains: inverted, thick strokes, rotated by 90 degrees.
 
-  python launch.py --config experiments/stargan_digits.py --workdir /tmp/stargan_digits
+  python launch.py --config experiments/translation/stargan_digits.py --workdir /tmp/stargan_digits
 
 Every real digit comes in a random one of the 2^3 = 8 domains (`jgen.gan.domains`), G translates
 it to a random target domain, and `evaluate` measures the translations against the true

@@ -65,8 +65,8 @@ def load_vq_model(workdir: str) -> tuple[DiscreteCodes, Any]:
     raise ValueError(
         f"init_from.workdir={workdir!r} is a {config.get('method')!r} run, not a VQ model: "
         f"{problem}. The code transformer needs a first stage with discrete codes: train one "
-        "with experiments/vqvae_digits.py or experiments/vqgan_digits.py and point "
-        "--config.init_from.workdir at it.")
+        "with experiments/autoencoder/vqvae_digits.py or "
+        "experiments/first_stage/vqgan_digits.py and point --config.init_from.workdir at it.")
   return method, config
 
 
@@ -213,7 +213,7 @@ def make_method(config: Any) -> CodeTransformer:
       that differ from the first stage's.
   """
   spec = init_from_lib.frozen_load(
-      config, FROZEN, hint=" (experiments/vq_transformer_digits.py sets the latter)",
+      config, FROZEN, hint=" (experiments/autoregressive/vq_transformer_digits.py sets the latter)",
       needs="autoregressive.code_transformer is a prior over the codes of a trained VQ model: "
             "set --config.init_from.workdir=<a VQ run's workdir>")
   vq, vq_config = load_vq_model(spec.workdir)

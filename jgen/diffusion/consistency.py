@@ -481,7 +481,7 @@ def load_teacher(config: Any) -> tuple[Any, Any, Any, int]:
   """(teacher DDPM method, its config, its loaded EMA parameters, step) of the CD teacher load
   (the `init_from` entry with into='frozen/teacher'), checked before anything compiles."""
   spec = init_from_lib.frozen_load(
-      config, TEACHER, hint=" (experiments/cd_digits.py sets the latter)",
+      config, TEACHER, hint=" (experiments/distill/cd_digits.py sets the latter)",
       needs="consistency distillation needs a trained diffusion.ddpm teacher: set "
             "--config.init_from.workdir=<its workdir>")
   try:

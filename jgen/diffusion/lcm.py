@@ -363,7 +363,7 @@ class LatentConsistency:
 def _load_teacher(config: Any) -> tuple[ldm_lib.LatentDiffusion, PyTree, PyTree, float, str]:
   """(teacher method, its EMA network, its frozen first stage, its scale factor, workdir) of
   the two ``init_from`` loads, checked before anything compiles."""
-  example = " (experiments/lcm_digits.py sets both)"
+  example = " (experiments/distill/lcm_digits.py sets both)"
   spec = init_from_lib.frozen_load(
       config, TEACHER, hint=example,
       needs="diffusion.lcm distils a trained class-conditional diffusion.ldm run: set "
@@ -389,7 +389,7 @@ def _load_teacher(config: Any) -> tuple[ldm_lib.LatentDiffusion, PyTree, PyTree,
   if type(teacher) is not ldm_lib.LatentDiffusion:  # pylint: disable=unidiomatic-typecheck
     raise ValueError(f"the teacher {spec.workdir} is a {tconfig.get('method')!r} run "
                      f"({type(teacher).__name__}); diffusion.lcm distils a label-conditional "
-                     "diffusion.ldm run (experiments/ldm_digits.py)")
+                     "diffusion.ldm run (experiments/ldm/digits.py)")
   params, step = init_from_lib.load(spec)
   ae_params, _ = init_from_lib.load(dataclasses.replace(ae_spec, step=step))
   scale, _ = init_from_lib.load(dataclasses.replace(spec, step=step, source="model_state",

@@ -27,7 +27,7 @@ classifier-free guidance), and the U-Net (`jgen.nn.unet.UNet` with ``context_dim
 to those tokens at every attention resolution and in the middle.
 
 **Text conditioning** (``ldm.conditioning = "text"``, `TextLatentDiffusion`,
-experiments/ldm_text_digits.py): the U-Net cross-attends to ``c = E_text(tokens)`` instead,
+experiments/ldm/text_digits.py): the U-Net cross-attends to ``c = E_text(tokens)`` instead,
 the output ``[B, L, context_dim]`` of a `jgen.nn.text.TextEncoder` (``ldm.text``: a small
 bidirectional transformer) over the word tokens (`jgen.nn.text.WordTokenizer`) of a caption.
 The captions of an image are drawn from its digit label: T templates (``ldm.text.templates``,
@@ -46,7 +46,7 @@ The text encoder trains jointly with the U-Net (``params["text_encoder"]``) by d
 frozen one comes from another run through a second `init_from` load,
 
     --config.init_from.text_encoder.workdir=<a diffusion.ldm text run>
-    (experiments/ldm_text_digits.py presets subtree="text_encoder", source="ema",
+    (experiments/ldm/text_digits.py presets subtree="text_encoder", source="ema",
      into="frozen/text_encoder")
 
 which puts that run's EMA encoder into ``state.frozen["text_encoder"]``: never optimized or
@@ -469,15 +469,15 @@ def load_first_stage(workdir: str) -> tuple[FirstStage, Any]:
     config = run_record.latest_config(workdir)
   except run_record.RunRecordError as e:
     raise ValueError(f"init_from.workdir={workdir!r}: {e}. Point it at the workdir of a "
-                     "trained experiments/vqgan_digits.py or experiments/klae_digits.py "
-                     "run") from e
+                     "trained experiments/first_stage/vqgan_digits.py or "
+                     "experiments/first_stage/klae_digits.py run") from e
   method = load_method(config)
   if not isinstance(method, FirstStage):
     raise ValueError(
         f"init_from.workdir={workdir!r} is a {config.get('method')!r} run, not a latent-"
         "diffusion first stage ('autoencoder.first_stage'): train one with "
-        "experiments/vqgan_digits.py or experiments/klae_digits.py and point "
-        "--config.init_from.workdir at it")
+        "experiments/first_stage/vqgan_digits.py or experiments/first_stage/klae_digits.py and "
+        "point --config.init_from.workdir at it")
   return method, config
 
 
@@ -539,7 +539,7 @@ def make_method(config: Any) -> LatentDiffusion:
       does not fit the latent shape.
   """
   first_stage, ae_params, latent_shape, workdir = load_frozen_first_stage(
-      config, "diffusion.ldm", "experiments/ldm_digits.py")
+      config, "diffusion.ldm", "experiments/ldm/digits.py")
   size, channels = config.data.image_size, config.data.channels
   m, lc = config.model, config.ldm
   conditioning = str(lc.get("conditioning", "label"))
@@ -642,7 +642,7 @@ def text_method_on_base(config: Any, method: str, rules: tuple, *, trains: str
   base = config.init_from.get("base", {})
   if not base.get("workdir"):
     raise ValueError(f"{method} adapts a trained text latent diffusion model: set "
-                     "--config.init_from.base.workdir=<an experiments/ldm_text_digits.py run>")
+                     "--config.init_from.base.workdir=<an experiments/ldm/text_digits.py run>")
   text = make_method(config)
   if not isinstance(text, TextLatentDiffusion) or text.encoder_frozen:
     raise ValueError(f"{method} needs ldm.conditioning='text' with the text encoder in params")

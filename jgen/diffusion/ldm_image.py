@@ -303,7 +303,7 @@ def make_method(config: Any) -> ImageLatentDiffusion:
   if int(config.model.get("num_classes", 0)):
     raise ValueError("diffusion.ldm_image conditions on an image only: set model.num_classes=0")
   first_stage, ae_params, latent_shape, workdir = ldm.load_frozen_first_stage(
-      config, "diffusion.ldm_image", "experiments/ldm_inpaint_digits.py")
+      config, "diffusion.ldm_image", "experiments/ldm/inpaint_digits.py")
   size, channels = config.data.image_size, config.data.channels
   cond_channels = latent_shape[2] + 1 if task == "inpaint" else channels
   unet = dataclasses.replace(ddpm_lib.make_unet(config.model), cond_channels=cond_channels)

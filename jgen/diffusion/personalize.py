@@ -264,7 +264,7 @@ def make_personalized(config: Any, *, textual_inversion: bool) -> Personalized:
   base = ddpm_lib.make_method(config)
   if not isinstance(base, ddpm_lib.ConditionalDDPM) or base.model.num_classes < 1:
     raise ValueError("personalization needs the class-conditional base's model config "
-                     "(model.num_classes > 0, e.g. experiments/ddpm_cond_digits.py)")
+                     "(model.num_classes > 0, e.g. experiments/ddpm/cond_digits.py)")
   model = dataclasses.replace(
       base, model=dataclasses.replace(base.model, num_classes=base.model.num_classes + 1))
   prior_weight = float(p.prior_weight)
@@ -287,7 +287,7 @@ def make_personalized(config: Any, *, textual_inversion: bool) -> Personalized:
     if first is None:
       raise ValueError("the identifier's embedding is frozen by the rules, so [V] would stay "
                        "the plain class: add ('identifier/.*', 1.0) before the frozen rule "
-                       "(experiments/dreambooth_digits.py:lora does)")
+                       "(experiments/personalize/dreambooth_digits.py:lora does)")
   loads = init_from_lib.parse_init_from(config)
   base_load = next((s for s in loads if s.into == "params"), None)
   return Personalized(base=base, model=model, subject_class=int(p.subject_class),

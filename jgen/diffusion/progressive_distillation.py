@@ -486,10 +486,10 @@ def load_teacher(workdir: str) -> tuple[ddpm_lib.DDPM, Any]:
     config = run_record.latest_config(workdir)
   except run_record.RunRecordError as e:
     raise ValueError(f"init_from.workdir={workdir!r}: {e}. Point it at the workdir of a "
-                     "trained experiments/ddpm_digits.py run") from e
+                     "trained experiments/ddpm/digits.py run") from e
   if config.get("method") != "diffusion.ddpm":
     raise ValueError(f"init_from.workdir={workdir!r} is a {config.get('method')!r} run, not a "
-                     "'diffusion.ddpm' one: distill a DDPM (experiments/ddpm_digits.py "
+                     "'diffusion.ddpm' one: distill a DDPM (experiments/ddpm/digits.py "
                      "--config.diffusion.prediction=v)")
   method = load_method(config)
   if isinstance(method, ddpm_lib.ConditionalDDPM):
@@ -508,7 +508,7 @@ def make_method(config: Any) -> ProgressiveDistillation:
       steps than the rounds hold.
   """
   spec = init_from_lib.frozen_load(
-      config, FROZEN, hint=" (experiments/distill_digits.py sets it)",
+      config, FROZEN, hint=" (experiments/distill/progressive_digits.py sets it)",
       needs="diffusion.progressive_distillation distills a trained DDPM: set "
             "--config.init_from.workdir=<a diffusion.ddpm run's workdir>")
   teacher, t_config = load_teacher(spec.workdir)

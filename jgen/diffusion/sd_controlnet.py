@@ -1,5 +1,5 @@
 """Stable Diffusion steered by a ControlNet (Zhang et al. 2023) as a method of the one loop:
-`config.method = "diffusion.sd_controlnet"`, experiments/sd_controlnet.py.
+`config.method = "diffusion.sd_controlnet"`, experiments/sd/controlnet.py.
 
 The networks are Stable Diffusion's (`jgen.diffusion.stable_diffusion`: the CLIP text encoder
 ``frozen["text_encoder"]`` and the KL autoencoder ``frozen["autoencoder"]``), with the U-Net
@@ -309,7 +309,7 @@ def _check_rules(config: Any) -> None:
 
 
 def make_method(config: Any) -> SDControlNet:
-  """Translates ``config`` (experiments/sd_controlnet.py) into an `SDControlNet`: Stable
+  """Translates ``config`` (experiments/sd/controlnet.py) into an `SDControlNet`: Stable
   Diffusion's networks and sampler (`stable_diffusion.make_method`) and the ControlNet of
   ``config.controlnet`` (``hint_channels``, ``hint_range``, ``conditioning_scale``,
   ``guess_mode``).
@@ -321,8 +321,9 @@ def make_method(config: Any) -> SDControlNet:
   _check_rules(config)
   if config.get("textual_inversion", {}).get("train_token", ""):
     raise ValueError("textual_inversion.train_token trains token rows of Stable Diffusion "
-                     "(experiments/sd_finetune.py:textual_inversion); a ControlNet run trains the"
-                     " ControlNet only: sample with the learned file (textual_inversion.file)")
+                     "(experiments/sd/finetune.py:kind=textual_inversion); a ControlNet run "
+                     "trains the ControlNet only: sample with the learned file "
+                     "(textual_inversion.file)")
   sd = sd_lib.make_method(config)
   c = config.controlnet
   hint_channels = tuple(int(v) for v in c.hint_channels)

@@ -1,5 +1,5 @@
 """Stable Diffusion (Rombach et al. 2022) as a method of the one loop:
-`config.method = "diffusion.stable_diffusion"`, experiments/sd_txt2img.py.
+`config.method = "diffusion.stable_diffusion"`, experiments/sd/txt2img.py.
 
 Three networks, laid out as a converted checkpoint brings them (`python -m jgen.convert`):
 
@@ -30,8 +30,8 @@ A1111 ``.pt``, `jgen.convert.textual_inversion`) adds its tokens to the tokenize
 the token embedding table, and prompts may use them. Both reach the jitted sampler as arrays
 (`sample_frozen`), never as compile-time constants, and leave the checkpoint untouched.
 
-**Textual inversion training** (``textual_inversion.train_token``, experiments/sd_finetune.py
-``:textual_inversion``): the token (``num_vectors`` of them: ``T``, ``T_1``, ...) joins the
+**Textual inversion training** (``textual_inversion.train_token``, experiments/sd/finetune.py
+``:kind=textual_inversion``): the token (``num_vectors`` of them: ``T``, ``T_1``, ...) joins the
 tokenizer, and its embedding rows are ``e_init + delta``: the frozen row of
 ``textual_inversion.init_token`` plus a learned offset ``params["token_offsets"]`` ``[n, D]``
 (zero at the start, so "T" begins as the init word, as diffusers initialises it; the offset
@@ -376,7 +376,7 @@ def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CL
 
 
 def make_method(config: Any) -> StableDiffusion:
-  """Translates ``config`` (experiments/sd_txt2img.py) into a `StableDiffusion`."""
+  """Translates ``config`` (experiments/sd/txt2img.py) into a `StableDiffusion`."""
   m, t, a, s = config.model, config.text, config.autoencoder, config.sample
   dtype = compute_dtype(m.get("dtype", "float32"))
   unet = UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,

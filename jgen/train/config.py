@@ -120,12 +120,22 @@ def alias(target: str, beside: str, legacy: Callable[[str], str] | None = None
   """The `get_config` of an old flat config path kept as an alias of `target` (until 0.2).
 
   `experiments/ddpm_digits.py` is `get_config = alias("ddpm/digits", __file__)`; `legacy` turns
-  an old argument into the new convention's (`"wgan_gp"` -> `"method=wgan_gp"`).
+  an old argument that the new convention refuses into the new one (`"wgan_gp"` ->
+  `"method=wgan_gp"`); an argument in the new convention passes unchanged.
   """
   module = experiment_module(target, beside)
 
   def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    return module.get_config(legacy(arg) if legacy and arg else arg)
+    try:
+      return module.get_config(arg)
+    except ConfigError:
+      if legacy is None or not arg:
+        raise
+      try:
+        return module.get_config(legacy(arg))
+      except ConfigError:
+        pass
+      raise
 
   get_config.__doc__ = f"`get_config` of experiments/{target}.py (old arguments translated)."
   return get_config

@@ -59,12 +59,12 @@ def test_zero_init_is_the_base_bit_for_bit(num_classes):
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ddpm_base"))
-  jgen.run.main(load_experiment("ddpm_digits", "smoke"), workdir=workdir)
+  jgen.run.main(load_experiment("ddpm/digits", "smoke"), workdir=workdir)
   return workdir
 
 
 def _config(base_workdir):
-  config = load_experiment("controlnet_digits", "smoke")
+  config = load_experiment("personalize/controlnet_digits", "smoke")
   config.init_from.workdir = base_workdir
   return config
 
@@ -124,7 +124,7 @@ def test_a_class_conditional_controlnet_translates_by_label():
   from jgen.train import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from jgen.train import translations  # pylint: disable=import-outside-toplevel
 
-  config = load_experiment("controlnet_digits", "smoke")
+  config = load_experiment("personalize/controlnet_digits", "smoke")
   config.model.num_classes = 10
   config.sample.guidance_scale = 2.0
   method = load_method(config)
@@ -182,8 +182,8 @@ def test_the_fill_task_trains_and_scores(tmp_path):
   from jgen.metrics import control  # pylint: disable=import-outside-toplevel
 
   base = str(tmp_path / "base")
-  jgen.run.main(load_experiment("ddpm_cond_fill", "smoke"), workdir=base)
-  config = load_experiment("controlnet_fill", "smoke")
+  jgen.run.main(load_experiment("ddpm/cond_fill", "smoke"), workdir=base)
+  config = load_experiment("personalize/controlnet_fill", "smoke")
   config.init_from.workdir = base
   run = str(tmp_path / "fill")
   jgen.run.main(config, workdir=run)

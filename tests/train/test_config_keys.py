@@ -2,6 +2,7 @@
 field or config argument is an error that names it, before any work."""
 
 import os
+import re
 import time
 
 import pytest
@@ -100,3 +101,22 @@ def test_the_launch_path_with_a_variant_loads_like_config_flags():
   assert os.path.isfile(path)
   config = experiment_module("ddpm/digits", str(EXPERIMENTS / "_")).get_config("smoke")
   assert config.data.image_size == 8
+
+
+_COMMAND = re.compile(r"experiments/([a-z0-9_/]+)\.py(?::([A-Za-z0-9_,=.]*[A-Za-z0-9_]))?")
+
+
+def test_every_config_path_the_docs_name_loads_with_its_argument():
+  """`experiments/<path>.py[:ARG]` in README, docstrings and benchmarks: the file is there and
+  `get_config(ARG)` builds (ARG in capitals is a placeholder; a family base is only checked to
+  be there)."""
+  named = set()
+  for path in [REPO / "README.md", *REPO.glob("experiments/**/*.py"), *REPO.glob("jgen/**/*.py"),
+               *REPO.glob("benchmarks/*.py"), REPO / "launch.py"]:
+    named |= set(_COMMAND.findall(path.read_text()))
+  assert len(named) > 50
+  for name, arg in sorted(named):
+    assert (EXPERIMENTS / f"{name}.py").is_file(), name
+    if os.path.basename(name).startswith("base") or re.search(r"[A-Z]{3}", arg):
+      continue
+    check_config_keys(experiment_module(name, str(EXPERIMENTS / "_")).get_config(arg or None))
