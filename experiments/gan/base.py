@@ -16,17 +16,13 @@ from jgen.train.config import base_config, digits_data, smoke_schedule
 
 METHODS = ("dcgan", "cgan", "wgan", "wgan_gp")
 
-# Optimizer fields optim_d may set on its own, with their types (jgen.train.optim).
-_OPTIM_FIELDS = {"name": str, "lr": float, "b1": float, "b2": float, "eps": float,
-                 "weight_decay": float, "decay": float, "momentum": float,
-                 "warmup_steps": int, "schedule": str, "decay_from": float, "decay_rate": float,
-                 "grad_clip_norm": float}
-
 
 def follow_optim() -> ml_collections.ConfigDict:
-  """`optim_d` that follows `optim` in every field (each a None placeholder)."""
+  """`optim_d` that follows `optim` in every optimizer field of `base_config().optim` (each a
+  None placeholder of that field's type; `rules` select leaves of the whole tree, not D's)."""
   return ml_collections.ConfigDict(
-      {k: ml_collections.FieldReference(None, field_type=t) for k, t in _OPTIM_FIELDS.items()})
+      {k: ml_collections.FieldReference(None, field_type=type(v))
+       for k, v in base_config().optim.items() if k != "rules"})
 
 
 def ada_config(g: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

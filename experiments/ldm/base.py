@@ -33,6 +33,7 @@ def get_config(method: str, *, smoke: bool = False) -> ml_collections.ConfigDict
   c.ldm = ml_collections.ConfigDict()
   c.ldm.scale_factor = ml_collections.FieldReference(None, field_type=float)  # None: measure
   c.ldm.quantize_samples = True   # VQ: nearest code before decoding (LDM's VQ interface)
+  c.ldm.conditioning = "label"    # diffusion.ldm: label tokens | text (a caption encoder)
 
   c.model.num_classes = 10
   c.model.ch = 16 if smoke else 32

@@ -238,11 +238,11 @@ def make_method(config: Any) -> CodeTransformer:
   model = Transformer(vocab_size=int(vq.num_codes), seq_len=grid[0] * grid[1],
                       width=m.width, depth=m.depth, num_heads=m.num_heads,
                       mlp_ratio=m.mlp_ratio, dropout=m.dropout, num_classes=m.num_classes,
-                      dtype=jnp.dtype(m.get("dtype", "float32")))
+                      dtype=jnp.dtype(m.dtype))
   s = config.sample
   cls = ConditionalCodeTransformer if m.num_classes > 0 else CodeTransformer
   return cls(vq=vq, model=model, tx=make_optimizer(config.optim,
                                                    total_steps=config.train.num_steps),
              grid=grid, vq_workdir=spec.workdir, ema_decay=config.train.ema_decay,
-             ema_warmup=config.train.ema_warmup, temperature=s.get("temperature", 1.0),
-             top_k=s.get("top_k", 0), top_p=s.get("top_p", 1.0), cached=s.get("cached", True))
+             ema_warmup=config.train.ema_warmup, temperature=s.temperature,
+             top_k=s.top_k, top_p=s.top_p, cached=s.cached)

@@ -428,7 +428,7 @@ def make_method(config: Any) -> LatentConsistency:
       teacher.ddpm, model=student_model,
       tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
       ema_decay=float(config.train.ema_decay), ema_warmup=bool(config.train.ema_warmup))
-  huber_c = lc.get("huber_c", None)
+  huber_c = lc.huber_c
   w = float(config.sample.guidance_scale)
   if not float(lc.w_min) <= w <= float(lc.w_max):
     log.warning("sample.guidance_scale=%g lies outside the trained range [%g, %g] of w", w,
@@ -439,6 +439,6 @@ def make_method(config: Any) -> LatentConsistency:
       w_embed_dim=dim, sigma_data=float(lc.sigma_data),
       timestep_scaling=float(lc.timestep_scaling), distance=str(lc.distance),
       huber_c=None if huber_c is None else float(huber_c),
-      target_decay=float(lc.target_decay), weighting=str(lc.get("weighting", "one")),
+      target_decay=float(lc.target_decay), weighting=str(lc.weighting),
       sample_steps=int(config.sample.steps),
       guidance_scale=w)

@@ -263,4 +263,4 @@ def make_method(config: Any) -> NoisyClassifierMethod:
       tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
       image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
       ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup,
-      low_noise_fraction=config.get("classifier", {}).get("low_noise_fraction", 0.25))
+      low_noise_fraction=config.classifier.low_noise_fraction)

@@ -258,7 +258,7 @@ class Personalized:
 def make_personalized(config: Any, *, textual_inversion: bool) -> Personalized:
   """The `Personalized` method of an experiment config (``config.personalize`` block)."""
   p = config.personalize
-  if config.get("sample", {}).get("classifier", {}).get("workdir"):
+  if config.sample.classifier.workdir:
     raise ValueError("personalization samples with classifier-free guidance only; unset "
                      "sample.classifier.workdir")
   base = ddpm_lib.make_method(config)
@@ -269,7 +269,7 @@ def make_personalized(config: Any, *, textual_inversion: bool) -> Personalized:
       base, model=dataclasses.replace(base.model, num_classes=base.model.num_classes + 1))
   prior_weight = float(p.prior_weight)
   if textual_inversion:
-    rules = rules_lib.parse_rules(config.optim.get("rules", ()))
+    rules = rules_lib.parse_rules(config.optim.rules)
     if rules != TEXTUAL_INVERSION_RULES:
       raise ValueError("textual inversion trains the identifier's embedding only: set "
                        "--config.optim.rules=\"(('identifier/.*', 1.0), ('.*', 'frozen'))\" "
@@ -277,10 +277,10 @@ def make_personalized(config: Any, *, textual_inversion: bool) -> Personalized:
     if prior_weight:
       raise ValueError("textual inversion has no prior-preservation term (the model is frozen):"
                        " set personalize.prior_weight=0")
-    if int(config.get("lora", {}).get("rank", 0) or 0):
+    if int(config.lora.rank):
       raise ValueError("textual inversion trains no model weights: unset config.lora.rank")
   else:
-    rules = adapters.rules(rules_lib.parse_rules(config.optim.get("rules", ())),
+    rules = adapters.rules(rules_lib.parse_rules(config.optim.rules),
                            adapters.lora_from_config(config))
     first = next((m for pattern, m in rules if re.fullmatch(pattern, f"{IDENTIFIER}/offset")),
                  1.0)
@@ -293,5 +293,4 @@ def make_personalized(config: Any, *, textual_inversion: bool) -> Personalized:
   return Personalized(base=base, model=model, subject_class=int(p.subject_class),
                       prior_weight=prior_weight,
                       num_class_images=int(p.num_class_images),
-                      prior_batch=int(p.get("prior_batch", 0)),
-                      class_seed=int(p.get("class_seed", 0)), base_load=base_load)
+                      prior_batch=int(p.prior_batch), class_seed=int(p.class_seed), base_load=base_load)
