@@ -1,9 +1,9 @@
 """Launches a jgen experiment: flags only, everything else lives in jgen.run.
 
-  python launch.py --config experiments/ddpm_digits.py --workdir /tmp/run
-  python launch.py --config experiments/ddpm_cifar.py --workdir /tmp/cifar \
+  python launch.py --config experiments/ddpm/digits.py --workdir /tmp/run
+  python launch.py --config experiments/ddpm/cifar.py --workdir /tmp/cifar \
       --config.data.source=folder:../shared/data/cifar10-jpeg.zip
-  python launch.py --config experiments/ddpm_digits.py --workdir /tmp/run --mode=sample \
+  python launch.py --config experiments/ddpm/digits.py --workdir /tmp/run --mode=sample \
       --config.sample.sampler=ddpm
 """
 
@@ -17,7 +17,7 @@ from jgen.cli import flags as cli_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. experiments/ddpm_digits.py[:smoke]; "
+    "config", None, "Experiment config file, e.g. experiments/ddpm/digits.py[:smoke]; "
     "override fields with --config.optim.lr=1e-4.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events, samples.")
 flags.DEFINE_enum("mode", "train", sorted(jgen.run.MODES), "What to do with the experiment.")

@@ -1,10 +1,10 @@
 """Prints the evidence table of trained autoencoders on the whole held-out split.
 
   python benchmarks/autoencoders.py \
-      --run experiments/ae_digits.py=/tmp/ae_digits \
-      --run experiments/dae_digits.py=/tmp/dae_digits \
-      --run experiments/vae_digits.py=/tmp/vae_digits \
-      --run experiments/vqvae_digits.py=/tmp/vqvae_digits
+      --run experiments/autoencoder/ae_digits.py=/tmp/ae_digits \
+      --run experiments/autoencoder/dae_digits.py=/tmp/dae_digits \
+      --run experiments/autoencoder/vae_digits.py=/tmp/vae_digits \
+      --run experiments/autoencoder/vqvae_digits.py=/tmp/vqvae_digits
 
 Each `--run CONFIG[:VARIANT]=WORKDIR` restores the latest checkpoint of a run and evaluates the
 EMA parameters on every image of `config.data.eval_split` (not the loop's `eval_batches`

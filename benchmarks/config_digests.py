@@ -1,6 +1,7 @@
 """Digests of existing configs' parameter trees and fixed-seed samples, to compare two commits.
 
   python benchmarks/config_digests.py OUT.json        # at each commit (PYTHONPATH=<checkout>)
+  python benchmarks/config_digests.py OUT.json --configs dcgan_digits,glow_digits
   python benchmarks/config_digests.py --compare A.json B.json
 
 For each config: the method's ``init`` at key 0 on a zero batch (the parameter tree's paths and
@@ -8,6 +9,8 @@ values hashed together, and its size), and, where the method samples from noise,
 key 1 (rounded to 1e-5, hashed). Equal digests at two commits mean the change kept every
 parameter tree, count (35,746,307 for ddpm_cifar) and fixed-seed output of these configs.
 Configs that need another run's work directory (latent diffusion on a first stage) are left out.
+Names are the flat ``experiments/<name>.py`` ones, which every commit until 0.2 has (aliases of
+``experiments/<family>/<name>.py`` since the configs moved into family folders).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import numpy as np
 
 CONFIGS = ("ddpm_cifar", "ddpm_digits", "ddpm_cond_digits", "vqgan_digits", "klae_digits",
            "controlnet_digits", "ddgan_digits", "noisy_classifier_digits")
-NO_NOISE_SAMPLES = ("controlnet_digits", "noisy_classifier_digits")  # translate / classify
+NO_NOISE_SAMPLES = ("controlnet_digits", "noisy_classifier_digits", "pix2pix_digits",
+                    "cyclegan_digits", "stargan_digits")  # translate / classify
 
 
 def _digest(tree) -> tuple[str, int]:
@@ -36,11 +40,11 @@ def _digest(tree) -> tuple[str, int]:
   return h.hexdigest()[:16], sum(int(np.size(x)) for _, x in leaves)
 
 
-def digests(root: str) -> dict[str, dict]:
+def digests(root: str, names: tuple[str, ...] = CONFIGS) -> dict[str, dict]:
   from jgen.train.config import experiment_module  # pylint: disable=import-outside-toplevel
   from jgen.train.method import load_method  # pylint: disable=import-outside-toplevel
   out = {}
-  for name in CONFIGS:
+  for name in names:
     config = experiment_module(name, os.path.join(root, "experiments", f"{name}.py")).get_config()
     method = load_method(config)
     size, channels = config.data.image_size, config.data.channels
@@ -67,6 +71,7 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("out", nargs="?", help="where to write this commit's digests")
   parser.add_argument("--compare", nargs=2, metavar=("A", "B"))
+  parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names")
   args = parser.parse_args()
   if args.compare:
     a, b = (json.load(open(p)) for p in args.compare)
@@ -76,7 +81,7 @@ def main() -> None:
   import jgen  # pylint: disable=import-outside-toplevel
   root = os.path.dirname(os.path.dirname(os.path.abspath(jgen.__file__)))
   print("jgen from", root)
-  result = digests(root)
+  result = digests(root, tuple(args.configs.split(",")))
   if args.out:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=1)

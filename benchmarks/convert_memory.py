@@ -269,15 +269,15 @@ def measure(argv: list[str], prelude: str = "") -> dict[str, float]:
 
 
 def single_file_config(out: str, tokenizer: str) -> str:
-  """A config file that is experiments/sd_txt2img.py with `tokenizer` as its tokenizer."""
+  """A config file that is experiments/sd/txt2img.py with `tokenizer` as its tokenizer."""
   path = os.path.join(out, "sd_txt2img_local.py")
   with open(path, "w") as f:
-    f.write(f'''"""experiments/sd_txt2img.py with a local tokenizer folder (convert_memory.py)."""
+    f.write(f'''"""experiments/sd/txt2img.py with a local tokenizer folder (convert_memory.py)."""
 from jgen.train.config import experiment_module
 
 
 def get_config(arg=None):
-  c = experiment_module("sd_txt2img", {os.path.join(REPO, "experiments", "x.py")!r}
+  c = experiment_module("sd/txt2img", {os.path.join(REPO, "experiments", "x.py")!r}
                         ).get_config(arg)
   c.text.tokenizer = {tokenizer!r}
   return c

@@ -1,10 +1,10 @@
 """Prints the evidence table of trained digits generators, judged by the digits domain classifier.
 
   python benchmarks/gan_digits.py \
-      --run experiments/dcgan_digits.py=/tmp/dcgan_digits \
-      --run experiments/cgan_digits.py=/tmp/cgan_digits \
-      --run experiments/wgan_digits.py=/tmp/wgan_digits \
-      --run experiments/wgan_gp_digits.py=/tmp/wgan_gp_digits
+      --run experiments/gan/dcgan_digits.py=/tmp/dcgan_digits \
+      --run experiments/gan/cgan_digits.py=/tmp/cgan_digits \
+      --run experiments/gan/wgan_digits.py=/tmp/wgan_digits \
+      --run experiments/gan/wgan_gp_digits.py=/tmp/wgan_gp_digits
 
 Each `--run CONFIG[:VARIANT]=WORKDIR[@KEY=VALUE;...]` restores the latest checkpoint of a run
 (GANs, DDPMs: any method of the loop) and draws `--num` samples with its EMA parameters; a
@@ -12,13 +12,13 @@ Each `--run CONFIG[:VARIANT]=WORKDIR[@KEY=VALUE;...]` restores the latest checkp
 sampling, e.g. a classifier-free guidance sweep of a conditional DDPM, with a plot:
 
   python benchmarks/gan_digits.py --plot /tmp/cfg.png --plot_key sample.guidance_scale \
-      --run experiments/ddpm_cond_digits.py=/tmp/cond@sample.guidance_scale=0 \
-      --run experiments/ddpm_cond_digits.py=/tmp/cond@sample.guidance_scale=3
+      --run experiments/ddpm/cond_digits.py=/tmp/cond@sample.guidance_scale=0 \
+      --run experiments/ddpm/cond_digits.py=/tmp/cond@sample.guidance_scale=3
 
 or classifier guidance of an unconditional one by a `noisy_classifier_digits` run:
 
   python benchmarks/gan_digits.py --plot /tmp/clf.png --plot_key sample.classifier_scale \
-      --run "experiments/ddpm_digits.py=/tmp/ddpm@sample.classifier.workdir='/tmp/clf';sample.classifier_scale=3"
+      --run "experiments/ddpm/digits.py=/tmp/ddpm@sample.classifier.workdir='/tmp/clf';sample.classifier_scale=3"
 
 The samples go through `jgen.metrics.domain`'s digits classifier (a small conv net jgen trains
 on the digits train split; its held-out accuracy is printed), which gives:
@@ -40,7 +40,7 @@ sets for KEY (matplotlib: `pip install -e ".[plot]"`).
 
 With `--reconstruct`, an autoencoder run (VQ-VAE, VQ-GAN) is scored on its reconstructions of
 the held-out digits instead (asked class: the true label): the ceiling of any prior over its
-codes, e.g. `--reconstruct --run experiments/vqvae_digits.py=/tmp/vqvae_digits`.
+codes, e.g. `--reconstruct --run experiments/autoencoder/vqvae_digits.py=/tmp/vqvae_digits`.
 
 `--ppl N` adds perceptual path length (`jgen.metrics.ppl`, end sampling, N latent pairs) of
 methods with latent paths (`PathLengths`: W space for StyleGAN2, z for the other GANs), with

@@ -1,7 +1,7 @@
 """Masked-region PSNR of latent-diffusion inpainting on held-out digits, against mean fills.
 
   python benchmarks/inpaint_digits.py --workdir /tmp/ldm_inpaint \
-      [--config experiments/ldm_inpaint_digits.py] [--num 297] [--seed 0]
+      [--config experiments/ldm/inpaint_digits.py] [--num 297] [--seed 0]
 
 Takes the held-out split's derived ``mask:box`` pairs (the config's data source and seed: one
 box of H/4..H/2 per side per digit), inpaints them with the run's latest checkpoint and prints,
@@ -36,9 +36,9 @@ from jgen.train import inference  # noqa: E402
 from jgen.train.config import experiment_module  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKDIR = flags.DEFINE_string("workdir", None, "an experiments/ldm_inpaint_digits.py run")
-CONFIG = flags.DEFINE_string("config", os.path.join(_ROOT, "experiments",
-                                                    "ldm_inpaint_digits.py"), "its config")
+WORKDIR = flags.DEFINE_string("workdir", None, "an experiments/ldm/inpaint_digits.py run")
+CONFIG = flags.DEFINE_string("config", os.path.join(_ROOT, "experiments", "ldm",
+                                                    "inpaint_digits.py"), "its config")
 NUM = flags.DEFINE_integer("num", 297, "held-out digits (297: the whole test split)")
 SEED = flags.DEFINE_integer("seed", 0, "sampling key")
 CHUNK = flags.DEFINE_integer("chunk", 100, "images per jitted call")
@@ -58,7 +58,7 @@ def region_mse(x: np.ndarray, ref: np.ndarray, region: np.ndarray) -> float:
 
 def main(argv):
   del argv
-  config = experiment_module("ldm_inpaint_digits", CONFIG.value).get_config(None)
+  config = experiment_module(os.path.basename(CONFIG.value)[:-3], CONFIG.value).get_config(None)
   config.init_from.workdir = None  # the frozen first stage comes from the checkpoint
   method, _, state = inference.restore_for_inference(_with_fs(config), WORKDIR.value)
   d = config.data

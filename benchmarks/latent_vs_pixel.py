@@ -3,11 +3,11 @@
   python benchmarks/latent_vs_pixel.py                  # 16x16 (digits) and 32x32
   python benchmarks/latent_vs_pixel.py --sizes=16 --rounds=5 --steps=20
 
-Latent: `diffusion.ldm` with experiments/ldm_digits.py's U-Net (ch 32, ch_mult (1, 2),
-cross-attention to 4 label tokens) on the f = 4 latents of experiments/vqgan_digits.py's first
-stage (16x16 -> 4x4x8; at 32x32 the same first stage gives 8x8x8), the frozen encoder (and the
+Latent: `diffusion.ldm` with experiments/ldm/digits.py's U-Net (ch 32, ch_mult (1, 2),
+cross-attention to 4 label tokens) on the f = 4 latents of
+experiments/first_stage/vqgan_digits.py's first stage (16x16 -> 4x4x8; at 32x32 the same first stage gives 8x8x8), the frozen encoder (and the
 VQ nearest-code search) inside every step, as in training. Pixel: `diffusion.ddpm` with
-experiments/ddpm_digits.py's U-Net (ch 16, ch_mult (1, 2, 4), attention at 8x8) on the images
+experiments/ddpm/digits.py's U-Net (ch 16, ch_mult (1, 2, 4), attention at 8x8) on the images
 (16x16x1; 32x32x1). The first stage is randomly initialized (its cost does not depend on its
 values). Both steps are jitted with the state donated; the two alternate in one process
 (`--rounds` rounds of `--steps` steps each) so that load from other processes hits both alike;
@@ -51,14 +51,14 @@ def _config(name: str, size: int):
 
 def latent_method(size: int) -> ldm.LatentDiffusion:
   """ldm_digits's latent diffusion on a random-init vqgan_digits first stage at `size`."""
-  fs_config = _config("vqgan_digits", size)
+  fs_config = _config("first_stage/vqgan_digits", size)
   fs_config.loss.perceptual = "none"  # a training-loss term only: encode/decode are unchanged
   fs = load_method(fs_config)
   x = jnp.zeros((1, size, size, 1))
   ae = jax.jit(lambda r: fs.init(r, {"image": x}).params["autoencoder"])(jax.random.key(0))
   z = jax.eval_shape(fs.encode, ae, x)
   latent_shape = tuple(int(d) for d in z.shape[1:])
-  c = _config("ldm_digits", size)
+  c = _config("ldm/digits", size)
   lc = c.ldm
   unet = dataclasses.replace(ddpm_lib.make_unet(c.model), num_classes=0,
                              context_dim=int(lc.context_dim),
@@ -90,7 +90,7 @@ def main(argv):
   for size in (int(s) for s in FLAGS.value):
     batch = _batch(size, BATCH.value)
     methods = {"latent": latent_method(size), "pixel": ddpm_lib.make_method(
-        _config("ddpm_digits", size))}
+        _config("ddpm/digits", size))}
     states, steps, info = {}, {}, {}
     for name, m in methods.items():
       states[name] = jax.jit(m.init)(jax.random.key(0), batch)

@@ -1,8 +1,9 @@
 """Prints PixelCNN sampling images/s: the one-jit raster `lax.scan` of `jgen.autoregressive.pixelcnn`.
 
-  python benchmarks/pixelcnn_sampling.py --config experiments/pixelcnn_digits.py \
+  python benchmarks/pixelcnn_sampling.py --config experiments/autoregressive/pixelcnn_digits.py \
       --workdir /tmp/pixelcnn_digits --batch 100
-  python benchmarks/pixelcnn_sampling.py --config experiments/pixelcnn_cifar.py --batch 16
+  python benchmarks/pixelcnn_sampling.py --config experiments/autoregressive/pixelcnn_cifar.py \
+      --batch 16
 
 With `--workdir` the latest checkpoint's EMA parameters are used; without, a fresh init (the
 speed does not depend on the weights). The sampler reruns the whole network once per pixel

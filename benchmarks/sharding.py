@@ -1,7 +1,7 @@
 """State bytes per device and train-step time of a config at several FSDP sizes.
 
-  python benchmarks/sharding.py                       # ddpm_cifar, 8 simulated CPU devices
-  python benchmarks/sharding.py --config experiments/ddpm_cifar.py --fsdp 1,2,4,8 --steps 3
+  python benchmarks/sharding.py                       # ddpm/cifar, 8 simulated CPU devices
+  python benchmarks/sharding.py --config experiments/ddpm/cifar.py --fsdp 1,2,4,8 --steps 3
 
 Every FSDP size runs in its own process (the simulated device count is fixed when JAX starts;
 on a GPU/TPU host the real devices are used). The state (params, EMA, Adam moments) is built
@@ -78,7 +78,7 @@ def measure(config_path: str, fsdp: int, steps: int, batch_size: int) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default=os.path.join(REPO, "experiments", "ddpm_cifar.py"))
+  parser.add_argument("--config", default=os.path.join(REPO, "experiments", "ddpm", "cifar.py"))
   parser.add_argument("--fsdp", default="1,2,4,8")
   parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices")
   parser.add_argument("--batch_size", type=int, default=8)

@@ -1,13 +1,13 @@
 """Prints train images/s, sampling images/s (DDPM ancestral and DDIM) and compile times.
 
-  python benchmarks/throughput.py --config experiments/ddpm_digits.py
-  python benchmarks/throughput.py --config experiments/ddpm_cifar.py --batch 16 --train_steps 3 \
+  python benchmarks/throughput.py --config experiments/ddpm/digits.py
+  python benchmarks/throughput.py --config experiments/ddpm/cifar.py --batch 16 --train_steps 3 \
       --sample_batch 8 --samplers ddim
 
 Times the jitted, donated train step of the one loop (`method.train_step` on a device-resident
 batch, state replicated over the mesh) and the one-jit sampling chains, after compiling each
 ahead of time; compile time is reported separately. The data pipeline is not timed. Any
-method's config works (`experiments/glow_digits.py` ...): only the sampler fields its config
+method's config works (`experiments/flow/glow_digits.py` ...): only the sampler fields its config
 has are set.
 """
 

@@ -1,9 +1,9 @@
 """Prints the evidence table of trained image-to-image runs on digits, next to trivial baselines.
 
   python benchmarks/translation_digits.py \
-      --run experiments/pix2pix_digits.py=/tmp/p2p \
-      --run experiments/cyclegan_digits.py=/tmp/cyclegan \
-      --run experiments/stargan_digits.py=/tmp/stargan
+      --run experiments/translation/pix2pix_digits.py=/tmp/p2p \
+      --run experiments/translation/cyclegan_digits.py=/tmp/cyclegan \
+      --run experiments/translation/stargan_digits.py=/tmp/stargan
 
 Each `--run CONFIG[:VARIANT]=WORKDIR` restores the run's latest checkpoint and translates every
 held-out source (`jgen.train.translations`, EMA generator), scored by

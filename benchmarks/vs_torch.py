@@ -4,10 +4,10 @@
   python benchmarks/vs_torch.py                                 # CPU: batch 8 and 64
   python benchmarks/vs_torch.py --batch_sizes 8 --parts train,forward --repeats 5
   python benchmarks/vs_torch.py --fid --fid_images 200          # + Inception features
-  python benchmarks/vs_torch.py --config experiments/ddpm_cifar.py:bf16 --batch_sizes 128 \
+  python benchmarks/vs_torch.py --config experiments/ddpm/cifar.py:bf16 --batch_sizes 128 \
       --ddim_batch 1000 --fid --fid_images 50000                # GPU: bf16 compute
 
-One config (`--config`, default `experiments/ddpm_cifar.py`) builds both networks: jgen's `UNet`
+One config (`--config`, default `experiments/ddpm/cifar.py`) builds both networks: jgen's `UNet`
 through the method the loop trains, and diffusers' `UNet2DModel` with the same channels, levels,
 attention resolutions, groups, dropout and norm epsilon (google/ddpm-cifar10-32's settings); the
 script stops if their parameter counts differ (35,746,307 for the CIFAR-10 config). Timed, one
@@ -54,7 +54,7 @@ from jgen.nn.dtypes import compute_dtype
 from jgen.train import batch_sharding, load_method, make_mesh, replicated
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/ddpm_cifar.py", "DDPM experiment config.",
+config_flags.DEFINE_config_file("config", "experiments/ddpm/cifar.py", "DDPM experiment config.",
                                 lock_config=False)
 flags.DEFINE_list("batch_sizes", ["8", "64"], "Batch sizes of the train and forward rows.")
 flags.DEFINE_list("parts", ["train", "forward", "ddim"], "Rows: train, forward, ddim.")

@@ -1,21 +1,4 @@
-"""Autoencoder on scikit-learn's 8x8 digits resized to 16x16: a 16-d vector bottleneck.
+"""Alias of experiments/autoencoder/ae_digits.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/ae_digits.py --workdir /tmp/ae_digits
-  python launch.py --config experiments/ae_digits.py --workdir /tmp/ae_digits --mode=eval
-  python launch.py --config experiments/ae_digits.py --workdir /tmp/ae_digits --mode=sample
-
-`--mode=sample` writes held-out digits side by side with their reconstructions. Variants:
-`:mae` (L1 reconstruction), `:smoke` (a seconds-long run for the tests).
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_autoencoder", beside=__file__)
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "smoke", "mae"):
-    raise ValueError(f"unknown variant {arg!r} of ae_digits; use 'mae' or 'smoke'")
-  return _base.digits(_base.get_config("ae", arg), smoke=arg == "smoke")
+get_config = alias("autoencoder/ae_digits", __file__)

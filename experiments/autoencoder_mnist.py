@@ -1,42 +1,4 @@
-"""AE, DAE, VAE or VQ-VAE on MNIST-format data (28x28 padded by resizing to 32x32, 1 channel).
+"""Alias of experiments/autoencoder/mnist.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/autoencoder_mnist.py:vae --workdir /tmp/vae_mnist
-  # MNIST-format idx files on disk instead of tensorflow-datasets (e.g. Fashion-MNIST from
-  # Debian's dataset-fashion-mnist package):
-  python launch.py --config experiments/autoencoder_mnist.py:vqvae --workdir /tmp/vq_fmnist \
-      --config.data.source=idx:/usr/share/datasets/fashion-mnist
-
-The argument names the method (ae, dae, vae, vqvae); each starts from its digits config
-(experiments/base_autoencoder.py) and sets data and network for MNIST.
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_autoencoder", beside=__file__)
-METHODS = _base.METHODS
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  method = _base.method_arg("autoencoder_mnist", arg)
-  c = _base.get_config(method, None)
-  c.data.source = "tfds:mnist"
-  c.data.image_size = 32
-  c.data.channels = 1
-  c.data.resize = True
-  c.data.batch_size = 128
-  c.model.ch = 32
-  c.model.ch_mult = (1, 2, 2, 2)
-  c.model.num_res_blocks = 1
-  c.model.num_groups = 8
-  c.model.latent_dim = 32
-  c.train.num_steps = 20_000
-  c.train.checkpoint_every = 2_000
-  c.train.eval_every = 2_000
-  c.train.eval_batches = 20
-  c.train.sample_every = 5_000
-  if method == "vqvae":
-    c.vq.num_codes = 512
-    c.vq.code_dim = 32
-  return c
+get_config = alias("autoencoder/mnist", __file__, lambda a: "method=" + a)

@@ -1,24 +1,4 @@
-"""Denoising autoencoder on digits (16x16): reconstructs clean digits from corrupted ones.
+"""Alias of experiments/autoencoder/dae_digits.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/dae_digits.py --workdir /tmp/dae_digits
-  python launch.py --config experiments/dae_digits.py --workdir /tmp/dae_digits --mode=eval
-
-Gaussian noise with std 0.5 (on [-1, 1] images) by default; variant `:dropout` masks 30% of the
-pixels to black instead. `--mode=sample` writes corrupted held-out inputs next to their
-reconstructions. `:smoke` is the tests' seconds-long run.
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_autoencoder", beside=__file__)
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "smoke", "dropout"):
-    raise ValueError(f"unknown variant {arg!r} of dae_digits; use 'dropout' or 'smoke'")
-  c = _base.digits(_base.get_config("dae", arg), smoke=arg == "smoke")
-  if arg == "smoke":
-    c.train.eval_every = 0  # evaluate() is the AE's, run by ae_digits:smoke
-  return c
+get_config = alias("autoencoder/dae_digits", __file__)

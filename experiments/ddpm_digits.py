@@ -1,26 +1,4 @@
-"""DDPM on scikit-learn's bundled 8x8 digits, resized to 16x16: the CPU quickstart.
+"""Alias of experiments/ddpm/digits.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/ddpm_digits.py --workdir /tmp/ddpm_digits
-
-Trains on 2 CPU cores in a few minutes and writes a grid of recognizable digits to
-WORKDIR/samples/. Variant `:smoke` is a seconds-long run used by the tests.
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_ddpm", beside=__file__)
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown variant {arg!r} of ddpm_digits; use 'smoke'")
-  c = _base.digits(smoke=arg == "smoke")
-  if arg is None:
-    # The grid of this run: stochastic DDIM (eta 1, 100 steps). After 1,000 steps, deterministic
-    # DDIM (eta 0) left about one sample in five as noise at 50 and at 200 steps alike; eta 1
-    # gives the cleaner grid in README (`benchmarks/gan_digits.py` scores both there).
-    c.sample.eta = 1.0
-    c.sample.steps = 100
-  return c
+get_config = alias("ddpm/digits", __file__)

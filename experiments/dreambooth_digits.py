@@ -1,41 +1,4 @@
-"""DreamBooth of the class-conditional digits DDPM on four MNIST 7s (`diffusion.dreambooth`).
+"""Alias of experiments/personalize/dreambooth_digits.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/ddpm_cond_digits.py --workdir /tmp/ddpm_cond_digits
-  python launch.py --config experiments/dreambooth_digits.py --workdir /tmp/db_digits \
-      --config.init_from.workdir=/tmp/ddpm_cond_digits
-  python launch.py --config experiments/dreambooth_digits.py --workdir /tmp/db_digits \
-      --config.init_from.workdir=/tmp/ddpm_cond_digits --mode=sample   # [V] 7 (label 10)
-
-Fine-tunes every weight (Adam 1e-4, 800 steps of 4 subject + 4 class images) with prior
-preservation lambda = 1 on 100 class images of 7 that the base generates first (cached in
-workdir/prior). Variants: `noprior` (lambda = 0: the language drift), `lora` (rank-4 adapters
-of every convolution and attention projection, and the identifier), `lora_noprior`, `smoke`.
-"""
-
-import ml_collections
-
-from jgen.nn.lora import RULE
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_personalize", beside=__file__)
-VARIANTS = (None, "noprior", "lora", "lora_noprior", "smoke")
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in VARIANTS:
-    raise ValueError(f"unknown variant {arg!r} of dreambooth_digits; use one of {VARIANTS[1:]}")
-  c = _base.config("diffusion.dreambooth", smoke=arg == "smoke")
-  c.optim.lr = 1e-4  # 5e-4 learns the subject a little better but ruins the other digits (README)
-  c.train.num_steps = 800
-  c.train.checkpoint_every = 800
-  if arg in ("noprior", "lora_noprior"):
-    c.personalize.prior_weight = 0.0
-  if arg in ("lora", "lora_noprior"):
-    c.lora.rank = 4
-    c.lora.targets = r"conv|nin_shortcut|attn.*/(q|k|v|proj_out)$"
-    c.optim.rules = ((RULE, 1.0), ("identifier/.*", 1.0), (".*", "frozen"))
-    c.optim.lr = 2e-3  # adapters start at B = 0 and need a larger step
-  if arg == "smoke":
-    c.train.num_steps = 4
-    c.train.checkpoint_every = 4
-  return c
+get_config = alias("personalize/dreambooth_digits", __file__, lambda a: a.replace("_", ","))

@@ -1,37 +1,4 @@
-"""GAN, cGAN, WGAN or WGAN-GP on MNIST-format data (28x28 resized to 32x32, 1 channel).
+"""Alias of experiments/gan/mnist.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/gan_mnist.py:wgan_gp --workdir /tmp/wgan_gp_mnist
-  # MNIST-format idx files on disk instead of tensorflow-datasets (the real MNIST test set in
-  # ../shared, or Fashion-MNIST from Debian's dataset-fashion-mnist package):
-  python launch.py --config experiments/gan_mnist.py:dcgan --workdir /tmp/dcgan_fmnist \
-      --config.data.source=idx:/usr/share/datasets/fashion-mnist
-
-The argument names the method (dcgan, cgan, wgan, wgan_gp); each starts from its digits config
-(`digits_config` of experiments/base_gan.py) and scales data and networks to 32x32 (DCGAN G
-4x4x256 -> 8x8x128 -> 16x16x64 -> 32x32x1).
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_gan", beside=__file__)
-METHODS = _base.METHODS
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in METHODS:
-    raise ValueError(f"gan_mnist needs a method argument, one of {METHODS}: "
-                     f"experiments/gan_mnist.py:wgan_gp (got {arg!r})")
-  c = _base.digits_config(arg)
-  c.data.source = "tfds:mnist"
-  c.data.image_size = 32
-  c.data.channels = 1
-  c.data.resize = True
-  c.model.z_dim = 100
-  c.model.g_features = 64
-  c.model.d_features = 64
-  c.train.num_steps = 20_000
-  c.train.checkpoint_every = 2_000
-  c.train.sample_every = 2_000
-  return c
+get_config = alias("gan/mnist", __file__, lambda a: "method=" + a)

@@ -1,22 +1,4 @@
-"""KL autoencoder first stage (LDM's AutoencoderKL) on digits (16x16, f = 4: 4x4x4 latents).
+"""Alias of experiments/first_stage/klae_digits.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/klae_digits.py --workdir /tmp/klae
-  python launch.py --config experiments/klae_digits.py --workdir /tmp/klae --mode=eval
-
-Diagonal-Gaussian posterior, KL weight 1e-6 (on per-image sums, as LDM), L1 + perceptual
-('domain': jgen's digits-classifier features, logged; LPIPS needs weight files) + hinge
-PatchGAN with the adaptive weight (disc weight 0.5) from step 500. `:noadv` drops the
-adversarial term; `:smoke` / `:smoke_noadv` are the tests' runs. `--mode=eval` prints held-out
-L1/PSNR/KL and reconstruction FID (domain features, decoded from the posterior mean).
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_first_stage", beside=__file__)
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  smoke, adversarial = _base.variant("klae_digits", arg)
-  return _base.get_config("kl", smoke=smoke, adversarial=adversarial)
+get_config = alias("first_stage/klae_digits", __file__, lambda a: a.replace("_", ","))

@@ -1,25 +1,4 @@
-"""pix2pix on scikit-learn's digits at 16x16: Sobel edge maps -> the digit (`derived:edges:digits`).
+"""Alias of experiments/translation/pix2pix_digits.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/pix2pix_digits.py --workdir /tmp/pix2pix_digits
-  python launch.py --config experiments/pix2pix_digits.py --workdir /tmp/pix2pix_digits --mode=eval
-  python launch.py --config experiments/pix2pix_digits.py --workdir /tmp/pix2pix_digits --mode=sample
-
-Training writes grids of held-out `edges | translation | digit` rows to samples/ every 1,000
-steps; `--mode=eval` reports L1, PSNR and the digits judge's content/domain figures. 3,000 steps
-of batch 32 train in about 3 CPU minutes on 2 shared cores (40-55 ms a step, 3 to 6 minutes of
-wall time measured while other jobs ran); held-out PSNR 22.7 dB and L1 0.047 at the end, against
-11.0 dB and 0.20 for the untranslated edge maps. U-Net 4 downs (ngf 16), PatchGAN n_layers 2
-(ndf 16, a 34x34 receptive field); see experiments/base_translation.py. Variant: `:smoke`.
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_translation", beside=__file__)
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown variant {arg!r} of pix2pix_digits; use 'smoke' or none")
-  return _base.pix2pix_base(smoke=arg == "smoke")
+get_config = alias("translation/pix2pix_digits", __file__)

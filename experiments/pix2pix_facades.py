@@ -1,33 +1,4 @@
-"""pix2pix on CMP Facades (labels -> photo), the paper's settings: 256x256, batch 1, 200 epochs.
+"""Alias of experiments/translation/pix2pix_facades.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-The data is not on this machine: get the pix2pix `facades` folder (train/ val/ test/ of
-512x256 `A|B` images; 400 training pairs, A the photo, B the label map) and point the config at
-it. The paper translates labels -> photos, B -> A, hence `paired_btoa:`:
-
-  python launch.py --config experiments/pix2pix_facades.py --workdir /tmp/pix2pix_facades \
-      --config.data.source=paired_btoa:$DATA/facades
-
-400 pairs x 200 epochs = 80,000 steps of batch 1. U-Net 8 downs (ngf 64), 70x70 PatchGAN,
-batch norm (each test image normalized by its own statistics), lambda = 100, mirroring; see
-experiments/base_translation.py. Variant: `:smoke` (8 steps of a tiny network at 32x32, for a
-run on the same folder layout).
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_translation", beside=__file__)
-
-DATA = "~/data/pix2pix/facades"  # override with --config.data.source=paired_btoa:PATH
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown variant {arg!r} of pix2pix_facades; use 'smoke' or none")
-  c = _base.paper_pix2pix(_base.pix2pix_base(), source=f"paired_btoa:{DATA}",
-                          train_images=400)
-  c.data.eval_split = "val"
-  if arg == "smoke":
-    _base.shrink_paper_config(c)
-  return c
+get_config = alias("translation/pix2pix_facades", __file__)

@@ -1,32 +1,4 @@
-"""pix2pix on Google Maps (aerial photo -> map), the paper's settings: 256x256, batch 1, 200
-epochs.
+"""Alias of experiments/translation/pix2pix_maps.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-The data is not on this machine: get the pix2pix `maps` folder (train/ val/ of 1200x600
-`A|B` images; 1,096 training pairs, A the aerial photo, B the map) and point the config at it.
-The paper's maps row translates aerial -> map, A -> B, hence `paired:`:
-
-  python launch.py --config experiments/pix2pix_maps.py --workdir /tmp/pix2pix_maps \
-      --config.data.source=paired:$DATA/maps
-
-1,096 pairs x 200 epochs = 219,200 steps of batch 1 (images resized to 256x256, as the paper's
-loader does before cropping). Networks and objective as experiments/pix2pix_facades.py.
-Variant: `:smoke`.
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_translation", beside=__file__)
-
-DATA = "~/data/pix2pix/maps"  # override with --config.data.source=paired:PATH
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown variant {arg!r} of pix2pix_maps; use 'smoke' or none")
-  c = _base.paper_pix2pix(_base.pix2pix_base(), source=f"paired:{DATA}", train_images=1096)
-  c.data.eval_split = "val"
-  if arg == "smoke":
-    _base.shrink_paper_config(c)
-  return c
+get_config = alias("translation/pix2pix_maps", __file__)

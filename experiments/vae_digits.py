@@ -1,30 +1,5 @@
-"""VAE on scikit-learn's digits (16x16, dynamically binarized, Bernoulli decoder).
+"""Alias of experiments/autoencoder/vae_digits.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/vae_digits.py --workdir /tmp/vae_digits
-  python launch.py --config experiments/vae_digits.py --workdir /tmp/vae_digits --mode=eval
-  python launch.py --config experiments/vae_digits.py --workdir /tmp/vae_digits --mode=sample
-
-`--mode=eval` reports the ELBO, its terms, bits/dim and the IWAE (k = 100) log-likelihood in
-nats per image on held-out binarized digits; `--mode=sample` decodes prior samples. Variants:
-`:logistic` (discretized logistic decoder on 8-bit images), `:gaussian`, `:smoke`.
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_autoencoder", beside=__file__)
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "smoke", "logistic", "gaussian"):
-    raise ValueError(f"unknown variant {arg!r} of vae_digits; use 'logistic', 'gaussian' or "
-                     "'smoke'")
-  c = _base.digits(_base.get_config("vae", arg), smoke=arg == "smoke")
-  if arg == "smoke":
-    c.vae.kl_warmup_steps = 2
-    c.vae.iwae_k = 3
-  else:
-    c.train.num_steps = 2000
-    c.train.checkpoint_every = 2000
-  return c
+get_config = alias("autoencoder/vae_digits", __file__,
+                   lambda a: a if a == "smoke" else "likelihood=" + a)

@@ -1,19 +1,4 @@
-"""WGAN with weight clipping on 16x16 digits: 5 critic steps per generator step, clip 0.01,
-RMSProp 5e-5 (Arjovsky et al. 2017, Algorithm 1).
+"""Alias of experiments/gan/wgan_digits.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/wgan_digits.py --workdir /tmp/wgan_digits
-
-The loop's batch is 5 x 64 real images (one 64-image chunk per critic step). Variant `:smoke`.
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_gan", beside=__file__)
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown variant {arg!r} of wgan_digits; use 'smoke'")
-  return _base.digits_config("wgan", smoke=arg == "smoke")
+get_config = alias("gan/wgan_digits", __file__)

@@ -1,19 +1,4 @@
-"""WGAN-GP on 16x16 digits: 5 critic steps per generator step, gradient penalty lambda = 10,
-Adam(1e-4, b1=0, b2=0.9), a critic with layer norm instead of batch norm (Gulrajani et al. 2017).
+"""Alias of experiments/gan/wgan_gp_digits.py, kept for one release (until 0.2)."""
+from jgen.train.config import alias
 
-  python launch.py --config experiments/wgan_gp_digits.py --workdir /tmp/wgan_gp_digits
-
-The loop's batch is 5 x 64 real images (one 64-image chunk per critic step). Variant `:smoke`.
-"""
-
-import ml_collections
-
-from jgen.train.config import experiment_module
-
-_base = experiment_module("base_gan", beside=__file__)
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown variant {arg!r} of wgan_gp_digits; use 'smoke'")
-  return _base.digits_config("wgan_gp", smoke=arg == "smoke")
+get_config = alias("gan/wgan_gp_digits", __file__)

@@ -44,13 +44,14 @@ SHARED = REPO.parent / "shared"
 
 
 def load_experiment(name: str, arg: str | None = None):
-  """`get_config(arg)` of experiments/<name>.py, as launch.py's --config would load it."""
+  """`get_config(arg)` of experiments/<name>.py (`name`: "ddpm/digits"), as launch.py's --config
+  would load it."""
   return experiment_module(name, str(REPO / "experiments" / "_")).get_config(arg)
 
 
 @pytest.fixture
 def smoke_config():
-  return load_experiment("ddpm_digits", "smoke")
+  return load_experiment("ddpm/digits", "smoke")
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +60,7 @@ def ddpm_smoke_run(tmp_path_factory):
   worker): the base of the ControlNet, LoRA and classifier-guidance tests. Tests may add samples
   to it; none trains in it or changes its checkpoints."""
   workdir = str(tmp_path_factory.mktemp("ddpm_smoke"))
-  jgen.run.main(load_experiment("ddpm_digits", "smoke"), workdir=workdir)
+  jgen.run.main(load_experiment("ddpm/digits", "smoke"), workdir=workdir)
   return workdir
 
 

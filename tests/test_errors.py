@@ -65,7 +65,7 @@ def test_report_is_one_line_and_verbose_adds_the_traceback(capsys, monkeypatch):
 
 
 def test_shipped_configs_pass_and_each_field_out_of_range_is_named():
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   check_ranges(config)
   for field, value, accepted in [
       ("data.image_size", -3, "an integer >= 1"), ("data.batch_size", 0, "an integer >= 1"),
@@ -86,7 +86,7 @@ def test_shipped_configs_pass_and_each_field_out_of_range_is_named():
 
 
 def test_probabilities_method_and_several_problems_at_once():
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   config.model.dropout = 1.5
   config.method = "diffusion.ddmp"
   config.data.image_size = -3
@@ -100,7 +100,7 @@ def test_probabilities_method_and_several_problems_at_once():
 
 
 def test_gan_discriminator_optimizer_follows_with_none_and_is_checked():
-  config = load_experiment("dcgan_digits", "smoke")
+  config = load_experiment("gan/dcgan_digits", "smoke")
   check_ranges(config)  # optim_d's None fields follow optim
   config.optim_d.lr = -1.0
   with pytest.raises(errors.ConfigError, match=r"optim_d.lr must be a number in \[0.0, inf\)"):
@@ -108,7 +108,7 @@ def test_gan_discriminator_optimizer_follows_with_none_and_is_checked():
 
 
 def test_init_from_workdir_is_checked_at_the_boundary(tmp_path):
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   config.init_from.workdir = str(tmp_path / "nowhere")
   with pytest.raises(errors.InitFromError, match="has no checkpoints/ folder"):
     validate_config(config)
@@ -125,7 +125,7 @@ _MODEL_COMPILE = re.compile(r"Compiling (jit|pmap)\((flat|step|pstep|sample|eval
 
 
 def _launch(tmp_path, *args):
-  cmd = [sys.executable, "launch.py", "--config", "experiments/ddpm_digits.py:smoke",
+  cmd = [sys.executable, "launch.py", "--config", "experiments/ddpm/digits.py:smoke",
          "--workdir", str(tmp_path / "run"), "--nocompilation_cache", *args]
   out = subprocess.run(cmd, cwd=REPO, env=subprocess_env(JAX_LOG_COMPILES="1"),
                        capture_output=True, text=True, timeout=120)

@@ -139,15 +139,14 @@ class Autoencoder:
     return "reconstructions" if self.corruption == "none" else f"denoised_{self.corruption}"
 
 
-def make_method(config: Any, *, default_corruption: str = "none") -> Autoencoder:
+def make_method(config: Any) -> Autoencoder:
   """Translates an experiment config (`model`, `ae`, `optim`, `train`) into an `Autoencoder`."""
-  a = config.get("ae", {})
-  corruption = a.get("corruption", default_corruption)
+  a = config.ae
+  corruption = a.corruption
   encoder, decoder = make_networks(config, encoder_features=config.model.latent_dim,
                                    decoder_channels=config.data.channels)
   return Autoencoder(encoder=encoder, decoder=decoder,
                      tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
                      holdout=load_holdout(config, max(1, config.sample.num // 2)),
-                     loss_type=a.get("loss", "mse"), corruption=corruption,
-                     corruption_level=a.get("corruption_level", 0.0),
+                     loss_type=a.loss, corruption=corruption, corruption_level=a.corruption_level,
                      ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)

@@ -1,7 +1,8 @@
 """Denoising autoencoder: `config.method = "autoencoder.dae"`.
 
 The `jgen.autoencoder.ae` method with a corruption that must not be 'none'
-(`config.ae.corruption`: 'gaussian' by default, or 'dropout'; `config.ae.corruption_level`).
+(`config.ae.corruption`: 'gaussian' (experiments/autoencoder/base.py) or 'dropout';
+`config.ae.corruption_level`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ __all__ = ["make_method"]
 
 def make_method(config: Any) -> Autoencoder:
   """An `Autoencoder` trained to reconstruct clean images from corrupted ones."""
-  method = _make_ae(config, default_corruption="gaussian")
+  method = _make_ae(config)
   if method.corruption == "none" or method.corruption_level <= 0:
     raise ValueError("a denoising autoencoder needs config.ae.corruption 'gaussian' or "
                      "'dropout' and config.ae.corruption_level > 0")

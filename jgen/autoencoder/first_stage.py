@@ -539,8 +539,7 @@ def make_method(config: Any) -> FirstStage:
     tx = masked_optimizer(tx, learn_codebook=not b.ema)
   perceptual, variables = load_perceptual(
       lo.perceptual, image_size=config.data.image_size, channels=config.data.channels,
-      domain=lo.get("domain", "digits"), lpips_vgg=lo.get("lpips_vgg"),
-      lpips_lin=lo.get("lpips_lin"))
+      domain=lo.domain, lpips_vgg=lo.lpips_vgg, lpips_lin=lo.lpips_lin)
   log.info("first stage: %s bottleneck, f=%d, %s", b.kind, 2 ** (len(m.ch_mult) - 1),
            f"hinge PatchGAN from step {lo.disc_start} (weight {lo.disc_weight}, adaptive "
            f"{lo.adaptive})" if adversarial else "no adversarial term (loss.disc_weight=0)")

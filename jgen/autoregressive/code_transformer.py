@@ -65,8 +65,8 @@ def load_vq_model(workdir: str) -> tuple[DiscreteCodes, Any]:
     raise ValueError(
         f"init_from.workdir={workdir!r} is a {config.get('method')!r} run, not a VQ model: "
         f"{problem}. The code transformer needs a first stage with discrete codes: train one "
-        "with experiments/vqvae_digits.py or experiments/vqgan_digits.py and point "
-        "--config.init_from.workdir at it.")
+        "with experiments/autoencoder/vqvae_digits.py or "
+        "experiments/first_stage/vqgan_digits.py and point --config.init_from.workdir at it.")
   return method, config
 
 
@@ -213,7 +213,7 @@ def make_method(config: Any) -> CodeTransformer:
       that differ from the first stage's.
   """
   spec = init_from_lib.frozen_load(
-      config, FROZEN, hint=" (experiments/vq_transformer_digits.py sets the latter)",
+      config, FROZEN, hint=" (experiments/autoregressive/vq_transformer_digits.py sets the latter)",
       needs="autoregressive.code_transformer is a prior over the codes of a trained VQ model: "
             "set --config.init_from.workdir=<a VQ run's workdir>")
   vq, vq_config = load_vq_model(spec.workdir)
@@ -238,11 +238,11 @@ def make_method(config: Any) -> CodeTransformer:
   model = Transformer(vocab_size=int(vq.num_codes), seq_len=grid[0] * grid[1],
                       width=m.width, depth=m.depth, num_heads=m.num_heads,
                       mlp_ratio=m.mlp_ratio, dropout=m.dropout, num_classes=m.num_classes,
-                      dtype=jnp.dtype(m.get("dtype", "float32")))
+                      dtype=jnp.dtype(m.dtype))
   s = config.sample
   cls = ConditionalCodeTransformer if m.num_classes > 0 else CodeTransformer
   return cls(vq=vq, model=model, tx=make_optimizer(config.optim,
                                                    total_steps=config.train.num_steps),
              grid=grid, vq_workdir=spec.workdir, ema_decay=config.train.ema_decay,
-             ema_warmup=config.train.ema_warmup, temperature=s.get("temperature", 1.0),
-             top_k=s.get("top_k", 0), top_p=s.get("top_p", 1.0), cached=s.get("cached", True))
+             ema_warmup=config.train.ema_warmup, temperature=s.temperature,
+             top_k=s.top_k, top_p=s.top_p, cached=s.cached)

@@ -218,8 +218,8 @@ def pixelcnn_from_config(model_config: Any, channels: int) -> PixelCNN:
   m = model_config
   return PixelCNN(channels=channels, features=m.features, num_layers=m.num_layers,
                   kernel_size=m.kernel_size, num_mixtures=m.num_mixtures,
-                  num_classes=int(m.get("num_classes", 0)), cond_dim=m.get("cond_dim", 32),
-                  dropout=m.get("dropout", 0.0), dtype=jnp.dtype(m.get("dtype", "float32")))
+                  num_classes=int(m.num_classes), cond_dim=m.cond_dim, dropout=m.dropout,
+                  dtype=jnp.dtype(m.dtype))
 
 
 def make_method(config: Any) -> PixelCNNMethod:
@@ -230,6 +230,5 @@ def make_method(config: Any) -> PixelCNNMethod:
   cls = ConditionalPixelCNNMethod if model.num_classes > 0 else PixelCNNMethod
   return cls(model=model, tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
              image_shape=(d.image_size, d.image_size, d.channels),
-             num_bins=config.get("pixelcnn", {}).get("num_bins", 256),
-             window_rows=config.get("pixelcnn", {}).get("window_rows", True),
+             num_bins=config.pixelcnn.num_bins, window_rows=config.pixelcnn.window_rows,
              ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)

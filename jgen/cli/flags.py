@@ -29,7 +29,7 @@ def _missing_config_file(argv: list[str]) -> errors.ConfigError | None:
     return None
   return errors.ConfigError(f"--config={values[-1]}: {path} is not a file (relative to "
                             f"{os.getcwd()}); pass an experiment such as "
-                            "experiments/ddpm_digits.py")
+                            "experiments/ddpm/digits.py")
 
 
 def parse(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:

@@ -5,7 +5,7 @@
 inputs                                     work directory
 =========================================  ============================================
 a diffusers ``ControlNetModel`` folder     ``diffusion.sd_controlnet``
-(``config.json`` + weights), and the       (experiments/sd_controlnet.py): ``params/unet``
+(``config.json`` + weights), and the       (experiments/sd/controlnet.py): ``params/unet``
 work directory of the Stable Diffusion it  (the base's), ``params/control`` (the ControlNet,
 was trained on (``jgen.convert`` of its    `jgen.convert.controlnet`), ``frozen/text_encoder``,
 pipeline)                                  ``frozen/autoencoder`` (the base's)
@@ -13,14 +13,14 @@ pipeline)                                  ``frozen/autoencoder`` (the base's)
 
 The base is read as it was saved (its latest checkpoint; the EMA's leaves when the run keeps
 one), so a Stable Diffusion fine-tuned in jgen takes a ControlNet as a converted one does. The
-config starts from ``experiments/sd_controlnet.py`` (``:sd21`` for a 1024-wide context) and
+config starts from ``experiments/sd/controlnet.py`` (``:arch=sd21`` for a 1024-wide context) and
 takes the base run's recorded architecture (``model``, ``text``, ``autoencoder``,
 ``diffusion``, ``data.image_size``, ``data.channels``) and the ControlNet's condition encoder
 (``controlnet.hint_channels``, ``hint_range=(0, 1)``); the fields that differ from the file's
 defaults are returned as the ``--config.*`` overrides to sample with. The base's tokenizer
 folder, when it has one, is copied into WORKDIR/tokenizer so the new run stands alone. Nothing
 trains in the result (``optim.rules = ((".*", "frozen"),)``): train a ControlNet further with
-``experiments/sd_controlnet.py:finetune`` and ``--config.init_from.workdir=WORKDIR``.
+``experiments/sd/controlnet.py:kind=finetune`` and ``--config.init_from.workdir=WORKDIR``.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def convert_controlnet(controlnet_folder: str, base_workdir: str, workdir: str, 
     base_workdir: the ``diffusion.stable_diffusion`` run it controls.
     workdir: the work directory to write (must hold no checkpoint yet).
     weights_variant: a diffusers weight variant to prefer ("fp16").
-    config_file: the experiment config to start from (default: experiments/sd_controlnet.py).
+    config_file: the experiment config to start from (default: experiments/sd/controlnet.py).
 
   Returns:
     ``{"format", "method", "config", "overrides"}`` as `jgen.convert.pipeline.convert`.
@@ -138,9 +138,9 @@ def convert_controlnet(controlnet_folder: str, base_workdir: str, workdir: str, 
     raise ValueError(f"{controlnet_folder}: conditioning_channels={channels}, but the base's "
                      f"images have {base_config.data.channels} channels (jgen reads condition "
                      "images with the images' channels)")
-  variant = "sd21" if int(base_config.model.context_dim) == 1024 else None
+  variant = "arch=sd21" if int(base_config.model.context_dim) == 1024 else None
   config, config_name = pipeline._experiment(  # pylint: disable=protected-access
-      "sd_controlnet", variant, config_file)
+      "sd/controlnet", variant, config_file)
   values = {k: v for k, v in _leaves(base_config, ARCHITECTURE).items()
             if _has(config, k)}
   values.update({"controlnet.hint_channels": tuple(model.hint_channels),

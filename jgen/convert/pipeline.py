@@ -9,17 +9,17 @@ method read it as they read a trained run.
 source                                     work directory
 =========================================  ============================================
 diffusers ``StableDiffusionPipeline``      ``diffusion.stable_diffusion``
-folder (``model_index.json``, ``unet/``,   (experiments/sd_txt2img.py): ``params/unet``,
+folder (``model_index.json``, ``unet/``,   (experiments/sd/txt2img.py): ``params/unet``,
 ``vae/``, ``text_encoder/``,               ``frozen/text_encoder``, ``frozen/autoencoder``;
 ``tokenizer/``, ``scheduler/``)            the tokenizer folder copied to WORKDIR/tokenizer
 single-file SD / LDM checkpoint            the same, parts renamed by
 (``.ckpt`` / ``.safetensors``)             `jgen.convert.single_file`
-diffusers ``DDPMPipeline`` folder or a     ``diffusion.ddpm`` (experiments/ddpm_cifar.py
+diffusers ``DDPMPipeline`` folder or a     ``diffusion.ddpm`` (experiments/ddpm/cifar.py
 ``UNet2DModel`` folder                     for ``google/ddpm-cifar10-32``)
 =========================================  ============================================
 
-The config starts from the experiment file (``experiments/sd_txt2img.py`` /
-``experiments/ddpm_cifar.py`` beside the package, or ``config_file``) and takes every
+The config starts from the experiment file (``experiments/sd/txt2img.py`` /
+``experiments/ddpm/cifar.py`` beside the package, or ``config_file``) and takes every
 architecture field from the checkpoint; the fields that differ from the file's defaults are
 printed as the ``--config.*`` overrides to sample with. A converted Stable Diffusion trains
 nothing (``optim.rules = ((".*", "frozen"),)``, no EMA): its checkpoint holds the weights once.
@@ -312,8 +312,8 @@ def _convert_sd(src: str, workdir: str, kind: str, *, prediction: str | None, em
   ae_module, ae_vars = ae_convert.autoencoder_from_diffusers(vae_config, vae_state)
   text_model, text_vars = clip_convert.clip_text_from_transformers(text_config, text_state)
   values = _sd_values(unet_config, text_model, ae_module, scheduler, prediction)
-  variant = "sd21" if values["model.context_dim"] == 1024 else None
-  config, config_name = _experiment("sd_txt2img", variant, config_file)
+  variant = "arch=sd21" if values["model.context_dim"] == 1024 else None
+  config, config_name = _experiment("sd/txt2img", variant, config_file)
   values.update(_tokenizer_settings(tok, workdir))
   changed = _overrides(config, values)
   write_workdir(workdir, config, {"unet": unet_vars["params"]},
@@ -329,7 +329,7 @@ def _convert_ddpm(src: str, workdir: str, kind: str, *, weights_variant: str | N
   folder = os.path.join(src, "unet") if kind == "ddpm_folder" else src
   unet_config, state = _folder_model(folder, variant=weights_variant)
   module, variables = unet_from_diffusers(unet_config, state)
-  config, config_name = _experiment("ddpm_cifar", None, config_file)
+  config, config_name = _experiment("ddpm/cifar", None, config_file)
   scheduler_path = os.path.join(src, "scheduler", "scheduler_config.json")
   scheduler = _read_json(scheduler_path) if os.path.isfile(scheduler_path) else {}
   values = {"model.ch": module.ch, "model.ch_mult": tuple(module.ch_mult),

@@ -122,7 +122,7 @@ def load_source(spec: str, *, split: str = "train", data_dir: str | None = None,
   if kind == "captioned" and arg:
     if tokenizer is None:
       raise ValueError(f"{spec}: a captioned folder needs the text encoder's tokenizer (a "
-                       "method with a config.text block, e.g. experiments/sd_finetune.py)")
+                       "method with a config.text block, e.g. experiments/sd/finetune.py)")
     return captions_lib.CaptionedFolderSource(src_lib.checked_path(kind, arg), tokenizer,
                                               **shape_args)
   if kind == "derived" and arg:

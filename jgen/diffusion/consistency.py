@@ -482,7 +482,7 @@ def load_teacher(config: Any) -> tuple[Any, Any, Any, int]:
   """(teacher DDPM method, its config, its loaded EMA parameters, step) of the CD teacher load
   (the `init_from` entry with into='frozen/teacher'), checked before anything compiles."""
   spec = init_from_lib.frozen_load(
-      config, TEACHER, hint=" (experiments/cd_digits.py sets the latter)",
+      config, TEACHER, hint=" (experiments/distill/cd_digits.py sets the latter)",
       needs="consistency distillation needs a trained diffusion.ddpm teacher: set "
             "--config.init_from.workdir=<its workdir>")
   try:
@@ -552,7 +552,7 @@ def make_method(config: Any) -> Consistency:
     kwargs["lpips_variables"] = lpips_variables(cc.lpips.vgg_path, cc.lpips.lin_path)
     kwargs["lpips_resize"] = int(cc.lpips.resize)
   s = config.sample
-  if s.get("sigmas", ""):
+  if s.sigmas:
     sigmas = tuple(float(v) for v in str(s.sigmas).split(","))
     if len(sigmas) != s.steps:
       raise ValueError(f"sample.sigmas has {len(sigmas)} levels but sample.steps={s.steps}: "
@@ -560,7 +560,7 @@ def make_method(config: Any) -> Consistency:
   else:
     sigmas = sample_sigmas(int(s.steps), sigma_max=sigma_max, last=float(s.sigma_last),
                            rho=float(cc.rho))
-  huber_c = cc.get("huber_c", None)
+  huber_c = cc.huber_c
   return Consistency(model=model, mode=mode,
                      tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
                      image_shape=image_shape, sigma_min=float(cc.sigma_min),

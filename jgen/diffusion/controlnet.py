@@ -161,14 +161,14 @@ def configure(c: ml_collections.ConfigDict, source: str, *, smoke: bool,
 def make_method(config: Any) -> ControlNetDDPM:
   """The ControlNet of the config's base DDPM (`config.model`, `config.diffusion`, ...) with
   the condition encoder of ``config.control.hint_channels``."""
-  rules = rules_lib.parse_rules(config.optim.get("rules", ()))
+  rules = rules_lib.parse_rules(config.optim.rules)
   if rules != CONTROL_RULES:
     raise ValueError("diffusion.controlnet trains the control branch only: set "
                      "--config.optim.rules=\"(('params/control/.*', 1.0), ('.*', 'frozen'))\" "
                      f"(got {rules})")
-  if config.get("sample", {}).get("classifier", {}).get("workdir"):
+  if config.sample.classifier.workdir:
     raise ValueError("diffusion.controlnet guides with classifier-free guidance only")
   base = ddpm_lib.make_method(config)
-  hint_channels = tuple(config.get("control", {}).get("hint_channels", (16, 32)))
+  hint_channels = tuple(config.control.hint_channels)
   model = ControlledUNet(base.model, hint_channels=hint_channels)
   return ControlNetDDPM(dataclasses.replace(base, model=model))

@@ -337,37 +337,45 @@ class ConditionalDDPM(DDPM):
 
 
 def make_unet(model_config: Any) -> UNet:
-  """The U-Net of a `config.model` block (`num_classes`, default 0, for label conditioning)."""
+  """The U-Net of a `config.model` block (`num_classes` > 0 for label conditioning)."""
   return UNet(ch=model_config.ch, ch_mult=tuple(model_config.ch_mult),
               num_res_blocks=model_config.num_res_blocks,
               attn_resolutions=tuple(model_config.attn_resolutions),
               dropout=model_config.dropout, num_groups=model_config.num_groups,
-              num_classes=int(model_config.get("num_classes", 0)),
+              num_classes=int(model_config.num_classes),
               dtype=compute_dtype(model_config.dtype))
 
 
-def make_method(config: Any) -> DDPM:
-  """Translates an experiment config into a `DDPM`, or a `ConditionalDDPM` when the U-Net is
-  class-conditional (`model.num_classes` > 0) or a classifier guides (`sample.classifier`)."""
+def make_ddpm(config: Any, *, image_shape: tuple[int, int, int],
+              guidance_scale: float | None = None) -> DDPM:
+  """The `DDPM` that `config`'s `model`, `diffusion`, `optim`, `train` and `sample` blocks
+  (experiments/ddpm/base.py defines every field) describe, on arrays of `image_shape` (images,
+  or a first stage's latents); a `ConditionalDDPM` when the U-Net is class-conditional
+  (`model.num_classes` > 0) or a classifier guides (`sample.classifier`). `guidance_scale`
+  replaces `sample.guidance_scale` (1: a method that guides by its own condition)."""
   s = config.sample
   model = make_unet(config.model)
   kwargs = {}
-  clf = s.get("classifier", {})
-  if clf.get("workdir"):
-    kwargs = {"classifier": load_guiding_classifier(clf.workdir, clf.get("step")),
-              "classifier_scale": float(s.get("classifier_scale", 0.0))}
-  elif s.get("classifier_scale", 0.0):
+  if s.classifier.workdir:
+    kwargs = {"classifier": load_guiding_classifier(s.classifier.workdir, s.classifier.step),
+              "classifier_scale": float(s.classifier_scale)}
+  elif s.classifier_scale:
     raise ValueError(f"sample.classifier_scale={s.classifier_scale} needs a guiding classifier:"
                      " set sample.classifier.workdir to a diffusion.noisy_classifier run")
   cls = ConditionalDDPM if model.num_classes > 0 or kwargs else DDPM
   return cls(model=model, schedule=schedule_from_config(config.diffusion),
              tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
-             image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
+             image_shape=image_shape,
              ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup,
-             loss_type=config.diffusion.loss_type,
-             prediction=config.diffusion.get("prediction", "eps"),
+             loss_type=config.diffusion.loss_type, prediction=config.diffusion.prediction,
              sampler=s.sampler, sample_steps=s.steps, eta=s.eta, spacing=s.spacing,
-             dpm_spacing=s.get("dpm_spacing", "linspace"), rho=s.get("rho", 7.0),
-             clip_denoised=s.clip_denoised, guidance_scale=s.get("guidance_scale", 1.0),
-             cond_drop_prob=config.diffusion.get("cond_drop_prob", 0.1),
-             dropout_prng=config.model.get("dropout_prng", "threefry"), **kwargs)
+             dpm_spacing=s.dpm_spacing, rho=s.rho, clip_denoised=s.clip_denoised,
+             guidance_scale=s.guidance_scale if guidance_scale is None else guidance_scale,
+             cond_drop_prob=config.diffusion.cond_drop_prob,
+             dropout_prng=config.model.dropout_prng, **kwargs)
+
+
+def make_method(config: Any) -> DDPM:
+  """Translates an experiment config into a `DDPM` on its images (`make_ddpm`)."""
+  size = config.data.image_size
+  return make_ddpm(config, image_shape=(size, size, config.data.channels))

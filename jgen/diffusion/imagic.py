@@ -156,6 +156,6 @@ def make_method(config: Any) -> Imagic:
   embed_optim = {**config.optim.to_dict(), "lr": float(ic.embed_lr)}
   steps = int(config.train.num_steps)
   return Imagic(ldm=method, target_tokens=target, embed_steps=embed_steps,
-                noise_draws=int(ic.get("noise_draws", 8)),
+                noise_draws=int(ic.noise_draws),
                 embed_tx=make_optimizer(embed_optim, total_steps=steps),
                 tune_tx=make_optimizer(config.optim, total_steps=steps))

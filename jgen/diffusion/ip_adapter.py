@@ -184,7 +184,7 @@ def make_method(config: Any) -> IPAdapter:
                              image_scale=float(ip.scale))
   ddpm = dataclasses.replace(method.ddpm, model=unet, cond_drop_prob=0.0)
   method = dataclasses.replace(method, ddpm=ddpm, cond_drop_prob=0.0)
-  prompt = str(ip.get("prompt", ""))
+  prompt = str(ip.prompt)
   tokens = None
   if prompt:
     method.tokenizer.check([prompt], what="ip.prompt")

@@ -363,7 +363,7 @@ class LatentConsistency:
 def _load_teacher(config: Any) -> tuple[ldm_lib.LatentDiffusion, PyTree, PyTree, float, str]:
   """(teacher method, its EMA network, its frozen first stage, its scale factor, workdir) of
   the two ``init_from`` loads, checked before anything compiles."""
-  example = " (experiments/lcm_digits.py sets both)"
+  example = " (experiments/distill/lcm_digits.py sets both)"
   spec = init_from_lib.frozen_load(
       config, TEACHER, hint=example,
       needs="diffusion.lcm distils a trained class-conditional diffusion.ldm run: set "
@@ -389,7 +389,7 @@ def _load_teacher(config: Any) -> tuple[ldm_lib.LatentDiffusion, PyTree, PyTree,
   if type(teacher) is not ldm_lib.LatentDiffusion:  # pylint: disable=unidiomatic-typecheck
     raise ValueError(f"the teacher {spec.workdir} is a {tconfig.get('method')!r} run "
                      f"({type(teacher).__name__}); diffusion.lcm distils a label-conditional "
-                     "diffusion.ldm run (experiments/ldm_digits.py)")
+                     "diffusion.ldm run (experiments/ldm/digits.py)")
   params, step = init_from_lib.load(spec)
   ae_params, _ = init_from_lib.load(dataclasses.replace(ae_spec, step=step))
   scale, _ = init_from_lib.load(dataclasses.replace(spec, step=step, source="model_state",
@@ -428,7 +428,7 @@ def make_method(config: Any) -> LatentConsistency:
       teacher.ddpm, model=student_model,
       tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
       ema_decay=float(config.train.ema_decay), ema_warmup=bool(config.train.ema_warmup))
-  huber_c = lc.get("huber_c", None)
+  huber_c = lc.huber_c
   w = float(config.sample.guidance_scale)
   if not float(lc.w_min) <= w <= float(lc.w_max):
     log.warning("sample.guidance_scale=%g lies outside the trained range [%g, %g] of w", w,
@@ -439,6 +439,6 @@ def make_method(config: Any) -> LatentConsistency:
       w_embed_dim=dim, sigma_data=float(lc.sigma_data),
       timestep_scaling=float(lc.timestep_scaling), distance=str(lc.distance),
       huber_c=None if huber_c is None else float(huber_c),
-      target_decay=float(lc.target_decay), weighting=str(lc.get("weighting", "one")),
+      target_decay=float(lc.target_decay), weighting=str(lc.weighting),
       sample_steps=int(config.sample.steps),
       guidance_scale=w)

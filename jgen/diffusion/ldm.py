@@ -27,7 +27,7 @@ condition of classifier-free guidance), and the U-Net (`jgen.nn.unet.UNet` with
 ``context_dim``) attends to those tokens at every attention resolution and in the middle.
 
 **Text conditioning** (``ldm.conditioning = "text"``, `TextLatentDiffusion`,
-experiments/ldm_text_digits.py): the U-Net cross-attends to ``c = E_text(tokens)`` instead,
+experiments/ldm/text_digits.py): the U-Net cross-attends to ``c = E_text(tokens)`` instead,
 the output ``[B, L, context_dim]`` of a `jgen.nn.text.TextEncoder` (``ldm.text``: a small
 bidirectional transformer) over the word tokens (`jgen.nn.text.WordTokenizer`) of a caption.
 The captions of an image are drawn from its digit label: T templates (``ldm.text.templates``,
@@ -46,7 +46,7 @@ The text encoder trains jointly with the U-Net (``params["text_encoder"]``) by d
 frozen one comes from another run through a second `init_from` load:
 
     --config.init_from.text_encoder.workdir=<a diffusion.ldm text run>
-    (experiments/ldm_text_digits.py presets subtree="text_encoder", source="ema",
+    (experiments/ldm/text_digits.py presets subtree="text_encoder", source="ema",
      into="frozen/text_encoder")
 
 which puts that run's EMA encoder into ``state.frozen["text_encoder"]``: never optimized or
@@ -425,15 +425,15 @@ def load_first_stage(workdir: str) -> tuple[FirstStage, Any]:
     config = run_record.latest_config(workdir)
   except run_record.RunRecordError as e:
     raise ValueError(f"init_from.workdir={workdir!r}: {e}. Point it at the workdir of a "
-                     "trained experiments/vqgan_digits.py or experiments/klae_digits.py "
-                     "run") from e
+                     "trained experiments/first_stage/vqgan_digits.py or "
+                     "experiments/first_stage/klae_digits.py run") from e
   method = load_method(config)
   if not isinstance(method, FirstStage):
     raise ValueError(
         f"init_from.workdir={workdir!r} is a {config.get('method')!r} run, not a latent-"
         "diffusion first stage ('autoencoder.first_stage'): train one with "
-        "experiments/vqgan_digits.py or experiments/klae_digits.py and point "
-        "--config.init_from.workdir at it")
+        "experiments/first_stage/vqgan_digits.py or experiments/first_stage/klae_digits.py and "
+        "point --config.init_from.workdir at it")
   return method, config
 
 
@@ -495,10 +495,10 @@ def make_method(config: Any) -> LatentDiffusion:
       does not fit the latent shape.
   """
   first_stage, ae_params, latent_shape, workdir = load_frozen_first_stage(
-      config, "diffusion.ldm", "experiments/ldm_digits.py")
+      config, "diffusion.ldm", "experiments/ldm/digits.py")
   size, channels = config.data.image_size, config.data.channels
   m, lc = config.model, config.ldm
-  conditioning = str(lc.get("conditioning", "label"))
+  conditioning = str(lc.conditioning)
   if conditioning not in CONDITIONINGS:
     raise ValueError(f"ldm.conditioning={conditioning!r}: choose one of {CONDITIONINGS} "
                      "(label tokens, or captions through a text encoder)")
@@ -509,28 +509,24 @@ def make_method(config: Any) -> LatentDiffusion:
                      "to the number of classes")
   unet = dataclasses.replace(ddpm_lib.make_unet(m), num_classes=0,
                              context_dim=int(lc.context_dim),
-                             cross_attn_heads=int(lc.get("cross_attn_heads", 1)))
+                             cross_attn_heads=int(lc.cross_attn_heads))
   factor = 2 ** (len(unet.ch_mult) - 1)
   if latent_shape[0] % factor:
     raise ValueError(f"the latents are {latent_shape[0]}x{latent_shape[1]}, not divisible by "
                      f"2**(len(model.ch_mult)-1)={factor}: shorten model.ch_mult")
-  ddpm_config = config.copy_and_resolve_references()
-  with ddpm_config.unlocked():
-    ddpm_config.data.image_size = latent_shape[0]
-    ddpm_config.data.channels = latent_shape[2]
-  base = ddpm_lib.make_method(ddpm_config)  # every DDPM setting read in the one place
+  base = ddpm_lib.make_ddpm(config, image_shape=latent_shape)  # every DDPM setting, once
   if not isinstance(base, ddpm_lib.ConditionalDDPM):
     raise ValueError("diffusion.ldm needs a class-conditional DDPM (model.num_classes > 0)")
   if base.classifier is not None:
     raise ValueError("diffusion.ldm does not take a pixel-space guiding classifier: unset "
                      "sample.classifier.workdir")
-  scale = lc.get("scale_factor", None)
+  scale = lc.scale_factor
   log.info("latent diffusion: scale factor %s, %s conditioning",
            "measured at init" if scale is None else f"fixed {scale}", conditioning)
   common = dict(first_stage=first_stage, ae_params=ae_params,
                 image_shape=(size, size, channels),
                 scale_factor=None if scale is None else float(scale),
-                quantize_samples=bool(lc.get("quantize_samples", True)),
+                quantize_samples=bool(lc.quantize_samples),
                 first_stage_workdir=workdir)
   if conditioning == "text":
     return _make_text_method(config, base, unet, latent_shape, common)
@@ -550,20 +546,20 @@ def _make_text_method(config: Any, base: ddpm_lib.ConditionalDDPM, unet: UNet,
     raise ValueError(f"model.num_classes={num_classes}: the text captions name digits 0..9 "
                      "(ldm.conditioning='text' is for 10-class digit data)")
   tokenizer = text_lib.WordTokenizer(max_len=int(tc.max_len))
-  templates = tuple(tc.get("templates", text_lib.TEMPLATES))
+  templates = tuple(tc.templates)
   if not templates:
     raise ValueError("ldm.text.templates is empty: give at least one caption template")
   texts = [text_lib.caption(t, k) for k in range(num_classes) for t in templates]
   tokenizer.check(texts, what="caption (ldm.text.templates)")
   captions = tokenizer.encode(texts + [""])  # [K T + 1, L]: row K T is the empty prompt
-  given = text_lib.parse_prompts(config.sample.get("prompts", ""))
+  given = text_lib.parse_prompts(config.sample.prompts)
   prompts = given or tuple(text_lib.default_prompt(k) for k in range(num_classes))
   tokenizer.check(prompts, what="--config.sample.prompts entry")
   encoder = text_lib.TransformerTextEncoder(text_lib.TextTransformer(
       vocab_size=tokenizer.vocab_size, max_len=tokenizer.max_len,
       context_dim=unet.context_dim, width=int(tc.width), depth=int(tc.depth),
-      num_heads=int(tc.num_heads), mlp_ratio=int(tc.get("mlp_ratio", 4)),
-      dropout=float(tc.get("dropout", 0.0))))
+      num_heads=int(tc.num_heads), mlp_ratio=int(tc.mlp_ratio),
+      dropout=float(tc.dropout)))
   frozen = any(s.into == f"frozen/{TEXT_FROZEN}" for s in init_from_lib.parse_init_from(config))
   fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(ddpm_lib.DDPM)}
   # The DDPM sees the context as a plain condition: guidance and CFG dropout act on the
@@ -591,14 +587,14 @@ def text_method_on_base(config: Any, method: str, rules: tuple, *, trains: str
   Raises:
     ValueError: other rules, no base run, or a config that is not text-conditioned.
   """
-  got = rules_lib.parse_rules(config.optim.get("rules", ()))
+  got = rules_lib.parse_rules(config.optim.rules)
   if got != rules:
     raise ValueError(f"{method} trains {trains}: set --config.optim.rules to {rules} "
                      f"(got {got})")
   base = config.init_from.get("base", {})
   if not base.get("workdir"):
     raise ValueError(f"{method} adapts a trained text latent diffusion model: set "
-                     "--config.init_from.base.workdir=<an experiments/ldm_text_digits.py run>")
+                     "--config.init_from.base.workdir=<an experiments/ldm/text_digits.py run>")
   text = make_method(config)
   if not isinstance(text, TextLatentDiffusion) or text.encoder_frozen:
     raise ValueError(f"{method} needs ldm.conditioning='text' with the text encoder in params")

@@ -291,7 +291,7 @@ def make_method(config: Any) -> ImageLatentDiffusion:
       class-conditional U-Net, a U-Net that does not fit the latents, or a bad first stage.
   """
   lc = config.ldm
-  task = lc.get("task", "inpaint")
+  task = lc.task
   if task not in TASKS:
     raise ValueError(f"ldm.task must be one of {TASKS}, got {task!r}")
   source = str(config.data.source)
@@ -300,10 +300,10 @@ def make_method(config: Any) -> ImageLatentDiffusion:
                      f"(jgen.data.derived), got data.source={source!r}; e.g. "
                      f"--config.data.source={_DATA[task]}{'box' if task == 'inpaint' else '4'}"
                      ":digits")
-  if int(config.model.get("num_classes", 0)):
+  if int(config.model.num_classes):
     raise ValueError("diffusion.ldm_image conditions on an image only: set model.num_classes=0")
   first_stage, ae_params, latent_shape, workdir = ldm.load_frozen_first_stage(
-      config, "diffusion.ldm_image", "experiments/ldm_inpaint_digits.py")
+      config, "diffusion.ldm_image", "experiments/ldm/inpaint_digits.py")
   size, channels = config.data.image_size, config.data.channels
   cond_channels = latent_shape[2] + 1 if task == "inpaint" else channels
   unet = dataclasses.replace(ddpm_lib.make_unet(config.model), cond_channels=cond_channels)
@@ -311,18 +311,15 @@ def make_method(config: Any) -> ImageLatentDiffusion:
   if latent_shape[0] % factor:
     raise ValueError(f"the latents are {latent_shape[0]}x{latent_shape[1]}, not divisible by "
                      f"2**(len(model.ch_mult)-1)={factor}: shorten model.ch_mult")
-  ddpm_config = config.copy_and_resolve_references()
-  with ddpm_config.unlocked():
-    ddpm_config.data.image_size, ddpm_config.data.channels = latent_shape[0], latent_shape[2]
-    ddpm_config.sample.guidance_scale = 1.0  # CFG is this method's (image condition)
-  base = ddpm_lib.make_method(ddpm_config)  # every DDPM setting read in the one place
+  # Every DDPM setting, read once; CFG is this method's (on the image condition).
+  base = ddpm_lib.make_ddpm(config, image_shape=latent_shape, guidance_scale=1.0)
   diffusion = dataclasses.replace(base, model=unet, image_shape=latent_shape)
-  scale = lc.get("scale_factor", None)
+  scale = lc.scale_factor
   latent = ldm.LatentDiffusion(first_stage=first_stage, ddpm=diffusion, ae_params=ae_params,
                                image_shape=(size, size, channels),
                                scale_factor=None if scale is None else float(scale),
-                               quantize_samples=bool(lc.get("quantize_samples", True)),
+                               quantize_samples=bool(lc.quantize_samples),
                                first_stage_workdir=workdir)
-  return ImageLatentDiffusion(latent=latent, task=task, paste=bool(lc.get("paste", True)),
-                              guidance_scale=float(config.sample.get("guidance_scale", 1.0)),
-                              cond_drop_prob=float(config.diffusion.get("cond_drop_prob", 0.0)))
+  return ImageLatentDiffusion(latent=latent, task=task, paste=bool(lc.paste),
+                              guidance_scale=float(config.sample.guidance_scale),
+                              cond_drop_prob=float(config.diffusion.cond_drop_prob))

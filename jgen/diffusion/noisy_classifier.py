@@ -220,7 +220,7 @@ class GuidingClassifier:
       raise ValueError(
           f"the classifier in {self.workdir} (step {self.step}) cannot guide this model: "
           + "; ".join(problems) + ". Train the classifier with this model's data and "
-          "diffusion settings (experiments/noisy_classifier_digits.py shows how).")
+          "diffusion settings (experiments/ddpm/noisy_classifier_digits.py shows how).")
 
 
 def load_guiding_classifier(workdir: str, step: int | None = None) -> GuidingClassifier:
@@ -236,7 +236,8 @@ def load_guiding_classifier(workdir: str, step: int | None = None) -> GuidingCla
   config = run_record.latest_config(workdir)
   if config.get("method") != "diffusion.noisy_classifier":
     raise ValueError(f"{workdir} is a {config.get('method')!r} run; classifier guidance needs "
-                     "a 'diffusion.noisy_classifier' run (experiments/noisy_classifier_digits.py)")
+                     "a 'diffusion.noisy_classifier' run "
+                     "(experiments/ddpm/noisy_classifier_digits.py)")
   model = make_classifier(config.model)
   image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
   spec = init_from.InitFrom(workdir=workdir, step=step, source="ema",
@@ -262,4 +263,4 @@ def make_method(config: Any) -> NoisyClassifierMethod:
       tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
       image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
       ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup,
-      low_noise_fraction=config.get("classifier", {}).get("low_noise_fraction", 0.25))
+      low_noise_fraction=config.classifier.low_noise_fraction)

@@ -258,18 +258,18 @@ class Personalized:
 def make_personalized(config: Any, *, textual_inversion: bool) -> Personalized:
   """The `Personalized` method of an experiment config (``config.personalize`` block)."""
   p = config.personalize
-  if config.get("sample", {}).get("classifier", {}).get("workdir"):
+  if config.sample.classifier.workdir:
     raise ValueError("personalization samples with classifier-free guidance only; unset "
                      "sample.classifier.workdir")
   base = ddpm_lib.make_method(config)
   if not isinstance(base, ddpm_lib.ConditionalDDPM) or base.model.num_classes < 1:
     raise ValueError("personalization needs the class-conditional base's model config "
-                     "(model.num_classes > 0, e.g. experiments/ddpm_cond_digits.py)")
+                     "(model.num_classes > 0, e.g. experiments/ddpm/cond_digits.py)")
   model = dataclasses.replace(
       base, model=dataclasses.replace(base.model, num_classes=base.model.num_classes + 1))
   prior_weight = float(p.prior_weight)
   if textual_inversion:
-    rules = rules_lib.parse_rules(config.optim.get("rules", ()))
+    rules = rules_lib.parse_rules(config.optim.rules)
     if rules != TEXTUAL_INVERSION_RULES:
       raise ValueError("textual inversion trains the identifier's embedding only: set "
                        "--config.optim.rules=\"(('identifier/.*', 1.0), ('.*', 'frozen'))\" "
@@ -277,21 +277,20 @@ def make_personalized(config: Any, *, textual_inversion: bool) -> Personalized:
     if prior_weight:
       raise ValueError("textual inversion has no prior-preservation term (the model is frozen):"
                        " set personalize.prior_weight=0")
-    if int(config.get("lora", {}).get("rank", 0) or 0):
+    if int(config.lora.rank):
       raise ValueError("textual inversion trains no model weights: unset config.lora.rank")
   else:
-    rules = adapters.rules(rules_lib.parse_rules(config.optim.get("rules", ())),
+    rules = adapters.rules(rules_lib.parse_rules(config.optim.rules),
                            adapters.lora_from_config(config))
     first = next((m for pattern, m in rules if re.fullmatch(pattern, f"{IDENTIFIER}/offset")),
                  1.0)
     if first is None:
       raise ValueError("the identifier's embedding is frozen by the rules, so [V] would stay "
                        "the plain class: add ('identifier/.*', 1.0) before the frozen rule "
-                       "(experiments/dreambooth_digits.py:lora does)")
+                       "(experiments/personalize/dreambooth_digits.py:lora does)")
   loads = init_from_lib.parse_init_from(config)
   base_load = next((s for s in loads if s.into == "params"), None)
   return Personalized(base=base, model=model, subject_class=int(p.subject_class),
                       prior_weight=prior_weight,
                       num_class_images=int(p.num_class_images),
-                      prior_batch=int(p.get("prior_batch", 0)),
-                      class_seed=int(p.get("class_seed", 0)), base_load=base_load)
+                      prior_batch=int(p.prior_batch), class_seed=int(p.class_seed), base_load=base_load)

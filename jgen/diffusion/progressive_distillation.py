@@ -486,10 +486,10 @@ def load_teacher(workdir: str) -> tuple[ddpm_lib.DDPM, Any]:
     config = run_record.latest_config(workdir)
   except run_record.RunRecordError as e:
     raise ValueError(f"init_from.workdir={workdir!r}: {e}. Point it at the workdir of a "
-                     "trained experiments/ddpm_digits.py run") from e
+                     "trained experiments/ddpm/digits.py run") from e
   if config.get("method") != "diffusion.ddpm":
     raise ValueError(f"init_from.workdir={workdir!r} is a {config.get('method')!r} run, not a "
-                     "'diffusion.ddpm' one: distill a DDPM (experiments/ddpm_digits.py "
+                     "'diffusion.ddpm' one: distill a DDPM (experiments/ddpm/digits.py "
                      "--config.diffusion.prediction=v)")
   method = load_method(config)
   if isinstance(method, ddpm_lib.ConditionalDDPM):
@@ -508,7 +508,7 @@ def make_method(config: Any) -> ProgressiveDistillation:
       steps than the rounds hold.
   """
   spec = init_from_lib.frozen_load(
-      config, FROZEN, hint=" (experiments/distill_digits.py sets it)",
+      config, FROZEN, hint=" (experiments/distill/progressive_digits.py sets it)",
       needs="diffusion.progressive_distillation distills a trained DDPM: set "
             "--config.init_from.workdir=<a diffusion.ddpm run's workdir>")
   teacher, t_config = load_teacher(spec.workdir)
@@ -538,13 +538,13 @@ def make_method(config: Any) -> ProgressiveDistillation:
         f"{rounds.start_steps} -> {rounds.final_steps} steps x {rounds.steps_per_round} updates "
         f"= {rounds.total_steps}: set train.num_steps <= {rounds.total_steps} (or lower "
         "diffusion.final_steps for more rounds)")
-  prediction = d.get("prediction", "v")
+  prediction = d.prediction
   if teacher.prediction != prediction:
     log.warning("the teacher %s predicts %r, the student %r: the student starts from the "
                 "teacher's weights with their output re-read as %r, far from the teacher; "
                 "train the teacher with --config.diffusion.prediction=%s instead",
                 spec.workdir, teacher.prediction, prediction, prediction, prediction)
-  model = dataclasses.replace(teacher.model, dropout=float(config.model.get("dropout", 0.0)),
+  model = dataclasses.replace(teacher.model, dropout=float(config.model.dropout),
                               dtype=compute_dtype(config.model.dtype))
   ema_decay = float(config.train.ema_decay)
   s = config.sample
@@ -557,8 +557,7 @@ def make_method(config: Any) -> ProgressiveDistillation:
       tx=make_optimizer(config.optim, total_steps=rounds.steps_per_round),
       image_shape=(size, size, channels), rounds=rounds,
       teacher_prediction=teacher.prediction, prediction=prediction,
-      weighting=d.get("weighting", "truncated_snr"),
-      clip_teacher=bool(d.get("clip_teacher", False)),
+      weighting=d.weighting, clip_teacher=bool(d.clip_teacher),
       ema_decay=ema_decay if ema_decay > 0 else None,
-      ema_warmup=bool(config.train.ema_warmup), sample_steps=int(s.get("steps", 0)),
-      clip_denoised=bool(s.get("clip_denoised", True)), teacher_workdir=spec.workdir)
+      ema_warmup=bool(config.train.ema_warmup), sample_steps=int(s.steps),
+      clip_denoised=bool(s.clip_denoised), teacher_workdir=spec.workdir)

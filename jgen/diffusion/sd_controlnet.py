@@ -1,5 +1,5 @@
 """Stable Diffusion steered by a ControlNet (Zhang et al. 2023) as a method of the one loop:
-`config.method = "diffusion.sd_controlnet"`, experiments/sd_controlnet.py.
+`config.method = "diffusion.sd_controlnet"`, experiments/sd/controlnet.py.
 
 The networks are Stable Diffusion's (`jgen.diffusion.stable_diffusion`: the CLIP text encoder
 ``frozen["text_encoder"]`` and the KL autoencoder ``frozen["autoencoder"]``), with the U-Net
@@ -300,7 +300,7 @@ class SDControlNet:
 
 
 def _check_rules(config: Any) -> None:
-  rules = rules_lib.parse_rules(config.optim.get("rules", ()))
+  rules = rules_lib.parse_rules(config.optim.rules)
   if rules not in (CONTROL_RULES, FROZEN_RULES):
     raise ValueError("diffusion.sd_controlnet trains the ControlNet only (the U-Net stays "
                      "frozen, as diffusers' train_controlnet): set --config.optim.rules=\"(('"
@@ -309,7 +309,7 @@ def _check_rules(config: Any) -> None:
 
 
 def make_method(config: Any) -> SDControlNet:
-  """Translates ``config`` (experiments/sd_controlnet.py) into an `SDControlNet`: Stable
+  """Translates ``config`` (experiments/sd/controlnet.py) into an `SDControlNet`: Stable
   Diffusion's networks and sampler (`stable_diffusion.make_method`) and the ControlNet of
   ``config.controlnet`` (``hint_channels``, ``hint_range``, ``conditioning_scale``,
   ``guess_mode``).
@@ -319,18 +319,19 @@ def make_method(config: Any) -> SDControlNet:
       the images' (the condition images are read at ``data.image_size``).
   """
   _check_rules(config)
-  if config.get("textual_inversion", {}).get("train_token", ""):
+  if config.textual_inversion.train_token:
     raise ValueError("textual_inversion.train_token trains token rows of Stable Diffusion "
-                     "(experiments/sd_finetune.py:textual_inversion); a ControlNet run trains the"
-                     " ControlNet only: sample with the learned file (textual_inversion.file)")
+                     "(experiments/sd/finetune.py:kind=textual_inversion); a ControlNet run "
+                     "trains the ControlNet only: sample with the learned file "
+                     "(textual_inversion.file)")
   sd = sd_lib.make_method(config)
   c = config.controlnet
   hint_channels = tuple(int(v) for v in c.hint_channels)
   model = ControlledUNet(sd.unet, hint_channels, hint_layout="pixel",
-                         hint_range=tuple(float(v) for v in c.get("hint_range", (0.0, 1.0))),
-                         conditioning_scale=float(c.get("conditioning_scale", 1.0)),
-                         guess_mode=bool(c.get("guess_mode", False)))
-  method = SDControlNet(sd, model, conditioning_scale=float(c.get("conditioning_scale", 1.0)),
+                         hint_range=tuple(float(v) for v in c.hint_range),
+                         conditioning_scale=float(c.conditioning_scale),
+                         guess_mode=bool(c.guess_mode))
+  method = SDControlNet(sd, model, conditioning_scale=float(c.conditioning_scale),
                         prompt_names=sd_lib.split_prompts(config.sample.prompts))
   size, hint = sd.image_shape[0], method.hint_shape[0]
   if hint != size:

@@ -1,5 +1,5 @@
 """Stable Diffusion (Rombach et al. 2022) as a method of the one loop:
-`config.method = "diffusion.stable_diffusion"`, experiments/sd_txt2img.py.
+`config.method = "diffusion.stable_diffusion"`, experiments/sd/txt2img.py.
 
 Three networks, laid out as a converted checkpoint brings them (`python -m jgen.convert`):
 
@@ -30,8 +30,8 @@ A1111 ``.pt``, `jgen.convert.textual_inversion`) adds its tokens to the tokenize
 the token embedding table, and prompts may use them. Both reach the jitted sampler as arrays
 (`sample_frozen`), never as compile-time constants, and leave the checkpoint untouched.
 
-**Textual inversion training** (``textual_inversion.train_token``, experiments/sd_finetune.py
-``:textual_inversion``): the token (``num_vectors`` of them: ``T``, ``T_1``, ...) joins the
+**Textual inversion training** (``textual_inversion.train_token``, experiments/sd/finetune.py
+``:kind=textual_inversion``): the token (``num_vectors`` of them: ``T``, ``T_1``, ...) joins the
 tokenizer, and its embedding rows are ``e_init + delta``: the frozen row of
 ``textual_inversion.init_token`` plus a learned offset ``params["token_offsets"]`` ``[n, D]``
 (zero at the start, so "T" begins as the init word, as diffusers initialises it; the offset
@@ -304,8 +304,7 @@ def make_tokenizer(text_config: Any) -> CLIPTokenizer:
   """The tokenizer of ``config.text``: a pipeline's ``tokenizer/`` folder (``text.tokenizer``
   a path) or CLIP's vocabulary from the open_clip wheel (``"open_clip"``), padding with
   ``text.pad_token``."""
-  return CLIPTokenizer.from_spec(str(text_config.get("tokenizer", "open_clip")),
-                                 pad_token=text_config.get("pad_token", "<|endoftext|>"))
+  return CLIPTokenizer.from_spec(str(text_config.tokenizer), pad_token=text_config.pad_token)
 
 
 def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CLIPTokenizer
@@ -320,10 +319,10 @@ def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CL
   """
   extras: dict[str, Any] = {}
   loras: dict[str, Lora] = {}
-  lora_cfg = config.get("lora", {})
-  if lora_cfg.get("file", ""):
+  lora_cfg = config.lora
+  if lora_cfg.file:
     lora_file = lora_files.read_lora(lora_cfg.file)
-    scale = float(lora_cfg.get("scale", 1.0))
+    scale = float(lora_cfg.scale)
     shapes = {
         "unet": lambda: unet.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)),
                                   {"context": jnp.zeros((1, 1, unet.context_dim))},
@@ -339,9 +338,9 @@ def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CL
           lambda x: np.asarray(x, np.float32), adapters)
       loras[part] = dataclasses.replace(lora, alpha=lora.scale * lora.rank * scale)
   embeddings: dict[str, np.ndarray] = {}
-  ti_cfg = config.get("textual_inversion", {})
-  if ti_cfg.get("file", ""):
-    embeddings = textual_inversion.read_embedding(ti_cfg.file, token=ti_cfg.get("token") or None)
+  ti_cfg = config.textual_inversion
+  if ti_cfg.file:
+    embeddings = textual_inversion.read_embedding(ti_cfg.file, token=ti_cfg.token or None)
     rows = []
     for token, vectors in embeddings.items():
       vectors = np.atleast_2d(np.asarray(vectors, np.float32))
@@ -356,13 +355,13 @@ def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CL
                          f"the {text.vocab_size}-token vocabulary (are they already in it?)")
       rows.append(vectors)
     extras["token_rows"] = np.concatenate(rows)
-  train = ti_cfg.get("train_token", "")
+  train = ti_cfg.train_token
   init_ids: tuple[int, ...] = ()
   if train:
-    n = int(ti_cfg.get("num_vectors", 1))
-    init = tokenizer.encode(ti_cfg.get("init_token", ""), add_special_tokens=False)
+    n = int(ti_cfg.num_vectors)
+    init = tokenizer.encode(ti_cfg.init_token, add_special_tokens=False)
     if len(init) != 1:
-      raise ValueError(f"textual_inversion.init_token={ti_cfg.get('init_token', '')!r} must be "
+      raise ValueError(f"textual_inversion.init_token={ti_cfg.init_token!r} must be "
                        f"one token of the vocabulary (it is {len(init)}); pick a single word")
     names = textual_inversion.vector_tokens(train, n)
     first = text.vocab_size + len(extras.get("token_rows", ()))
@@ -376,9 +375,9 @@ def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CL
 
 
 def make_method(config: Any) -> StableDiffusion:
-  """Translates ``config`` (experiments/sd_txt2img.py) into a `StableDiffusion`."""
+  """Translates ``config`` (experiments/sd/txt2img.py) into a `StableDiffusion`."""
   m, t, a, s = config.model, config.text, config.autoencoder, config.sample
-  dtype = compute_dtype(m.get("dtype", "float32"))
+  dtype = compute_dtype(m.dtype)
   unet = UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=(), attn_levels=tuple(m.attn_levels), dropout=m.dropout,
               num_groups=m.num_groups, norm_eps=m.norm_eps,
@@ -407,8 +406,8 @@ def make_method(config: Any) -> StableDiffusion:
   if not prompts:
     raise ValueError("sample.prompts is empty: give one or more prompts separated by '|', e.g. "
                      "--config.sample.prompts='a photo of an astronaut riding a horse'")
-  captions = split_prompts(t.get("captions", "")) or ("",)
-  train_token = config.get("textual_inversion", {}).get("train_token", "")
+  captions = split_prompts(t.captions) or ("",)
+  train_token = config.textual_inversion.train_token
   if train_token:  # templates name the trained token "{}"
     captions = tuple(c.replace("{}", train_token) for c in captions)
   size = config.data.image_size
@@ -420,18 +419,18 @@ def make_method(config: Any) -> StableDiffusion:
   tx = make_optimizer(config.optim, total_steps=config.train.num_steps)
   d = config.diffusion
   base = ddpm_lib.DDPM(model=unet, schedule=schedule_from_config(d), tx=tx,
-                       image_shape=latent_shape, prediction=d.get("prediction", "eps"),
-                       loss_type=d.get("loss_type", "mse"), sampler=s.sampler,
+                       image_shape=latent_shape, prediction=d.prediction,
+                       loss_type=d.loss_type, sampler=s.sampler,
                        sample_steps=s.steps, eta=s.eta, spacing=s.spacing,
-                       dpm_spacing=s.get("dpm_spacing", "linspace"), rho=s.get("rho", 7.0),
-                       clip_denoised=False, cond_drop_prob=d.get("cond_drop_prob", 0.1))
-  ema = float(config.train.get("ema_decay", 0.0) or 0.0)
+                       dpm_spacing=s.dpm_spacing, rho=s.rho,
+                       clip_denoised=False, cond_drop_prob=d.cond_drop_prob)
+  ema = float(config.train.ema_decay or 0.0)
   return StableDiffusion(unet=unet, text_encoder=text, autoencoder=ae, base=base,
                          prompts=tokenizer(list(prompts)),
-                         negative=tokenizer([expand(s.get("negative_prompt", ""))])[0],
+                         negative=tokenizer([expand(s.negative_prompt)])[0],
                          captions=tokenizer([expand(c) for c in captions]),
                          empty=tokenizer([""])[0],
-                         text_layer=int(t.get("output_layer", -1)),
+                         text_layer=int(t.output_layer),
                          guidance_scale=float(s.guidance_scale),
                          image_shape=(size, size, config.data.channels),
                          ema_decay=ema if ema > 0 else None, lora_unet=loras.get("unet"),

@@ -155,14 +155,13 @@ class FlowMethod:
 
 def flow_method(config: Any, model: MultiScaleFlow) -> FlowMethod:
   """A `FlowMethod` for `model` from an experiment config (`flow`, `optim`, `train`, `sample`)."""
-  dtype = config.model.get("dtype", "float32")
+  dtype = config.model.dtype
   if dtype != "float32":
     raise ValueError(f"flows compute in float32 (their log-determinants sum thousands of terms); "
                      f"got config.model.dtype={dtype!r}")
   f = config.flow
   return FlowMethod(model=model,
                     tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
-                    n_bits=f.get("n_bits", 8), preprocessing=f.get("preprocessing", "center"),
-                    logit_alpha=f.get("logit_alpha", 0.05),
-                    temperature=config.sample.get("temperature", 0.7),
+                    n_bits=f.n_bits, preprocessing=f.preprocessing, logit_alpha=f.logit_alpha,
+                    temperature=config.sample.temperature,
                     ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)

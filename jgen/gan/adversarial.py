@@ -328,14 +328,13 @@ def discriminator_optim(config: Any) -> dict[str, Any]:
 def ada_fields(gan_config: Any) -> dict[str, Any]:
   """The `GAN` fields of ADA from a config's `gan` block ({} when `gan.ada` is off)."""
   g = gan_config
-  if not g.get("ada", False):
+  if not g.ada:
     return {}
-  target = g.get("ada_target", 0.6)
-  return dict(ada=True, ada_p=float(g.get("ada_p", 0.0)),
+  target = g.ada_target
+  return dict(ada=True, ada_p=float(g.ada_p),
               ada_target=None if target is None else float(target),
-              ada_interval=int(g.get("ada_interval", 4)),
-              ada_kimg=float(g.get("ada_kimg", 500.0)),
-              ada_ops=ada_lib.parse_ops(g.get("ada_ops", "")))
+              ada_interval=int(g.ada_interval), ada_kimg=float(g.ada_kimg),
+              ada_ops=ada_lib.parse_ops(g.ada_ops))
 
 
 def gan_from_config(config: Any, **fixed) -> GAN:
@@ -356,7 +355,7 @@ def gan_from_config(config: Any, **fixed) -> GAN:
   discriminator = d_cls(features=m.d_features, num_classes=num_classes,
                         conditioning=m.conditioning, norm=m.d_norm, dtype=dtype)
   fields = dict(loss=g.loss, z_dim=m.z_dim, n_critic=g.n_critic, gp_weight=g.gp_weight,
-                r1_gamma=g.r1_gamma, r1_every=g.get("r1_every", 1), clip=g.clip,
+                r1_gamma=g.r1_gamma, r1_every=g.r1_every, clip=g.clip,
                 ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)
   fields.update(ada_fields(g))
   fields.update(fixed)

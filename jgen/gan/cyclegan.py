@@ -355,4 +355,4 @@ def make_method(config: Any) -> CycleGAN:
       tx_d=make_optimizer(discriminator_optim(config), total_steps=total),
       loss=g.loss, cycle_weight=g.cycle_weight, identity_weight=g.identity_weight,
       history_size=g.history_size, ema_decay=config.train.ema_decay,
-      ema_warmup=config.train.ema_warmup, direction=config.sample.get("direction", "AtoB"))
+      ema_warmup=config.train.ema_warmup, direction=config.sample.direction)

@@ -296,7 +296,7 @@ def make_method(config: Any) -> DDGAN:
   """
   dif, m, g = config.diffusion, config.model, config.gan
   steps = int(dif.num_timesteps)
-  asked = config.sample.get("steps")
+  asked = config.sample.steps
   if asked is not None and int(asked) != steps:
     raise ValueError(f"gan.ddgan samples in exactly its T = diffusion.num_timesteps = {steps} "
                      f"denoising steps, one per step it was trained on; sample.steps={asked} "

@@ -234,7 +234,7 @@ def make_method(config: Any) -> Pix2Pix:
   m, g = config.model, config.gan
   dtype = compute_dtype(m.dtype)
   generator = UNetGenerator(out_channels=config.data.channels, ngf=m.ngf,
-                            num_downs=m.get("num_downs"), norm=m.g_norm, dropout=m.dropout,
+                            num_downs=m.num_downs, norm=m.g_norm, dropout=m.dropout,
                             dtype=dtype)
   discriminator = PatchDiscriminator(ndf=m.ndf, n_layers=m.n_layers, norm=m.d_norm,
                                      dtype=dtype)
@@ -244,4 +244,4 @@ def make_method(config: Any) -> Pix2Pix:
                  tx_d=make_optimizer(discriminator_optim(config), total_steps=total),
                  l1_weight=g.l1_weight, loss=g.loss, ema_decay=config.train.ema_decay,
                  ema_warmup=config.train.ema_warmup,
-                 test_batch_stats=g.get("test_batch_stats", False))
+                 test_batch_stats=g.test_batch_stats)

@@ -393,7 +393,7 @@ def _optimizer(optim: Any, *, total: int, per_step: int) -> optax.GradientTransf
 
 def make_method(config: Any) -> StarGAN:
   """Translates a config (`model`, `gan`, `optim` for G, `optim_d` over it for D, `train`,
-  `data`) into a `StarGAN` (fields in `experiments/base_stargan.py`)."""
+  `data`) into a `StarGAN` (fields in `experiments/translation/base_stargan.py`)."""
   m, g, d = config.model, config.gan, config.data
   synthetic = bool(g.domains)
   names = tuple(g.domains) if synthetic else tuple(g.attributes)

@@ -294,8 +294,8 @@ def make_method(config: Any) -> StyleGAN2:
   m, g, d = config.model, config.gan, config.data
   dtype = compute_dtype(m.dtype)
   features = tuple(int(f) for f in m.features)
-  d_features = tuple(int(f) for f in (m.get("d_features") or features))
-  num_classes = int(g.get("num_classes", 0))
+  d_features = tuple(int(f) for f in (m.d_features or features))
+  num_classes = int(g.num_classes)
   group = int(m.mbstd_group)
   if group and d.batch_size > group and d.batch_size % group:
     raise ValueError(f"data.batch_size ({d.batch_size}) must be a multiple of "
@@ -306,7 +306,7 @@ def make_method(config: Any) -> StyleGAN2:
       dtype=dtype)
   discriminator = nets.StyleGAN2Discriminator(
       features=d_features, architecture=m.d_architecture, mbstd_group=group,
-      num_classes=num_classes, mapping_layers=m.get("d_mapping_layers", m.mapping_layers),
+      num_classes=num_classes, mapping_layers=m.d_mapping_layers,
       conv=m.conv, dtype=dtype)
   nets._check(features, d.image_size)  # pylint: disable=protected-access
   nets._check(d_features, d.image_size)  # pylint: disable=protected-access
@@ -320,4 +320,4 @@ def make_method(config: Any) -> StyleGAN2:
              ema_warmup=config.train.ema_warmup, style_mixing=g.style_mixing,
              pl_weight=g.pl_weight, pl_every=g.pl_every, pl_decay=g.pl_decay,
              pl_batch_shrink=g.pl_batch_shrink, w_avg_beta=g.w_avg_beta,
-             truncation=float(config.sample.get("truncation", 1.0)), **ada_fields(g))
+             truncation=float(config.sample.truncation), **ada_fields(g))

@@ -5,25 +5,141 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import ml_collections
 
 from jgen import errors
+from jgen.errors import ConfigError
 
 
 def experiment_module(name: str, beside: str) -> ModuleType:
-  """Loads the config file `<name>.py` in the folder of `beside` (an experiment's `__file__`).
+  """Loads the config file `<name>.py` relative to the folder of `beside` (a config's `__file__`).
 
   Experiment files are loaded by path (as `--config` does), not imported as a package, so a config
-  that builds on another one (`vae_digits` on `ae_digits`) loads it with this.
+  that builds on another one loads it with this: `experiment_module("base", beside=__file__)` for
+  its family's base, `experiment_module("../ddpm/digits", beside=__file__)` across families.
   """
-  path = os.path.join(os.path.dirname(os.path.abspath(beside)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
+  path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(beside)), f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+      "experiments." + os.path.splitext(name)[0].replace("../", "").replace("/", "."), path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """The variant argument of a config, `get_config(arg)`, as typed fields (big_vision's convention).
+
+  `arg` is what follows the first ':' of `--config experiments/<family>/<name>.py:ARG`:
+  comma-separated `key=value` pairs and bare flags (`smoke` is `smoke=True`), e.g.
+  `method=wgan_gp,smoke`. Each keyword names a key and its default, whose type types the value:
+  bool (`true/false/1/0/yes/no`, or the bare flag), int, float, str; a tuple of strings is a
+  choice, its first entry the default.
+  A config declares its variants by these defaults (module-level `ARGS`, see `variants`).
+
+  Raises:
+    ConfigError: an unknown key, a repeated key, or a value of the wrong type or not among the
+      choices; the message names the valid keys or values.
+  """
+  values = {k: (v[0] if isinstance(v, tuple) else v) for k, v in defaults.items()}
+  seen = set()
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, has_value, text = item.partition("=")
+    key, text = key.strip(), text.strip()
+    if key not in defaults:
+      close = difflib.get_close_matches(key, list(defaults), n=1)
+      hint = f" (did you mean {close[0]}?)" if close else ""
+      valid = ", ".join(_describe(k, v) for k, v in defaults.items()) or "none"
+      raise ConfigError(f"unknown config argument {key!r}{hint} in {arg!r}; valid: {valid}")
+    if key in seen:
+      raise ConfigError(f"config argument {key!r} given twice in {arg!r}")
+    seen.add(key)
+    values[key] = _typed(key, defaults[key], text if has_value else None, arg)
+  return ml_collections.ConfigDict(values)
+
+
+def _describe(key: str, default: Any) -> str:
+  if isinstance(default, tuple):
+    return f"{key}={'|'.join(default)}"
+  if isinstance(default, bool):
+    return key
+  return f"{key}=<{type(default).__name__}>"
+
+
+def _typed(key: str, default: Any, text: str | None, arg: str) -> Any:
+  """`text` (None for a bare flag) as the type of `default`."""
+  if isinstance(default, bool):
+    if text is None or text.lower() in _TRUE:
+      return True
+    if text.lower() in _FALSE:
+      return False
+    raise ConfigError(f"config argument {key} is a flag: {key}, {key}=true or {key}=false "
+                      f"(got {text!r} in {arg!r})")
+  if text is None:
+    raise ConfigError(f"config argument {key} needs a value: {_describe(key, default)} "
+                      f"(got the bare flag in {arg!r})")
+  if isinstance(default, tuple):
+    if text not in default:
+      raise ConfigError(f"config argument {key} is one of {', '.join(default)} "
+                        f"(got {text!r} in {arg!r})")
+    return text
+  try:
+    return type(default)(text)
+  except ValueError:
+    raise ConfigError(f"config argument {key} is a {type(default).__name__} "
+                      f"(got {text!r} in {arg!r})") from None
+
+
+def variants(args: dict[str, Any]) -> tuple[str | None, ...]:
+  """The variants a config declares by its `ARGS` (the defaults of `parse_arg`), for the tests.
+
+  The default (None), each flag alone, each value of each choice; with a `smoke` flag also each
+  of those with `smoke` added, so the seconds-long variant of every variant builds too.
+  """
+  out = [None]
+  for key, default in args.items():
+    if isinstance(default, bool):
+      out.append(key)
+    elif isinstance(default, tuple):
+      out.extend(f"{key}={v}" for v in default[1:])
+  if isinstance(args.get("smoke"), bool):
+    out.extend(("smoke" if a is None else f"{a},smoke") for a in out[1:] + [None] if a != "smoke")
+  return tuple(dict.fromkeys(out))
+
+
+def alias(target: str, beside: str, legacy: Callable[[str], str] | None = None
+          ) -> Callable[[str | None], ml_collections.ConfigDict]:
+  """The `get_config` of an old flat config path kept as an alias of `target` (until 0.2).
+
+  `experiments/ddpm/digits.py` is `get_config = alias("ddpm/digits", __file__)`; `legacy` turns
+  an old argument that the new convention refuses into the new one (`"wgan_gp"` ->
+  `"method=wgan_gp"`); an argument in the new convention passes unchanged.
+  """
+  module = experiment_module(target, beside)
+
+  def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    try:
+      return module.get_config(arg)
+    except ConfigError:
+      if legacy is None or not arg:
+        raise
+      try:
+        return module.get_config(legacy(arg))
+      except ConfigError:
+        pass
+      raise
+
+  get_config.__doc__ = f"`get_config` of experiments/{target}.py (old arguments translated)."
+  return get_config
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -7,15 +7,14 @@ from typing import Any
 
 import optax
 
+from jgen.train.config import base_config
+
 _OPTIMIZERS = {
-    "adam": lambda lr, c: optax.adam(lr, b1=c.get("b1", 0.9), b2=c.get("b2", 0.999),
-                                     eps=c.get("eps", 1e-8)),
-    "adamw": lambda lr, c: optax.adamw(lr, b1=c.get("b1", 0.9), b2=c.get("b2", 0.999),
-                                       eps=c.get("eps", 1e-8),
-                                       weight_decay=c.get("weight_decay", 0.0)),
-    "rmsprop": lambda lr, c: optax.rmsprop(lr, decay=c.get("decay", 0.9),
-                                           eps=c.get("eps", 1e-8)),
-    "sgd": lambda lr, c: optax.sgd(lr, momentum=c.get("momentum") or None),
+    "adam": lambda lr, c: optax.adam(lr, b1=c["b1"], b2=c["b2"], eps=c["eps"]),
+    "adamw": lambda lr, c: optax.adamw(lr, b1=c["b1"], b2=c["b2"], eps=c["eps"],
+                                       weight_decay=c["weight_decay"]),
+    "rmsprop": lambda lr, c: optax.rmsprop(lr, decay=c["decay"], eps=c["eps"]),
+    "sgd": lambda lr, c: optax.sgd(lr, momentum=c["momentum"] or None),
 }
 OPTIMIZERS = tuple(_OPTIMIZERS)  # the names optim.name accepts
 
@@ -68,22 +67,22 @@ def make_optimizer(optim: Mapping[str, Any], *, total_steps: int | None = None
   """Builds `clip_by_global_norm -> optimizer(schedule)` from an optimizer config.
 
   Args:
-    optim: mapping with `name` (adam, adamw, rmsprop, sgd), `lr`, optional `warmup_steps`,
+    optim: mapping with `name` (adam, adamw, rmsprop, sgd), `lr`, and optionally `warmup_steps`,
       `schedule` ('constant', 'cosine', 'linear' with `decay_from`, 'exponential' with
-      `decay_rate`), `grad_clip_norm` (0 or None: no clipping) and the
-      optimizer's own fields (b1, b2, eps, weight_decay, decay, momentum).
+      `decay_rate`), `grad_clip_norm` (0 or None: no clipping) and the optimizer's own fields
+      (b1, b2, eps, weight_decay, decay, momentum); a field it leaves out is
+      `base_config().optim`'s, the one place these defaults are written.
     total_steps: length of the run, for decaying schedules.
   """
+  optim = {**base_config().optim.to_dict(), **dict(optim)}
   name = optim["name"]
   if name not in _OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}")
-  lr = learning_rate_schedule(lr=optim["lr"], warmup_steps=optim.get("warmup_steps", 0),
-                              schedule=optim.get("schedule", "constant"),
-                              total_steps=total_steps,
-                              decay_from=optim.get("decay_from", 0.5),
-                              decay_rate=optim.get("decay_rate", 0.999995))
+  lr = learning_rate_schedule(lr=optim["lr"], warmup_steps=optim["warmup_steps"],
+                              schedule=optim["schedule"], total_steps=total_steps,
+                              decay_from=optim["decay_from"], decay_rate=optim["decay_rate"])
   tx = _OPTIMIZERS[name](lr, optim)
-  clip = optim.get("grad_clip_norm")
+  clip = optim["grad_clip_norm"]
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   return tx

@@ -9,14 +9,14 @@ from jgen.train import load_method
 from jgen.train.sampling import method_sampler
 from tests.conftest import load_experiment
 
-CASES = [(name, method) for name in ("autoencoder_mnist", "autoencoder_cifar")
+CASES = [(name, f"method={method}") for name in ("autoencoder/mnist", "autoencoder/cifar")
          for method in ("ae", "dae", "vae", "vqvae")]
 
 
 @pytest.mark.parametrize("name,method", CASES)
 def test_config_builds(tmp_path, name, method):
   config = load_experiment(name, method)
-  shape = (28, 28) if name == "autoencoder_mnist" else (32, 32, 3)
+  shape = (28, 28) if name == "autoencoder/mnist" else (32, 32, 3)
   path = tmp_path / "data.npz"
   rng = np.random.default_rng(0)
   np.savez(path, images=rng.integers(0, 256, (40, *shape), dtype=np.uint8),
@@ -31,6 +31,7 @@ def test_config_builds(tmp_path, name, method):
   assert images.shape[1:] == (size, size, ch)
 
 
-def test_config_needs_a_method():
-  with pytest.raises(ValueError, match="method argument"):
-    load_experiment("autoencoder_mnist")
+def test_the_method_is_a_checked_argument():
+  assert load_experiment("autoencoder/mnist").method == "autoencoder.vae"  # the default
+  with pytest.raises(ValueError, match="method is one of vae, ae, dae, vqvae"):
+    load_experiment("autoencoder/mnist", "method=gan")

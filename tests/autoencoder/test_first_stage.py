@@ -183,17 +183,17 @@ def test_perceptual_options_are_explicit(tmp_path):
 
 
 def test_bad_config():
-  config = load_experiment("vqgan_digits", "smoke")
+  config = load_experiment("first_stage/vqgan_digits", "smoke")
   config.bottleneck.kind = "fsq"
   with pytest.raises(ValueError, match="bottleneck.kind"):
     jgen.run.main(config, workdir="/nonexistent", mode="train")
-  with pytest.raises(ValueError, match="unknown variant"):
-    load_experiment("klae_digits", "adv")
+  with pytest.raises(ValueError, match="unknown config argument"):
+    load_experiment("first_stage/klae_digits", "adv")
 
 
 @pytest.mark.slow  # ~70 s on 2 cores (the LDM tests train vqgan_digits:smoke by default)
 def test_vqgan_smoke_trains_evaluates_with_rfid_and_resumes(tmp_path):
-  config = load_experiment("vqgan_digits", "smoke")
+  config = load_experiment("first_stage/vqgan_digits", "smoke")
   workdir = str(tmp_path / "run")
   state = jgen.run.main(config, workdir=workdir, mode="train")
   assert int(state.step) == 4 and checkpoint_steps(workdir) == [4]
@@ -210,7 +210,7 @@ def test_vqgan_smoke_trains_evaluates_with_rfid_and_resumes(tmp_path):
 
 
 def test_klae_noadv_smoke_has_no_critic_and_samples(tmp_path):
-  config = load_experiment("klae_digits", "smoke_noadv")
+  config = load_experiment("first_stage/klae_digits", "smoke,noadv")
   workdir = str(tmp_path / "run")
   state = jgen.run.main(config, workdir=workdir, mode="train")
   assert set(state.params) == {"autoencoder"} and int(state.step) == 4

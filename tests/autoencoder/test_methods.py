@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
 
   def get(name):
     if name not in cache:
-      config = load_experiment(name, "smoke")
+      config = load_experiment(f"autoencoder/{name}", "smoke")
       workdir = str(tmp_path_factory.mktemp(name))
       cache[name] = (config, workdir, jgen.run.main(config, workdir=workdir, mode="train"))
     return cache[name]
@@ -98,7 +98,7 @@ def test_vae_prior_samples_and_interpolation(runs):
 
 
 def test_dae_needs_a_corruption():
-  config = load_experiment("dae_digits", "smoke")
+  config = load_experiment("autoencoder/dae_digits", "smoke")
   config.ae.corruption = "none"
   with pytest.raises(ValueError, match="corruption"):
     load_method(config)

@@ -39,7 +39,7 @@ def test_bad_image_sizes_are_rejected(size):
 
 def test_compute_dtype_from_the_one_table():
   """float16 is refused (jgen does not scale losses); bfloat16 computes, params stay float32."""
-  config = load_experiment("ae_digits", "smoke")
+  config = load_experiment("autoencoder/ae_digits", "smoke")
   config.model.dtype = "bfloat16"
   encoder, decoder = make_networks(config, encoder_features=4, decoder_channels=1)
   assert encoder.dtype == decoder.dtype == jnp.bfloat16

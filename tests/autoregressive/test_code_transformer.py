@@ -22,14 +22,14 @@ from tests.conftest import checkpoint_steps, load_experiment
 def vq_run(tmp_path_factory):
   """A tiny trained VQ-VAE (stage one)."""
   workdir = str(tmp_path_factory.mktemp("vqvae"))
-  config = load_experiment("vqvae_digits", "smoke")
+  config = load_experiment("autoencoder/vqvae_digits", "smoke")
   config.train.eval_every = 0
   jgen.run.main(config, workdir=workdir)
   return workdir
 
 
 def _config(vq_workdir):
-  config = load_experiment("vq_transformer_digits", "smoke")
+  config = load_experiment("autoregressive/vq_transformer_digits", "smoke")
   config.init_from.workdir = vq_workdir
   return config
 
@@ -51,7 +51,7 @@ def test_train_eval_sample_through_the_loop(tmp_path, vq_run):
     np.testing.assert_array_equal(a, b)
 
   result = jgen.run.main(config, workdir=workdir, mode="eval")
-  num_codes = load_experiment("vqvae_digits", "smoke").vq.num_codes
+  num_codes = load_experiment("autoencoder/vqvae_digits", "smoke").vq.num_codes
   assert 0.0 < result["nats_per_code"] < 2 * math.log(num_codes)
   np.testing.assert_allclose(result["bits_per_code"], result["nats_per_code"] / math.log(2),
                              rtol=1e-6)
@@ -122,7 +122,7 @@ def test_missing_or_wrong_first_stage_is_a_clear_error(tmp_path, vq_run):
   with pytest.raises(ValueError, match="run_record.json"):
     load_method(config)
   ae_dir = str(tmp_path / "ae")
-  run_record.append_start(ae_dir, load_experiment("ae_digits", "smoke"), step=0)
+  run_record.append_start(ae_dir, load_experiment("autoencoder/ae_digits", "smoke"), step=0)
   with pytest.raises(ValueError, match="'autoencoder.ae' run, not a VQ model"):
     load_method(_config(ae_dir))
   config = _config(vq_run)
@@ -150,11 +150,11 @@ def test_unconditional_prior_is_not_conditional(vq_run):
 
 @pytest.mark.slow  # ~35 s on 2 cores: the default suite stays under 20 minutes
 def test_a_prior_over_vqgan_codes_loads_only_the_autoencoder(tmp_path):
-  gan = load_experiment("vqgan_digits", "smoke")
+  gan = load_experiment("first_stage/vqgan_digits", "smoke")
   gan.train.eval_every = 0
   gan_dir = str(tmp_path / "vqgan")
   jgen.run.main(gan, workdir=gan_dir)
-  config = load_experiment("vq_transformer_digits", "vqgan,smoke")
+  config = load_experiment("autoregressive/vq_transformer_digits", "vqgan,smoke")
   config.init_from.workdir = gan_dir
   state = jgen.run.main(config, workdir=str(tmp_path / "prior"))
   loaded, _ = init_from_lib.load(init_from_lib.InitFrom(gan_dir, subtree="autoencoder"))

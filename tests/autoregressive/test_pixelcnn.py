@@ -201,7 +201,7 @@ def test_sampler_valid_levels_deterministic_and_first_pixel_distribution():
 
 
 def test_loop_train_eval_sample_with_labels(tmp_path):
-  config = load_experiment("pixelcnn_digits", "smoke")
+  config = load_experiment("autoregressive/pixelcnn_digits", "smoke")
   workdir = str(tmp_path)
   state = jgen.run.main(config, workdir=workdir, mode="train")
   assert int(state.step) == config.train.num_steps == 4 and checkpoint_steps(workdir) == [4]
@@ -226,16 +226,17 @@ def test_loop_train_eval_sample_with_labels(tmp_path):
 
 
 @pytest.mark.parametrize("name,variants", [
-    ("pixelcnn_digits", [None, "smoke", "uncond", "uncond,smoke"]),
-    ("pixelcnn_mnist", [None, "smoke", "uncond"]), ("pixelcnn_cifar", [None, "smoke"])])
+    ("autoregressive/pixelcnn_digits", [None, "smoke", "uncond", "uncond,smoke"]),
+    ("autoregressive/pixelcnn_mnist", [None, "smoke", "uncond"]),
+    ("autoregressive/pixelcnn_cifar", [None, "smoke"])])
 def test_configs_build_their_methods(name, variants):
   for arg in variants:
     config = load_experiment(name, arg)
     method = make_method(config)
     assert method.image_shape[-1] == config.data.channels == method.model.channels
     assert (method.model.num_classes > 0) == hasattr(method, "num_classes")
-  cifar = load_experiment("pixelcnn_cifar")
+  cifar = load_experiment("autoregressive/pixelcnn_cifar")
   assert (cifar.model.features, cifar.model.num_layers, cifar.model.num_mixtures,
           cifar.model.dropout, cifar.optim.lr) == (160, 30, 10, 0.5, 1e-3)
-  with pytest.raises(ValueError, match="unknown variant"):
+  with pytest.raises(ValueError, match="unknown config argument"):
     load_experiment(name, "nope")

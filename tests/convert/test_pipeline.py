@@ -108,7 +108,7 @@ def test_prediction_and_bad_input(tmp_path):
 def test_ddpm_folder_converts_to_a_ddpm_cifar_run(tmp_path, ref_unet=None):
   path = str(tmp_path / "ddpm")
   result = pipeline.convert(os.path.join(FIXTURES, "unet_ddpm"), path)
-  assert result["method"] == "diffusion.ddpm" and "ddpm_cifar.py" in result["config"]
+  assert result["method"] == "diffusion.ddpm" and "ddpm/cifar.py" in result["config"]
   config = run_record.latest_config(path)
   method, _, state = restore_for_inference(config, path)
   ref = np.load(os.path.join(FIXTURES, "unet.npz"))

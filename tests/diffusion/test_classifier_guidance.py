@@ -229,19 +229,19 @@ def test_noisy_classifier_loss_matches_numpy():
 
 
 def test_full_config_builds():
-  config = load_experiment("noisy_classifier_digits")
+  config = load_experiment("ddpm/noisy_classifier_digits")
   method = make_method(config)
   assert method.schedule.num_timesteps == 1000 and method.low_noise_t_max == 250
   batch = {"image": jax.ShapeDtypeStruct((64, 16, 16, 1), jnp.float32),
            "label": jax.ShapeDtypeStruct((64,), jnp.int32)}
   state = jax.eval_shape(method.init, jax.random.key(0), batch)
   assert state.params["params"]["head"]["kernel"].shape == (64, 10)
-  with pytest.raises(ValueError, match="unknown variant"):
-    load_experiment("noisy_classifier_digits", "big")
+  with pytest.raises(ValueError, match="unknown config argument"):
+    load_experiment("ddpm/noisy_classifier_digits", "big")
 
 
 def test_smoke_method_trains_and_evaluates(tmp_path):
-  config = load_experiment("noisy_classifier_digits", "smoke")
+  config = load_experiment("ddpm/noisy_classifier_digits", "smoke")
   workdir = str(tmp_path / "run")
   state = jgen.run.main(config, workdir=workdir, mode="train")
   assert int(state.step) == config.train.num_steps

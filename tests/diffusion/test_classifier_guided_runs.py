@@ -24,12 +24,12 @@ from tests.conftest import load_experiment
 def runs(tmp_path_factory, ddpm_smoke_run):
   """(classifier workdir, DDPM workdir): the smoke runs of both experiments (8x8, T = 20)."""
   clf = str(tmp_path_factory.mktemp("guided") / "clf")
-  jgen.run.main(load_experiment("noisy_classifier_digits", "smoke"), workdir=clf, mode="train")
+  jgen.run.main(load_experiment("ddpm/noisy_classifier_digits", "smoke"), workdir=clf, mode="train")
   return clf, ddpm_smoke_run
 
 
 def _guided_config(clf: str, scale: float, **sample):
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   config.sample.classifier.workdir = clf
   config.sample.classifier_scale = scale
   for k, v in sample.items():
@@ -49,7 +49,7 @@ def _restored_ema(workdir: str):
 def test_classifier_loads_from_its_run_record(runs):
   clf, _ = runs
   guide = load_guiding_classifier(clf)
-  config = load_experiment("noisy_classifier_digits", "smoke")
+  config = load_experiment("ddpm/noisy_classifier_digits", "smoke")
   assert guide.step == config.train.num_steps and guide.num_classes == 10
   assert guide.image_shape == (8, 8, 1) and guide.schedule.num_timesteps == 20
   # The EMA parameters, as the checkpoint holds them.
@@ -79,7 +79,7 @@ def test_guided_sampling_equals_the_pure_composition(runs):
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
   # Guidance moves the samples; scale 0 gives the unguided model's samples for the same key.
-  unguided = jax.jit(load_method(load_experiment("ddpm_digits", "smoke")).sample,
+  unguided = jax.jit(load_method(load_experiment("ddpm/digits", "smoke")).sample,
                      static_argnums=2)(state, jax.random.key(5), 4)
   assert np.max(np.abs(np.asarray(got) - np.asarray(unguided))) > 1e-3  # float noise: ~1e-6
   method0, mesh0, _ = restore_for_inference(_guided_config(clf, 0.0), ddpm)
@@ -103,7 +103,7 @@ def test_sample_mode_writes_guided_samples_with_labels(runs, sampler):
 
 def test_bad_classifier_setups_are_clear_errors(runs, tmp_path):
   clf, ddpm = runs
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   config.sample.classifier_scale = 2.0
   with pytest.raises(ValueError, match="sample.classifier.workdir"):
     load_method(config)
@@ -119,7 +119,7 @@ def test_bad_classifier_setups_are_clear_errors(runs, tmp_path):
   other_size.data.image_size = 16
   with pytest.raises(ValueError, match=r"image shape \(16, 16, 1\)"):
     load_method(other_size)
-  cond = load_experiment("ddpm_cond_digits", "smoke")
+  cond = load_experiment("ddpm/cond_digits", "smoke")
   cond.model.num_classes = 7
   cond.sample.classifier.workdir = clf
   with pytest.raises(ValueError, match="7 classes"):
@@ -133,7 +133,7 @@ def test_bad_classifier_setups_are_clear_errors(runs, tmp_path):
 
 def test_cfg_and_classifier_guidance_compose(runs, tmp_path):
   clf, _ = runs
-  cond = load_experiment("ddpm_cond_digits", "smoke")
+  cond = load_experiment("ddpm/cond_digits", "smoke")
   workdir = str(tmp_path / "cond")
   jgen.run.main(cond, workdir=workdir, mode="train")
   cond.sample.classifier.workdir = clf

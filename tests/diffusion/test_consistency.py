@@ -186,7 +186,7 @@ def _tiny_unet():
 def teacher_run(tmp_path_factory):
   """A 2-step v-prediction ddpm_digits:smoke run with T = 1000 (sigma_{T-1} = 157 > 80)."""
   workdir = str(tmp_path_factory.mktemp("teacher"))
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   config.diffusion.prediction = "v"
   config.diffusion.num_timesteps = 1000
   config.train.num_steps = 2
@@ -196,7 +196,7 @@ def teacher_run(tmp_path_factory):
 
 
 def _cd_config(teacher):
-  config = load_experiment("cd_digits", "smoke")
+  config = load_experiment("distill/cd_digits", "smoke")
   config.init_from.workdir = teacher
   return config
 
@@ -239,11 +239,11 @@ def test_cd_student_starts_as_the_teacher_denoiser(teacher_run):
 @pytest.mark.slow  # ~50 s on 2 cores: the default suite stays under 20 minutes
 def test_ct_smoke_run_with_resume(tmp_path):
   workdir = str(tmp_path / "ct")
-  config = load_experiment("ct_digits", "smoke")
+  config = load_experiment("distill/ct_digits", "smoke")
   config.train.num_steps = 2
   config.train.eval_every = 0
   jgen.run.main(config, workdir=workdir)
-  config = load_experiment("ct_digits", "smoke")
+  config = load_experiment("distill/ct_digits", "smoke")
   state = jgen.run.main(config, workdir=workdir)
   assert int(state.step) == 4 and checkpoint_steps(workdir) == [2, 4]
   assert set(state.emas) == {"ema"} and not state.frozen
@@ -266,11 +266,11 @@ def test_clear_errors(tmp_path, teacher_run):
     load_method(config)
   config.consistency.student_init = "scratch"
   load_method(config)
-  config = load_experiment("ct_digits", "smoke")
+  config = load_experiment("distill/ct_digits", "smoke")
   config.consistency.time_input = "ddpm"
   with pytest.raises(ValueError, match="time_input='ddpm'"):
     load_method(config)
-  config = load_experiment("ct_digits", "smoke")
+  config = load_experiment("distill/ct_digits", "smoke")
   config.sample.sigmas = "80,1"
   with pytest.raises(ValueError, match="sample.sigmas has 2 levels"):
     config.sample.steps = 3

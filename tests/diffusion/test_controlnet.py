@@ -63,7 +63,7 @@ def base_run(ddpm_smoke_run):
 
 
 def _config(base_workdir):
-  config = load_experiment("controlnet_digits", "smoke")
+  config = load_experiment("personalize/controlnet_digits", "smoke")
   config.init_from.workdir = base_workdir
   return config
 
@@ -123,7 +123,7 @@ def test_a_class_conditional_controlnet_translates_by_label():
   from jgen.train import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from jgen.train import translations  # pylint: disable=import-outside-toplevel
 
-  config = load_experiment("controlnet_digits", "smoke")
+  config = load_experiment("personalize/controlnet_digits", "smoke")
   config.model.num_classes = 10
   config.sample.guidance_scale = 2.0
   method = load_method(config)
@@ -179,8 +179,8 @@ def test_the_fill_task_trains_and_scores(tmp_path):
   scores it and its colour-conditional base on the same held-out outlines and labels."""
 
   base = str(tmp_path / "base")
-  jgen.run.main(load_experiment("ddpm_cond_fill", "smoke"), workdir=base)
-  config = load_experiment("controlnet_fill", "smoke")
+  jgen.run.main(load_experiment("ddpm/cond_fill", "smoke"), workdir=base)
+  config = load_experiment("personalize/controlnet_fill", "smoke")
   config.init_from.workdir = base
   run = str(tmp_path / "fill")
   jgen.run.main(config, workdir=run)

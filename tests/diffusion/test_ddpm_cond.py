@@ -14,7 +14,7 @@ from tests.conftest import load_experiment
 
 @pytest.fixture
 def cond_config():
-  return load_experiment("ddpm_cond_digits", "smoke")
+  return load_experiment("ddpm/cond_digits", "smoke")
 
 
 def _batch(config, n=8, seed=0):
@@ -28,12 +28,12 @@ def test_conditional_only_when_num_classes(cond_config):
   method = load_method(cond_config)
   assert isinstance(method, ConditionalDDPM) and isinstance(method, Conditional)
   assert method.num_classes == 10
-  plain = load_method(load_experiment("ddpm_digits", "smoke"))
+  plain = load_method(load_experiment("ddpm/digits", "smoke"))
   assert type(plain) is DDPM and not isinstance(plain, Conditional)
   assert not hasattr(plain, "sample_conditional")
   with pytest.raises(ValueError, match="class-conditional"):
     DDPM(model=method.model, schedule=method.schedule, tx=method.tx, image_shape=(8, 8, 1))
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   config.sample.guidance_scale = 2.0
   with pytest.raises(ValueError, match="guidance_scale"):
     load_method(config)

@@ -17,7 +17,7 @@ from tests.conftest import load_experiment
 
 
 def _config(fs_run, base):
-  config = load_experiment("imagic_digits", "smoke")
+  config = load_experiment("personalize/imagic_digits", "smoke")
   config.init_from.workdir = fs_run
   config.init_from.base.workdir = base
   config.train.checkpoint_every = 2

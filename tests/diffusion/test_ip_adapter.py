@@ -52,7 +52,7 @@ def test_decoupled_cross_attention_against_numpy():
 
 
 def _config(fs_run, base):
-  config = load_experiment("ip_adapter_digits", "smoke")
+  config = load_experiment("personalize/ip_adapter_digits", "smoke")
   config.init_from.workdir = fs_run
   config.init_from.base.workdir = base
   return config

@@ -85,11 +85,11 @@ def test_multistep_sampling_of_the_exact_consistency_function_gives_the_point():
 
 
 def test_a_missing_teacher_is_a_clear_error(tmp_path):
-  config = load_experiment("lcm_digits", "smoke")
+  config = load_experiment("distill/lcm_digits", "smoke")
   config.init_from.workdir = str(tmp_path)
   with pytest.raises(ValueError, match="run_record|run record"):
     load_method(config)
-  config = load_experiment("lcm_digits", "smoke")
+  config = load_experiment("distill/lcm_digits", "smoke")
   with config.unlocked():
     config.init_from.autoencoder.into = "params"
   with pytest.raises(ValueError, match="frozen/autoencoder"):
@@ -102,7 +102,7 @@ def test_a_missing_teacher_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory, fs_run):
   workdir = str(tmp_path_factory.mktemp("ldm_teacher"))
-  config = load_experiment("ldm_digits", "smoke")
+  config = load_experiment("ldm/digits", "smoke")
   config.init_from.workdir = fs_run
   config.train.eval_every = 0
   jgen.run.main(config, workdir=workdir)
@@ -110,7 +110,7 @@ def teacher_run(tmp_path_factory, fs_run):
 
 
 def _lcm_config(teacher_workdir):
-  config = load_experiment("lcm_digits", "smoke")
+  config = load_experiment("distill/lcm_digits", "smoke")
   config.init_from.workdir = teacher_workdir
   return config
 

@@ -37,7 +37,7 @@ def ldm_run(tmp_path_factory, fs_run):
 
 
 def _config(fs_workdir):
-  config = load_experiment("ldm_digits", "smoke")
+  config = load_experiment("ldm/digits", "smoke")
   config.init_from.workdir = fs_workdir
   return config
 
@@ -169,7 +169,7 @@ def test_kl_first_stage_latents_are_the_posterior_mean(tmp_path):
   """On a KL autoencoder the latents are the posterior mean (no snapping), scaled by the
   recorded factor, and samples are the decoder's clipped decodings of z / s (NumPy checks)."""
   kl_dir = str(tmp_path / "klae")
-  kl = load_experiment("klae_digits", "smoke")
+  kl = load_experiment("first_stage/klae_digits", "smoke")
   kl.train.eval_every = 0
   jgen.run.main(kl, workdir=kl_dir)
   config = _config(kl_dir)

@@ -17,13 +17,14 @@ from jgen.train import load_method
 from jgen.train.config import check_config_keys
 from tests.conftest import checkpoint_steps, load_experiment
 
-NEW_CONFIGS = {"ldm_inpaint_digits": ("smoke", None), "ldm_sr_mnist": ("smoke", None),
-               "ldm_cifar": ("smoke", None), "ldm_celebahq": ("smoke", None),
-               "vqgan_mnist": ("smoke", None), "vqgan_cifar": ("smoke", None),
-               "vqgan_celebahq": ("smoke", None)}
+NEW_CONFIGS = {"ldm/inpaint_digits": ("smoke", None), "ldm/sr_mnist": ("smoke", None),
+               "ldm/cifar": ("smoke", None), "ldm/celebahq": ("smoke", None),
+               "first_stage/vqgan_mnist": ("smoke", None),
+               "first_stage/vqgan_cifar": ("smoke", None),
+               "first_stage/vqgan_celebahq": ("smoke", None)}
 
 
-def _config(fs_workdir, name="ldm_inpaint_digits"):
+def _config(fs_workdir, name="ldm/inpaint_digits"):
   config = load_experiment(name, "smoke")
   config.init_from.workdir = fs_workdir
   return config
@@ -112,7 +113,7 @@ def test_conditions_against_numpy(fs_run, inpaint_run):
 
   # Super-resolution: 2x SR at f = 2 gives the low-resolution image itself (the mean of each
   # 2 x 2 block of the derived source, rounded to uint8 by the source) at the latent size.
-  sr = _config(fs_run, "ldm_sr_mnist")
+  sr = _config(fs_run, "ldm/sr_mnist")
   sr_method = load_method(sr)
   assert sr_method.ddpm.model.cond_channels == 1
   sr_batch = _held_out(sr, 4)

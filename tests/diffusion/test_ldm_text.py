@@ -31,7 +31,7 @@ def text_run(tmp_path_factory, fs_run):
 
 
 def _config(fs_workdir):
-  config = load_experiment("ldm_text_digits", "smoke")
+  config = load_experiment("ldm/text_digits", "smoke")
   config.init_from.workdir = fs_workdir
   return config
 

@@ -23,7 +23,7 @@ from tests.conftest import load_experiment
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("cond_base"))
-  config = load_experiment("ddpm_cond_digits", "smoke")
+  config = load_experiment("ddpm/cond_digits", "smoke")
   config.train.eval_every = 0  # a base to adapt: its eval loss is never read
   jgen.run.main(config, workdir=workdir)
   return workdir
@@ -49,7 +49,7 @@ def test_identifier_row_is_class_row_plus_offset():
 
 
 def test_dreambooth_loss_is_instance_plus_lambda_prior(base_run):
-  config = _config("dreambooth_digits", base_run)
+  config = _config("personalize/dreambooth_digits", base_run)
   config.personalize.prior_weight = 2.5
   method = load_method(config)
   base_params, _ = init_from_lib.load(init_from_lib.InitFrom(base_run))
@@ -78,7 +78,7 @@ def test_dreambooth_loss_is_instance_plus_lambda_prior(base_run):
 
 
 def test_textual_inversion_changes_the_embedding_only(tmp_path, base_run):
-  config = _config("textual_inversion_digits", base_run)
+  config = _config("personalize/textual_inversion_digits", base_run)
   config.optim.lr = 0.1
   base_params, _ = init_from_lib.load(init_from_lib.InitFrom(base_run))
   state = jgen.run.main(config, workdir=str(tmp_path / "ti"))
@@ -93,7 +93,7 @@ def test_textual_inversion_changes_the_embedding_only(tmp_path, base_run):
 
 
 def test_dreambooth_caches_class_images_and_trains(tmp_path, base_run):
-  config = _config("dreambooth_digits", base_run)
+  config = _config("personalize/dreambooth_digits", base_run)
   workdir = str(tmp_path / "db")
   state = jgen.run.main(config, workdir=workdir)
   cached = os.listdir(os.path.join(workdir, "prior"))
@@ -109,7 +109,7 @@ def test_dreambooth_caches_class_images_and_trains(tmp_path, base_run):
 
 
 def test_dreambooth_lora_trains_adapters_and_identifier(tmp_path, base_run):
-  config = _config("dreambooth_digits", base_run)
+  config = _config("personalize/dreambooth_digits", base_run)
   config.lora.rank = 2
   config.lora.targets = "conv"
   config.optim.rules = (("(.*/)?lora/.*", 1.0), ("identifier/.*", 1.0), (".*", "frozen"))
@@ -124,20 +124,20 @@ def test_dreambooth_lora_trains_adapters_and_identifier(tmp_path, base_run):
 
 
 def test_bad_settings_are_refused(base_run):
-  config = _config("textual_inversion_digits", base_run)
+  config = _config("personalize/textual_inversion_digits", base_run)
   config.optim.rules = ()
   with pytest.raises(ValueError, match="identifier's embedding only"):
     load_method(config)
-  config = _config("dreambooth_digits", base_run)
+  config = _config("personalize/dreambooth_digits", base_run)
   config.personalize.subject_class = 10
   with pytest.raises(ValueError, match="must be a class of the base"):
     load_method(config)
-  config = _config("dreambooth_digits", base_run)
+  config = _config("personalize/dreambooth_digits", base_run)
   config.lora.rank = 2
   config.lora.targets = "conv"  # without rules only the adapters would train
   with pytest.raises(ValueError, match="identifier's embedding is frozen"):
     load_method(config)
-  config = _config("dreambooth_digits", base_run)
+  config = _config("personalize/dreambooth_digits", base_run)
   config.init_from.workdir = None
   with pytest.raises(ValueError, match="init_from.workdir"):
     load_method(config).prepare("/tmp/unused")

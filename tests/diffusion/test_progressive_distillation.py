@@ -175,7 +175,7 @@ def test_student_sampler_is_ddim_on_the_level_grid(schedule, steps):
 def teacher_run(tmp_path_factory):
   """A tiny ddpm_digits:smoke run trained with v-prediction (8x8, T = 20)."""
   workdir = str(tmp_path_factory.mktemp("teacher"))
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   config.diffusion.prediction = "v"
   config.train.eval_every = 0
   jgen.run.main(config, workdir=workdir)
@@ -183,7 +183,7 @@ def teacher_run(tmp_path_factory):
 
 
 def _config(teacher, num_steps=6):
-  config = load_experiment("distill_digits", "smoke")
+  config = load_experiment("distill/progressive_digits", "smoke")
   config.init_from.workdir = teacher
   config.train.num_steps = num_steps
   return config

@@ -138,13 +138,13 @@ def test_fine_tuning_step_trains_only_the_controlnet(restored):
 
 def test_variants():
   from tests.conftest import load_experiment  # pylint: disable=import-outside-toplevel
-  for variant in ("sd15", "sd21", "train", "finetune_sd21"):
-    config = load_experiment("sd_controlnet", variant)
+  for variant in (None, "arch=sd21", "kind=train", "kind=finetune,arch=sd21"):
+    config = load_experiment("sd/controlnet", variant)
     assert config.controlnet.hint_channels == (16, 32, 96, 256)
-  method = load_method(load_experiment("sd_controlnet", "train_tiny"))
+  method = load_method(load_experiment("sd/controlnet", "kind=train,arch=tiny"))
   assert method.hint_shape == (32, 32, 3)
-  with pytest.raises(ValueError, match="train\\[_ARCH\\]"):
-    load_experiment("sd_controlnet", "bogus")
+  with pytest.raises(ValueError, match="kind is one of sample, train, finetune"):
+    load_experiment("sd/controlnet", "kind=bogus")
 
 
 def test_rules_that_train_the_unet_are_refused(restored):
@@ -183,14 +183,14 @@ def _pngs(folder, n, size, seed):
 
 @pytest.mark.slow
 def test_train_variant_through_the_loop_then_sample_a_folder(runs, tmp_path):
-  """experiments/sd_controlnet.py:train on the converted tiny SD (its U-Net loaded twice, the
+  """experiments/sd/controlnet.py:kind=train on the converted tiny SD (its U-Net loaded twice, the
   copy into params/control) for 2 steps on derived edges, then --mode=sample of the converted
   ControlNet on a folder of condition images."""
   import jgen.run  # pylint: disable=import-outside-toplevel
   from jgen.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
   from tests.conftest import load_experiment  # pylint: disable=import-outside-toplevel
   base, converted = runs
-  config = load_experiment("sd_controlnet", "train")
+  config = load_experiment("sd/controlnet", "kind=train")
   arch = controlnet_pipeline._leaves(  # pylint: disable=protected-access
       run_record.latest_config(base), controlnet_pipeline.ARCHITECTURE)
   pipeline._overrides(  # pylint: disable=protected-access

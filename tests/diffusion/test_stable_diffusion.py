@@ -139,8 +139,8 @@ def _captioned_folder(root, n=4, size=8):
 def test_lora_fine_tuning_through_the_loop(workdir, tmp_path):
   from jgen.train.config import experiment_module  # pylint: disable=import-outside-toplevel
   experiments = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "experiments")
-  config = experiment_module("sd_finetune", os.path.join(experiments, "x.py")).get_config(
-      "lora_tiny")
+  config = experiment_module("sd/finetune", os.path.join(experiments, "x.py")).get_config(
+      "kind=lora,arch=tiny")
   converted = run_record.latest_config(workdir)
   for block in ("model", "text", "autoencoder", "diffusion"):
     for key, value in converted[block].items():

@@ -9,10 +9,11 @@ from jgen.train import load_method
 from tests.conftest import load_experiment
 
 # The full Glow CIFAR-10 model is built by test_glow_cifar_is_the_papers_model.
-CASES = [("glow_digits", None), ("glow_digits", "additive"), ("realnvp_digits", None)] + [
-    (name, f"{method}{suffix}") for name in ("flow_mnist", "flow_cifar")
+CASES = [("flow/glow_digits", None), ("flow/glow_digits", "additive"),
+         ("flow/realnvp_digits", None)] + [
+    (name, f"method={method}{suffix}") for name in ("flow/mnist", "flow/cifar")
     for method in ("glow", "realnvp") for suffix in ("", ",smoke")
-    if (name, method, suffix) != ("flow_cifar", "glow", "")]
+    if (name, method, suffix) != ("flow/cifar", "glow", "")]
 
 
 def build(name, arg):
@@ -38,7 +39,7 @@ def test_config_builds(name, arg):
 
 
 def test_glow_cifar_is_the_papers_model():
-  config, method, state = build("flow_cifar", "glow")  # (its shapes: flow_cifar-glow,smoke)
+  config, method, state = build("flow/cifar", "method=glow")  # (its shapes: method=glow,smoke)
   model = method.model
   assert (model.num_levels, model.num_steps, model.hidden) == (3, 32, 512)
   assert model.coupling == "affine" and model.learn_top_prior and not model.lu
@@ -49,21 +50,20 @@ def test_glow_cifar_is_the_papers_model():
 
 
 def test_mnist_flows_run_on_28x28():
-  config, method, _ = build("flow_mnist", "glow")
+  config, method, _ = build("flow/mnist", "method=glow")
   assert config.data.image_size == 28 and not config.data.resize
   assert method.latent_shapes() == ((14, 14, 2), (7, 7, 8))
 
 
 def test_arguments_are_checked():
-  with pytest.raises(ValueError, match="method argument"):
-    load_experiment("flow_mnist")
-  with pytest.raises(ValueError, match="method argument"):
-    load_experiment("flow_cifar", "glow,tiny")
+  assert load_experiment("flow/mnist").method == "flow.glow"  # the default
+  with pytest.raises(ValueError, match="unknown config argument 'tiny'"):
+    load_experiment("flow/cifar", "method=glow,tiny")
   with pytest.raises(ValueError, match="glow only"):
-    load_experiment("flow_cifar", "realnvp,additive")
-  with pytest.raises(ValueError, match="unknown variant"):
-    load_experiment("glow_digits", "big")
-  config = load_experiment("glow_digits", "smoke")
+    load_experiment("flow/cifar", "method=realnvp,additive")
+  with pytest.raises(ValueError, match="unknown config argument 'big'"):
+    load_experiment("flow/glow_digits", "big")
+  config = load_experiment("flow/glow_digits", "smoke")
   config.model.dtype = "bfloat16"
   with pytest.raises(ValueError, match="float32"):
     load_method(config)

@@ -25,7 +25,7 @@ def holdout(config, n: int) -> jax.Array:
 
 @pytest.mark.parametrize("name", ["glow_digits", "realnvp_digits"])
 def test_train_eval_sample_encode_decode(tmp_path, name):
-  config = load_experiment(name, "smoke")
+  config = load_experiment(f"flow/{name}", "smoke")
   workdir = str(tmp_path)
   state = jgen.run.main(config, workdir=workdir, mode="train")
   assert int(state.step) == config.train.num_steps == 4

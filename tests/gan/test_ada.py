@@ -114,7 +114,7 @@ def test_p_update_is_stylegan2_adas():
 
 
 def _gan(**ada_fields):
-  config = load_experiment("dcgan_digits", "smoke")
+  config = load_experiment("gan/dcgan_digits", "smoke")
   with config.unlocked():
     for k, v in ada_fields.items():
       config.gan[k] = v

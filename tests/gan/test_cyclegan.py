@@ -29,7 +29,7 @@ def _batch(config, n=None, seed=0):
 
 @pytest.fixture(scope="module")
 def smoke():
-  config = load_experiment("cyclegan_digits", "smoke")
+  config = load_experiment("translation/cyclegan_digits", "smoke")
   method = load_method(config)
   batch = _batch(config)
   state = jax.jit(method.init)(jax.random.key(0), batch)
@@ -188,7 +188,7 @@ def test_psnr_closed_form():
 
 @pytest.mark.slow  # ~70 s on 2 cores: the default suite stays under 20 minutes
 def test_loop_trains_resumes_samples_and_evaluates(tmp_path):
-  config = load_experiment("cyclegan_digits", "smoke")
+  config = load_experiment("translation/cyclegan_digits", "smoke")
   workdir = str(tmp_path / "run")
   state = jgen.run.main(config, workdir=workdir, mode="train")
   assert int(state.step) == 4 and checkpoint_steps(workdir) == [4]
@@ -204,8 +204,9 @@ def test_loop_trains_resumes_samples_and_evaluates(tmp_path):
   assert np.isfinite(result["l1_ab"]) and np.isfinite(result["psnr_ab"])
 
 
-@pytest.mark.parametrize("name", ["cyclegan_digits", "cyclegan_mnist_digits",
-                                  "cyclegan_horse2zebra"])
+@pytest.mark.parametrize("name", ["translation/cyclegan_digits",
+                                  "translation/cyclegan_mnist_digits",
+                                  "translation/cyclegan_horse2zebra"])
 def test_configs_build(name):
   for arg in (None, "smoke"):
     config = load_experiment(name, arg)
@@ -215,12 +216,12 @@ def test_configs_build(name):
   smoke = load_experiment(name, "smoke")
   batch = _batch(smoke)
   assert jax.eval_shape(load_method(smoke).init, jax.random.key(0), batch).step.shape == ()
-  with pytest.raises(ValueError, match="unknown variant"):
+  with pytest.raises(ValueError, match="unknown config argument"):
     load_experiment(name, "huge")
 
 
 def test_horse2zebra_has_the_papers_settings():
-  c = load_experiment("cyclegan_horse2zebra")
+  c = load_experiment("translation/cyclegan_horse2zebra")
   assert (c.data.image_size, c.data.batch_size, c.model.n_blocks, c.model.d_layers) == (
       256, 1, 9, 3)
   assert c.train.num_steps == 200 * 1067 and c.optim.decay_from == 0.5  # 100 + 100 epochs

@@ -99,7 +99,7 @@ def test_posterior_is_the_conditional_of_the_forward_pair():
 
 @pytest.fixture(scope="module")
 def smoke():
-  config = load_experiment("ddgan_digits", "smoke")
+  config = load_experiment("gan/ddgan_digits", "smoke")
   method = load_method(config)
   s = config.data.image_size
   rng = np.random.default_rng(0)
@@ -175,7 +175,7 @@ def test_sampler_is_the_hand_written_chain(smoke):
 
 
 def test_sample_steps_other_than_t_is_an_error():
-  config = load_experiment("ddgan_digits", "smoke")
+  config = load_experiment("gan/ddgan_digits", "smoke")
   config.sample.steps = 3
   with pytest.raises(ValueError, match="num_timesteps = 4"):
     load_method(config)
@@ -186,7 +186,7 @@ def test_sample_steps_other_than_t_is_an_error():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """The :smoke run straight to 4 steps, and 2 steps then resumed to 4."""
-  config = load_experiment("ddgan_digits", "smoke")
+  config = load_experiment("gan/ddgan_digits", "smoke")
   straight_dir = str(tmp_path_factory.mktemp("ddgan_straight"))
   straight = jgen.run.main(config, workdir=straight_dir, mode="train")
   resumed_dir = str(tmp_path_factory.mktemp("ddgan_resumed"))

@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
 
   def get(name):
     if name not in cache:
-      config = load_experiment(name, "smoke")
+      config = load_experiment(f"gan/{name}", "smoke")
       workdir = str(tmp_path_factory.mktemp(name))
       cache[name] = (config, workdir, jgen.run.main(config, workdir=workdir, mode="train"))
     return cache[name]
@@ -75,7 +75,7 @@ def test_batch_norm_statistics_are_checkpointed(runs):
 
 
 def _tiny(name, **overrides):
-  config = load_experiment(name, "smoke")
+  config = load_experiment(f"gan/{name}", "smoke")
   for key, value in overrides.items():
     section, field = key.split(".")
     config[section][field] = value
@@ -209,10 +209,10 @@ def test_bad_configs():
     load_method(_tiny("dcgan_digits", **{"model.arch": "vit"}))
 
 
-@pytest.mark.parametrize("name", ["gan_mnist", "gan_cifar"])
+@pytest.mark.parametrize("name", ["gan/mnist", "gan/cifar"])
 @pytest.mark.parametrize("method", ["dcgan", "cgan", "wgan", "wgan_gp"])
 def test_full_size_configs_build(name, method):
-  config = load_experiment(name, method)
+  config = load_experiment(name, f"method={method}")
   m = load_method(config)
   size, ch = config.data.image_size, config.data.channels
   batch = {"image": jax.ShapeDtypeStruct((config.data.batch_size, size, size, ch), jnp.float32),

@@ -148,25 +148,25 @@ def test_jitted_steps_fit_the_pairs_and_average_only_the_generator(batch):
 
 
 def test_config_builds_the_paper_objective():
-  c = load_experiment("pix2pix_digits")
+  c = load_experiment("translation/pix2pix_digits")
   method = load_method(c)
   assert isinstance(method, pix2pix.Pix2Pix)
   assert (method.l1_weight, method.loss, method.ema_decay) == (100.0, "non_saturating", 0.0)
   assert (method.generator.num_downs, method.discriminator.n_layers) == (4, 2)
-  for name, steps, source in (("pix2pix_facades", 80000, "paired_btoa:"),
-                              ("pix2pix_maps", 219200, "paired:")):
+  for name, steps, source in (("translation/pix2pix_facades", 80000, "paired_btoa:"),
+                              ("translation/pix2pix_maps", 219200, "paired:")):
     p = load_experiment(name)
     assert (p.train.num_steps, p.data.batch_size, p.data.image_size) == (steps, 1, 256)
     assert p.data.source.startswith(source)
     assert (p.model.num_downs, p.model.n_layers, p.gan.l1_weight) == (8, 3, 100.0)
     load_method(p)
-  colorize = load_method(load_experiment("pix2pix_cifar_colorize"))
+  colorize = load_method(load_experiment("translation/pix2pix_cifar_colorize"))
   assert colorize.generator.num_downs == 5 and colorize.generator.out_channels == 3
 
 
 @pytest.mark.slow  # ~80 s on 2 cores: the default suite stays under 20 minutes
 def test_loop_trains_resumes_samples_and_evaluates(tmp_path):
-  config = load_experiment("pix2pix_digits", "smoke")
+  config = load_experiment("translation/pix2pix_digits", "smoke")
   workdir = str(tmp_path / "run")
   jgen.run.main(config, workdir=workdir, mode="train")
   assert checkpoint_steps(workdir) == [3]
@@ -194,7 +194,7 @@ def test_paper_config_runs_on_a_paired_folder(tmp_path):
     for i in range(n):
       Image.fromarray(rng.integers(0, 255, (40, 80, 3), dtype=np.uint8)).save(
           tmp_path / "facades" / split / f"{i}.png")
-  config = load_experiment("pix2pix_facades", "smoke")
+  config = load_experiment("translation/pix2pix_facades", "smoke")
   config.data.source = f"paired_btoa:{tmp_path / 'facades'}"
   assert config.gan.test_batch_stats
   workdir = str(tmp_path / "run")

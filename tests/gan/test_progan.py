@@ -45,11 +45,11 @@ def test_real_images_of_a_phase_are_pooled_and_blended():
 
 
 def test_bad_config_is_a_clear_error():
-  config = load_experiment("progan_digits", "smoke")
+  config = load_experiment("gan/progan_digits", "smoke")
   config.model.features = (4, 4, 4)
   with pytest.raises(ValueError, match="levels"):
     load_method(config)
-  config = load_experiment("progan_digits", "smoke")
+  config = load_experiment("gan/progan_digits", "smoke")
   config.data.batch_size = 6
   with pytest.raises(ValueError, match="mbstd_group"):
     load_method(config)
@@ -63,7 +63,7 @@ def _leaves(tree):
 def test_smoke_run_resumes_bitwise_across_a_phase_boundary(tmp_path):
   """Smoke: 2 steps per phase (4x4 at steps 0-1, fade in 8x8 at 2-3, 8x8 from 4). A run
   stopped at step 3 (right after the boundary at 2) and resumed to 6 equals a straight run."""
-  config = load_experiment("progan_digits", "smoke")
+  config = load_experiment("gan/progan_digits", "smoke")
   straight = jgen.run.main(config, workdir=str(tmp_path / "straight"), mode="train")
   assert int(straight.step) == 6
   assert all(np.isfinite(x).all() for x in _leaves(straight.params))
@@ -88,7 +88,7 @@ def test_smoke_run_resumes_bitwise_across_a_phase_boundary(tmp_path):
 def test_ada_at_p_zero_reproduces_the_plain_step_and_tracks_r_t():
   """gan.ada on ProGAN: at fixed p = 0 the step equals the plain one up to float rounding
   (augment is the identity at p = 0); with a target, p moves after ada_interval steps."""
-  config = load_experiment("progan_digits", "smoke")
+  config = load_experiment("gan/progan_digits", "smoke")
   plain = load_method(config)
   config.gan.ada = True
   config.gan.ada_target = None

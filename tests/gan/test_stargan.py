@@ -24,14 +24,14 @@ def _digits_batch(config, seed=0):
 
 @pytest.fixture(scope="module")
 def smoke():
-  config = load_experiment("stargan_digits", "smoke")
+  config = load_experiment("translation/stargan_digits", "smoke")
   method = load_method(config)
   batch = _digits_batch(config)
   return config, method, batch, jax.jit(method.init)(jax.random.key(0), batch)
 
 
 def test_config_fields_are_the_papers():
-  config = load_experiment("stargan_digits")
+  config = load_experiment("translation/stargan_digits")
   method = load_method(config)
   assert isinstance(method, Translates) and isinstance(method, Evaluates)
   assert (method.n_critic, method.lambda_gp, method.lambda_cls, method.lambda_rec) == (
@@ -161,14 +161,14 @@ def test_target_table_with_exclusive_hair():
 
 
 def test_celeba_config_on_a_fake_batch():
-  config = load_experiment("stargan_celeba")
+  config = load_experiment("translation/stargan_celeba")
   assert config.gan.attribute_indices == (8, 9, 11, 20, 39)
   assert (config.train.num_steps * config.gan.n_critic, config.data.image_size,
           config.data.batch_size // config.gan.n_critic) == (200_000, 128, 16)
   method = load_method(config)
   assert method.discriminator.n_layers == 6 and method.generator.n_blocks == 6
   assert len(method.translation_names) == 12 and "blond_hair+male+young" in method.translation_names
-  config = load_experiment("stargan_celeba", "smoke")
+  config = load_experiment("translation/stargan_celeba", "smoke")
   method = load_method(config)
   rng = np.random.default_rng(0)
   b, s = config.data.batch_size, config.data.image_size
@@ -188,7 +188,7 @@ def test_celeba_config_on_a_fake_batch():
 
 @pytest.mark.slow  # ~55 s on 2 cores: the default suite stays under 20 minutes
 def test_loop_train_and_resume(tmp_path):
-  config = load_experiment("stargan_digits", "smoke")
+  config = load_experiment("translation/stargan_digits", "smoke")
   workdir = str(tmp_path)
   state = jgen.run.main(config, workdir=workdir, mode="train")
   assert int(state.step) == 4 and checkpoint_steps(workdir) == [4]

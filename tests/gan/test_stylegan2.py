@@ -20,7 +20,7 @@ from tests.conftest import load_experiment
 
 
 def _method(**overrides):
-  config = load_experiment("stylegan2_digits", "smoke")
+  config = load_experiment("gan/stylegan2_digits", "smoke")
   for k, v in overrides.items():
     block, key = k.split(".")
     config[block][key] = v
@@ -164,11 +164,11 @@ def test_lazy_terms_enter_the_loss_scaled_by_their_interval_on_due_steps_only():
 
 
 def test_bad_configuration_is_a_clear_error():
-  config = load_experiment("stylegan2_digits", "smoke")
+  config = load_experiment("gan/stylegan2_digits", "smoke")
   config.model.features = (4, 4, 4)
   with pytest.raises(ValueError, match="2 blocks"):
     load_method(config)
-  config = load_experiment("stylegan2_digits", "smoke")
+  config = load_experiment("gan/stylegan2_digits", "smoke")
   config.gan.n_critic = 2
   with pytest.raises(ValueError, match="one discriminator step"):
     load_method(config)
@@ -179,7 +179,7 @@ def test_bad_configuration_is_a_clear_error():
 def test_smoke_run_through_the_loop(tmp_path):
   """Train 4 steps (R1 and PL due at step 0), sample at psi 0.7 with the style-mixing figure,
   eval FID/P&R/PPL at psi 0.7 and 1."""
-  config = load_experiment("stylegan2_digits", "smoke")
+  config = load_experiment("gan/stylegan2_digits", "smoke")
   workdir = str(tmp_path / "run")
   state = jgen.run.main(config, workdir=workdir, mode="train")
   assert int(state.step) == 4
@@ -200,7 +200,7 @@ def test_smoke_run_through_the_loop(tmp_path):
 
 @pytest.mark.slow  # ~60 s on 2 cores
 def test_conditional_smoke_run(tmp_path):
-  config = load_experiment("stylegan2_digits", "cond_smoke")
+  config = load_experiment("gan/stylegan2_digits", "cond,smoke")
   state = jgen.run.main(config, workdir=str(tmp_path), mode="train")
   assert "cmap" in state.params["discriminator"]
   paths = jgen.run.main(config, workdir=str(tmp_path), mode="sample")
@@ -211,7 +211,7 @@ def test_conditional_smoke_run(tmp_path):
 def test_cifar_config_builds(arg):
   """stylegan2-ada's cifar configuration traces (init, a step with ADA and lazy R1, sampling)
   at its full size without running it; 512 channels at every resolution."""
-  config = load_experiment("stylegan2_cifar", arg)
+  config = load_experiment("gan/stylegan2_cifar", arg)
   m = load_method(config)
   assert m.ada and m.pl_weight == 0 and m.style_mixing == 0 and m.r1_every == 16
   batch = {"image": jax.ShapeDtypeStruct((64, 32, 32, 3), jnp.float32),
@@ -228,6 +228,6 @@ def test_cifar_config_builds(arg):
 
 @pytest.mark.slow  # ~60 s on 2 cores
 def test_cifar_smoke_run_with_ada(tmp_path):
-  config = load_experiment("stylegan2_cifar", "smoke")
+  config = load_experiment("gan/stylegan2_cifar", "smoke")
   state = jgen.run.main(config, workdir=str(tmp_path), mode="train")
   assert int(state.step) == 2 and "ada" in state.model_state

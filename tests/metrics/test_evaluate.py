@@ -120,7 +120,7 @@ def test_launch_eval_computes_sample_metrics_of_a_trained_model(tmp_path, monkey
                                                                 isolated_cache):
   """`--mode=eval` of the DDPM smoke run: the method's loss and FID/KID/IS/P&R/D&C of its EMA
   samples against digits (an untrained domain net stands in for the trained one)."""
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   workdir = str(tmp_path / "run")
   jgen.run.main(config, workdir=workdir, mode="train")
   config.eval.metrics = "fid,kid,is,pr,dc"
@@ -227,7 +227,7 @@ def test_reconstruction_fid_of_every_held_out_image_once(monkeypatch):
 def test_rfid_of_a_trained_autoencoder(tmp_path, monkeypatch):
   """The AE smoke run through `reconstruct_images`, jitted and bound to the restored state the
   way `jgen.train.inference.evaluate` passes it; its FID is refused."""
-  config = load_experiment("ae_digits", "smoke")
+  config = load_experiment("autoencoder/ae_digits", "smoke")
   workdir = str(tmp_path / "run")
   jgen.run.main(config, workdir=workdir, mode="train")
   method, _, state = inference.restore_for_inference(config, workdir)

@@ -36,7 +36,7 @@ import jgen.run
 from jgen.train import inference, mesh as mesh_lib, sampling
 from jgen.train.method import load_method
 from tests.conftest import load_experiment
-c = load_experiment("ddpm_digits", "smoke")
+c = load_experiment("ddpm/digits", "smoke")
 c.train.num_steps = 4
 c.train.checkpoint_every = 2
 c.train.eval_every = 0

@@ -27,7 +27,7 @@ def _size(tree):
 def vqvae_run(tmp_path_factory):
   """A tiny trained VQ-VAE (stage one)."""
   workdir = str(tmp_path_factory.mktemp("vqvae"))
-  config = load_experiment("vqvae_digits", "smoke")
+  config = load_experiment("autoencoder/vqvae_digits", "smoke")
   config.train.num_steps = 4
   config.train.checkpoint_every = 4
   config.train.eval_every = 0
@@ -36,7 +36,7 @@ def vqvae_run(tmp_path_factory):
 
 
 def _stage_two(vqvae_workdir):
-  config = load_experiment("vqvae_digits", "smoke")
+  config = load_experiment("autoencoder/vqvae_digits", "smoke")
   config.method = "tests.train.latent_method"
   config.init_from.workdir = vqvae_workdir
   config.init_from.into = "frozen/autoencoder"
@@ -111,13 +111,13 @@ def test_tampered_frozen_record_is_detected(tmp_path, vqvae_run):
 
 
 def test_fine_tune_with_rules(tmp_path):
-  base = load_experiment("ddpm_digits", "smoke")
+  base = load_experiment("ddpm/digits", "smoke")
   base.train.num_steps = 2
   base.train.eval_every = 0
   jgen.run.main(base, workdir=str(tmp_path / "base"))
   pretrained, _ = init_from_lib.load(init_from_lib.InitFrom(str(tmp_path / "base")))
 
-  tune = load_experiment("ddpm_digits", "smoke")
+  tune = load_experiment("ddpm/digits", "smoke")
   tune.train.num_steps = 2
   tune.train.eval_every = 0
   tune.init_from.workdir = str(tmp_path / "base")
@@ -134,11 +134,11 @@ def test_fine_tune_with_rules(tmp_path):
 
 
 def test_shape_mismatch_lists_every_path_before_compiling(tmp_path):
-  base = load_experiment("ddpm_digits", "smoke")
+  base = load_experiment("ddpm/digits", "smoke")
   base.train.num_steps = 1
   base.train.eval_every = 0
   jgen.run.main(base, workdir=str(tmp_path / "base"))
-  wider = load_experiment("ddpm_digits", "smoke")
+  wider = load_experiment("ddpm/digits", "smoke")
   wider.model.ch = base.model.ch * 2
   wider.init_from.workdir = str(tmp_path / "base")
   with pytest.raises(init_from_lib.InitFromError, match=r"problem\(s\)") as e:
@@ -153,7 +153,7 @@ def test_bad_init_from_specs(tmp_path):
     init_from_lib.load(init_from_lib.InitFrom(str(tmp_path)))
   with pytest.raises(init_from_lib.InitFromError, match="frozen/<name>"):
     init_from_lib.InitFrom(str(tmp_path), into="frozen")
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   config.init_from.workdir = "/x"
   config.init_from.into = "frozen/teacher"
   (spec,) = init_from_lib.parse_init_from(config)

@@ -131,7 +131,7 @@ def test_image_shape_mismatch(tmp_path, smoke_config):
 
 
 def test_cifar_config_builds_the_paper_model():
-  config = load_experiment("ddpm_cifar")
+  config = load_experiment("ddpm/cifar")
   method = load_method(config)
   batch = {"image": jax.ShapeDtypeStruct((128, 32, 32, 3), np.float32)}
   state = jax.eval_shape(method.init, jax.random.key(0), batch)
@@ -146,7 +146,7 @@ import json, sys, jax, numpy as np
 sys.path.insert(0, {repo!r})
 import jgen.run
 from tests.conftest import load_experiment
-c = load_experiment("ddpm_digits", "smoke")
+c = load_experiment("ddpm/digits", "smoke")
 c.train.num_steps = 2
 c.train.eval_every = 0
 c.data.batch_size = 8
@@ -186,7 +186,7 @@ def test_eight_devices_match_one_device(tmp_path):
 def test_launch_py_with_overrides(tmp_path):
   workdir = str(tmp_path / "run")
   cmd = [sys.executable, str(REPO / "launch.py"),
-         "--config", str(REPO / "experiments" / "ddpm_digits.py") + ":smoke",
+         "--config", str(REPO / "experiments" / "ddpm" / "digits.py") + ":smoke",
          "--workdir", workdir, "--config.train.num_steps=2", "--config.train.eval_every=0",
          ]
   out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600,

@@ -29,7 +29,7 @@ def base_run(ddpm_smoke_run):
 
 
 def _lora_config(base_workdir, **lora):
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   config.init_from.workdir = base_workdir
   config.lora.rank = lora.get("rank", 2)
   config.lora.targets = lora.get("targets", r"conv|attn.*/(q|k|v|proj_out)$")
@@ -98,7 +98,7 @@ def test_fresh_lora_state_equals_base_model(base_run):
 
 
 def test_gan_adapters_in_each_network(tmp_path):
-  config = load_experiment("dcgan_digits", "smoke")
+  config = load_experiment("gan/dcgan_digits", "smoke")
   config.lora.rank = 2
   config.lora.targets = "Conv"
   config.train.num_steps = 2

@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 def _cmd(workdir, *extra):
   return [sys.executable, str(REPO / "launch.py"), "--config",
-          str(REPO / "experiments" / "ddpm_digits.py") + ":smoke", "--workdir", str(workdir),
+          str(REPO / "experiments" / "ddpm" / "digits.py") + ":smoke", "--workdir", str(workdir),
           "--nocompilation_cache", *_OVERRIDES, *extra]
 
 
@@ -53,7 +53,7 @@ def _finish(procs):
 
 
 def _params(workdir):
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   _, _, state = inference.restore_for_inference(config, str(workdir))
   assert int(state.step) == STEPS
   # Attention key biases are left out: they add q.b_k to every logit of a query, which softmax

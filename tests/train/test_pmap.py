@@ -64,14 +64,14 @@ def run(name, mode, workdir, steps, checkpoint_every=2):
 root = {root!r}
 out = {{"devices": jax.device_count()}}
 if {ddpm}:  # a stochastic method, started under jit and resumed under pmap
-  before = run("ddpm_digits", "jit", root + "/ddpm", 2)
-  after = run("ddpm_digits", "pmap", root + "/ddpm", 4)
+  before = run("ddpm/digits", "jit", root + "/ddpm", 2)
+  after = run("ddpm/digits", "pmap", root + "/ddpm", 4)
   out["ddpm_moved"] = max(abs(a - b) for x, y in zip(before, after) for a, b in zip(x, y))
 else:
-  out["jit"] = run("ae_digits", "jit", root + "/jit", 4)
-  out["pmap"] = run("ae_digits", "pmap", root + "/pmap", 4)
-  run("ae_digits", "pmap", root + "/resumed", 2)
-  out["resumed"] = run("ae_digits", "pmap", root + "/resumed", 4)
+  out["jit"] = run("autoencoder/ae_digits", "jit", root + "/jit", 4)
+  out["pmap"] = run("autoencoder/ae_digits", "pmap", root + "/pmap", 4)
+  run("autoencoder/ae_digits", "pmap", root + "/resumed", 2)
+  out["resumed"] = run("autoencoder/ae_digits", "pmap", root + "/resumed", 4)
 print(json.dumps(out))
 """
 

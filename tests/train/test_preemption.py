@@ -24,7 +24,7 @@ _OVERRIDES = [f"--config.train.num_steps={STEPS}", "--config.train.eval_every=0"
 
 def _launch_cmd(workdir):
   return [sys.executable, str(REPO / "launch.py"), "--config",
-          str(REPO / "experiments" / "ddpm_digits.py") + ":smoke", "--workdir", str(workdir),
+          str(REPO / "experiments" / "ddpm" / "digits.py") + ":smoke", "--workdir", str(workdir),
           "--nocompilation_cache", *_OVERRIDES]
 
 
@@ -35,7 +35,7 @@ def _run(cmd, **kw):
 
 
 def _final_leaves(workdir):
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   config.train.num_steps = STEPS
   _, _, state = inference.restore_for_inference(config, str(workdir))
   assert int(state.step) == STEPS

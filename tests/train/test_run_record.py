@@ -40,7 +40,7 @@ def test_missing_and_corrupt_records(tmp_path):
 
 
 def test_append_keeps_earlier_entries(tmp_path):
-  config = load_experiment("ddpm_digits", "smoke")
+  config = load_experiment("ddpm/digits", "smoke")
   run_record.append_start(str(tmp_path), config, step=0)
   config.seed = 7
   entry = run_record.append_start(str(tmp_path), config, step=3)
@@ -52,7 +52,7 @@ def test_append_keeps_earlier_entries(tmp_path):
 def test_resume_with_a_changed_config_is_an_error_that_lists_the_fields(tmp_path, smoke_config):
   workdir = str(tmp_path / "run")
   jgen.run.main(smoke_config, workdir=workdir, mode="train")
-  changed = load_experiment("ddpm_digits", "smoke")
+  changed = load_experiment("ddpm/digits", "smoke")
   changed.train.num_steps = 8
   changed.optim.lr = 1e-2
   changed.diffusion.beta_end = 0.03

@@ -9,7 +9,7 @@ from tests.conftest import load_experiment
 
 
 def test_train_examples_takes_the_first_n_of_the_training_split_only():
-  config = load_experiment("dcgan_digits", "smoke")
+  config = load_experiment("gan/dcgan_digits", "smoke")
   full = load_data(config, split=config.data.split)
   test_full = load_data(config, split=config.data.eval_split)
   config.data.train_examples = 10

@@ -14,7 +14,7 @@ from tests.conftest import load_experiment
 
 
 def _config():
-  c = load_experiment("ddpm_digits", "smoke")
+  c = load_experiment("ddpm/digits", "smoke")
   c.method = "tests.train.translate_method"
   c.data.source = "derived:edges:digits"
   c.optim.lr = 0.05
