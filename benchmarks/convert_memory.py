@@ -10,10 +10,11 @@ configs as dicts (``UNet2DConditionModel`` (320, 640, 1280, 1280), 2 layers per 
 attention 768, 8 heads, sample size 64; ``AutoencoderKL`` (128, 256, 512, 512); a 12-layer
 ``CLIPTextModel`` of width 768, vocabulary 49,408, quick_gelu), 1.07 billion float32 numbers,
 4.3 GB (``--dtype float16``: 2.1 GB, the size most published files have; jgen converts to
-float32, so the converted tree alone is twice the file). The models are built on torch's ``meta`` device (no weight is drawn there: only the names,
-shapes and ``config.json`` files are taken), and each tensor is filled from numpy's PCG64
-(N(0, 0.02^2)), which takes seconds where ``torch.nn.init`` on the real modules takes about a
-minute. The checkpoint is written under ``--out`` (default a fresh folder in /tmp) as
+float32, so the converted tree alone is twice the file). The models are built on torch's ``meta``
+device (no weight is drawn there: only the names, shapes and ``config.json`` files are taken), and
+each tensor is filled from numpy's PCG64 (N(0, 0.02^2)), which takes seconds where ``torch.nn.init``
+on the real modules takes about a minute. The checkpoint is written under ``--out`` (default a fresh
+folder in /tmp) as
 
 * ``folder``: a diffusers ``StableDiffusionPipeline`` folder (``unet/``, ``vae/``,
   ``text_encoder/`` as float32 safetensors, a ``tokenizer/`` with a small byte-level BPE
@@ -31,9 +32,9 @@ the forking parent into it), the peaks of its anonymous and file-backed parts (`
 ``RssFile`` of ``/proc/PID/status``, polled every 50 ms: the anonymous part is what the converter
 allocates, the file part the page cache of the mapped safetensors, which the kernel may drop),
 peak RSS / checkpoint size (and the same after subtracting the ``baseline`` row: a child that
-only imports JAX, Orbax and the converter), and the wall time. The issue's requirement: converting holds no more
-than about two copies of the checkpoint (ratio <= ~2). The checkpoint and the work directories
-are deleted at the end unless ``--keep``.
+only imports JAX, Orbax and the converter), and the wall time. The issue's requirement: converting
+holds no more than about two copies of the checkpoint (ratio <= ~2). The checkpoint and the work
+directories are deleted at the end unless ``--keep``.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ Features are computed chunk by chunk (train and test chunks alternating) and eac
 features are cached (``$JGEN_CACHE/fid_cifar``), so an interrupted or larger run reuses them;
 after every pair of chunks a row with the FID so far is printed (a running table: with fewer
 images FID is biased upward). ``--extra_num N`` adds KID and precision/recall/density/coverage
-of the first N features of each split (`jgen.metrics.mmd`, `jgen.metrics.precision_recall`). The statistics are `jgen.metrics.fid.GaussianStats` and the
-distance `jgen.metrics.fid.fid_from_stats`; the final statistics are saved as .npz.
+of the first N features of each split (`jgen.metrics.mmd`, `jgen.metrics.precision_recall`). The
+statistics are `jgen.metrics.fid.GaussianStats` and the distance `jgen.metrics.fid.fid_from_stats`;
+the final statistics are saved as .npz.
 
 Reference: about 3.15 for the TF FID code on the original CIFAR-10, 50k train vs 10k test.
 """

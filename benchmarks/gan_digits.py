@@ -18,7 +18,8 @@ sampling, e.g. a classifier-free guidance sweep of a conditional DDPM, with a pl
 or classifier guidance of an unconditional one by a `noisy_classifier_digits` run:
 
   python benchmarks/gan_digits.py --plot /tmp/clf.png --plot_key sample.classifier_scale \
-      --run "experiments/ddpm/digits.py=/tmp/ddpm@sample.classifier.workdir='/tmp/clf';sample.classifier_scale=3"
+      --run \
+      "experiments/ddpm/digits.py=/tmp/ddpm@sample.classifier.workdir='/tmp/clf';sample.classifier_scale=3"
 
 The samples go through `jgen.metrics.domain`'s digits classifier (a small conv net jgen trains
 on the digits train split; its held-out accuracy is printed), which gives:

@@ -3,9 +3,9 @@
   python benchmarks/gan_toy.py                      # all methods, both datasets, seed 0
   python benchmarks/gan_toy.py --methods wgan_gp --datasets ring --steps 3000 --seed 1
 
-MLP generator and discriminator (3 x `--hidden` ReLU, z in R^2), batch 256, the papers' toy optimizers
-(`jgen.gan.toy.TOY_METHODS`); each run is one jitted `lax.scan`. Prints, per run: modes covered
-(>= min_count of 2,500 samples within 3 std of the mode), the share of high-quality samples
+MLP generator and discriminator (3 x `--hidden` ReLU, z in R^2), batch 256, the papers' toy
+optimizers (`jgen.gan.toy.TOY_METHODS`); each run is one jitted `lax.scan`. Prints, per run: modes
+covered (>= min_count of 2,500 samples within 3 std of the mode), the share of high-quality samples
 (within 3 std of the nearest mode) and the wall time including compilation. `--plot` writes a
 scatter of samples over the modes (PNG, drawn with PIL).
 """
@@ -25,8 +25,8 @@ flags.DEFINE_list("methods", list(toy.TOY_METHODS), "Methods of jgen.gan.toy.TOY
 flags.DEFINE_list("datasets", ["ring", "grid"], "ring and/or grid.")
 flags.DEFINE_integer("steps", 2000, "Generator steps.")
 flags.DEFINE_integer("seed", 0, "Seed of initialization, data and noise.")
-flags.DEFINE_integer("hidden", 256, "Width of the 3 hidden layers of G and D (the authors' toy code: 512; "
-                     "it did worse here at 2,000 steps).")
+flags.DEFINE_integer("hidden", 256, "Width of the 3 hidden layers of G and D (the authors' toy "
+                     "code: 512; it did worse here at 2,000 steps).")
 flags.DEFINE_float("ring_std", 0.05, "Standard deviation of each ring mode.")
 flags.DEFINE_float("grid_std", 0.05, "Standard deviation of each grid mode.")
 flags.DEFINE_integer("min_count", 20, "High-quality samples (of 2,500) that cover a mode.")
@@ -46,8 +46,8 @@ def main(argv):
       m = toy.mode_metrics(samples, means, std, min_count=FLAGS.min_count)
       rows.append((name, dataset, std, m, time.time() - t0))
       scatters.append((f"{name} / {dataset}", samples, means))
-  print(f"steps {FLAGS.steps}, hidden {FLAGS.hidden}, seed {FLAGS.seed}, 2,500 samples, mode covered at >= "
-        f"{FLAGS.min_count} samples within 3 std")
+  print(f"steps {FLAGS.steps}, hidden {FLAGS.hidden}, seed {FLAGS.seed}, 2,500 samples, mode "
+        f"covered at >= {FLAGS.min_count} samples within 3 std")
   print("| method | dataset | std | modes covered | high quality (within 3 std) | s |")
   print("|---|---|---|---|---|---|")
   for name, dataset, std, m, seconds in rows:

@@ -5,13 +5,13 @@
 
 Latent: `diffusion.ldm` with experiments/ldm/digits.py's U-Net (ch 32, ch_mult (1, 2),
 cross-attention to 4 label tokens) on the f = 4 latents of
-experiments/first_stage/vqgan_digits.py's first stage (16x16 -> 4x4x8; at 32x32 the same first stage gives 8x8x8), the frozen encoder (and the
-VQ nearest-code search) inside every step, as in training. Pixel: `diffusion.ddpm` with
-experiments/ddpm/digits.py's U-Net (ch 16, ch_mult (1, 2, 4), attention at 8x8) on the images
-(16x16x1; 32x32x1). The first stage is randomly initialized (its cost does not depend on its
-values). Both steps are jitted with the state donated; the two alternate in one process
-(`--rounds` rounds of `--steps` steps each) so that load from other processes hits both alike;
-the table gives the median images/s over rounds and the ratio latent / pixel.
+experiments/first_stage/vqgan_digits.py's first stage (16x16 -> 4x4x8; at 32x32 the same first stage
+gives 8x8x8), the frozen encoder (and the VQ nearest-code search) inside every step, as in training.
+Pixel: `diffusion.ddpm` with experiments/ddpm/digits.py's U-Net (ch 16, ch_mult (1, 2, 4), attention
+at 8x8) on the images (16x16x1; 32x32x1). The first stage is randomly initialized (its cost does not
+depend on its values). Both steps are jitted with the state donated; the two alternate in one
+process (`--rounds` rounds of `--steps` steps each) so that load from other processes hits both
+alike; the table gives the median images/s over rounds and the ratio latent / pixel.
 """
 
 from __future__ import annotations

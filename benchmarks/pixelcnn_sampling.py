@@ -1,4 +1,5 @@
-"""Prints PixelCNN sampling images/s: the one-jit raster `lax.scan` of `jgen.autoregressive.pixelcnn`.
+"""Prints PixelCNN sampling images/s: the one-jit raster `lax.scan` of
+`jgen.autoregressive.pixelcnn`.
 
   python benchmarks/pixelcnn_sampling.py --config experiments/autoregressive/pixelcnn_digits.py \
       --workdir /tmp/pixelcnn_digits --batch 100

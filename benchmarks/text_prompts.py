@@ -1,8 +1,8 @@
 """Prompt accuracy of a text-conditioned digits model: the share of samples the digits domain
 classifier reads as the digit a prompt asks for, per phrasing, for trained and held-out ones.
 
-  python benchmarks/text_prompts.py \
-      --run "experiments/ldm/text_digits.py=/tmp/ldm_text_digits@init_from.workdir='/tmp/vqgan_digits'" \
+  python benchmarks/text_prompts.py --run \
+      "experiments/ldm/text_digits.py=/tmp/ldm_text_digits@init_from.workdir='/tmp/vqgan_digits'" \
       --guidance 1 --guidance 3
 
 Each phrasing (``--templates``, `jgen.nn.text.caption` placeholders {word}, {digit}, {a}) is

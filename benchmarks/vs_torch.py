@@ -67,8 +67,9 @@ flags.DEFINE_integer("fid_images", 200, "Images of the fid row.")
 flags.DEFINE_integer("fid_batch", 50, "Images per Inception call.")
 flags.DEFINE_bool("torch_compile", False, "torch.compile the torch U-Net.")
 flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for the MFU column.")
-flags.DEFINE_float("settle", 0.5, "Seconds of sleep before every timed call, so the other framework's "
-                   "worker threads (torch's OpenMP pool, XLA's) have stopped spinning.")
+flags.DEFINE_float("settle", 0.5, "Seconds of sleep before every timed call, so the other "
+                   "framework's worker threads (torch's OpenMP pool, XLA's) have stopped "
+                   "spinning.")
 flags.DEFINE_bool("jgen_cpu_flags", True, "Set jgen's XLA:CPU flags as launch.py does "
                   "(`jgen.xla.CPU_XLA_FLAGS`); --nojgen_cpu_flags: XLA's defaults.")
 flags.DEFINE_integer("threads", None, "torch intra-op threads (default: torch's own choice).")

@@ -23,7 +23,8 @@ def get_config(mode: str) -> ml_collections.ConfigDict:
   c.consistency.time_input = "edm"    # c_noise: edm (250 ln sigma) | ddpm (teacher's timestep)
   c.consistency.net_output = "F"      # F | v (the network gives -F: a v-prediction DDPM's)
   c.consistency.distance = "pseudo_huber"  # l2 | pseudo_huber | lpips (needs the weights)
-  c.consistency.huber_c = ml_collections.FieldReference(None, field_type=float)  # None: 0.00054 sqrt(d)
+  c.consistency.huber_c = ml_collections.FieldReference(None, field_type=float)  # None: 0.00054
+                                                                                 # sqrt(d)
   c.consistency.lpips = ml_collections.ConfigDict()
   c.consistency.lpips.vgg_path = ""   # torchvision vgg16-397923af.pth
   c.consistency.lpips.lin_path = ""   # lpips weights/v0.1/vgg.pth
@@ -32,7 +33,8 @@ def get_config(mode: str) -> ml_collections.ConfigDict:
   c.consistency.num_levels = 18
   c.consistency.solver = "heun"       # euler | heun
   c.consistency.target_decay = 0.95
-  c.consistency.student_init = "teacher"  # teacher (its weights; architectures must match) | scratch
+  c.consistency.student_init = "teacher"  # teacher (its weights; architectures must match)
+                                          # | scratch
   # CT: the curriculum N(k) = min(s0 2^floor(k/K'), s1) + 1 and lognormal level sampling.
   c.consistency.s0 = 10
   c.consistency.s1 = 1280

@@ -17,7 +17,8 @@ Fields beyond `jgen.train.config.base_config`:
   official code).
 * `gan.n_critic` (5), `gan.lambda_gp` (10), `gan.lambda_cls` (1), `gan.lambda_rec` (10),
 * `optim` is G's optimizer (`optim.schedule = "linear"` holds the learning rate, then decays it
-  linearly to 0 from the fraction `optim.decay_from` of the run, for both networks); `optim_d` follows it field by field unless set (as in base_gan).
+  linearly to 0 from the fraction `optim.decay_from` of the run, for both networks); `optim_d`
+  follows it field by field unless set (as in base_gan).
 * `train.ema_decay`: EMA of G for translation and evaluation (0: none, as the paper).
 
 `data.batch_size` is n_critic x the per-update batch: critic update k reads rows k, k + 5, ...;

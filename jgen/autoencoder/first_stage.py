@@ -174,7 +174,8 @@ def load_perceptual(kind: str, *, image_size: int, channels: int, domain: str = 
                        f"{image_size}x{image_size}x{channels}. Use loss.perceptual='lpips' "
                        "(with its weight files) or 'none'")
     p = Perceptual("domain", f"LPIPS-form distance over the 3 conv layers of the domain:{domain} "
-                   f"classifier (held-out accuracy {net.meta.get('test_accuracy', float('nan')):.3f}"
+                   "classifier (held-out accuracy "
+                   f"{net.meta.get('test_accuracy', float('nan')):.3f}"
                    "), NOT LPIPS")
     variables = net.params
   else:

@@ -30,7 +30,8 @@ from jgen.convert.common import ConversionError
 from jgen.convert.files import UnknownFormatError
 from jgen.nn.clip_tokenizer import CLIPTokenizer
 
-__all__ = ["ConversionError", "UnknownFormatError", "load", "load_tokenizer", "common", "single_file"]
+__all__ = ["ConversionError", "UnknownFormatError", "load", "load_tokenizer", "common",
+           "single_file"]
 
 _UNETS = ("UNet2DModel", "UNet2DConditionModel")
 _AUTOENCODERS = ("AutoencoderKL", "VQModel")

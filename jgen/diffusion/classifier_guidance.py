@@ -120,8 +120,8 @@ def classifier_guided_ddpm_sample(
 ) -> jax.Array:
   """Ancestral sampling with the classifier-shifted mean (Dhariwal & Nichol, Algorithm 1).
 
-  `ddpm_sample` with a `mean_shift`: each step forms the DDPM posterior mean mu and variance Sigma from eps_fn (x_0 prediction
-  clipped to [-1, 1] with `clip_denoised`, as `ddpm_sample`), then draws
+  `ddpm_sample` with a `mean_shift`: each step forms the DDPM posterior mean mu and variance Sigma
+  from eps_fn (x_0 prediction clipped to [-1, 1] with `clip_denoised`, as `ddpm_sample`), then draws
   ``x_{t-1} = mu + s Sigma grad_fn(x_t, t) + sqrt(Sigma_clipped) z`` with no noise at t = 0.
   The shift uses the posterior variance beta_t (1 - abar_{t-1}) / (1 - abar_t) (zero at
   t = 0, as guided-diffusion's ``condition_mean``); the noise uses the clipped log variance

@@ -293,4 +293,5 @@ def make_personalized(config: Any, *, textual_inversion: bool) -> Personalized:
   return Personalized(base=base, model=model, subject_class=int(p.subject_class),
                       prior_weight=prior_weight,
                       num_class_images=int(p.num_class_images),
-                      prior_batch=int(p.prior_batch), class_seed=int(p.class_seed), base_load=base_load)
+                      prior_batch=int(p.prior_batch), class_seed=int(p.class_seed),
+                      base_load=base_load)

@@ -338,8 +338,8 @@ class ProGAN:
 
 def make_method(config: Any) -> ProGAN:
   """Translates `model` (z_dim, features per level, mbstd_group), `gan` (images_per_phase,
-  gp_weight, drift, reset_optimizer, ADA's fields), `optim` (both networks), `train` into a ProGAN; every
-  inconsistency is an error here, before anything compiles."""
+  gp_weight, drift, reset_optimizer, ADA's fields), `optim` (both networks), `train` into a ProGAN;
+  every inconsistency is an error here, before anything compiles."""
   m, g, size = config.model, config.gan, config.data.image_size
   levels = nets.num_levels(size)
   features = tuple(int(f) for f in m.features)

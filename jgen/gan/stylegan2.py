@@ -8,12 +8,12 @@ per-layer noise and truncation; its step is the same two pure updates of `jgen.g
     G:  softplus(-D(G(z))) + [s % k_pl == 0] k_pl pl_weight E[(a - m)^2]
 
 (k_r = `r1_every`, k_pl = `pl_every`; the non-saturating loss; lazy R1 of `updates.r1`,
-gamma = `gan.r1_gamma`, every 16; lazy path-length regularization of `updates.path_length` w.r.t. ws on B / `pl_batch_shrink` examples,
-every 4, its running mean m with decay 0.01 in ``model_state["path_length"]``). The lazy terms
-enter the step they are due in, scaled by their interval; the reference runs them as separate
-optimizer steps and therefore rescales Adam's learning rate and betas by c = k / (k + 1) for
-each network -- jgen adds them to the main step's loss instead (one step, one optimizer), so the
-configured lr and betas are used as they are.
+gamma = `gan.r1_gamma`, every 16; lazy path-length regularization of `updates.path_length` w.r.t. ws
+on B / `pl_batch_shrink` examples, every 4, its running mean m with decay 0.01 in
+``model_state["path_length"]``). The lazy terms enter the step they are due in, scaled by their
+interval; the reference runs them as separate optimizer steps and therefore rescales Adam's learning
+rate and betas by c = k / (k + 1) for each network -- jgen adds them to the main step's loss instead
+(one step, one optimizer), so the configured lr and betas are used as they are.
 
 * Style mixing (`style_mixing`, 0.9): with that probability per step, one cutoff
   c ~ U{1, ..., num_ws - 1} for the batch and the style inputs l >= c taken from the mapping

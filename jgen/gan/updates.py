@@ -42,7 +42,8 @@ Sketch: CycleGAN (Zhu et al. 2017) with generators `g_ab`, `g_ba` and discrimina
     return adv + 10.0 * cycle, (ms, {"g_loss": adv, "cycle": cycle})
 
   state, m_g = update(state, g_loss, networks=("g_ab", "g_ba"), rng=r0, count_step=True)
-  fake_b = g(state.model_params["g_ab"], ..., a)[0]; fake_a = g(state.model_params["g_ba"], ..., b)[0]
+  fake_b = g(state.model_params["g_ab"], ..., a)[0]
+  fake_a = g(state.model_params["g_ba"], ..., b)[0]
   state, m_b = discriminator_update(state, d, b, fake_b, network="d_b", loss="least_squares",
                                     rng=r1, step=state.step)
   state, m_a = discriminator_update(state, d, a, fake_a, network="d_a", loss="least_squares",

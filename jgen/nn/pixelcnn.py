@@ -81,7 +81,8 @@ def down_shifted_conv(features: int, kernel: tuple[int, int], *, name: str | Non
 
 def down_right_shifted_conv(features: int, kernel: tuple[int, int], *, name: str | None = None,
                             dtype=jnp.float32):
-  """A conv whose output (i, j) reads rows i-kh+1..i, columns j-kw+1..j (see `down_shifted_conv`)."""
+  """A conv whose output (i, j) reads rows i-kh+1..i, columns j-kw+1..j (see
+  `down_shifted_conv`)."""
   _check_kernel(kernel, centred=False)
   kh, kw = kernel
   conv = nn.Conv(features, kernel, padding="VALID", dtype=dtype, name=name)

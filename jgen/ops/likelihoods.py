@@ -91,7 +91,8 @@ class LogisticMixture(NamedTuple):
 
 
 def mixture_num_params(channels: int, num_components: int) -> int:
-  """Numbers per pixel of a `LogisticMixture`: K (1 + 2 C + C (C - 1) / 2): 3 K for C = 1, 10 K for C = 3."""
+  """Numbers per pixel of a `LogisticMixture`: K (1 + 2 C + C (C - 1) / 2): 3 K for C = 1,
+  10 K for C = 3."""
   if channels < 1 or num_components < 1:
     raise ValueError(f"a logistic mixture needs channels >= 1 and num_components >= 1, got "
                      f"channels={channels}, num_components={num_components}")

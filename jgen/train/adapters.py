@@ -7,9 +7,9 @@ state (`attach`):
   ``lora`` subtree: at the root for one network, inside each network (``generator/lora``,
   ``discriminator/lora``) when the method trains networks side by side (`PerNetwork`), so each
   network's optimizer finds its own adapters;
-* ``state.view`` is the `Lora` (its `Lora.view`; before the method's own view, if it has one): every loss, gradient and EMA tree the method sees is the base
-  with W + (alpha / r) A B folded in (`TrainState.grad`, `model_params`, `ema_params`), so no
-  method changes and no module is forked;
+* ``state.view`` is the `Lora` (its `Lora.view`; before the method's own view, if it has one): every
+  loss, gradient and EMA tree the method sees is the base with W + (alpha / r) A B folded in
+  (`TrainState.grad`, `model_params`, `ema_params`), so no method changes and no module is forked;
 * the rules (`rules`) train the adapters only unless ``optim.rules`` says otherwise, so the
   optimizer state and the EMAs hold adapters only. ``init_from`` puts the pretrained base in
   (its paths are the method's; the adapters keep their initial values, B = 0).

@@ -38,7 +38,8 @@ def learning_rate_schedule(*, lr: float, warmup_steps: int = 0, schedule: str = 
   """
   if schedule not in SCHEDULES:
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; use one of {SCHEDULES}")
-  if schedule not in ("constant", "exponential") and (not total_steps or total_steps <= warmup_steps):
+  if (schedule not in ("constant", "exponential")
+      and (not total_steps or total_steps <= warmup_steps)):
     raise ValueError(f"{schedule} schedule needs total_steps > warmup_steps, got "
                      f"total_steps={total_steps}, warmup_steps={warmup_steps}")
   if schedule == "constant":

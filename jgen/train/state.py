@@ -36,7 +36,8 @@ from jgen.train import rules as rules_lib
 
 PyTree = Any
 
-__all__ = ["ChainedView", "EmaSpec", "PerNetwork", "TrainState", "ema_decay_at", "ema_update", "per_network"]
+__all__ = ["ChainedView", "EmaSpec", "PerNetwork", "TrainState", "ema_decay_at", "ema_update",
+           "per_network"]
 
 
 def ema_update(ema_params: PyTree, params: PyTree, decay: jax.Array | float) -> PyTree:

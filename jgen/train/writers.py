@@ -42,7 +42,8 @@ def image_grid(images: np.ndarray, *, ncol: int | None = None, pad: int = 1) -> 
   grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, np.uint8)
   for i in range(n):
     r, k = divmod(i, ncol)
-    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = images[i]
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+         pad + k * (w + pad):pad + k * (w + pad) + w] = images[i]
   return grid
 
 

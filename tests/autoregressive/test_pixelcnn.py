@@ -92,7 +92,8 @@ def test_gated_layer_keeps_both_streams_causal(conditional):
                                                                   <= i * W + j))
   assert np.all(dependence(lambda v: out(1, v, h), v) <= rows)
   # ... and within those windows the layer does read (the residual and the kernels).
-  assert dependence(lambda h: out(1, v, h), h)[12, 11] and dependence(lambda v: out(1, v, h), v)[12, 7]
+  assert (dependence(lambda h: out(1, v, h), h)[12, 11]
+          and dependence(lambda v: out(1, v, h), v)[12, 7])
 
 
 @pytest.mark.parametrize("channels,kernel_size,num_layers", [(1, 3, 3), (3, 5, 1), (3, 3, 0)])

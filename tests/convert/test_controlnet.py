@@ -69,9 +69,10 @@ def controlled(converted, ref):
 def residuals(converted, ref):
   """The control branch's residuals as a function of (guess mode, the traced scale)."""
   _, _, control, variables = converted
-  fns = {guess: jax.jit(lambda v, s, c=control.clone(guess_mode=guess): c.apply(
+  clones = {guess: control.clone(guess_mode=guess) for guess in (False, True)}
+  fns = {guess: jax.jit(lambda v, s, c=c: c.apply(
       v, ref["latents"], ref["timesteps"], {"context": ref["context"]}, ref["hint_pm1"],
-      train=False, conditioning_scale=s)) for guess in (False, True)}
+      train=False, conditioning_scale=s)) for guess, c in clones.items()}
   return lambda tag: fns[tag == "guess"](variables, SCALES.get(tag, 1.0))
 
 

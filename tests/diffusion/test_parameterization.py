@@ -49,7 +49,8 @@ def np_alpha_sigma(t):
 def test_v_target_matches_numpy(schedule, data):
   x0, eps, t = data
   a, s = np_alpha_sigma(t)
-  got = v_target(schedule, jnp.asarray(x0, jnp.float32), jnp.asarray(t), jnp.asarray(eps, jnp.float32))
+  got = v_target(schedule, jnp.asarray(x0, jnp.float32), jnp.asarray(t),
+                 jnp.asarray(eps, jnp.float32))
   np.testing.assert_allclose(got, a * eps - s * x0, rtol=1e-5, atol=1e-5)
 
 
@@ -126,7 +127,8 @@ def test_fractional_timesteps(schedule):
   # Halfway between steps, log sigma is the mean of its neighbours.
   half = jnp.asarray([10.5, 700.5])
   np.testing.assert_allclose(jnp.log(timestep_to_sigma(schedule, half)),
-                             0.5 * (jnp.log(sig[np.array([10, 700])]) + jnp.log(sig[np.array([11, 701])])), rtol=1e-5)
+                             0.5 * (jnp.log(sig[np.array([10, 700])])
+                                    + jnp.log(sig[np.array([11, 701])])), rtol=1e-5)
   np.testing.assert_allclose(sigma_to_timestep(schedule, timestep_to_sigma(schedule, half)), half,
                              atol=2e-3)
   # Conversions accept float t and stay consistent there.

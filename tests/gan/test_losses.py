@@ -1,4 +1,5 @@
-"""GAN losses against hand-computed values, the gradient penalty of a linear critic, R1, clipping."""
+"""GAN losses against hand-computed values, the gradient penalty of a linear critic, R1,
+clipping."""
 
 import math
 

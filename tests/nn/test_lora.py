@@ -132,4 +132,5 @@ def test_bad_targets_ranks_and_inits_are_refused(unet):
     Lora(rank=2, targets="(")
   with pytest.raises(KeyError, match="lack"):
     Lora(rank=1, targets=".*").merge(
-        params, {"elsewhere": {"kernel": {"lora_a": jnp.zeros((2, 1)), "lora_b": jnp.zeros((1, 2))}}})
+        params,
+        {"elsewhere": {"kernel": {"lora_a": jnp.zeros((2, 1)), "lora_b": jnp.zeros((1, 2))}}})

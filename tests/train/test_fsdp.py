@@ -47,13 +47,16 @@ c.mesh.fsdp = {fsdp}
 state = jgen.run.main(c, workdir={workdir!r}, compilation_cache=False)
 per_device = mesh_lib.state_bytes_per_device(state.checkpoint_items())
 out = {{"devices": jax.device_count(),
-        "params": [np.asarray(x, np.float64).ravel().tolist() for x in jax.tree.leaves(state.params)],
+        "params": [np.asarray(x, np.float64).ravel().tolist()
+                   for x in jax.tree.leaves(state.params)],
         "max_bytes_per_device": max(per_device.values()),
-        "total_bytes": int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state.checkpoint_items())))}}
+        "total_bytes": int(sum(np.asarray(x).nbytes
+                               for x in jax.tree.leaves(state.checkpoint_items())))}}
 if {restore_fsdp} is not None:  # the same checkpoint restored onto another mesh
   c.mesh.fsdp = {restore_fsdp}
   _, _, restored = inference.restore_for_inference(c, {workdir!r})
-  out["restored"] = [np.asarray(x, np.float64).ravel().tolist() for x in jax.tree.leaves(restored.params)]
+  out["restored"] = [np.asarray(x, np.float64).ravel().tolist()
+                     for x in jax.tree.leaves(restored.params)]
   # The loop's sampler spreads the 8 samples over the 8 devices and gathers them: the same
   # images as one replicated program.
   method = load_method(c)

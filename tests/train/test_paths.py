@@ -97,7 +97,8 @@ def test_empty_split_names_its_source(tmp_path, smoke_config):
   path = tmp_path / "empty.npz"
   np.savez(path, images=np.zeros((0, 8, 8, 1), np.uint8))
   smoke_config.data.source = f"npz:{path}"
-  with pytest.raises(ValueError, match=f"npz:{path} split 'train' has no images.*--config.data.split"):
+  with pytest.raises(ValueError,
+                     match=f"npz:{path} split 'train' has no images.*--config.data.split"):
     jgen.run.main(smoke_config, workdir=str(tmp_path / "run"))
 
 
