@@ -110,7 +110,7 @@ def test_compute_dtypes_come_from_the_one_table():
   """float16 is refused (jgen does not scale losses); bfloat16 and float32 are offered."""
   model = ml_collections.ConfigDict(dict(ch=8, ch_mult=(1,), num_res_blocks=1,
                                          attn_resolutions=(), dropout=0.0, num_groups=4,
-                                         dtype="bfloat16"))
+                                         num_classes=0, dtype="bfloat16"))
   assert make_unet(model).dtype == jnp.bfloat16
   model.dtype = "float16"
   with pytest.raises(ValueError, match="loss scaling"):
