@@ -49,7 +49,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
