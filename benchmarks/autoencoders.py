@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from jgen.autoencoder import quantizer as vq
+from jgen.ops import quantizer as vq
 from jgen.autoencoder.ae import corrupt
 from jgen.ops.image import psnr
 from jgen.train.config import experiment_module

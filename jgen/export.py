@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from jgen import errors
-from jgen.autoencoder.ldm_autoencoder import LDMAutoencoder
+from jgen.nn.ldm_autoencoder import LDMAutoencoder
 from jgen.convert import lora_export, textual_inversion, to_diffusers
 from jgen.diffusion.stable_diffusion import make_tokenizer
 from jgen.nn.controlnet import ControlNet, ControlledUNet

@@ -20,7 +20,7 @@ paper's data augmentation is random translation by up to 10%, which jgen.data do
 `:method=realnvp` is RealNVP's CIFAR-10 model (Dinh et al. 2017, section 4.1): the logit transform
 (a = 0.05), one downscaling (2 levels), coupling networks of 8 residual blocks with 64 feature
 maps, batch 64, Adam at 1e-3, random horizontal flips; the paper reports 3.49 bits/dim. ActNorm
-stands in for the paper's batch normalization (see jgen.flow.models.RealNVP), and its small L2
+stands in for the paper's batch normalization (see jgen.nn.flow_models.RealNVP), and its small L2
 penalty on weight-normalization scales has no counterpart here.
 
 `,smoke` (`:glow,smoke`, `:realnvp,smoke`) is a tiny model on the same data shape, for tests.

@@ -80,7 +80,7 @@ def config(variant: str) -> ml_collections.ConfigDict:
   t.pad_token = "<|endoftext|>"   # SD 1.x; SD 2.x (OpenCLIP) pads with "!"
   t.captions = ""                 # fine-tuning: '|'-separated caption per label ("" = empty)
 
-  # The KL autoencoder (jgen.autoencoder.ldm_autoencoder).
+  # The KL autoencoder (jgen.nn.ldm_autoencoder).
   c.autoencoder = ml_collections.ConfigDict()
   a = c.autoencoder
   a.ch, a.ch_mult, a.num_res_blocks, a.num_groups = 128, (1, 2, 4, 4), 2, 32

@@ -6,11 +6,11 @@ densities (`likelihoods`, which is `jgen.ops.likelihoods`), and the vector quant
 (`quantizer`), which latent models reuse.
 """
 
-from jgen.autoencoder import quantizer
+from jgen.ops import quantizer
 from jgen.autoencoder.ae import Autoencoder, corrupt
 from jgen.autoencoder.common import reconstruction_error
-from jgen.autoencoder.networks import Decoder, Encoder, init_encoder_decoder
-from jgen.autoencoder.quantizer import (QuantizerOutput, codebook_perplexity,
+from jgen.nn.autoencoder import Decoder, Encoder, init_encoder_decoder
+from jgen.ops.quantizer import (QuantizerOutput, codebook_perplexity,
                                         ema_codebook_update, nearest_code, quantize,
                                         restart_dead_codes)
 from jgen.autoencoder.vae import VAE, iwae_bound, kl_weight, lerp

@@ -24,7 +24,7 @@ import optax
 
 from jgen.autoencoder.common import (interleave, load_holdout, make_networks,
                                      reconstruction_error)
-from jgen.autoencoder.networks import Decoder, Encoder, init_encoder_decoder, latent_shape
+from jgen.nn.autoencoder import Decoder, Encoder, init_encoder_decoder, latent_shape
 from jgen.ops.image import psnr
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState

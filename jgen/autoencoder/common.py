@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgen.autoencoder.networks import Decoder, Encoder
+from jgen.nn.autoencoder import Decoder, Encoder
 from jgen.nn.dtypes import compute_dtype
 from jgen.train.inputs import load_data
 

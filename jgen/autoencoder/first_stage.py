@@ -2,12 +2,12 @@
 al. 2022) as a method of the loop, `config.method = "autoencoder.first_stage"` with
 `config.bottleneck.kind = "vq" | "kl"`.
 
-Networks: `jgen.autoencoder.ldm_networks` (f = 2^(len(ch_mult) - 1)); a PatchGAN critic
+Networks: `jgen.nn.ldm_networks` (f = 2^(len(ch_mult) - 1)); a PatchGAN critic
 (`jgen.nn.translation.PatchDiscriminator`) on the images.
 
 Bottlenecks (encoder output h = E(x), `[B, r, r, c]`):
 
-* ``vq``: nearest of K codes (`jgen.autoencoder.quantizer.quantize`, straight-through), with
+* ``vq``: nearest of K codes (`jgen.ops.quantizer.quantize`, straight-through), with
   the codebook learned by its loss or by EMA statistics (`bottleneck.ema`), dead-code restarts,
   and optionally l2-normalized codes (ViT-VQGAN, Yu et al. 2022: h / ||h|| and e_k / ||e_k||
   before the nearest-neighbour search, i.e. the max-cosine code; the decoder gets the unit
@@ -64,9 +64,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgen.autoencoder import quantizer as vq
+from jgen.ops import quantizer as vq
 from jgen.autoencoder.common import interleave, load_holdout, reconstruction_error
-from jgen.autoencoder.ldm_networks import LAST_LAYER, LDMDecoder, LDMEncoder, latent_resolution
+from jgen.nn.ldm_networks import (LAST_LAYER, LOGVAR_RANGE, LDMDecoder, LDMEncoder,
+                                   latent_resolution)
 from jgen.autoencoder.vqvae import masked_optimizer
 from jgen.gan import losses, updates
 from jgen.gan.adversarial import discriminator_optim
@@ -88,7 +89,6 @@ __all__ = ["BOTTLENECKS", "FirstStage", "PERCEPTUAL", "Perceptual", "adaptive_we
 
 BOTTLENECKS = ("vq", "kl")
 PERCEPTUAL = ("lpips", "domain", "none")
-LOGVAR_RANGE = (-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamp
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from jgen.autoencoder.common import make_networks
-from jgen.autoencoder.networks import Decoder, Encoder, init_encoder_decoder, latent_shape
+from jgen.nn.autoencoder import Decoder, Encoder, init_encoder_decoder, latent_shape
 from jgen.ops import likelihoods as lik
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState

@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgen.autoencoder import quantizer as vq
+from jgen.ops import quantizer as vq
 from jgen.autoencoder.common import (interleave, load_holdout, make_networks,
                                      reconstruction_error)
-from jgen.autoencoder.networks import Decoder, Encoder, latent_shape
+from jgen.nn.autoencoder import Decoder, Encoder, latent_shape
 from jgen.ops.image import psnr
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState

@@ -49,7 +49,7 @@ def load(path: str, *, variant: str | None = None, dtype: Any = np.float32
 
   Folders: ``UNet2DModel`` / ``UNet2DConditionModel`` -> `jgen.nn.unet.UNet`
   (``apply(variables, x, t, conditions, train=False)``, NHWC, ``{"context": [B, L, D]}``);
-  ``AutoencoderKL`` / ``VQModel`` -> `jgen.autoencoder.ldm_autoencoder.LDMAutoencoder`
+  ``AutoencoderKL`` / ``VQModel`` -> `jgen.nn.ldm_autoencoder.LDMAutoencoder`
   (``method=module.encode`` / ``decode``); ``CLIPTextModel`` -> `jgen.nn.clip.CLIPTextModel`
   (token ids ``[B, 77]`` -> hidden states); ``ControlNetModel`` -> the control branch
   (`jgen.convert.controlnet`).

@@ -45,8 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgen.autoencoder.ldm_autoencoder import LDMAutoencoder, example_input
-from jgen.autoencoder.ldm_networks import LDMDecoder, LDMEncoder
+from jgen.nn.ldm_autoencoder import LDMAutoencoder, example_input
+from jgen.nn.ldm_networks import LDMDecoder, LDMEncoder
 from jgen.convert.common import Renamed, StateDict, Tree, flatten_tree
 
 PyTree = Any

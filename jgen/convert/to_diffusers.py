@@ -39,7 +39,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from jgen import errors
-from jgen.autoencoder.ldm_autoencoder import LDMAutoencoder
+from jgen.nn.ldm_autoencoder import LDMAutoencoder
 from jgen.convert.autoencoder import autoencoder_from_diffusers, autoencoder_module
 from jgen.convert.common import AnyName, ConversionError, flatten_tree
 from jgen.convert.controlnet import controlnet_from_diffusers, controlnet_settings

@@ -8,7 +8,7 @@ Three networks, laid out as a converted checkpoint brings them (`python -m jgen.
 * the CLIP text encoder ``frozen["text_encoder"]`` (`jgen.nn.clip.CLIPTextModel`): the
   context ``c = CLIP(tokens)`` at layer ``text.output_layer`` (-1: the last, SD 1.x; -2: the
   penultimate, SD 2.x), ``[B, 77, D]``;
-* the KL autoencoder ``frozen["autoencoder"]`` (`jgen.autoencoder.ldm_autoencoder`): latents
+* the KL autoencoder ``frozen["autoencoder"]`` (`jgen.nn.ldm_autoencoder`): latents
   ``z = s E(x)`` with ``s = autoencoder.scaling_factor`` (0.18215 in SD 1.x / 2.x), images
   ``x = D(z / s)``.
 
@@ -55,10 +55,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgen.autoencoder.ldm_autoencoder import LDMAutoencoder
+from jgen.nn.ldm_autoencoder import LDMAutoencoder
 from jgen.convert import lora as lora_files
 from jgen.convert import textual_inversion
-from jgen.autoencoder.ldm_networks import LDMDecoder, LDMEncoder
+from jgen.nn.ldm_networks import LDMDecoder, LDMEncoder
 from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion.guidance import cfg_eps_fn
 from jgen.diffusion.losses import ddpm_loss

@@ -6,13 +6,15 @@ squeeze, split), the multi-scale models (`models`) and the dequantization arithm
 (`likelihood`; the standard normal and bits/dim are `jgen.ops.likelihoods`, shared with the VAE).
 """
 
-from jgen.flow import layers, likelihood, models
-from jgen.flow.layers import (ActNorm, AdditiveCoupling, AffineCoupling, CouplingNet,
+from jgen.flow import likelihood
+from jgen.nn import flow_layers as layers
+from jgen.nn import flow_models as models
+from jgen.nn.flow_layers import (ActNorm, AdditiveCoupling, AffineCoupling, CouplingNet,
                               InvConv1x1, LearnedPrior, Split, Squeeze, ZeroConv,
                               checkerboard_mask, squeeze, unsqueeze)
 from jgen.flow.likelihood import dequantize, postprocess, preprocess, quantize, to_levels
 from jgen.flow.method import FlowMethod, flow_method
-from jgen.flow.models import Glow, MultiScaleFlow, RealNVP
+from jgen.nn.flow_models import Glow, MultiScaleFlow, RealNVP
 
 __all__ = [
     "ActNorm", "AdditiveCoupling", "AffineCoupling", "CouplingNet", "FlowMethod", "Glow",

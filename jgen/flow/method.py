@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jgen.flow import likelihood as lik
-from jgen.flow.models import MultiScaleFlow
+from jgen.nn.flow_models import MultiScaleFlow
 from jgen.ops.likelihoods import bits_per_dim
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from jgen.flow.method import FlowMethod, flow_method
-from jgen.flow.models import RealNVP
+from jgen.nn.flow_models import RealNVP
 
 __all__ = ["make_method"]
 

@@ -12,7 +12,7 @@ import pytest
 
 import jgen.run
 from jgen.autoencoder import first_stage as fs
-from jgen.autoencoder.ldm_networks import LDMDecoder, LDMEncoder
+from jgen.nn.ldm_networks import LDMDecoder, LDMEncoder
 from jgen.metrics.domain import DomainClassifier
 from jgen.nn.translation import PatchDiscriminator
 from tests.conftest import checkpoint_steps, load_experiment

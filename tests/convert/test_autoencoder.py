@@ -20,7 +20,7 @@ import optax
 import pytest
 
 from jgen.autoencoder import first_stage as fs
-from jgen.autoencoder.ldm_networks import LDMDecoder, LDMEncoder
+from jgen.nn.ldm_networks import LDMDecoder, LDMEncoder
 from jgen.convert.autoencoder import (autoencoder_config_from_state, autoencoder_from_diffusers,
                                       autoencoder_module, first_stage_config,
                                       ldm_vae_to_diffusers_names)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jgen.flow import Glow, RealNVP
-from tests.flow.test_layers import data, jacobian, key, random_variables, slogdet64
+from tests.nn.test_flow_layers import data, jacobian, key, random_variables, slogdet64
 
 MODELS = {
     "glow_affine_lu_rgb": Glow(image_shape=(4, 4, 3), num_levels=2, num_steps=1, hidden=8),

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jgen.autoencoder import vqvae
-from jgen.autoencoder.networks import latent_shape
+from jgen.nn.autoencoder import latent_shape
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jgen.flow.layers import (ActNorm, AdditiveCoupling, AffineCoupling, InvConv1x1,
+from jgen.nn.flow_layers import (ActNorm, AdditiveCoupling, AffineCoupling, InvConv1x1,
                               LearnedPrior, Split, Squeeze)
 from jgen.ops.likelihoods import standard_normal_log_prob
 

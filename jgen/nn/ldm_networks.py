@@ -41,10 +41,11 @@ from jgen.nn.layers import AttnBlock, Downsample, Norm, ResBlock, Upsample
 
 Dtype = Any
 
-__all__ = ["LAST_LAYER", "LDMDecoder", "LDMEncoder", "downsampling_factor",
+__all__ = ["LAST_LAYER", "LOGVAR_RANGE", "LDMDecoder", "LDMEncoder", "downsampling_factor",
            "latent_resolution"]
 
 LAST_LAYER = ("decoder", "conv_out", "kernel")  # path of the adaptive weight's last layer
+LOGVAR_RANGE = (-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamp of the log-variance
 
 
 def downsampling_factor(ch_mult: Sequence[int]) -> int:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jgen.flow import layers as fl
+from jgen.nn import flow_layers as fl
 
 
 def key(seed: int) -> jax.Array:

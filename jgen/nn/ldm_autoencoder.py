@@ -17,7 +17,7 @@ Bottlenecks (h = E(x) the encoder output after ``quant_conv``, `[B, H/f, W/f, c]
   [-30, 20] (LDM's and diffusers' DiagonalGaussianDistribution); `encode` gives the mean, or
   z = mean + exp(logvar / 2) eps with a key.
 * ``vq``: z_q = e_k, k = argmin_j ||h - e_j||^2 over the rows of the ``[K, D]`` codebook
-  (`jgen.autoencoder.quantizer.quantize`); `encode` gives z_q.
+  (`jgen.ops.quantizer.quantize`); `encode` gives z_q.
 
 ``scaling_factor`` and ``shift_factor`` are the diffusers config's latent normalization, kept
 as plain attributes and not applied here (as in diffusers, a pipeline applies them): diffusion
@@ -30,9 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jgen.autoencoder import quantizer as vq
-from jgen.autoencoder.first_stage import LOGVAR_RANGE
-from jgen.autoencoder.ldm_networks import LDMDecoder, LDMEncoder
+from jgen.ops import quantizer as vq
+from jgen.nn.ldm_networks import LOGVAR_RANGE, LDMDecoder, LDMEncoder
 from jgen.ops.likelihoods import reparameterize
 
 __all__ = ["BOTTLENECKS", "LDMAutoencoder", "example_input"]

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from jgen.autoencoder.common import make_networks
-from jgen.autoencoder.networks import Decoder, Encoder, latent_shape
+from jgen.nn.autoencoder import Decoder, Encoder, latent_shape
 from tests.conftest import load_experiment
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgen.autoencoder import quantizer as vq
+from jgen.ops import quantizer as vq
 from jgen.autoencoder.vqvae import masked_optimizer
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jgen.autoencoder.ldm_networks import (LAST_LAYER, LDMDecoder, LDMEncoder,
+from jgen.nn.ldm_networks import (LAST_LAYER, LDMDecoder, LDMEncoder,
                                            downsampling_factor, latent_resolution)
 
 KW = dict(ch=8, num_res_blocks=1, num_groups=4)
