@@ -6,20 +6,21 @@ import tempfile
 
 import pytest
 
-# JGEN_TEST_XLA_OPT=0 builds the tests' programs with LLVM's optimizations off
-# (`TEST_XLA_FLAGS`, set here before JAX starts its backends). It halves the compile time of a
-# compile-bound test (a ddpm_digits:smoke train/sample run: 27.7 s of CPU against 51.3 s, cold
-# cache) but slows the generated element-wise code: test_translation_loop's eval test took
-# 437 s against 39.7 s at XLA's default level (`pytest -n 0 --durations=3` of that test, warm
-# and cold caches respectively), so the default run keeps XLA's default level. A value that
-# XLA_FLAGS already names wins.
+# XLA:CPU builds the tests' programs with LLVM's optimizations off (`TEST_XLA_FLAGS`), set here
+# before JAX starts its backends: the suite's tiny programs spend far longer compiling than
+# running (a ddpm_digits:smoke train/sample run: 27.7 s of CPU against 51.3 s at XLA's default
+# level, cold cache). Convolutions and dots still run in XLA's libraries, but the generated
+# element-wise code is slower, so a test that runs long loops of small jitted steps pays for it
+# (a 600-step judge took test_translation_loop's eval test to 437 s against 39.7 s at the
+# default level; that test now trains a 20-step judge). JGEN_TEST_XLA_OPT=1 keeps XLA's default,
+# and a value that XLA_FLAGS already names wins.
 TEST_XLA_FLAGS = {"xla_backend_optimization_level": "0"}
 
 
 def with_test_xla_flags(flags: str) -> str:
-  """`flags` (an XLA_FLAGS value) with `TEST_XLA_FLAGS` added when JGEN_TEST_XLA_OPT=0, unless
-  it names them already."""
-  if os.environ.get("JGEN_TEST_XLA_OPT") != "0":
+  """`flags` (an XLA_FLAGS value) with `TEST_XLA_FLAGS` added, unless it names them already or
+  JGEN_TEST_XLA_OPT=1."""
+  if os.environ.get("JGEN_TEST_XLA_OPT") == "1":
     return flags
   for name, value in TEST_XLA_FLAGS.items():
     if f"--{name}=" not in flags:
