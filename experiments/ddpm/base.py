@@ -141,3 +141,58 @@ def cifar(*, bf16: bool = False, smoke: bool = False) -> ml_collections.ConfigDi
     c.sample.num = 16
     c.sample.batch_size = 16
   return c
+
+
+def _continuous(c: ml_collections.ConfigDict, method: str, prediction: str
+                ) -> ml_collections.ConfigDict:
+  """A DDPM config on a continuous process: the same U-Net, optimizer, data and EMA; the
+  discrete chain's keys (schedule, betas, T) and its samplers' options are dropped."""
+  c.method = method
+  c.diffusion = ml_collections.ConfigDict(dict(
+      loss_type=c.diffusion.loss_type, prediction=prediction,
+      cond_drop_prob=c.diffusion.cond_drop_prob))
+  for key in ("eta", "spacing", "dpm_spacing", "rho", "classifier", "classifier_scale"):
+    del c.sample[key]
+  return c
+
+
+def flow_matching(c: ml_collections.ConfigDict, *, time_distribution: str = "logit_normal"
+                  ) -> ml_collections.ConfigDict:
+  """Turns a DDPM config into flow matching on the linear path (`jgen.diffusion.flow_matching`):
+  a velocity U-Net, t ~ `time_distribution` (SD3's logit-normal(0, 1) by default; 'uniform'
+  is rectified flow's), Euler's method on the ODE with the same number of steps."""
+  c = _continuous(c, "diffusion.flow_matching", "velocity")
+  c.flow_matching = ml_collections.ConfigDict()
+  c.flow_matching.time_distribution = time_distribution  # uniform | logit_normal | mode
+  c.flow_matching.loc = 0.0        # logit_normal: m
+  c.flow_matching.scale = 1.0      # logit_normal: s; mode: s in [-1, 2 / (pi - 2)]
+  c.flow_matching.time_input = 1000.0  # the U-Net sees 1000 t (DDPM's timestep range)
+  c.flow_matching.latent = False   # True: on a frozen first stage's latents (the ldm block)
+  c.flow_matching.reflow = ml_collections.ConfigDict()
+  c.flow_matching.reflow.pairs = 0  # > 0: a reflow stage on init_from.workdir's couples
+  c.flow_matching.reflow.seed = 0
+  c.sample.sampler = "ode_euler"   # ode_euler | ode_heun | ode_midpoint
+  c.sample.shift = 1.0             # SD3's timestep shift (> 1: more steps at high noise)
+  c.sample.clip_denoised = False
+  return c
+
+
+def edm(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Turns a DDPM config into EDM (`jgen.diffusion.edm`): the preconditioned denoiser on the
+  same U-Net, log-normal sigmas with EDM's weighting, Algorithm 2 with Heun steps."""
+  c = _continuous(c, "diffusion.edm", "x0")
+  c.edm = ml_collections.ConfigDict()
+  c.edm.sigma_min = 0.002
+  c.edm.sigma_max = 80.0
+  c.edm.sigma_data = 0.5
+  c.edm.p_mean = -1.2
+  c.edm.p_std = 1.2
+  c.sample.sampler = "edm"         # edm (Algorithm 2) | heun | euler | ode_*
+  c.sample.steps = 18              # EDM's CIFAR-10 setting (35 evaluations)
+  c.sample.rho = 7.0
+  c.sample.s_churn = 0.0           # 0: deterministic (Algorithm 1)
+  c.sample.s_tmin = 0.0
+  c.sample.s_tmax = float("inf")
+  c.sample.s_noise = 1.0
+  c.sample.clip_denoised = False
+  return c

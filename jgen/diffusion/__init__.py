@@ -1,7 +1,8 @@
-"""Diffusion models: training losses, parameterizations, samplers and solvers.
+"""Diffusion models: noising processes, training losses, parameterizations, samplers.
 
-The noise schedules (the discrete forward process) are `jgen.ops.schedules`, re-exported here;
-they sit below the families because DDGAN (`jgen.gan.ddgan`) runs the same process.
+The processes (`jgen.ops.processes`: `VP`, `VE`, `EDM`, `Linear`, and DDPM's discrete chain
+`jgen.ops.schedules.Schedule`) are re-exported here; they sit below the families because DDGAN
+(`jgen.gan.ddgan`) runs the discrete chain. Samplers by name: `sampler_table.SAMPLERS`.
 """
 
 from jgen.diffusion.classifier_guidance import (
@@ -27,6 +28,8 @@ from jgen.diffusion.parameterization import (
     training_target,
     v_target,
 )
+from jgen.diffusion.ode import ode_sample, ode_times
+from jgen.diffusion.sampler_table import SAMPLERS, run_sampler
 from jgen.diffusion.samplers import (
     ddim_interpolate,
     ddim_sample,
@@ -38,11 +41,13 @@ from jgen.diffusion.solvers import (
     DPM_SPACINGS,
     dpm_timesteps,
     dpmpp_2m_sample,
+    edm_sample,
     euler_sample,
     heun_sample,
     karras_sigmas,
     schedule_sigmas,
 )
+from jgen.ops.processes import EDM, VE, VP, Linear, Process
 from jgen.ops.schedules import (
     Schedule,
     cosine_beta_schedule,
@@ -56,6 +61,16 @@ from jgen.ops.schedules import (
 )
 
 __all__ = [
+    "EDM",
+    "Linear",
+    "Process",
+    "SAMPLERS",
+    "VE",
+    "VP",
+    "edm_sample",
+    "ode_sample",
+    "ode_times",
+    "run_sampler",
     "cfg_eps_fn",
     "concat_conditions",
     "classifier_grad_fn",

@@ -38,20 +38,68 @@ from jgen.diffusion.guidance import cfg_eps_fn
 from jgen.diffusion.losses import ddpm_loss
 from jgen.diffusion.parameterization import PREDICTIONS, to_eps_fn
 from jgen.diffusion.noisy_classifier import GuidingClassifier, load_guiding_classifier
-from jgen.diffusion.samplers import ddim_sample, ddpm_sample
-from jgen.diffusion.solvers import DPM_SPACINGS, dpmpp_2m_sample, euler_sample, heun_sample
+from jgen.diffusion.sampler_table import check_sampler, run_sampler, sampler_tag
+from jgen.diffusion.solvers import DPM_SPACINGS
 from jgen.nn.conditioning import conditions_from_batch, drop_conditions, null_conditions
 from jgen.nn.dtypes import compute_dtype
 from jgen.nn.unet import UNet
+from jgen.ops.processes import Process
 from jgen.ops.schedules import Schedule, schedule_from_config
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun")
 DROPOUT_PRNGS = ("threefry", "unsafe_rbg")
 
 Conditions = dict[str, jax.Array]
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class Objective:
+  """How a denoising network is trained and called on a process: the one thing DDPM, flow
+  matching and EDM differ in (the U-Net, conditions, guidance, EMA and samplers are shared).
+
+  A subclass gives `check`, `network_fn` (the network's output as a prediction at process
+  time t), `loss` and `sampling_prediction`.
+  """
+
+  def check(self, process: Process, prediction: str) -> None:
+    """Raises ValueError if the objective cannot train `prediction` on `process`."""
+    raise TypeError(f"{type(self).__name__} does not define check")
+
+  def network_fn(self, apply: ModelFn, process: Process, prediction: str) -> ModelFn:
+    """`fn(x_t, t)` at process time t from `apply(x, t_net)`, the raw network."""
+    raise TypeError(f"{type(self).__name__} does not define network_fn")
+
+  def loss(self, model_fn: ModelFn, process: Process, x0: jax.Array, rng: jax.Array, *,
+           prediction: str, loss_type: str) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, metrics) of `model_fn` (from `network_fn`) on clean data x0."""
+    raise TypeError(f"{type(self).__name__} does not define loss")
+
+  def sampling_prediction(self, prediction: str) -> str:
+    """What the samplers get from a network of kind `prediction`."""
+    raise TypeError(f"{type(self).__name__} does not define sampling_prediction")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainObjective(Objective):
+  """DDPM's (Ho et al. 2020): integer t uniform over the chain, the network called at t itself,
+  `ddpm_loss` on its 'eps', 'x0' or 'v' target; the samplers take eps."""
+
+  def check(self, process, prediction):
+    if not isinstance(process, Schedule):
+      raise ValueError(f"DDPM's objective trains on its discrete chain (a Schedule), not "
+                       f"{type(process).__name__}")
+    if prediction not in PREDICTIONS:
+      raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+
+  def network_fn(self, apply, process, prediction):
+    return apply
+
+  def loss(self, model_fn, process, x0, rng, *, prediction, loss_type):
+    return ddpm_loss(model_fn, process, x0, rng, prediction=prediction, loss_type=loss_type)
+
+  def sampling_prediction(self, prediction):
+    return "eps"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -60,22 +108,31 @@ class DDPM:
 
   Attributes:
     model: the network, `model.apply(params, x_t, t, conditions, train=...) -> prediction`.
-    schedule: the forward noise process.
+    schedule: the noising process: DDPM's discrete chain (a `Schedule`), or the continuous
+      process of a subclass (`jgen.diffusion.flow_matching`, `jgen.diffusion.edm`).
     tx: optimizer.
     image_shape: (H, W, C) of the data.
     ema_decay: EMA decay of the sampling parameters.
     ema_warmup: ramp the EMA decay up as (1+step)/(10+step).
     loss_type: 'mse' (the paper's) or 'l1'.
     prediction: what the network predicts: 'eps', 'x0' or 'v'.
-    sampler: 'ddpm' (ancestral, all T steps), 'ddim', 'dpmpp_2m', 'euler' or 'heun'.
+    sampler: a name of `jgen.diffusion.sampler_table.SAMPLERS`: 'ddpm' (ancestral, all T
+      steps), 'ddim', 'dpmpp_2m', 'euler', 'heun', 'edm', 'ode_euler', 'ode_heun' or
+      'ode_midpoint'.
     sample_steps: steps (model evaluations for dpmpp_2m / euler) of every sampler but 'ddpm'.
     eta: DDIM eta (0: deterministic).
     spacing: DDIM step spacing, 'uniform', 'quadratic' or 'trailing'.
     dpm_spacing: DPM-Solver++ step spacing, 'linspace', 'leading' or 'trailing'.
-    rho: Karras sigma-grid exponent of 'euler' and 'heun'.
+    rho: Karras sigma-grid exponent of 'euler', 'heun' and 'edm'.
+    shift: timestep shift of the 'ode_*' samplers (1: uniform in t).
+    s_churn, s_tmin, s_tmax, s_noise: the 'edm' sampler's stochasticity (Karras et al. 2022,
+      Algorithm 2; s_churn = 0 is deterministic).
     clip_denoised: clip the predicted x0 to [-1, 1] while sampling.
     guidance_scale: classifier-free guidance scale w (conditional models only; 1 = none).
     cond_drop_prob: probability of training with the null condition (conditional only).
+    objective: how the network is trained and called on `schedule` (`Objective`): DDPM's
+      `ChainObjective` (the default), `flow_matching.FlowMatchingObjective` or
+      `edm.EDMObjective`.
     dropout_prng: the bit generator of the dropout masks: 'threefry' (JAX's default; the same
       masks under any sharding) or 'unsafe_rbg' (XLA's RngBitGenerator, seeded from the
       threefry key: different masks, which may change with the sharding), cheaper on CPU
@@ -83,7 +140,7 @@ class DDPM:
   """
 
   model: UNet
-  schedule: Schedule
+  schedule: Process
   tx: optax.GradientTransformation
   image_shape: tuple[int, int, int]
   ema_decay: float = 0.9999
@@ -96,16 +153,20 @@ class DDPM:
   spacing: str = "uniform"
   dpm_spacing: str = "linspace"
   rho: float = 7.0
+  shift: float = 1.0
+  s_churn: float = 0.0
+  s_tmin: float = 0.0
+  s_tmax: float = float("inf")
+  s_noise: float = 1.0
   clip_denoised: bool = True
   guidance_scale: float = 1.0
   cond_drop_prob: float = 0.1
   dropout_prng: str = "threefry"
+  objective: Objective = dataclasses.field(default_factory=lambda: ChainObjective())
 
   def __post_init__(self):
-    if self.sampler not in SAMPLERS:
-      raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
-    if self.prediction not in PREDICTIONS:
-      raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
+    check_sampler(self.sampler, self.schedule)
+    self.objective.check(self.schedule, self.prediction)
     if self.dropout_prng not in DROPOUT_PRNGS:
       raise ValueError(f"unknown dropout_prng {self.dropout_prng!r}; choose one of "
                        f"{DROPOUT_PRNGS}")
@@ -155,13 +216,35 @@ class DDPM:
       dropout_rng = jax.random.wrap_key_data(
           jax.random.bits(dropout_rng, (4,), jnp.uint32), impl=self.dropout_prng)
     rngs = {"dropout": dropout_rng} if train else None
-    return lambda x, t: self.model.apply(params, x, t, conditions, train=train, rngs=rngs)
+
+    def apply(x, t):
+      return self.model.apply(params, x, t, conditions, train=train, rngs=rngs)
+
+    return self.objective.network_fn(apply, self.schedule, self.prediction)
 
   def eps_fn(self, params, conditions: Conditions | None = None, *, train: bool = False,
              dropout_rng: jax.Array | None = None) -> ModelFn:
     """The network as the `eps_fn(x_t, t)` that the samplers take (converted from x0 / v)."""
     return to_eps_fn(self.model_fn(params, conditions, train=train, dropout_rng=dropout_rng),
                      self.schedule, self.prediction)
+
+  @property
+  def sampling_prediction(self) -> str:
+    """What `sampling_fn` predicts: eps on DDPM's chain (every guidance of this family works
+    on eps), the network's own prediction on a continuous process."""
+    return self.objective.sampling_prediction(self.prediction)
+
+  def sampling_fn(self, params, conditions: Conditions | None = None) -> ModelFn:
+    """The model function the samplers take, predicting `sampling_prediction`."""
+    if self.sampling_prediction == "eps":
+      return self.eps_fn(params, conditions)
+    return self.model_fn(params, conditions)
+
+  def denoising_loss(self, model_fn: ModelFn, x0: jax.Array, rng: jax.Array
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, metrics) of `model_fn` on clean data x0: the objective's loss."""
+    return self.objective.loss(model_fn, self.schedule, x0, rng, prediction=self.prediction,
+                               loss_type=self.loss_type)
 
   def train_conditions(self, batch: dict[str, jax.Array], rng: jax.Array) -> Conditions | None:
     """The conditions a training step feeds the model (with CFG dropout; None if unconditional)."""
@@ -176,8 +259,7 @@ class DDPM:
     noise_rng, dropout_rng = jax.random.split(rng)
     conditions = self.train_conditions(batch, jax.random.fold_in(rng, 2))
     model_fn = self.model_fn(params, conditions, train=True, dropout_rng=dropout_rng)
-    return ddpm_loss(model_fn, self.schedule, batch["image"], noise_rng,
-                          prediction=self.prediction, loss_type=self.loss_type)
+    return self.denoising_loss(model_fn, batch["image"], noise_rng)
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -187,51 +269,48 @@ class DDPM:
                ) -> dict[str, jax.Array]:
     """The loss of the EMA parameters (dropout off, true conditions) on a held-out batch."""
     model_fn = self.model_fn(state.ema_params, self.batch_conditions(batch), train=False)
-    _, metrics = ddpm_loss(model_fn, self.schedule, batch["image"], rng,
-                                prediction=self.prediction, loss_type=self.loss_type)
+    _, metrics = self.denoising_loss(model_fn, batch["image"], rng)
     return metrics
 
   def run_sampler(self, eps_fn: ModelFn, rng: jax.Array, n: int, *,
-                  grad_fn: ModelFn | None = None, grad_scale: float = 0.0) -> jax.Array:
-    """`n` images in [-1, 1] from `eps_fn(x_t, t)` with the configured sampler.
+                  grad_fn: ModelFn | None = None, grad_scale: float = 0.0,
+                  x_T: jax.Array | None = None) -> jax.Array:
+    """`n` images in [-1, 1] from `eps_fn(x_t, t)` (a model function predicting
+    `sampling_prediction`, e.g. `sampling_fn`) with the configured sampler.
 
     With `grad_fn` (grad_x log p(y | x_t, t) of a classifier) the sampler is classifier-guided
     with scale `grad_scale`: the ancestral mean shifted by s Sigma grad ('ddpm'), or eps by
-    -sqrt(1 - abar_t) s grad (every other sampler).
+    -sqrt(1 - abar_t) s grad (every other sampler). `x_T`: the starting noise (None: drawn
+    from `rng`).
     """
     shape = (n, *self.image_shape)
     clip = self.clip_denoised
     if self.sampler == "ddpm" and grad_fn is not None:
       return classifier_guided_ddpm_sample(eps_fn, self.schedule, rng, shape, grad_fn,
-                                           grad_scale, clip_denoised=clip)
-    if self.sampler == "ddpm":
-      return ddpm_sample(eps_fn, self.schedule, rng, shape, clip_denoised=clip)
+                                           grad_scale, clip_denoised=clip, x_T=x_T)
     if grad_fn is not None:
       eps_fn = classifier_guided_eps_fn(eps_fn, grad_fn, self.schedule, grad_scale)
-    if self.sampler == "ddim":
-      return ddim_sample(eps_fn, self.schedule, rng, shape, steps=self.sample_steps,
-                         eta=self.eta, spacing=self.spacing, clip_denoised=clip)
-    if self.sampler == "dpmpp_2m":
-      return dpmpp_2m_sample(eps_fn, self.schedule, rng, shape, steps=self.sample_steps,
-                             spacing=self.dpm_spacing, clip_denoised=clip)
-    solver = euler_sample if self.sampler == "euler" else heun_sample
-    return solver(eps_fn, self.schedule, rng, shape, steps=self.sample_steps, rho=self.rho,
-                  clip_denoised=clip)
+    return run_sampler(self.sampler, eps_fn, self.schedule, rng, shape,
+                       prediction=self.sampling_prediction, clip_denoised=clip, x_T=x_T,
+                       **self.sampler_options)
+
+  @property
+  def sampler_options(self) -> dict[str, Any]:
+    """The options of `jgen.diffusion.sampler_table.run_sampler` (by their config names)."""
+    return dict(steps=self.sample_steps, eta=self.eta, spacing=self.spacing,
+                dpm_spacing=self.dpm_spacing, rho=self.rho, shift=self.shift,
+                s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax,
+                s_noise=self.s_noise)
 
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     """`n` images in [-1, 1] from the EMA parameters with the configured sampler."""
-    return self.run_sampler(self.eps_fn(state.ema_params), rng, n)
+    return self.run_sampler(self.sampling_fn(state.ema_params), rng, n)
 
   @property
   def sample_tag(self) -> str:
     """Names the sampler settings in output file names."""
-    if self.sampler == "ddpm":
-      return f"ddpm{self.schedule.num_timesteps}"
-    if self.sampler == "ddim":
-      return f"ddim{self.sample_steps}_eta{self.eta:g}_{self.spacing}"
-    if self.sampler == "dpmpp_2m":
-      return f"dpmpp2m{self.sample_steps}_{self.dpm_spacing}"
-    return f"{self.sampler}{self.sample_steps}_rho{self.rho:g}"
+    return sampler_tag(self.sampler, num_timesteps=int(self.schedule.t_max) + 1,
+                       **self.sampler_options)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -287,14 +366,15 @@ class ConditionalDDPM(DDPM):
     """The guiding classifier's parameters, as `state.frozen["classifier"]` of the sampler."""
     return {} if self.classifier is None else {"classifier": self.classifier.params}
 
-  def guided_eps_fn(self, params, conditions: Conditions) -> ModelFn:
-    """The denoiser `eps_fn(x_t, t)` for `conditions`: CFG at scale `guidance_scale` with a
-    conditional U-Net, the plain model otherwise (classifier guidance is `run_sampler`'s)."""
+  def guided_sampling_fn(self, params, conditions: Conditions) -> ModelFn:
+    """The sampling function (`sampling_fn`) for `conditions`: CFG at scale `guidance_scale`
+    with a conditional U-Net, the plain model otherwise (classifier guidance is
+    `run_sampler`'s). CFG is linear, so it is the same on eps, x0, v or a velocity."""
     if self.model.num_classes < 1:
-      return self.eps_fn(params)
+      return self.sampling_fn(params)
 
     def eps_cond_fn(x, t, c):
-      return self.eps_fn(params, c, train=False)(x, t)
+      return self.sampling_fn(params, c)(x, t)
     null = null_conditions(conditions, num_classes=self.num_classes)
     return cfg_eps_fn(eps_cond_fn, conditions, null, self.guidance_scale)
 
@@ -309,7 +389,7 @@ class ConditionalDDPM(DDPM):
     for k, v in conditions.items():
       if v.shape[0] != n:
         raise ValueError(f"condition {k!r} has batch {v.shape[0]}, expected n={n}")
-    eps_fn = self.guided_eps_fn(state.ema_params, conditions)
+    eps_fn = self.guided_sampling_fn(state.ema_params, conditions)
     grad_fn = None
     if self.classifier is not None and self.classifier_scale != 0.0:
       if "classifier" not in state.frozen:
@@ -346,6 +426,31 @@ def make_unet(model_config: Any) -> UNet:
               dtype=compute_dtype(model_config.dtype))
 
 
+def denoiser_fields(config: Any, *, image_shape: tuple[int, int, int],
+                    guidance_scale: float | None = None) -> dict[str, Any]:
+  """The `DDPM` fields every objective of this family reads the same way: the U-Net
+  (`config.model`), optimizer, EMA, loss type, prediction, CFG dropout, sampler, step count,
+  clipping and guidance scale (`guidance_scale` replaces `sample.guidance_scale`; 1: a method
+  that guides by its own condition)."""
+  s = config.sample
+  return dict(model=make_unet(config.model),
+              tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
+              image_shape=image_shape,
+              ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup,
+              loss_type=config.diffusion.loss_type, prediction=config.diffusion.prediction,
+              sampler=s.sampler, sample_steps=s.steps, clip_denoised=s.clip_denoised,
+              guidance_scale=s.guidance_scale if guidance_scale is None else guidance_scale,
+              cond_drop_prob=config.diffusion.cond_drop_prob,
+              dropout_prng=config.model.dropout_prng)
+
+
+def denoiser_class(fields: dict[str, Any], guided_by_classifier: bool = False) -> type[DDPM]:
+  """`ConditionalDDPM` when the U-Net of `fields` is class-conditional or a classifier guides,
+  else `DDPM`."""
+  return (ConditionalDDPM if fields["model"].num_classes > 0 or guided_by_classifier
+          else DDPM)
+
+
 def make_ddpm(config: Any, *, image_shape: tuple[int, int, int],
               guidance_scale: float | None = None) -> DDPM:
   """The `DDPM` that `config`'s `model`, `diffusion`, `optim`, `train` and `sample` blocks
@@ -354,7 +459,7 @@ def make_ddpm(config: Any, *, image_shape: tuple[int, int, int],
   (`model.num_classes` > 0) or a classifier guides (`sample.classifier`). `guidance_scale`
   replaces `sample.guidance_scale` (1: a method that guides by its own condition)."""
   s = config.sample
-  model = make_unet(config.model)
+  fields = denoiser_fields(config, image_shape=image_shape, guidance_scale=guidance_scale)
   kwargs = {}
   if s.classifier.workdir:
     kwargs = {"classifier": load_guiding_classifier(s.classifier.workdir, s.classifier.step),
@@ -362,17 +467,9 @@ def make_ddpm(config: Any, *, image_shape: tuple[int, int, int],
   elif s.classifier_scale:
     raise ValueError(f"sample.classifier_scale={s.classifier_scale} needs a guiding classifier:"
                      " set sample.classifier.workdir to a diffusion.noisy_classifier run")
-  cls = ConditionalDDPM if model.num_classes > 0 or kwargs else DDPM
-  return cls(model=model, schedule=schedule_from_config(config.diffusion),
-             tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
-             image_shape=image_shape,
-             ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup,
-             loss_type=config.diffusion.loss_type, prediction=config.diffusion.prediction,
-             sampler=s.sampler, sample_steps=s.steps, eta=s.eta, spacing=s.spacing,
-             dpm_spacing=s.dpm_spacing, rho=s.rho, clip_denoised=s.clip_denoised,
-             guidance_scale=s.guidance_scale if guidance_scale is None else guidance_scale,
-             cond_drop_prob=config.diffusion.cond_drop_prob,
-             dropout_prng=config.model.dropout_prng, **kwargs)
+  cls = denoiser_class(fields, bool(kwargs))
+  return cls(**fields, schedule=schedule_from_config(config.diffusion), eta=s.eta,
+             spacing=s.spacing, dpm_spacing=s.dpm_spacing, rho=s.rho, **kwargs)
 
 
 def make_method(config: Any) -> DDPM:

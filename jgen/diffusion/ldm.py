@@ -60,7 +60,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +69,6 @@ import numpy as np
 from jgen.autoencoder.first_stage import FirstStage
 from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion.guidance import cfg_eps_fn
-from jgen.diffusion.losses import ddpm_loss
 from jgen.nn import text as text_lib
 from jgen.nn.class_token_unet import ClassTokenUNet
 from jgen.nn.conditioning import drop_conditions
@@ -338,8 +337,7 @@ class TextLatentDiffusion(LatentDiffusion):
     if train:
       return self.ddpm.loss_fn(unet_params, {"image": z, "context": context}, loss_rng)
     model_fn = self.ddpm.model_fn(unet_params, {"context": context}, train=False)
-    return ddpm_loss(model_fn, self.ddpm.schedule, z, loss_rng,
-                     prediction=self.ddpm.prediction, loss_type=self.ddpm.loss_type)
+    return self.ddpm.denoising_loss(model_fn, z, loss_rng)
 
   # ------------------------------------------------------------------ the method
 
@@ -397,7 +395,7 @@ class TextLatentDiffusion(LatentDiffusion):
     null = jnp.broadcast_to(jnp.asarray(self.captions[-1]), tokens.shape)
 
     def eps_cond_fn(x, t, c):
-      return self.ddpm.eps_fn(ema["unet"], c, train=False)(x, t)
+      return self.ddpm.sampling_fn(ema["unet"], c)(x, t)
     eps_fn = cfg_eps_fn(eps_cond_fn, {"context": self.context(encoder, tokens)},
                         {"context": self.context(encoder, null)}, self.guidance_scale)
     return self.ddpm.run_sampler(eps_fn, rng, n)
@@ -485,9 +483,12 @@ def load_frozen_first_stage(config: Any, method: str, example: str
   return first_stage, ae_params, latent_shape, spec.workdir
 
 
-def make_method(config: Any) -> LatentDiffusion:
+def make_method(config: Any, make_diffusion: Callable[..., ddpm_lib.DDPM] = ddpm_lib.make_ddpm
+                ) -> LatentDiffusion:
   """Translates a config (`init_from`, `ldm`, `model`, `diffusion`, `optim`, `train`, `sample`)
   into the method; everything about the first stage is checked here, before any compile.
+  `make_diffusion(config, image_shape=...)` builds the latent model (`ddpm.make_ddpm`;
+  `flow_matching.make_flow_matching` for latent flow matching).
 
   Raises:
     ValueError: no first-stage load, a run that is not a first stage, a load of another
@@ -514,7 +515,7 @@ def make_method(config: Any) -> LatentDiffusion:
   if latent_shape[0] % factor:
     raise ValueError(f"the latents are {latent_shape[0]}x{latent_shape[1]}, not divisible by "
                      f"2**(len(model.ch_mult)-1)={factor}: shorten model.ch_mult")
-  base = ddpm_lib.make_ddpm(config, image_shape=latent_shape)  # every DDPM setting, once
+  base = make_diffusion(config, image_shape=latent_shape)  # every DDPM setting, once
   if not isinstance(base, ddpm_lib.ConditionalDDPM):
     raise ValueError("diffusion.ldm needs a class-conditional DDPM (model.num_classes > 0)")
   if base.classifier is not None:

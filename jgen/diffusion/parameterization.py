@@ -1,4 +1,8 @@
-"""One conversion between eps, x0 and v predictions of a denoiser.
+"""The eps, x0 and v predictions of DDPM's discrete chain, as functions of a schedule.
+
+Each function is the `jgen.ops.processes.Process` method of the same meaning applied to a
+`Schedule` (which is the discrete VP process); they keep the names every DDPM-family module
+and test has used. Any other process takes the same calls (`to_eps_fn(model_fn, process, kind)`).
 
 With alpha_t = sqrt(abar_t) and sigma_t = sqrt(1 - abar_t) (so alpha_t^2 +
 sigma_t^2 = 1), the forward process is x_t = alpha_t x0 + sigma_t eps and the
@@ -39,10 +43,13 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jgen.ops.processes import Process, check_prediction
 from jgen.ops.schedules import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
+# The parameterizations of the discrete chain's networks (a velocity network is a process's,
+# `jgen.ops.processes.PREDICTIONS`).
 PREDICTIONS = ("eps", "x0", "v")
 
 
@@ -51,16 +58,9 @@ def _check_prediction(prediction: str, what: str = "prediction") -> None:
     raise ValueError(f"unknown {what} {prediction!r}; valid: {list(PREDICTIONS)}")
 
 
-def _log_sigmas(schedule: Schedule) -> jax.Array:
-  # sqrt(1 / abar - 1) is computed in float64 by make_schedule: precise at t = 0.
-  return jnp.log(schedule.sqrt_recipm1_alphas_cumprod)
-
-
 def timestep_to_sigma(schedule: Schedule, t: jax.Array) -> jax.Array:
-  """The Karras et al. (2022) noise level sigma(t) = sqrt((1 - abar_t) / abar_t).
-
-  Fractional t interpolates log sigma linearly between integer steps (as
-  k-diffusion's discrete-schedule wrappers do); t is clamped to [0, T - 1].
+  """The Karras et al. (2022) noise level sigma(t) = sqrt((1 - abar_t) / abar_t)
+  (`Schedule.sigma`: log sigma interpolated between integer steps, t clamped to [0, T - 1]).
 
   Args:
     schedule: The diffusion schedule.
@@ -69,17 +69,12 @@ def timestep_to_sigma(schedule: Schedule, t: jax.Array) -> jax.Array:
   Returns:
     float32 sigmas with the shape of `t`.
   """
-  t = jnp.asarray(t, jnp.float32)
-  grid = jnp.arange(schedule.num_timesteps, dtype=jnp.float32)
-  return jnp.exp(jnp.interp(t, grid, _log_sigmas(schedule)))
+  return schedule.sigma(t)
 
 
 def sigma_to_timestep(schedule: Schedule, sigma: jax.Array) -> jax.Array:
-  """The (fractional) timestep of a noise level; inverse of `timestep_to_sigma`.
-
-  log sigma is increasing in t, so t is the linear interpolation of
-  t over the table of log sigma_t (k-diffusion's `sigma_to_t`, diffusers'
-  `_sigma_to_t`); sigmas outside [sigma_0, sigma_{T-1}] clamp to 0 or T - 1.
+  """The (fractional) timestep of a noise level; inverse of `timestep_to_sigma`
+  (`Schedule.time_of_sigma`).
 
   Args:
     schedule: The diffusion schedule.
@@ -88,17 +83,15 @@ def sigma_to_timestep(schedule: Schedule, sigma: jax.Array) -> jax.Array:
   Returns:
     float32 timesteps in [0, T - 1] with the shape of `sigma`.
   """
-  log_sigma = jnp.log(jnp.asarray(sigma, jnp.float32))
-  grid = jnp.arange(schedule.num_timesteps, dtype=jnp.float32)
-  return jnp.interp(log_sigma, _log_sigmas(schedule), grid)
+  return schedule.time_of_sigma(sigma)
 
 
-def alpha_sigma(schedule: Schedule, t: jax.Array,
+def alpha_sigma(schedule: Process, t: jax.Array,
                 x: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """alpha_t = sqrt(abar_t) and sigma_t = sqrt(1 - abar_t) at timesteps t.
+  """alpha_t = sqrt(abar_t) and sigma_t = sqrt(1 - abar_t) at timesteps t (`marginal`).
 
   Args:
-    schedule: The diffusion schedule.
+    schedule: The diffusion schedule (or any process: its (a(t), s(t))).
     t: Timesteps of shape [B]: integer (table lookup) or floating point
       (log-sigma interpolation, see the module docstring).
     x: Optional array of shape [B, ...]; if given the results are reshaped to
@@ -109,13 +102,7 @@ def alpha_sigma(schedule: Schedule, t: jax.Array,
   """
   t = jnp.asarray(t)
   chex.assert_rank(t, 1)
-  if jnp.issubdtype(t.dtype, jnp.integer):
-    alpha = schedule.sqrt_alphas_cumprod[t]
-    sigma = schedule.sqrt_one_minus_alphas_cumprod[t]
-  else:
-    sigma_edm = timestep_to_sigma(schedule, t)
-    alpha = jax.lax.rsqrt(1.0 + jnp.square(sigma_edm))
-    sigma = sigma_edm * alpha
+  alpha, sigma = schedule.marginal(t)
   if x is not None:
     chex.assert_axis_dimension(x, 0, t.shape[0])
     shape = (t.shape[0],) + (1,) * (x.ndim - 1)
@@ -123,18 +110,19 @@ def alpha_sigma(schedule: Schedule, t: jax.Array,
   return alpha, sigma
 
 
-def snr(schedule: Schedule, t: jax.Array) -> jax.Array:
+def snr(schedule: Process, t: jax.Array) -> jax.Array:
   """Signal-to-noise ratio alpha_t^2 / sigma_t^2 = abar_t / (1 - abar_t), shape [B]."""
   alpha, sigma = alpha_sigma(schedule, t)
   return jnp.square(alpha / sigma)
 
 
-def convert_prediction(schedule: Schedule, x_t: jax.Array, t: jax.Array, pred: jax.Array, *,
+def convert_prediction(schedule: Process, x_t: jax.Array, t: jax.Array, pred: jax.Array, *,
                        source: str, target: str) -> jax.Array:
-  """Converts a denoiser output between the 'eps', 'x0' and 'v' parameterizations.
+  """Converts a denoiser output between the 'eps', 'x0' and 'v' parameterizations
+  (`Process.convert`, which also knows 'velocity').
 
   Args:
-    schedule: The diffusion schedule.
+    schedule: The diffusion schedule (or any process).
     x_t: Noisy data, shape [B, ...].
     t: Timesteps of shape [B], integer or floating point.
     pred: The prediction in the `source` parameterization, shape of `x_t`.
@@ -147,44 +135,26 @@ def convert_prediction(schedule: Schedule, x_t: jax.Array, t: jax.Array, pred: j
   Raises:
     ValueError: If `source` or `target` is unknown.
   """
-  _check_prediction(source, "source")
-  _check_prediction(target, "target")
+  check_prediction(source, "source")
+  check_prediction(target, "target")
   chex.assert_equal_shape([x_t, pred])
-  if source == target:
-    return pred
-  alpha, sigma = alpha_sigma(schedule, t, x_t)
-  if source == "eps":
-    eps, x0 = pred, None
-  elif source == "x0":
-    eps, x0 = None, pred
-  else:
-    if target == "x0":
-      return alpha * x_t - sigma * pred
-    return sigma * x_t + alpha * pred
-  if target == "x0":
-    return (x_t - sigma * eps) / alpha
-  if target == "eps":
-    return (x_t - alpha * x0) / sigma
-  if x0 is None:
-    x0 = (x_t - sigma * eps) / alpha
-  else:
-    eps = (x_t - alpha * x0) / sigma
-  return alpha * eps - sigma * x0
+  chex.assert_rank(jnp.asarray(t), 1)
+  return schedule.convert(x_t, t, pred, source=source, target=target)
 
 
-def predict_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array, pred: jax.Array, *,
+def predict_x0(schedule: Process, x_t: jax.Array, t: jax.Array, pred: jax.Array, *,
                prediction: str) -> jax.Array:
   """The x0 estimate from a prediction of kind `prediction` ('eps', 'x0' or 'v')."""
   return convert_prediction(schedule, x_t, t, pred, source=prediction, target="x0")
 
 
-def predict_eps(schedule: Schedule, x_t: jax.Array, t: jax.Array, pred: jax.Array, *,
+def predict_eps(schedule: Process, x_t: jax.Array, t: jax.Array, pred: jax.Array, *,
                 prediction: str) -> jax.Array:
   """The eps estimate from a prediction of kind `prediction` ('eps', 'x0' or 'v')."""
   return convert_prediction(schedule, x_t, t, pred, source=prediction, target="eps")
 
 
-def v_target(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+def v_target(schedule: Process, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
   """The velocity v = alpha_t noise - sigma_t x0 (Salimans & Ho 2022, Sec. 4).
 
   Arguments follow `q_sample(schedule, x0, t, noise)`.
@@ -199,31 +169,29 @@ def v_target(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) 
     v, shape of `x0`.
   """
   chex.assert_equal_shape([x0, noise])
-  alpha, sigma = alpha_sigma(schedule, t, x0)
-  return alpha * noise - sigma * x0
+  chex.assert_rank(jnp.asarray(t), 1)
+  return schedule.target(x0, noise, t, "v")
 
 
-def training_target(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array, *,
+def training_target(schedule: Process, x0: jax.Array, t: jax.Array, noise: jax.Array, *,
                     prediction: str) -> jax.Array:
-  """The regression target of a network trained in parameterization `prediction`.
+  """The regression target of a network trained in parameterization `prediction`
+  (`Process.target`).
 
   Args:
-    schedule: The diffusion schedule.
+    schedule: The diffusion schedule (or any process).
     x0: Clean data, shape [B, ...].
     t: Timesteps of shape [B].
     noise: The noise of x_t, shape of `x0`.
-    prediction: 'eps' (returns noise), 'x0' (returns x0) or 'v' (`v_target`).
+    prediction: 'eps' (returns noise), 'x0' (returns x0), 'v' (`v_target`) or, for a
+      process, 'velocity'.
 
   Returns:
     The target, shape of `x0`.
   """
-  _check_prediction(prediction)
+  check_prediction(prediction)
   chex.assert_equal_shape([x0, noise])
-  if prediction == "eps":
-    return noise
-  if prediction == "x0":
-    return x0
-  return v_target(schedule, x0, t, noise)
+  return schedule.target(x0, noise, t, prediction)
 
 
 def eps_mse_weight(schedule: Schedule, t: jax.Array, *, prediction: str) -> jax.Array:
@@ -250,13 +218,13 @@ def eps_mse_weight(schedule: Schedule, t: jax.Array, *, prediction: str) -> jax.
   return 1.0 / jnp.square(alpha)
 
 
-def to_eps_fn(model_fn: ModelFn, schedule: Schedule, prediction: str) -> ModelFn:
+def to_eps_fn(model_fn: ModelFn, schedule: Process, prediction: str) -> ModelFn:
   """Adapts a denoiser of any parameterization to `eps_fn(x_t, t) -> eps`.
 
   Args:
     model_fn: (x_t [B, ...], t [B]) -> prediction of kind `prediction`.
-    schedule: The diffusion schedule the model was trained on.
-    prediction: 'eps' (returns `model_fn` itself), 'x0' or 'v'.
+    schedule: The diffusion schedule (or any process) the model was trained on.
+    prediction: 'eps' (returns `model_fn` itself), 'x0', 'v' or 'velocity'.
 
   Returns:
     The eps_fn; it accepts integer or floating-point t.
@@ -264,7 +232,7 @@ def to_eps_fn(model_fn: ModelFn, schedule: Schedule, prediction: str) -> ModelFn
   Raises:
     ValueError: If `prediction` is unknown.
   """
-  _check_prediction(prediction)
+  check_prediction(prediction)
   if prediction == "eps":
     return model_fn
 
@@ -274,9 +242,9 @@ def to_eps_fn(model_fn: ModelFn, schedule: Schedule, prediction: str) -> ModelFn
   return eps_fn
 
 
-def to_x0_fn(model_fn: ModelFn, schedule: Schedule, prediction: str) -> ModelFn:
+def to_x0_fn(model_fn: ModelFn, schedule: Process, prediction: str) -> ModelFn:
   """Adapts a denoiser of any parameterization to `x0_fn(x_t, t) -> x0` (a D(x))."""
-  _check_prediction(prediction)
+  check_prediction(prediction)
   if prediction == "x0":
     return model_fn
 

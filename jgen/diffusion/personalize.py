@@ -149,7 +149,8 @@ class Personalized:
     @jax.jit
     def draw(params, rng):
       labels = jnp.full((chunk,), self.subject_class, jnp.int32)
-      return self.base.run_sampler(self.base.guided_eps_fn(params, {"label": labels}), rng, chunk)
+      fn = self.base.guided_sampling_fn(params, {"label": labels})
+      return self.base.run_sampler(fn, rng, chunk)
 
     key, out = jax.random.key(self.class_seed), []
     for i in range(-(-self.num_class_images // chunk)):

@@ -1,4 +1,8 @@
-"""Ancestral (DDPM) and implicit (DDIM) samplers for epsilon-prediction models.
+"""Ancestral (DDPM) and implicit (DDIM) samplers of DDPM's discrete chain.
+
+Like every sampler of `jgen.diffusion` they take `(model_fn, process, rng, shape, *,
+prediction, ...)`; the process must be the chain itself (a `Schedule`), and `model_fn` predicts
+`prediction` ('eps', 'x0', 'v'; converted to eps with `parameterization.to_eps_fn`).
 
 Each sampler is one `jax.lax.scan` over its steps. `rng` is split as
 `init_rng, step_rng = jax.random.split(rng)`: x_T ~ N(0, I) is drawn from
@@ -14,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jgen.diffusion.parameterization import to_eps_fn
+from jgen.ops.processes import Process
 from jgen.ops.schedules import (
     Schedule,
     predict_eps_from_x0,
@@ -26,16 +32,28 @@ EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 SPACINGS = ("uniform", "quadratic", "trailing")
 
 
-def initial_noise(rng: jax.Array, shape: Sequence[int],
-          x_T: jax.Array | None) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
-  """`(x_T, step_rng, shape)`: x_T from the first half of `split(rng)` unless given, the
-  per-step key from the second (every sampler and solver starts this way)."""
+def discrete_chain(process: Process, sampler: str) -> Schedule:
+  """`process` if it is DDPM's discrete chain, else a ValueError naming the samplers of
+  continuous processes."""
+  if not isinstance(process, Schedule):
+    raise ValueError(f"the {sampler!r} sampler runs DDPM's discrete chain (a Schedule), not "
+                     f"{type(process).__name__}: sample continuous processes with euler, heun, "
+                     "edm, ode_euler, ode_heun or ode_midpoint")
+  return process
+
+
+def initial_noise(rng: jax.Array, shape: Sequence[int], x_T: jax.Array | None,
+                  prior_std: float = 1.0) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
+  """`(x_T, step_rng, shape)`: x_T ~ N(0, prior_std^2 I) from the first half of `split(rng)`
+  unless given, the per-step key from the second (every sampler and solver starts this way)."""
   shape = tuple(int(d) for d in shape)
   if len(shape) < 2:
     raise ValueError(f"shape must be [B, ...] with rank >= 2, got {shape}")
   init_rng, step_rng = jax.random.split(rng)
   if x_T is None:
     x_T = jax.random.normal(init_rng, shape, jnp.float32)
+    if prior_std != 1.0:
+      x_T = prior_std * x_T
   else:
     chex.assert_shape(x_T, shape)
     x_T = jnp.asarray(x_T, jnp.float32)
@@ -55,11 +73,12 @@ def _predict(eps_fn: EpsFn, schedule: Schedule, x: jax.Array, t: jax.Array,
 
 
 def ddpm_sample(
-    eps_fn: EpsFn,
+    model_fn: EpsFn,
     schedule: Schedule,
     rng: jax.Array,
     shape: Sequence[int],
     *,
+    prediction: str = "eps",
     clip_denoised: bool = True,
     x_T: jax.Array | None = None,
     return_trajectory: bool = False,
@@ -72,10 +91,11 @@ def ddpm_sample(
   fixed 'small' variance (posterior_log_variance_clipped); no noise at t = 0.
 
   Args:
-    eps_fn: Noise predictor, (x_t [B, ...] float32, t [B] int32) -> eps.
+    model_fn: Denoiser, (x_t [B, ...] float32, t [B] int32) -> a `prediction`.
     schedule: The diffusion schedule.
     rng: PRNG key.
     shape: Static output shape [B, ...].
+    prediction: What `model_fn` predicts ('eps', 'x0' or 'v').
     clip_denoised: Clip the x_0 prediction to [-1, 1].
     x_T: Optional starting noise of shape `shape` (at step T - 1).
     return_trajectory: Also return the states visited.
@@ -88,6 +108,8 @@ def ddpm_sample(
     trajectory[k] is the state at noise level alphas_cumprod[T - 1 - k]
     (trajectory[0] = x_T) and trajectory[T] equals the samples.
   """
+  schedule = discrete_chain(schedule, "ddpm")
+  eps_fn = to_eps_fn(model_fn, schedule, prediction)
   x_T, step_rng, shape = initial_noise(rng, shape, x_T)
   num_timesteps = schedule.num_timesteps
 
@@ -153,11 +175,12 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> 
 
 
 def ddim_sample(
-    eps_fn: EpsFn,
+    model_fn: EpsFn,
     schedule: Schedule,
     rng: jax.Array,
     shape: Sequence[int],
     *,
+    prediction: str = "eps",
     steps: int = 50,
     eta: float = 0.0,
     spacing: str = "uniform",
@@ -173,10 +196,11 @@ def ddim_sample(
   number 0); eta = 1 matches DDPM's posterior variance.
 
   Args:
-    eps_fn: Noise predictor, (x_t [B, ...] float32, t [B] int32) -> eps.
+    model_fn: Denoiser, (x_t [B, ...] float32, t [B] int32) -> a `prediction`.
     schedule: The diffusion schedule.
     rng: PRNG key.
     shape: Static output shape [B, ...].
+    prediction: What `model_fn` predicts ('eps', 'x0' or 'v').
     steps: Static number of sampling steps, in [1, T].
     eta: Stochasticity (0 = DDIM, 1 = DDPM-like).
     spacing: Static timestep spacing, 'uniform' or 'quadratic'.
@@ -186,6 +210,8 @@ def ddim_sample(
   Returns:
     The samples, shape `shape`.
   """
+  schedule = discrete_chain(schedule, "ddim")
+  eps_fn = to_eps_fn(model_fn, schedule, prediction)
   taus = ddim_timesteps(schedule.num_timesteps, steps, spacing)
   deterministic = isinstance(eta, (int, float)) and eta == 0
   x_T, step_rng, shape = initial_noise(rng, shape, x_T)

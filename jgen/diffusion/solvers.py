@@ -1,30 +1,31 @@
-"""Fast training-free ODE solvers for the probability-flow ODE of a DDPM schedule.
+"""Fast solvers for the probability-flow ODE, and EDM's stochastic sampler.
 
-All three share `ddim_sample`'s calling convention
-`(eps_fn, schedule, rng, shape, *, steps, ..., clip_denoised, x_T)`, are one
+All share `ddim_sample`'s calling convention
+`(model_fn, process, rng, shape, *, prediction, steps, ..., clip_denoised, x_T)`, are one
 `jax.lax.scan` over their steps, and run un-jitted or inside a caller's
 `jax.jit` (with `shape`, `steps` and the other flags static; the schedule may
-be traced). They are deterministic: `rng` only draws x_T ~ N(0, I) from the
-first key of `jax.random.split(rng)` (as `ddim_sample` does), so the same
-`rng` or `x_T` starts every sampler from the same state at t = T - 1.
+be traced). `rng` draws x_T ~ N(0, prior_std^2 I) from the first key of
+`jax.random.split(rng)` (as `ddim_sample` does), so the same `rng` or `x_T` starts every
+sampler from the same state at the prior's time; only `edm_sample` with churn draws more.
 
 * `dpmpp_2m_sample`: DPM-Solver++(2M) (Lu et al. 2022b), data prediction,
   multistep, on the discrete schedule's lambda_t = log(alpha_t / sigma_t).
   eps_fn is called at integer timesteps (`dpm_timesteps`, diffusers'
   spacings) and the final step goes to sigma = 0, returning x0.
 * `euler_sample`, `heun_sample`: the probability-flow ODE in the sigma
-  parameterization of Karras et al. (2022, EDM): sigma_t =
-  sqrt((1 - abar_t) / abar_t), x = x_t / sqrt(abar_t) = x_t sqrt(1 + sigma^2),
-  dx / dsigma = (x - D(x; sigma)) / sigma = eps, on the Karras grid
-  (`karras_sigmas`, rho = 7). Their sigmas are continuous, so eps_fn is
-  called at float32 fractional timesteps t = `sigma_to_timestep(sigma)`
-  (interpolation of t over log sigma_t, as k-diffusion and diffusers do) on
-  the VP input x_t = x / sqrt(1 + sigma^2). A model that accepts only integer
-  t can be wrapped with rounding, at a small loss of accuracy.
+  parameterization of Karras et al. (2022, EDM) of any process with a finite noise range
+  (`jgen.ops.processes`): sigma(t) = s(t) / a(t), x = x_t / a(t), dx / dsigma = (x - D(x;
+  sigma)) / sigma = eps, on the Karras grid (`karras_sigmas`, rho = 7) between the process's
+  sigma(t_min) and sigma(t_max). The model is called at time t = `process.time_of_sigma(sigma)`
+  on x_t = a x; for DDPM's chain those are float32 fractional timesteps (interpolation of t
+  over log sigma_t, as k-diffusion and diffusers do) and a = 1 / sqrt(1 + sigma^2). A model
+  that accepts only integer t can be wrapped with rounding, at a small loss of accuracy.
+* `edm_sample`: Karras et al. (2022), Algorithm 2: `heun_sample` with "churn" (noise added to
+  raise sigma_i to sigma_i (1 + gamma_i) before each step; S_churn = 0 is Algorithm 1).
 
-Models of the 'x0' or 'v' parameterization run through
-`jgen.diffusion.parameterization.to_eps_fn`; classifier-free guidance wraps
-an eps_fn into another eps_fn.
+`model_fn` predicts `prediction` ('eps', 'x0', 'v' or 'velocity'; converted to eps by
+`jgen.diffusion.parameterization.to_eps_fn`); classifier-free guidance wraps one model function
+into another.
 """
 
 from typing import Callable, Sequence
@@ -34,9 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgen.diffusion.parameterization import sigma_to_timestep
-from jgen.diffusion.samplers import initial_noise, trailing_timesteps
-from jgen.ops.schedules import Schedule
+from jgen.diffusion.parameterization import to_eps_fn
+from jgen.diffusion.samplers import discrete_chain, initial_noise, trailing_timesteps
+from jgen.ops.processes import Process
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -83,11 +84,12 @@ def dpm_timesteps(num_timesteps: int, steps: int, spacing: str = "linspace") -> 
 
 
 def dpmpp_2m_sample(
-    eps_fn: EpsFn,
-    schedule: Schedule,
+    model_fn: EpsFn,
+    schedule: Process,
     rng: jax.Array,
     shape: Sequence[int],
     *,
+    prediction: str = "eps",
     steps: int = 20,
     spacing: str = "linspace",
     clip_denoised: bool = True,
@@ -108,10 +110,11 @@ def dpmpp_2m_sample(
   evaluation per step.
 
   Args:
-    eps_fn: Noise predictor, (x_t [B, ...] float32, t [B] int32) -> eps.
-    schedule: The diffusion schedule.
+    model_fn: Denoiser, (x_t [B, ...] float32, t [B] int32) -> a `prediction`.
+    schedule: DDPM's discrete chain (a `Schedule`).
     rng: PRNG key (only draws x_T).
     shape: Static output shape [B, ...].
+    prediction: What `model_fn` predicts.
     steps: Static number of model evaluations.
     spacing: Static timestep spacing of `dpm_timesteps`.
     clip_denoised: Clip the x0 prediction to [-1, 1].
@@ -120,6 +123,8 @@ def dpmpp_2m_sample(
   Returns:
     The samples, shape `shape`.
   """
+  schedule = discrete_chain(schedule, "dpmpp_2m")
+  eps_fn = to_eps_fn(model_fn, schedule, prediction)
   ts = dpm_timesteps(schedule.num_timesteps, steps, spacing)
   x_T, _, shape = initial_noise(rng, shape, x_T)
   alpha = schedule.sqrt_alphas_cumprod[ts]
@@ -186,19 +191,28 @@ def karras_sigmas(sigma_min: float | jax.Array, sigma_max: float | jax.Array, st
   return jnp.concatenate([sigmas, jnp.zeros((1,), jnp.float32)])
 
 
-def schedule_sigmas(schedule: Schedule, steps: int, *, rho: float = 7.0) -> jax.Array:
-  """`karras_sigmas` between sigma_0 and sigma_{T-1} of the schedule, [steps + 1]."""
-  table = schedule.sqrt_recipm1_alphas_cumprod
-  return karras_sigmas(table[0], table[-1], steps, rho=rho)
+def schedule_sigmas(process: Process, steps: int, *, rho: float = 7.0) -> jax.Array:
+  """`karras_sigmas` between the process's sigma(t_min) and sigma(t_max), [steps + 1]."""
+  lo, hi = process.sigma_range()
+  return karras_sigmas(lo, hi, steps, rho=rho)
 
 
-def _denoiser(eps_fn: EpsFn, schedule: Schedule, batch: int,
+def _scales(process: Process, sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(a, 1 / a) at noise level sigma: 1 / sqrt(1 + sigma^2) and sqrt(1 + sigma^2) for a VP
+  process, a(time_of_sigma(sigma)) otherwise."""
+  if process.variance_preserving:
+    return jax.lax.rsqrt(1.0 + jnp.square(sigma)), jnp.sqrt(1.0 + jnp.square(sigma))
+  a, _ = process.marginal(process.time_of_sigma(sigma))
+  return a, 1.0 / a
+
+
+def _denoiser(eps_fn: EpsFn, process: Process, batch: int,
               clip: bool) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """Returns d(x, sigma) = (x - D(x; sigma)) / sigma, the ODE's dx/dsigma."""
 
   def deriv(x, sigma):
-    t = jnp.broadcast_to(sigma_to_timestep(schedule, sigma), (batch,))
-    eps = eps_fn(x * jax.lax.rsqrt(1.0 + jnp.square(sigma)), t)
+    t = jnp.broadcast_to(process.time_of_sigma(sigma), (batch,))
+    eps = eps_fn(x * _scales(process, sigma)[0], t)
     chex.assert_equal_shape([eps, x])
     if not clip:
       return eps
@@ -208,22 +222,24 @@ def _denoiser(eps_fn: EpsFn, schedule: Schedule, batch: int,
   return deriv
 
 
-def _karras_init(schedule: Schedule, rng: jax.Array, shape: Sequence[int], x_T: jax.Array | None,
-                 steps: int, rho: float) -> tuple[jax.Array, tuple[int, ...], jax.Array]:
+def _karras_init(process: Process, rng: jax.Array, shape: Sequence[int],
+                 x_T: jax.Array | None, steps: int, rho: float
+                 ) -> tuple[jax.Array, tuple[int, ...], jax.Array]:
   """Returns (x at sigma_max, static shape, the [steps + 1] sigma grid)."""
-  x_T, _, shape = initial_noise(rng, shape, x_T)
-  sigmas = schedule_sigmas(schedule, steps, rho=rho)
-  # x = x_t / sqrt(abar) at t = T - 1: the same state as x_T for ddim_sample.
-  x = x_T * jnp.sqrt(1.0 + jnp.square(sigmas[0]))
+  x_T, _, shape = initial_noise(rng, shape, x_T, process.prior_std)
+  sigmas = schedule_sigmas(process, steps, rho=rho)
+  # x = x_t / a at the prior's time: the same state as x_T for ddim_sample.
+  x = x_T * _scales(process, sigmas[0])[1]
   return x, shape, sigmas
 
 
 def euler_sample(
-    eps_fn: EpsFn,
-    schedule: Schedule,
+    model_fn: EpsFn,
+    process: Process,
     rng: jax.Array,
     shape: Sequence[int],
     *,
+    prediction: str = "eps",
     steps: int = 50,
     rho: float = 7.0,
     clip_denoised: bool = True,
@@ -232,39 +248,34 @@ def euler_sample(
   """Euler's method on the probability-flow ODE over `schedule_sigmas` (Karras et al. 2022).
 
   x_{i+1} = x_i + (sigma_{i+1} - sigma_i) d(x_i, sigma_i), d = (x - D) / sigma,
-  from x_0 = x_T sqrt(1 + sigma_max^2) down to sigma = 0. One model evaluation
-  per step, at float32 timesteps `sigma_to_timestep(sigma_i)`.
+  from x_0 = x_T / a(t_max) down to sigma = 0. One model evaluation
+  per step, at times `process.time_of_sigma(sigma_i)`.
 
   Args:
-    eps_fn: Noise predictor, (x_t [B, ...] float32, t [B] float32) -> eps.
-    schedule: The diffusion schedule.
+    model_fn: Denoiser, (x_t [B, ...] float32, t [B] float32) -> a `prediction`.
+    process: The noising process (`jgen.ops.processes`) with a finite sigma(t_max).
     rng: PRNG key (only draws x_T).
     shape: Static output shape [B, ...].
+    prediction: What `model_fn` predicts.
     steps: Static number of steps (model evaluations).
     rho: Static Karras grid exponent.
     clip_denoised: Clip the x0 prediction D to [-1, 1].
-    x_T: Optional starting noise of shape `shape` (at step T - 1).
+    x_T: Optional starting noise of shape `shape` (at the prior's time).
 
   Returns:
     The samples, shape `shape`.
   """
-  x, shape, sigmas = _karras_init(schedule, rng, shape, x_T, steps, rho)
-  deriv = _denoiser(eps_fn, schedule, shape[0], clip_denoised)
-
-  def step(x, inputs):
-    s, s_next = inputs
-    return x + (s_next - s) * deriv(x, s), None
-
-  x, _ = jax.lax.scan(step, x, (sigmas[:-1], sigmas[1:]))
-  return x
+  return edm_sample(model_fn, process, rng, shape, prediction=prediction, steps=steps, rho=rho,
+                    second_order=False, clip_denoised=clip_denoised, x_T=x_T)
 
 
 def heun_sample(
-    eps_fn: EpsFn,
-    schedule: Schedule,
+    model_fn: EpsFn,
+    process: Process,
     rng: jax.Array,
     shape: Sequence[int],
     *,
+    prediction: str = "eps",
     steps: int = 20,
     rho: float = 7.0,
     clip_denoised: bool = True,
@@ -278,27 +289,89 @@ def heun_sample(
   correction is a `lax.cond` inside the one scan.
 
   Args:
-    eps_fn: Noise predictor, (x_t [B, ...] float32, t [B] float32) -> eps.
-    schedule: The diffusion schedule.
+    model_fn: Denoiser, (x_t [B, ...] float32, t [B] float32) -> a `prediction`.
+    process: The noising process (`jgen.ops.processes`) with a finite sigma(t_max).
     rng: PRNG key (only draws x_T).
     shape: Static output shape [B, ...].
+    prediction: What `model_fn` predicts.
     steps: Static number of steps (sigma intervals).
     rho: Static Karras grid exponent.
     clip_denoised: Clip the x0 prediction D to [-1, 1].
-    x_T: Optional starting noise of shape `shape` (at step T - 1).
+    x_T: Optional starting noise of shape `shape` (at the prior's time).
 
   Returns:
     The samples, shape `shape`.
   """
-  x, shape, sigmas = _karras_init(schedule, rng, shape, x_T, steps, rho)
-  deriv = _denoiser(eps_fn, schedule, shape[0], clip_denoised)
+  return edm_sample(model_fn, process, rng, shape, prediction=prediction, steps=steps, rho=rho,
+                    clip_denoised=clip_denoised, x_T=x_T)
+
+
+def edm_sample(
+    model_fn: EpsFn,
+    process: Process,
+    rng: jax.Array,
+    shape: Sequence[int],
+    *,
+    prediction: str = "eps",
+    steps: int = 18,
+    rho: float = 7.0,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    second_order: bool = True,
+    clip_denoised: bool = True,
+    x_T: jax.Array | None = None,
+) -> jax.Array:
+  """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) on `schedule_sigmas`.
+
+  At each sigma_i in [s_tmin, s_tmax], gamma_i = min(s_churn / steps, sqrt(2) - 1) (else 0);
+  sigma_hat = sigma_i (1 + gamma_i) and x_hat = x_i + sqrt(sigma_hat^2 - sigma_i^2) s_noise z,
+  z ~ N(0, I) from `fold_in(step_rng, i)` (drawn only when gamma_i > 0); then an Euler step
+  from sigma_hat to sigma_{i+1} with d = (x_hat - D(x_hat; sigma_hat)) / sigma_hat and, if
+  `second_order` and sigma_{i+1} > 0, Heun's correction with d' at sigma_{i+1}.
+  s_churn = 0 is Algorithm 1 (`heun_sample`); `second_order=False` is `euler_sample` (and,
+  with churn, k-diffusion's `sample_euler` / diffusers' `EDMEulerScheduler`). EDM's CIFAR-10
+  settings: steps = 18, rho = 7, s_churn = 0; ImageNet-64: s_churn = 40, s_tmin = 0.05,
+  s_tmax = 50, s_noise = 1.003 with 256 steps (Table 5).
+
+  Args:
+    model_fn: Denoiser, (x_t [B, ...] float32, t [B] float32) -> a `prediction`.
+    process: The noising process (`jgen.ops.processes`) with a finite sigma(t_max).
+    rng: PRNG key: x_T from its first split, the churn noise from the second.
+    shape: Static output shape [B, ...].
+    prediction: What `model_fn` predicts.
+    steps: Static number of steps N (sigma intervals).
+    rho: Static Karras grid exponent.
+    s_churn, s_tmin, s_tmax, s_noise: Algorithm 2's stochasticity (static floats).
+    second_order: Heun's correction on every step but the last.
+    clip_denoised: Clip the x0 prediction D to [-1, 1].
+    x_T: Optional starting noise of shape `shape` (at the prior's time).
+
+  Returns:
+    The samples, shape `shape`.
+  """
+  eps_fn = to_eps_fn(model_fn, process, prediction)
+  x, shape, sigmas = _karras_init(process, rng, shape, x_T, steps, rho)
+  _, step_rng = jax.random.split(rng)
+  deriv = _denoiser(eps_fn, process, shape[0], clip_denoised)
   is_last = jnp.arange(steps) == steps - 1
+  gamma_max = min(s_churn / steps, 2**0.5 - 1)
+  churn = s_churn > 0
 
   def step(x, inputs):
-    s, s_next, last = inputs
+    i, s, s_next, last = inputs
+    if churn:
+      gamma = jnp.where((s >= s_tmin) & (s <= s_tmax), gamma_max, 0.0)
+      s_hat = s * (1.0 + gamma)
+      z = jax.random.normal(jax.random.fold_in(step_rng, i), shape, x.dtype)
+      x = x + jnp.sqrt(jnp.square(s_hat) - jnp.square(s)) * s_noise * z
+      s = s_hat
     dt = s_next - s
     d = deriv(x, s)
     x_euler = x + dt * d
+    if not second_order:
+      return x_euler, None
 
     def correct(_):
       # s_next > 0 on this branch; the max keeps the untaken branch finite.
@@ -307,5 +380,5 @@ def heun_sample(
 
     return jax.lax.cond(last, lambda _: x_euler, correct, None), None
 
-  x, _ = jax.lax.scan(step, x, (sigmas[:-1], sigmas[1:], is_last))
+  x, _ = jax.lax.scan(step, x, (jnp.arange(steps), sigmas[:-1], sigmas[1:], is_last))
   return x

@@ -15,7 +15,7 @@ Three networks, laid out as a converted checkpoint brings them (`python -m jgen.
 **Sampling** (``--mode=sample``) is text-to-image with classifier-free guidance against a
 negative prompt (empty by default, as in diffusers):
 ``eps = eps(z_t, c_neg) + w (eps(z_t, c) - eps(z_t, c_neg))``, ``w = sample.guidance_scale``
-(7.5), with any of jgen's samplers (`jgen.diffusion.ddpm.SAMPLERS`: DDIM, DPM-Solver++(2M),
+(7.5), with any of jgen's samplers (`jgen.diffusion.sampler_table.SAMPLERS`: DDIM, DPM-Solver++(2M),
 Euler, Heun, ancestral) on the ``diffusion`` schedule (SD: ``scaled_linear``, beta 0.00085 ..
 0.012, T = 1000) and the ``diffusion.prediction`` (eps; v for SD 2.x 768). Latents are never
 clipped. The prompts (``sample.prompts``, comma-free text separated by ``|``) are tokenized

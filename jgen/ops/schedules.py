@@ -10,8 +10,11 @@ from typing import Any, Callable
 
 import chex
 from flax import struct
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jgen.ops.processes import Process
 
 
 def linear_beta_schedule(num_timesteps: int,
@@ -94,8 +97,15 @@ _BETA_SCHEDULES: dict[str, Callable[..., np.ndarray]] = {
 
 
 @struct.dataclass
-class Schedule:
-  """Precomputed float32 tables of a diffusion process, each of shape [T].
+class Schedule(Process):
+  """Precomputed float32 tables of a diffusion process, each of shape [T]: DDPM's discrete VP
+  chain as a `jgen.ops.processes.Process` (a = sqrt(abar_t), s = sqrt(1 - abar_t)).
+
+  Time is the timestep t in [0, T - 1]. Integer t gathers the tables. Floating t (the
+  fractional timesteps of the Karras solvers) interpolates log sigma(t) = log sqrt((1 -
+  abar_t) / abar_t) linearly between neighbouring integer steps (as k-diffusion's
+  discrete-schedule wrappers do; `sigma`, inverse `time_of_sigma`), then a = 1 / sqrt(1 +
+  sigma^2) and s = sigma a; at integer values both paths agree.
 
   Attributes:
     betas: beta_t.
@@ -128,6 +138,44 @@ class Schedule:
   def num_timesteps(self) -> int:
     """Number of diffusion steps T (static, read from the array shape)."""
     return self.betas.shape[0]
+
+  variance_preserving = True
+  t_min = property(lambda self: 0.0)
+  t_max = property(lambda self: float(self.num_timesteps - 1))
+  prior_std = property(lambda self: 1.0)
+
+  def _log_sigmas(self) -> jax.Array:
+    # sqrt(1 / abar - 1) is computed in float64 by make_schedule: precise at t = 0.
+    return jnp.log(self.sqrt_recipm1_alphas_cumprod)
+
+  def sigma(self, t: jax.Array) -> jax.Array:
+    """sigma(t) = sqrt((1 - abar_t) / abar_t) of float32 (or integer) t of any shape, log sigma
+    interpolated linearly between integer steps; t is clamped to [0, T - 1]."""
+    t = jnp.asarray(t, jnp.float32)
+    grid = jnp.arange(self.num_timesteps, dtype=jnp.float32)
+    return jnp.exp(jnp.interp(t, grid, self._log_sigmas()))
+
+  def time_of_sigma(self, sigma: jax.Array) -> jax.Array:
+    """The fractional timestep of noise level sigma: t interpolated linearly over the table of
+    log sigma_t (k-diffusion's `sigma_to_t`, diffusers' `_sigma_to_t`); sigmas outside
+    [sigma_0, sigma_{T-1}] clamp to 0 or T - 1."""
+    log_sigma = jnp.log(jnp.asarray(sigma, jnp.float32))
+    grid = jnp.arange(self.num_timesteps, dtype=jnp.float32)
+    return jnp.interp(log_sigma, self._log_sigmas(), grid)
+
+  def sigma_range(self) -> tuple[jax.Array, jax.Array]:
+    """(sigma_0, sigma_{T-1}): the first and last table entries."""
+    return self.sqrt_recipm1_alphas_cumprod[0], self.sqrt_recipm1_alphas_cumprod[-1]
+
+  def marginal(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sqrt(abar_t), sqrt(1 - abar_t)): table entries at integer t, the log-sigma
+    interpolation at floating t."""
+    t = jnp.asarray(t)
+    if jnp.issubdtype(t.dtype, jnp.integer):
+      return self.sqrt_alphas_cumprod[t], self.sqrt_one_minus_alphas_cumprod[t]
+    sigma = self.sigma(t)
+    a = jax.lax.rsqrt(1.0 + jnp.square(sigma))
+    return a, sigma * a
 
 
 def make_schedule(betas) -> Schedule:
