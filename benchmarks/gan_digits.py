@@ -193,13 +193,12 @@ def plot_rows(rows: list[dict], key: str, path: str) -> str:
   return path
 
 
-def main(argv):
-  del argv
-  if not FLAGS.run:
-    raise app.UsageError("give at least one --run CONFIG=WORKDIR")
+def score(runs: list[str]) -> tuple[dict, list[dict], int, int]:
+  """`(reference, rows, num_train, num_real)`: the real held-out digits' scores and one row of
+  scores per `CONFIG[:VARIANT]=WORKDIR[@OVERRIDES]` run (the module docstring's columns)."""
   net = domain.load_feature_net("digits")
   rows, train, train_stats, reference, num_real = [], None, None, None, 0
-  for run in FLAGS.run:
+  for run in runs:
     spec, _, rest = run.partition("=")
     workdir, _, overrides = rest.partition("@")
     config = load_config(spec, overrides)
@@ -246,9 +245,18 @@ def main(argv):
                  "fid": fid_lib.fid_from_stats(stats, train_stats),
                  "fid_small": fid_lib.fid_from_stats(small, train_stats), "rate": rate,
                  "ppl": path_length})
+  return reference, rows, len(train), num_real
+
+
+def main(argv):
+  del argv
+  if not FLAGS.run:
+    raise app.UsageError("give at least one --run CONFIG=WORKDIR")
+  reference, rows, num_train, num_real = score(FLAGS.run)
+  net = domain.load_feature_net("digits")
   print(f"domain classifier: {net!r}; {FLAGS.num} samples per run, seed {FLAGS.seed}; "
         f"a class is covered at >= {100 * FLAGS.covered_share:.0f}% of predictions; "
-        f"precision / recall (k = {FLAGS.pr_k}) and FID against the {len(train)} "
+        f"precision / recall (k = {FLAGS.pr_k}) and FID against the {num_train} "
         f"{FLAGS.reference.replace('_', '-')} digits" + (
             f"; PPL (end sampling) of {FLAGS.ppl} pairs" if FLAGS.ppl else ""))
   ppl_head, ppl_rule = (" PPL |", "---|") if FLAGS.ppl else ("", "")

@@ -163,6 +163,7 @@ def flow_matching(c: ml_collections.ConfigDict, *, time_distribution: str = "log
   is rectified flow's), Euler's method on the ODE with the same number of steps."""
   c = _continuous(c, "diffusion.flow_matching", "velocity")
   c.flow_matching = ml_collections.ConfigDict()
+  c.flow_matching.process = "linear"  # a name of jgen.ops.processes.PROCESSES
   c.flow_matching.time_distribution = time_distribution  # uniform | logit_normal | mode
   c.flow_matching.loc = 0.0        # logit_normal: m
   c.flow_matching.scale = 1.0      # logit_normal: s; mode: s in [-1, 2 / (pi - 2)]

@@ -43,7 +43,7 @@ from etils import epath
 from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion import ldm as ldm_lib
 from jgen.diffusion.losses import continuous_loss
-from jgen.ops.processes import PREDICTIONS, Linear, Process
+from jgen.ops.processes import PREDICTIONS, Linear, Process, process_by_name
 from jgen.ops.schedules import Schedule
 from jgen.train import init_from as init_from_lib
 from jgen.train.state import TrainState
@@ -133,7 +133,8 @@ class FlowMatchingObjective(ddpm_lib.Objective):
 
 def make_flow_matching(config: Any, *, image_shape: tuple[int, int, int],
                        guidance_scale: float | None = None) -> ddpm_lib.DDPM:
-  """The flow-matching `DDPM` (Linear process, `FlowMatchingObjective`) of a config's `model`,
+  """The flow-matching `DDPM` (`FlowMatchingObjective` on ``flow_matching.process``, by default
+  the linear path) of a config's `model`,
   `diffusion`, `flow_matching`, `optim`, `train` and `sample` blocks
   (experiments/ddpm/base.py `flow_matching`), on arrays of `image_shape`."""
   fields = ddpm_lib.denoiser_fields(config, image_shape=image_shape,
@@ -142,7 +143,7 @@ def make_flow_matching(config: Any, *, image_shape: tuple[int, int, int],
   objective = FlowMatchingObjective(distribution=str(f.time_distribution), loc=float(f.loc),
                                     scale=float(f.scale), time_input=float(f.time_input))
   cls = ddpm_lib.denoiser_class(fields)
-  return cls(**fields, schedule=Linear(), objective=objective,
+  return cls(**fields, schedule=process_by_name(str(f.process)), objective=objective,
              shift=float(config.sample.shift))
 
 

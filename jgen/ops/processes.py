@@ -284,3 +284,14 @@ class Linear(Process):
                      "the Karras sigma-space samplers (euler, heun, edm) need a finite "
                      "sigma_max; sample it with ode_euler, ode_heun or ode_midpoint, which "
                      "integrate in t")
+
+
+# Processes by name: what `config.flow_matching.process` selects (their default parameters).
+PROCESSES: dict[str, type[Process]] = {"linear": Linear, "vp": VP, "ve": VE, "edm": EDM}
+
+
+def process_by_name(name: str) -> Process:
+  """The process `name` of `PROCESSES` with its default parameters."""
+  if name not in PROCESSES:
+    raise ValueError(f"unknown process {name!r}; choose one of {sorted(PROCESSES)}")
+  return PROCESSES[name]()

@@ -21,7 +21,8 @@ CONFIGS = sorted(str(p.relative_to(EXPERIMENTS))[:-3] for p in EXPERIMENTS.glob(
                  if not p.name.startswith("base"))
 # What a method may need from this machine to be made: its dataset, another run's checkpoint.
 _ABSENT = (DatasetUnavailableError, FileNotFoundError, InitFromError, CheckpointError)
-_ABSENT_MESSAGES = ("run_record.json", "init_from.base.workdir=", "weight files, not found")
+_ABSENT_MESSAGES = ("run_record.json", "init_from.base.workdir=", "init_from.workdir=<",
+                    "weight files, not found")
 ALIASES = sorted(p.name[:-3] for p in EXPERIMENTS.glob("*.py"))
 
 
