@@ -365,7 +365,10 @@ def edm_sample(
       gamma = jnp.where((s >= s_tmin) & (s <= s_tmax), gamma_max, 0.0)
       s_hat = s * (1.0 + gamma)
       z = jax.random.normal(jax.random.fold_in(step_rng, i), shape, x.dtype)
-      x = x + jnp.sqrt(jnp.square(s_hat) - jnp.square(s)) * s_noise * z
+      # sqrt(s_hat^2 - s^2) written without the difference: XLA contracts that into an FMA
+      # whose result is a tiny negative number where gamma = 0 (outside [s_tmin, s_tmax]),
+      # and its sqrt a NaN in every sample.
+      x = x + s * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z
       s = s_hat
     dt = s_next - s
     d = deriv(x, s)
