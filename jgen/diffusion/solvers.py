@@ -365,7 +365,9 @@ def edm_sample(
       gamma = jnp.where((s >= s_tmin) & (s <= s_tmax), gamma_max, 0.0)
       s_hat = s * (1.0 + gamma)
       z = jax.random.normal(jax.random.fold_in(step_rng, i), shape, x.dtype)
-      x = x + jnp.sqrt(jnp.square(s_hat) - jnp.square(s)) * s_noise * z
+      # sqrt(s_hat^2 - s^2) as s sqrt(gamma (2 + gamma)): the difference of squares, contracted
+      # into an FMA by XLA, came out slightly negative (a NaN) at the levels with gamma = 0.
+      x = x + s * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z
       s = s_hat
     dt = s_next - s
     d = deriv(x, s)
