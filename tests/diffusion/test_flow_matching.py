@@ -6,8 +6,9 @@ sampler is checked against a hand-written Euler loop over the EMA U-Net (x <- x 
 rectified_flow_digits:reflow,smoke stage: its couples are cached in workdir/reflow, are the
 parent's 2-step Euler solutions from their noise, the student starts at the parent's EMA
 weights (a zero learning rate keeps them), and a second start in a workdir holding the file
-(the method's `prepare`, which the loop calls first) reads it instead of drawing again. The conditional variant samples the asked labels with classifier-free guidance
-on the velocity, (1 - w) u(x, null) + w u(x, label). A DDPM sampler ('ddim') or a sigma-space
+(the method's `prepare`, which the loop calls first) reads it instead of drawing again. The
+conditional variant samples the asked labels with classifier-free guidance on the velocity,
+(1 - w) u(x, null) + w u(x, label). A DDPM sampler ('ddim') or a sigma-space
 one is refused for the linear path with a ValueError before anything compiles. A latent flow
 (ldm_digits:smoke turned into flow matching on a frozen vqgan_digits:smoke) trains and
 samples (marked slow: a first stage and a latent run, ~40 s of CPU).
