@@ -117,8 +117,8 @@ class DDPM:
     loss_type: 'mse' (the paper's) or 'l1'.
     prediction: what the network predicts: 'eps', 'x0' or 'v'.
     sampler: a name of `jgen.diffusion.sampler_table.SAMPLERS`: 'ddpm' (ancestral, all T
-      steps), 'ddim', 'dpmpp_2m', 'euler', 'heun', 'edm', 'ode_euler', 'ode_heun' or
-      'ode_midpoint'.
+      steps), 'ddim', 'dpmpp_2m', 'euler', 'heun', 'edm', 'ode_euler', 'ode_heun',
+      'ode_midpoint' or 'sde_euler'.
     sample_steps: steps (model evaluations for dpmpp_2m / euler) of every sampler but 'ddpm'.
     eta: DDIM eta (0: deterministic).
     spacing: DDIM step spacing, 'uniform', 'quadratic' or 'trailing'.

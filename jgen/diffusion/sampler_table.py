@@ -13,6 +13,7 @@ the config's `sample.*` keys), and `TAGS` how output files name them.
 | euler, heun | finite sigma_max | any, Karras grid | `solvers` |
 | edm | finite sigma_max | any, Karras grid, churn | `solvers` |
 | ode_euler, ode_heun, ode_midpoint | any | any, shifted uniform t | `ode` |
+| sde_euler | any | any, shifted uniform t; Euler-Maruyama on the reverse SDE | `ode` |
 """
 
 import functools
@@ -20,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-from jgen.diffusion.ode import ode_sample
+from jgen.diffusion.ode import ode_sample, sde_sample
 from jgen.diffusion.samplers import ddim_sample, ddpm_sample
 from jgen.diffusion.solvers import dpmpp_2m_sample, edm_sample, euler_sample, heun_sample
 from jgen.ops.processes import Process
@@ -38,6 +39,7 @@ SAMPLERS: dict[str, Sampler] = {
     "ode_euler": functools.partial(ode_sample, method="euler"),
     "ode_heun": functools.partial(ode_sample, method="heun"),
     "ode_midpoint": functools.partial(ode_sample, method="midpoint"),
+    "sde_euler": sde_sample,
 }
 
 _ODE = {"steps": "steps", "shift": "shift"}
@@ -50,7 +52,7 @@ OPTIONS: dict[str, dict[str, str]] = {
     "heun": {"steps": "steps", "rho": "rho"},
     "edm": {"steps": "steps", "rho": "rho", "s_churn": "s_churn", "s_tmin": "s_tmin",
             "s_tmax": "s_tmax", "s_noise": "s_noise"},
-    "ode_euler": _ODE, "ode_heun": _ODE, "ode_midpoint": _ODE,
+    "ode_euler": _ODE, "ode_heun": _ODE, "ode_midpoint": _ODE, "sde_euler": _ODE,
 }
 
 _ODE_TAG = "{name}{steps}_shift{shift:g}"
@@ -62,6 +64,7 @@ TAGS: dict[str, str] = {
     "heun": "heun{steps}_rho{rho:g}",
     "edm": "edm{steps}_rho{rho:g}_churn{s_churn:g}",
     "ode_euler": _ODE_TAG, "ode_heun": _ODE_TAG, "ode_midpoint": _ODE_TAG,
+    "sde_euler": _ODE_TAG,
 }
 
 

@@ -38,7 +38,7 @@ def discrete_chain(process: Process, sampler: str) -> Schedule:
   if not isinstance(process, Schedule):
     raise ValueError(f"the {sampler!r} sampler runs DDPM's discrete chain (a Schedule), not "
                      f"{type(process).__name__}: sample continuous processes with euler, heun, "
-                     "edm, ode_euler, ode_heun or ode_midpoint")
+                     "edm, ode_euler, ode_heun, ode_midpoint or sde_euler")
   return process
 
 

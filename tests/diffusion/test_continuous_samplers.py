@@ -118,6 +118,23 @@ def test_ode_samplers_reproduce_the_mixture(process_name, name, steps, shift):
   assert_mixture(x)
 
 
+# Euler-Maruyama on the reverse SDE needs more steps than the ODE (its error is O(sqrt(dt)) in
+# the noise); 'edm' shifts the grid to low noise as above.
+SDE_CASES = [
+    ("linear", 200, 1.0),
+    ("vp", 200, 1.0),
+    ("edm", 200, 0.05),
+]
+
+
+@pytest.mark.parametrize("process_name,steps,shift", SDE_CASES)
+def test_reverse_sde_sampler_reproduces_the_mixture(process_name, steps, shift):
+  process = PROCESSES[process_name]
+  x = run_gmm(process, prior_noise(process), name="sde_euler",
+              options=(("steps", steps), ("shift", shift)))
+  assert_mixture(x)
+
+
 KARRAS = {**PROCESSES, "ddpm_chain": get_schedule("linear", 1000)}
 del KARRAS["linear"]
 HEUN = (("steps", 40),)
@@ -467,7 +484,7 @@ def test_discrete_samplers_refuse_continuous_processes():
 
 def test_every_continuous_sampler_name_runs_on_edm():
   """The names the tests above drove on EDM are all of the table but the discrete three."""
-  driven = {name for _, name, _, _ in ODE_CASES} | {"heun", "edm", "euler"}
+  driven = {name for _, name, _, _ in ODE_CASES} | {"heun", "edm", "euler", "sde_euler"}
   assert driven == set(SAMPLERS) - set(DISCRETE)
   for name in driven:
     check_sampler(name, EDM())
