@@ -6,13 +6,12 @@ needs derives from them:
 
 * noise level sigma(t) = s / a: every process is the EDM process x / a = x0 + sigma eps
   reparameterized (Karras et al. 2022, Eq. 4), so a denoiser trained on one drives another;
-* predictions. With x = a x0 + s eps at time t and r = sqrt(a^2 + s^2):
-    eps;  x0 (EDM's denoiser D(x / a; sigma) is this x0);
-    v = (a eps - s x0) / r  (Salimans & Ho 2022: alpha eps - sigma x0 for VP, where r = 1);
-    velocity u = dx/dt = a' x0 + s' eps  (flow matching; u = eps - x0 on the linear path).
-  Any one gives (x0, eps): x0 = (x - s eps) / a; eps = (x - a x0) / s;
-  x0 = (a x - s r v) / r^2, eps = (s x + a r v) / r^2;
-  x0 = (s' x - s u) / det, eps = (a u - a' x) / det with det = a s' - s a';
+* predictions, with x = a x0 + s eps at time t and r = sqrt(a^2 + s^2): eps; x0 (EDM's
+  denoiser D(x / a; sigma) is this x0); v = (a eps - s x0) / r (Salimans & Ho 2022: alpha eps
+  - sigma x0 for VP, where r = 1); the velocity u = dx/dt = a' x0 + s' eps (flow matching;
+  u = eps - x0 on the linear path). Any one gives (x0, eps): x0 = (x - s eps) / a and
+  eps = (x - a x0) / s; x0 = (a x - s r v) / r^2 and eps = (s x + a r v) / r^2; x0 = (s' x -
+  s u) / det and eps = (a u - a' x) / det with det = a s' - s a';
 * the probability-flow ODE dx/dt = a' E[x0 | x] + s' E[eps | x], and the reverse SDE
   dx = [f x + g^2 eps / s] dt + g dw with f = a' / a, g^2 = 2 s^2 (s' / s - f) (score =
   -eps / s; the ODE drift is f x + g^2 eps / (2 s), the same expression).
