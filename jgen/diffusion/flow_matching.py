@@ -45,6 +45,7 @@ from jgen.diffusion import ldm as ldm_lib
 from jgen.diffusion.losses import continuous_loss
 from jgen.ops.processes import PREDICTIONS, Linear, Process, process_by_name
 from jgen.ops.schedules import Schedule
+from jgen.train import cache
 from jgen.train import init_from as init_from_lib
 from jgen.train.state import TrainState
 
@@ -258,12 +259,7 @@ class Reflow:
       log.info("reflow: %d couples read from %s", self.num_pairs, path)
     else:
       pairs = self.draw_pairs(jax.device_put(parent))
-      if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / (path.name + ".tmp")
-        with tmp.open("wb") as f:
-          np.savez(f, **pairs)
-        tmp.rename(path)
+      cache.write_npz(path, pairs)
       log.info("reflow: %d couples drawn by the parent flow (step %d), cached in %s",
                self.num_pairs, step, path)
     return dataclasses.replace(self, pairs=pairs)
