@@ -1,5 +1,6 @@
 """Shared test fixtures: repo paths and the tiny experiment configs."""
 
+import functools
 import os
 import pathlib
 import tempfile
@@ -12,9 +13,11 @@ import pytest
 # level, cold cache). Convolutions and dots still run in XLA's libraries, but the generated
 # element-wise code is slower, so a test that runs long loops of small jitted steps pays for it
 # (a 600-step judge took test_translation_loop's eval test to 437 s against 39.7 s at the
-# default level; that test now trains a 20-step judge). JGEN_TEST_XLA_OPT=1 keeps XLA's default,
-# and a value that XLA_FLAGS already names wins.
-TEST_XLA_FLAGS = {"xla_backend_optimization_level": "0"}
+# default level; that test now trains a 20-step judge). XLA:CPU's MLIR fusion emitters are off
+# too: its older LLVM IR emitters compile the same fusions faster (that smoke run: 18-21 s of
+# CPU against 28 s, cold cache; the translation eval test runs as fast with either).
+# JGEN_TEST_XLA_OPT=1 keeps XLA's defaults, and a value that XLA_FLAGS already names wins.
+TEST_XLA_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
 
 
 def with_test_xla_flags(flags: str) -> str:
@@ -80,3 +83,36 @@ def checkpoint_steps(workdir: str) -> list[int]:
   """The checkpoint steps a run left in `workdir`."""
   with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     return ckpt.all_steps()
+
+
+# Session fixtures that several test files train on. Under `pytest -n`, each xdist worker builds
+# every session fixture that its tests use, so setup.cfg runs xdist with `--dist loadfile` and
+# the scheduler below sends all the test files that name one of these fixtures to one worker,
+# as one unit (the first fixture here that a file names): it builds the fixture once. Every
+# other file is a unit of its own, as in loadfile, so a module-scoped fixture is built once too.
+# (xdist's own `--dist loadgroup` marks do not group tests under pytest 9: xdist 3.8 renames
+# node ids through an attribute that pytest 9 no longer reads.)
+SHARED_RUNS = ("fs_run", "ddpm_smoke_run")
+
+
+@functools.cache
+def _scheduling_unit(path: str) -> str:
+  """The first of `SHARED_RUNS` that the test file `path` (relative to the repo) names, else
+  `path`."""
+  try:
+    text = (REPO / path).read_text()
+  except OSError:
+    return path
+  return next((name for name in SHARED_RUNS if name in text), path)
+
+
+def pytest_xdist_make_scheduler(config, log):
+  if config.getvalue("dist") != "loadfile":
+    return None
+  from xdist.scheduler import LoadFileScheduling  # noqa: PLC0415 (only under xdist)
+
+  class SharedRunScheduling(LoadFileScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      return _scheduling_unit(super()._split_scope(nodeid))
+
+  return SharedRunScheduling(config, log)

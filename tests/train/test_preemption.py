@@ -22,10 +22,14 @@ _OVERRIDES = [f"--config.train.num_steps={STEPS}", "--config.train.eval_every=0"
               "--config.train.log_every=50", "--config.train.keep_checkpoints=10"]
 
 
-def _launch_cmd(workdir):
+def _launch_cmd(workdir, *, cache: bool = True):
+  """launch.py on ddpm_digits:smoke for `STEPS` steps. With the session's compilation cache
+  (`cache`) only the first run compiles the step; the SIGTERM test's run compiles it afresh
+  (`cache=False`), so the signal lands while the step compiles or early in the run, never
+  after its last step."""
   return [sys.executable, str(REPO / "launch.py"), "--config",
           str(REPO / "experiments" / "ddpm" / "digits.py") + ":smoke", "--workdir", str(workdir),
-          "--nocompilation_cache", *_OVERRIDES]
+          *([] if cache else ["--nocompilation_cache"]), *_OVERRIDES]
 
 
 def _run(cmd, **kw):
@@ -57,8 +61,8 @@ def _assert_bitwise(a, b):
 
 def test_sigterm_saves_the_step_it_stopped_at_and_resume_is_bitwise_equal(tmp_path, straight):
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(_launch_cmd(workdir), env=subprocess_env(), stderr=subprocess.PIPE,
-                          stdout=subprocess.DEVNULL, text=True)
+  proc = subprocess.Popen(_launch_cmd(workdir, cache=False), env=subprocess_env(),
+                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
   deadline = time.time() + 300
   # run_record.json is written after train() has caught SIGTERM, before the first step.
   while not (workdir / "run_record.json").exists():
