@@ -55,8 +55,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding of a batch: split along its leading axis over every device (data and fsdp)."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+  """Sharding of a batch: split along its leading axis over every device (the mesh's data and
+  fsdp axes; a mesh of the caller's own may have only some of them)."""
+  return NamedSharding(mesh, P(tuple(a for a in BATCH_AXES if a in mesh.axis_names)))
 
 
 def leaf_spec(shape: tuple[int, ...], fsdp: int, *, min_size: int = FSDP_MIN_SIZE) -> P:

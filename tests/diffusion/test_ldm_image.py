@@ -3,6 +3,8 @@ super-resolution conditions against NumPy, the mask carried by NaN sources, the 
 kept, a smoke run through the loop with resume on a vqgan_digits:smoke first stage, the
 translation grids of --mode=sample, and every new config builds."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,6 +147,7 @@ def test_known_pixels_kept_and_the_reconstruction_error_bound(inpaint_run):
 @pytest.mark.slow  # 34 s on 2 cores beyond the fixture; the fixture already resumes
 def test_loop_smoke_resume_eval_and_translation_grids(fs_run, inpaint_run, tmp_path):
   config, workdir, state, recorded = inpaint_run
+  config = copy.deepcopy(config)  # this test changes its sample/data/ldm fields; the next reads
   assert int(state.step) == config.train.num_steps == 4
   # Resumed with measure_scale_factor patched to 123: the recorded factor is kept, bitwise.
   assert float(recorded) != 123.0
