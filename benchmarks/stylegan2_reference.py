@@ -14,7 +14,8 @@ its files is in this repository) and runs on CPU through the reference's own fal
   mapping has 2 layers), the 'orig' discriminator, ``conv_clamp=0.5`` (small, so the clamp acts).
 
 Every parameter and buffer is redrawn (noise strengths, biases, w_avg, the noise_const maps:
-nothing hides behind a zero), ``num_fp16_res=0`` (float32 throughout). The ``.npz`` holds, per
+nothing hides behind a zero; the mapping layers' stored weights at the reference's own scale,
+N(0, 1) / lr_multiplier), ``num_fp16_res=0`` (float32 throughout). The ``.npz`` holds, per
 variant, each network's state dict (``<v>/G/<torch name>``, ``<v>/D/...``), its init kwargs as
 JSON (``<v>/G_kwargs``), the inputs (z, one-hot c, images NCHW) and the reference outputs: w
 (psi 1), the truncated ws (psi 0.7), images with noise_mode 'const' and 'none' and the
@@ -59,16 +60,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 PSI = 0.7
 
 
-def build(nvlabs: str, variant: str, seed: int = 0) -> dict[str, Any]:
-  """The reference G and D of `variant` with every tensor redrawn, inputs and outputs."""
+def networks(nvlabs: str, variant: str, seed: int = 0) -> tuple[Any, Any, Any]:
+  """The reference G and D of `variant` with every tensor redrawn, and the torch generator
+  that drew them (it draws the inputs next)."""
   import torch  # pylint: disable=import-outside-toplevel
   if nvlabs not in sys.path:
     sys.path.insert(0, nvlabs)
-  from training import networks  # pylint: disable=import-outside-toplevel
+  from training import networks as nv  # pylint: disable=import-outside-toplevel
   spec = VARIANTS[variant]
   torch.manual_seed(seed)
-  G = networks.Generator(**spec["G"]).eval()
-  D = networks.Discriminator(**spec["D"]).eval()
+  G = nv.Generator(**spec["G"]).eval()
+  D = nv.Discriminator(**spec["D"]).eval()
   gen = torch.Generator().manual_seed(seed + 1)
   with torch.no_grad():
     for net in (G, D):
@@ -76,7 +78,17 @@ def build(nvlabs: str, variant: str, seed: int = 0) -> dict[str, Any]:
         if name.endswith("resample_filter"):
           continue
         scale = 0.3 if name.endswith(("bias", "noise_strength")) else 1.0
+        if name.startswith("mapping.") and name.endswith(".weight") and ".fc" in name:
+          scale = 100.0  # the stored weight is randn / lr_multiplier, as the reference draws it
         t.copy_(torch.randn(t.shape, generator=gen) * scale)
+  return G, D, gen
+
+
+def build(nvlabs: str, variant: str, seed: int = 0) -> dict[str, Any]:
+  """Weights, inputs and reference outputs of `variant` (module docstring)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  spec = VARIANTS[variant]
+  G, D, gen = networks(nvlabs, variant, seed)
   b, c_dim = spec["batch"], spec["G"]["c_dim"]
   z = torch.randn([b, spec["G"]["z_dim"]], generator=gen)
   labels = torch.arange(b) % max(c_dim, 1)

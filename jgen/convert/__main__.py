@@ -4,6 +4,7 @@
   python -m jgen.convert v2-1_768-ema-pruned.safetensors /tmp/sd21 --prediction=v
   python -m jgen.convert ~/models/ddpm-cifar10-32 /tmp/ddpm_cifar
   python -m jgen.convert ~/models/sd-controlnet-canny /tmp/sd15_canny --base=/tmp/sd15
+  python -m jgen.convert ffhq.pkl /tmp/ffhq     # an NVlabs StyleGAN2-ADA pickle (never run)
 
 Prints the ``launch.py`` command that samples the result (`jgen.convert.pipeline`).
 """
@@ -22,7 +23,8 @@ from jgen.convert import controlnet_pipeline, pipeline
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m jgen.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("src", help="a diffusers folder or a single .ckpt/.safetensors file")
+  parser.add_argument("src", help="a diffusers folder, a single .ckpt/.safetensors file or "
+                      "an NVlabs StyleGAN2-ADA .pkl")
   parser.add_argument("workdir", help="the jgen work directory to write (new)")
   parser.add_argument("--prediction", choices=sorted(pipeline.PREDICTIONS.values()),
                       help="what the U-Net predicts (single files cannot tell; SD 2.x 768: v)")

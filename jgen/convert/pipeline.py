@@ -16,6 +16,10 @@ single-file SD / LDM checkpoint            the same, parts renamed by
 (``.ckpt`` / ``.safetensors``)             `jgen.convert.single_file`
 diffusers ``DDPMPipeline`` folder or a     ``diffusion.ddpm`` (experiments/ddpm/cifar.py
 ``UNet2DModel`` folder                     for ``google/ddpm-cifar10-32``)
+NVlabs StyleGAN2-ADA pickle (``.pkl``:     ``gan.stylegan2`` (experiments/gan/
+``G``, ``D``, ``G_ema``, ``augment_pipe``)  stylegan2_transfer.py): ``params/generator`` = G,
+                                           ``params/discriminator`` = D, the EMA = G_ema,
+                                           ``model_state/w_avg``, ``model_state/ada/p``
 =========================================  ============================================
 
 The config starts from the experiment file (``experiments/sd/txt2img.py`` /
@@ -51,6 +55,7 @@ from jgen.convert import autoencoder as ae_convert
 from jgen.convert import clip as clip_convert
 from jgen.convert import files
 from jgen.convert import single_file
+from jgen.convert import stylegan2 as sg2_convert
 from jgen.convert.unet import unet_from_diffusers, unet_settings
 from jgen.train import rules as rules_lib
 from jgen.train import run_record
@@ -77,7 +82,8 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def detect_format(src: str) -> str:
-  """'sd_folder', 'ddpm_folder', 'unet2d_folder' or 'single_file' of a checkpoint path.
+  """'sd_folder', 'ddpm_folder', 'unet2d_folder', 'single_file' or 'stylegan2_pickle' (a
+  ``.pkl``) of a checkpoint path.
 
   Raises:
     FileNotFoundError: no such path.
@@ -102,6 +108,8 @@ def detect_format(src: str) -> str:
         "with --base=<a converted SD work directory>. One model of a pipeline (a U-Net, VAE "
         "or text encoder folder) loads with jgen.convert.load.")
   if os.path.isfile(src):
+    if src.endswith(".pkl"):
+      return "stylegan2_pickle"
     if src.endswith((".ckpt", ".safetensors", ".pt", ".pth", ".bin")):
       return "single_file"
     raise files.UnknownFormatError(f"{src}: unknown checkpoint format; known: a diffusers "
@@ -140,11 +148,15 @@ def _overrides(config: ml_collections.ConfigDict, values: Mapping[str, Any]) -> 
 
 
 def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any,
-                  frozen: Mapping[str, Any] | None = None, *, seed: int = 0) -> str:
+                  frozen: Mapping[str, Any] | None = None, *, seed: int = 0,
+                  model_state: Mapping[str, Any] | None = None,
+                  emas: Mapping[str, Any] | None = None) -> str:
   """Saves converted weights as step 0 of a run of `config` in `workdir`.
 
   The state's structure is checked against the method's own (``jax.eval_shape`` of its
-  ``init``: no array is made) before anything is written.
+  ``init``: no array is made) before anything is written. `model_state` entries replace the
+  method's initial ones (the rest keep their initial values); `emas` ({name: leaves}) replace
+  the EMAs, which otherwise start as copies of `params`.
 
   Raises:
     FileExistsError: `workdir` already holds a checkpoint (nothing is overwritten).
@@ -162,10 +174,17 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any,
   ema = want.ema_specs[0].decay if want.ema_specs else None
   state = TrainState.create(params=params, tx=want.tx, rng=rng, ema_decay=ema,
                             ema_warmup=bool(want.ema_specs and want.ema_specs[0].warmup),
-                            frozen=dict(frozen or {}), rules=rules)
+                            emas=want.ema_specs, frozen=dict(frozen or {}), rules=rules)
+  if model_state is not None:
+    initial = method.init(rng, {"image": np.zeros(batch["image"].shape, np.float32)})
+    state = state.replace(model_state={**initial.model_state, **model_state})
+  if emas is not None:
+    state = state.replace(emas={**state.emas, **emas})
   shapes = lambda tree: jax.tree.map(lambda x: (tuple(np.shape(x)), np.dtype(x.dtype).name),
                                      tree)
-  for name in ("params", "frozen"):
+  names = ("params", "frozen") + (("model_state",) if model_state is not None else ()) + (
+      ("emas",) if emas is not None else ())
+  for name in names:
     got, expected = shapes(getattr(state, name)), shapes(getattr(want, name))
     if got != expected:
       got_flat = dict(rules_lib.flat(got)) if got else {}
@@ -355,6 +374,46 @@ def _convert_ddpm(src: str, workdir: str, kind: str, *, weights_variant: str | N
   return {"format": kind, "method": config.method, "config": config_name, "overrides": changed}
 
 
+# ---------------------------------------------------------------------- StyleGAN2-ADA
+
+
+def _convert_stylegan2(src: str, workdir: str, *, config_file: str | None) -> dict[str, Any]:
+  """An NVlabs pickle (read without running it: `jgen.convert.stylegan2`) as a
+  ``gan.stylegan2`` work directory; everything is read and checked before the directory is
+  made, and the checkpoint is written to a temporary sibling renamed into place."""
+  converted = sg2_convert.read(src)
+  config, config_name = _experiment("gan/stylegan2_transfer", None, config_file)
+  values = {**converted["values"], "init_from.workdir": ""}
+  if converted["ada_p"] is not None:
+    values.update({"gan.ada": True, "gan.ada_p": converted["ada_p"]})
+  values["data.batch_size"] = max(int(config.data.batch_size), int(values.get(
+      "model.mbstd_group", 1) or 1))
+  changed = _overrides(config, values)
+  params = dict(converted["params"])
+  if "discriminator" not in params:
+    raise sg2_convert.ConversionError(f"{src}: no discriminator (D) in the pickle; jgen's "
+                                      "work directory holds G and D (sampling alone needs G)")
+  model_state: dict[str, Any] = {}
+  if converted["w_avg"] is not None:
+    model_state["w_avg"] = converted["w_avg"]
+  if converted["ada_p"] is not None:
+    model_state["ada"] = {"p": np.float32(converted["ada_p"]),
+                          "rt_sum": np.float32(0.0), "rt_count": np.float32(0.0)}
+  emas = {"ema": {"generator": converted["ema"]}} if config.train.ema_decay else None
+  if os.path.exists(workdir) and os.listdir(workdir):
+    raise FileExistsError(f"{workdir} exists and is not empty; convert into a new directory")
+  tmp = f"{os.path.abspath(workdir).rstrip(os.sep)}.converting-{os.getpid()}"
+  try:
+    write_workdir(tmp, config, params, model_state=model_state, emas=emas)
+    if os.path.isdir(workdir):
+      os.rmdir(workdir)
+    os.replace(tmp, workdir)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return {"format": "stylegan2_pickle", "method": config.method, "config": config_name,
+          "overrides": changed}
+
+
 def convert(src: str, workdir: str, *, prediction: str | None = None, ema: bool = False,
             weights_variant: str | None = None, config_file: str | None = None,
             overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -376,6 +435,8 @@ def convert(src: str, workdir: str, *, prediction: str | None = None, ema: bool 
     file and overrides that sample the work directory.
   """
   kind = detect_format(src)
+  if kind == "stylegan2_pickle":
+    return _convert_stylegan2(src, workdir, config_file=config_file)
   if prediction is not None and prediction not in PREDICTIONS.values():
     raise ValueError(f"prediction={prediction!r}; choose one of {sorted(PREDICTIONS.values())}")
   if kind in ("sd_folder", "single_file"):
