@@ -290,9 +290,10 @@ def make_method(config: Any) -> StyleGAN2:
   """Translates `model` (features, d_features, z_dim, w_dim, mapping_layers, d_architecture,
   mbstd_group, conv, dtype; optional, with today's behaviour when absent: resample ("fir" |
   "exact"), conv_clamp (0: none), noise_buffers, d_flatten ("nhwc" | "nchw"),
-  mapping_lr_mul (0.01): `jgen.nn.stylegan2`'s reference options), `gan` (loss, r1_gamma, r1_every, style_mixing, pl_*, w_avg_beta,
-  num_classes, ADA), `optim` / `optim_d`, `train` and `sample.truncation` into a StyleGAN2;
-  inconsistencies are errors here, before anything compiles."""
+  mapping_lr_mul (0.01): `jgen.nn.stylegan2`'s reference options), `gan` (loss, r1_gamma,
+  r1_every, style_mixing, pl_*, w_avg_beta, num_classes, ADA), `optim` / `optim_d`, `train`
+  and `sample.truncation` into a StyleGAN2; inconsistencies are errors here, before anything
+  compiles."""
   m, g, d = config.model, config.gan, config.data
   dtype = compute_dtype(m.dtype)
   features = tuple(int(f) for f in m.features)
