@@ -96,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if a.stage == "source":
     c.init_from.workdir = ""
     c.data.source = "idx:/work/shared/data/mnist-test"
+    c.data.split = "test"          # the offline copy holds MNIST's 10k test images
     c.gan.ada = False
     c.train.num_steps = 1500
     c.train.ema_decay = 0.999

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from jgen.convert import stylegan2 as sg2_convert
 from jgen.metrics.weights import LEGACY_MAGIC
 
 _GLOBALS: dict[tuple[str, str], type] = {}
@@ -150,3 +151,51 @@ def network_pickle(nets: Mapping[str, tuple[str, Mapping[str, np.ndarray], Mappi
   data: dict[str, Any] = {k: persistent(c, t, kw, BUFFERS) for k, (c, t, kw) in nets.items()}
   data.update(extra or {})
   return dumps(data)
+
+
+def nvlabs_kwargs(c: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+  """NVlabs' G and D init kwargs of a jgen StyleGAN2 config with the reference options
+  (channels min(channel_base / r, channel_max), unconditional)."""
+  f = tuple(c.model.features)
+  res = c.data.image_size
+  base, cmax = f[-1] * res, max(f)
+  if tuple(min(base // (4 * 2**l), cmax) for l in range(len(f))) != f:
+    raise ValueError(f"features {f} are not min(channel_base / r, channel_max)")
+  clamp = c.model.conv_clamp or None
+  g = {"z_dim": c.model.z_dim, "c_dim": 0, "w_dim": c.model.w_dim, "img_resolution": res,
+       "img_channels": c.data.channels,
+       "mapping_kwargs": {"num_layers": c.model.mapping_layers},
+       "synthesis_kwargs": {"channel_base": base, "channel_max": cmax, "num_fp16_res": 0,
+                            "conv_clamp": clamp}}
+  d = {"c_dim": 0, "img_resolution": res, "img_channels": c.data.channels,
+       "architecture": c.model.d_architecture, "channel_base": base, "channel_max": cmax,
+       "num_fp16_res": 0, "conv_clamp": clamp,
+       "epilogue_kwargs": {"mbstd_group_size": c.model.mbstd_group}}
+  return g, d
+
+
+def _leaf(tree: Any, path: str) -> np.ndarray:
+  for part in path.split("/"):
+    tree = tree[part]
+  return np.asarray(tree)
+
+
+def jgen_state_pickle(c: Any, state: Any) -> bytes:
+  """A jgen StyleGAN2 train state (reference options on) as an NVlabs-layout pickle: G, G_ema
+  (the EMA generator), D, w_avg, and an augment pipe with p = 0 (the conversion table of
+  `jgen.convert.stylegan2.name_table`, inverted)."""
+  g_kwargs, d_kwargs = nvlabs_kwargs(c)
+  rows = sg2_convert.name_table(sg2_convert.settings(g_kwargs, d_kwargs))
+  trees = {"G": state.params["generator"], "G_ema": state.ema_params["generator"],
+           "D": state.params["discriminator"]}
+  tensors: dict[str, dict[str, np.ndarray]] = {k: {} for k in trees}
+  for jpath, name, layout in rows:
+    net, _, inner = jpath.partition(":")
+    for key in ((net,) if net == "D" else ("G", "G_ema")):
+      tensors[key][name] = sg2_convert.from_jgen(_leaf(trees[key], inner), layout)
+  w_avg = np.asarray(state.model_state["w_avg"], np.float32)
+  tensors["G"]["mapping.w_avg"] = tensors["G_ema"]["mapping.w_avg"] = w_avg
+  return network_pickle({
+      "G": ("Generator", tensors["G"], g_kwargs), "D": ("Discriminator", tensors["D"], d_kwargs),
+      "G_ema": ("Generator", tensors["G_ema"], g_kwargs),
+      "augment_pipe": ("AugmentPipe", {"p": np.float32(0.0)}, {"xflip": 1})})

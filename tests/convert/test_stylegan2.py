@@ -264,3 +264,31 @@ def test_live_reference(tmp_path, variant):
                       labels.numpy() if method.num_classes else None, jax.random.key(0),
                       psi=0.7, noise_mode="const")
   _close(img, want, "live image")
+
+
+# ------------------------------------------------------------------ fine-tuning
+
+
+@pytest.mark.slow  # ~2 min on 2 busy cores: two compiles of a StyleGAN2 step
+def test_fine_tune_a_converted_pickle(tmp_path):
+  """A jgen state written as an NVlabs pickle, converted, and fine-tuned through init_from with
+  ADA (experiments/gan/stylegan2_transfer.py:smoke): G and D start from the pickle, and the
+  stored noise maps (never trained: random noise in training) stay the pickle's."""
+  import jgen.run  # pylint: disable=import-outside-toplevel
+  from jgen.train.method import load_method  # pylint: disable=import-outside-toplevel
+  module = experiment_module("stylegan2_transfer", beside=os.path.join(EXPERIMENTS, "x.py"))
+  config = module.get_config("smoke")
+  method = load_method(config)
+  state = method.init(jax.random.key(3), {"image": jnp.zeros((1, 8, 8, 1))})
+  state = state.replace(model_state={**state.model_state, "w_avg": jnp.full((8,), 0.5)})
+  path = _write(tmp_path, "src.pkl", nvlabs_pickle.jgen_state_pickle(config, state))
+  converted = os.path.join(tmp_path, "converted")
+  pipeline.convert(path, converted)
+  config.init_from.workdir = converted
+  tuned = jgen.run.main(config, workdir=os.path.join(tmp_path, "tuned"), mode="train")
+  assert int(tuned.step) == 2 and "ada" in tuned.model_state
+  src = state.params["generator"]["synthesis"]["b1_conv0"]
+  got = tuned.params["generator"]["synthesis"]["b1_conv0"]
+  np.testing.assert_array_equal(got["noise_const"], src["noise_const"])
+  assert not np.allclose(got["conv"]["kernel"], src["conv"]["kernel"])  # it trained
+  assert os.path.exists(os.path.join(tmp_path, "tuned", "init_from.json"))
