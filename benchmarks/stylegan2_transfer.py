@@ -1,6 +1,6 @@
 """Transfer learning evidence: a converted StyleGAN2 fine-tuned with ADA vs the same from scratch.
 
-    python benchmarks/stylegan2_transfer.py --out /tmp/sg2_transfer [--steps 300]
+    python benchmarks/stylegan2_transfer.py --out /tmp/sg2_transfer [--steps 600]
 
 1. ``source``: trains a StyleGAN2 with NVlabs' network options (`jgen.nn.stylegan2`'s
    ``resample="exact"``, ``conv_clamp``, ``noise_buffers``, ``d_flatten="nchw"``) on MNIST at
@@ -13,8 +13,9 @@
 4. fine-tunes it on scikit-learn's digits (the target: 1,797 images of another digit style)
    through ``init_from`` with ADA (``stage=transfer``), and trains the same network from
    random weights (``stage=scratch``): same steps, seed, batch and data;
-5. evaluates both (``--mode=eval``: FID of 1,000 EMA samples in the digits domain classifier's
-   features, `jgen.metrics.domain`; not Inception FID) and prints the table.
+5. evaluates both, and the converted model before fine-tuning (``--mode=eval``: FID of 1,000
+   EMA samples in the digits domain classifier's features, `jgen.metrics.domain`; not
+   Inception FID) and prints the table.
 
 Everything runs on one CPU core in about 10 minutes (the times are printed).
 """
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", default="/tmp/sg2_transfer")
-  parser.add_argument("--steps", type=int, default=300, help="fine-tuning / scratch steps")
+  parser.add_argument("--steps", type=int, default=600, help="fine-tuning / scratch steps")
   parser.add_argument("--source_steps", type=int, default=1500)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
   t = time.time()
   result = pipeline.convert(pkl, converted)
   times["convert"] = time.time() - t
-  rows = []
+  c0 = config_of("stage=scratch", seed=args.seed)     # the converted model as it is: step 0
+  rows = [("converted", _fid(run.main(c0, workdir=converted, mode="eval")))]
   for stage in ("transfer", "scratch"):
     c = config_of(f"stage={stage}", **{"train.num_steps": args.steps,
                                        "train.checkpoint_every": args.steps, "seed": args.seed})
@@ -104,9 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.steps} steps of batch {c.data.batch_size}, ADA (target 0.6), seed {args.seed}")
   print("| start | domain FID (digits classifier, 1,000 EMA samples) |")
   print("|---|---|")
+  names = {"converted": "converted pickle, not fine-tuned (0 steps)",
+           "transfer": f"converted pickle, fine-tuned (init_from, {args.steps} steps)",
+           "scratch": f"random init (scratch, {args.steps} steps)"}
   for stage, fid in rows:
-    name = "converted pickle (init_from)" if stage == "transfer" else "random (scratch)"
-    print(f"| {name} | {fid:.2f} |")
+    print(f"| {names[stage]} | {fid:.2f} |")
   print("\ntimes (s): " + json.dumps({k: round(v, 1) for k, v in times.items()}))
 
 

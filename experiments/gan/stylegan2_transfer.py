@@ -82,11 +82,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.init_from.subtree = ""
   c.init_from.into = "params"
 
-  c.train.num_steps = 300
+  c.train.num_steps = 600
   c.train.ema_decay = 0.5 ** (16 / 10_000)   # half-life 10k images
   c.train.ema_warmup = False                 # the reference's ramp-up is off when resuming
   c.train.log_every = 50
-  c.train.checkpoint_every = 300
+  c.train.checkpoint_every = 600
   c.train.sample_every = 0
   c.eval.metrics = "fid"
   c.eval.num_samples = 1000

@@ -52,7 +52,7 @@ from jgen.errors import ConversionError
 from jgen.metrics import weights
 from jgen.metrics.weights import PersistentObject
 
-__all__ = ["Converted", "convert_pickle", "name_table", "read", "settings"]
+__all__ = ["Converted", "convert_pickle", "name_table", "read", "relayout", "settings"]
 
 FILTER = np.outer([1.0, 3.0, 3.0, 1.0], [1.0, 3.0, 3.0, 1.0]) / 64.0
 
@@ -216,45 +216,27 @@ def name_table(values: Mapping[str, Any]) -> list[tuple[str, str, str]]:
   return rows
 
 
-def _to_jgen(array: np.ndarray, layout: str) -> np.ndarray:
+def relayout(array: np.ndarray, layout: str, *, inverse: bool = False) -> np.ndarray:
+  """One tensor from the reference's layout to jgen's (`name_table`'s layouts), or back with
+  `inverse`."""
   a = np.asarray(array, np.float32)
   if layout == "dense":
     return a.T
   if layout == "const":
-    return np.transpose(a, (1, 2, 0))
+    return np.transpose(a, (2, 0, 1) if inverse else (1, 2, 0))
   if layout in ("conv", "modconv"):
-    hwio = np.transpose(a, (2, 3, 1, 0))
-    if layout == "modconv":
-      hwio = hwio * np.float32(math.sqrt(a.shape[1] * a.shape[2] * a.shape[3]))
-    return hwio
+    fan_in = int(np.prod(a.shape[:3] if inverse else a.shape[1:]))  # k k I of HWIO / OIHW
+    gain = np.float32(math.sqrt(fan_in) if layout == "modconv" else 1.0)
+    if inverse:
+      return np.transpose(a / gain, (3, 2, 0, 1))
+    return np.transpose(a, (2, 3, 1, 0)) * gain
   return a
-
-
-def from_jgen(array: np.ndarray, layout: str) -> np.ndarray:
-  """The inverse of the conversion of one tensor (a jgen leaf in the reference's layout)."""
-  a = np.asarray(array, np.float32)
-  if layout == "dense":
-    return a.T
-  if layout == "const":
-    return np.transpose(a, (2, 0, 1))
-  if layout in ("conv", "modconv"):
-    if layout == "modconv":
-      a = a / np.float32(math.sqrt(a.shape[0] * a.shape[1] * a.shape[2]))
-    return np.transpose(a, (3, 2, 0, 1))
-  return a
-
-
-def _put(tree: dict[str, Any], path: str, value: np.ndarray) -> None:
-  *parents, leaf = path.split("/")
-  for p in parents:
-    tree = tree.setdefault(p, {})
-  tree[leaf] = value
 
 
 def _network_params(tensors: Mapping[str, np.ndarray], rows: list[tuple[str, str, str]],
                     net: str, where: str) -> dict[str, Any]:
   """The `net` ("G" | "D") parameter tree of `tensors`, every tensor used (filters checked)."""
-  tree: dict[str, Any] = {}
+  flat: dict[str, np.ndarray] = {}
   left = dict(tensors)
   for path, name, layout in rows:
     prefix, _, jpath = path.partition(":")
@@ -263,7 +245,7 @@ def _network_params(tensors: Mapping[str, np.ndarray], rows: list[tuple[str, str
     if name not in left:
       raise ConversionError(f"{where}: tensor {name!r} is missing (a different or damaged "
                             "network?)")
-    _put(tree, jpath, _to_jgen(left.pop(name), layout))
+    flat[jpath] = relayout(left.pop(name), layout)
   for name in [n for n in left if n.endswith("resample_filter")]:
     if not np.allclose(left.pop(name), FILTER):
       raise ConversionError(f"{where}: {name} is not the [1, 3, 3, 1] filter")
@@ -271,7 +253,7 @@ def _network_params(tensors: Mapping[str, np.ndarray], rows: list[tuple[str, str
   if left:
     raise ConversionError(f"{where}: unexpected tensors {sorted(left)[:6]} (of {len(left)}); "
                           "not the StyleGAN2-ADA architecture of its init kwargs")
-  return tree
+  return weights.unflatten(flat)
 
 
 class Converted(dict):

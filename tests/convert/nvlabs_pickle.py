@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from jgen.convert import stylegan2 as sg2_convert
-from jgen.metrics.weights import LEGACY_MAGIC
+from jgen.metrics.weights import LEGACY_MAGIC, unflatten
 
 _GLOBALS: dict[tuple[str, str], type] = {}
 
@@ -115,13 +115,7 @@ def persistent(class_name: str, tensors: Mapping[str, np.ndarray],
                init_kwargs: Mapping[str, Any], buffers: tuple[str, ...] = ()) -> Call:
   """A persistent network of flat `tensors` (torch names; names ending in one of `buffers`
   are buffers), as nested modules."""
-  tree: dict[str, Any] = {}
-  for name, value in tensors.items():
-    node = tree
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
+  tree = unflatten(tensors, sep=".")
 
   def module(cls: str, node: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Call:
     params, bufs, mods = (collections.OrderedDict() for _ in range(3))
@@ -192,7 +186,8 @@ def jgen_state_pickle(c: Any, state: Any) -> bytes:
   for jpath, name, layout in rows:
     net, _, inner = jpath.partition(":")
     for key in ((net,) if net == "D" else ("G", "G_ema")):
-      tensors[key][name] = sg2_convert.from_jgen(_leaf(trees[key], inner), layout)
+      tensors[key][name] = sg2_convert.relayout(_leaf(trees[key], inner), layout,
+                                                   inverse=True)
   w_avg = np.asarray(state.model_state["w_avg"], np.float32)
   tensors["G"]["mapping.w_avg"] = tensors["G_ema"]["mapping.w_avg"] = w_avg
   return network_pickle({
