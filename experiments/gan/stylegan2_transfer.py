@@ -41,7 +41,7 @@ Variants: ``stage=transfer`` (default: init_from a converted work directory,
 
 import ml_collections
 
-from jgen.train.config import experiment_module, parse_arg, smoke_schedule
+from jgen.train.config import digits_data, experiment_module, parse_arg, smoke_schedule
 
 _base = experiment_module("base", beside=__file__)
 _sg2 = experiment_module("stylegan2_digits", beside=__file__)
@@ -122,7 +122,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.metrics = "fid"
 
   if a.smoke:
-    c.data.batch_size = 8
+    digits_data(c, smoke=True)     # also :paper,smoke (a seconds-long run of its settings)
+    c.data.random_flip = False
     c.model = reference_options(_sg2.model_config(features=(4, 4), z_dim=8, w_dim=8,
                                                   mapping_layers=2, mbstd_group=4))
     smoke_schedule(c, num_steps=2)
