@@ -104,7 +104,8 @@ def detect_format(src: str) -> str:
     raise files.UnknownFormatError(
         f"{src}: not a checkpoint jgen converts to a work directory. Known: a diffusers "
         "StableDiffusionPipeline or DDPMPipeline folder (model_index.json), a UNet2DModel "
-        "folder (config.json), a single-file .ckpt/.safetensors; a ControlNetModel folder "
+        "folder (config.json), a single-file .ckpt/.safetensors, an NVlabs StyleGAN2-ADA "
+        ".pkl; a ControlNetModel folder "
         "with --base=<a converted SD work directory>. One model of a pipeline (a U-Net, VAE "
         "or text encoder folder) loads with jgen.convert.load.")
   if os.path.isfile(src):

@@ -67,6 +67,7 @@ __all__ = [
     "InceptionWeightsNotFoundError",
     "LPIPSWeightsNotFoundError",
     "PersistentObject",
+    "RefusedGlobalError",
     "TFNetworkPickleError",
     "ScriptObject",
     "find_inception_weights",
@@ -352,6 +353,10 @@ class TFNetworkPickleError(errors.ConversionError, pickle.UnpicklingError):
   """A TF-era StyleGAN / StyleGAN2 pickle (``dnnlib.tflib.network.Network``)."""
 
 
+class RefusedGlobalError(errors.ConversionError, pickle.UnpicklingError):
+  """A network pickle names a global outside the few it needs (it would run code)."""
+
+
 class PersistentObject:
   """An NVlabs persistent network read without its source: the class name and the pickled
   state (the torch module's ``__dict__``)."""
@@ -451,7 +456,8 @@ def read_nvlabs_pickle(path: str) -> dict[str, Any]:
   ``training_set_kwargs`` ...), networks as `PersistentObject`, tensors as numpy arrays.
 
   Raises:
-    pickle.UnpicklingError: a global outside the allowed few (named in the message).
+    RefusedGlobalError: a global outside the allowed few (named in the message; also a
+      `pickle.UnpicklingError`).
     TFNetworkPickleError: a TF-era pickle (the message names NVlabs' legacy.py conversion).
     errors.CheckpointError: a truncated or otherwise unreadable file.
   """
@@ -462,8 +468,12 @@ def read_nvlabs_pickle(path: str) -> dict[str, Any]:
     raise errors.CheckpointError(f"{path}: the pickle ends early ({e}): a truncated or "
                                  "partly downloaded file; download it again") from e
   except pickle.UnpicklingError as e:
-    if isinstance(e, TFNetworkPickleError) or "not allowed" in str(e):
+    if isinstance(e, TFNetworkPickleError):
       raise
+    if "not allowed" in str(e):
+      raise RefusedGlobalError(f"{path}: {e}; refused, nothing in the file was run (a "
+                               "StyleGAN2-ADA pickle needs only tensors, dicts and NVlabs' "
+                               "persistence records)") from e
     raise errors.CheckpointError(f"{path}: not a readable network pickle ({e}); a truncated "
                                  "or corrupt file? download it again") from e
   except ValueError as e:

@@ -27,6 +27,7 @@ import pytest
 
 from jgen import errors
 from jgen.convert import pipeline
+from jgen.convert.__main__ import main as convert_main
 from jgen.convert import stylegan2 as sg2_convert
 from jgen.gan.stylegan2 import make_method, truncate
 from jgen.metrics import weights
@@ -179,9 +180,10 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, module, name):
     weights.read_nvlabs_pickle(path)
   assert not os.path.exists(marker)
   workdir = os.path.join(tmp_path, "wd")
-  with pytest.raises(pickle.UnpicklingError):
+  with pytest.raises(errors.ConversionError, match="nothing in the file was run"):
     pipeline.convert(path, workdir)
-  assert not os.path.exists(workdir)
+  assert convert_main([path, workdir]) == 2  # one message, no traceback
+  assert not os.path.exists(workdir) and not os.path.exists(marker)
 
 
 def test_persistent_source_is_never_executed(fixture, tmp_path):
