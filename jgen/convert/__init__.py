@@ -13,7 +13,8 @@ Whole checkpoints become work directories with ``python -m jgen.convert SRC WORK
 `files` (lazy, never-executing readers), `common` (the name-map machinery and its missing /
 unexpected / mis-shaped report), one converter per model (`unet`, `autoencoder`, `clip`,
 `controlnet`), `single_file` (CompVis/LDM layouts), community files (`lora`,
-`textual_inversion`); and back out: `to_diffusers` (model folders), `lora_export` (peft /
+`textual_inversion`), NVlabs StyleGAN2-ADA pickles (`stylegan2`, read without running them by
+`jgen.metrics.weights.read_nvlabs_pickle`); and back out: `to_diffusers` (model folders), `lora_export` (peft /
 kohya files), driven by ``python -m jgen.export``.
 """
 
