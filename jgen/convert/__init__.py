@@ -14,8 +14,8 @@ Whole checkpoints become work directories with ``python -m jgen.convert SRC WORK
 unexpected / mis-shaped report), one converter per model (`unet`, `autoencoder`, `clip`,
 `controlnet`), `single_file` (CompVis/LDM layouts), community files (`lora`,
 `textual_inversion`), NVlabs StyleGAN2-ADA pickles (`stylegan2`, read without running them by
-`jgen.metrics.weights.read_nvlabs_pickle`); and back out: `to_diffusers` (model folders), `lora_export` (peft /
-kohya files), driven by ``python -m jgen.export``.
+`jgen.metrics.weights.read_nvlabs_pickle`); and back out: `to_diffusers` (model folders),
+`lora_export` (peft / kohya files), driven by ``python -m jgen.export``.
 """
 
 from __future__ import annotations
