@@ -33,6 +33,8 @@ style, 1,797 images: the target) against the same network from scratch (``:stage
 same steps, seed and data; it prints the domain-FID table (docs/families/stylegan2_ada.md):
 
   python benchmarks/stylegan2_transfer.py --out /tmp/sg2_transfer
+  python launch.py --config experiments/gan/stylegan2_transfer.py --workdir /tmp/sg2_tuned \
+      --config.init_from.workdir=/tmp/sg2_transfer/converted      # the fine-tuning alone
 
 Variants: ``stage=transfer`` (default: init_from a converted work directory,
 ``init_from.workdir``), ``stage=scratch`` (the same run from random weights), ``stage=source``
