@@ -27,6 +27,9 @@ rounding (tests/metrics/test_lpips_reference.py)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,7 +38,8 @@ from jgen import errors
 from jgen.metrics.weights import lpips_variables
 
 __all__ = ["ALEXNET_LAYERS", "AlexNetFeatures", "LPIPS", "LPIPS_MIN_SIZE", "LPIPS_SCALE",
-           "LPIPS_SHIFT", "VGG16Features", "VGG16_STAGES", "lpips_variables", "unit_normalize"]
+           "LPIPS_SHIFT", "VGG16Features", "VGG16_STAGES", "lpips_distance", "lpips_variables",
+           "unit_normalize"]
 
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
@@ -143,3 +147,43 @@ class LPIPS(nn.Module):
 
   def __call__(self, x0: jax.Array, x1: jax.Array) -> jax.Array:
     return sum(self.layer_distances(x0, x1))
+
+
+def lpips_distance(variables: Any | None = None, *, net: str = "vgg", path: str | None = None,
+                   resize_to: int | None = None, dtype: Any = jnp.float32
+                   ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """LPIPS as a distance function ``fn(x0, x1) -> [N]`` of [-1, 1] images (gray -> RGB).
+
+  The one LPIPS entry of the losses and metrics (the first stage's perceptual loss, the
+  consistency models' distance, PPL, the reconstruction LPIPS of ``--mode=eval``).
+
+  Args:
+    variables: LPIPS variables of `net` (`lpips_variables`); None: found with
+      ``lpips_variables(net, path)``.
+    net: 'vgg' or 'alex'.
+    path: the weight file, when `variables` is None (None: the search of
+      `jgen.metrics.weights.find_lpips_weights`).
+    resize_to: bilinearly resize images to this side first (the consistency models feed 224).
+    dtype: the trunk's compute dtype.
+
+  Raises:
+    jgen.metrics.weights.LPIPSWeightsNotFoundError: no weights found.
+  """
+  if variables is None:
+    variables, _ = lpips_variables(net, path)
+  model = LPIPS(net=net, dtype=dtype)
+
+  def distance(x0: jax.Array, x1: jax.Array) -> jax.Array:
+    if x0.shape[-1] == 1:
+      x0, x1 = jnp.repeat(x0, 3, axis=-1), jnp.repeat(x1, 3, axis=-1)
+    if resize_to is not None:
+      shape = (x0.shape[0], resize_to, resize_to, 3)
+      x0 = jax.image.resize(x0, shape, "linear")
+      x1 = jax.image.resize(x1, shape, "linear")
+    if min(x0.shape[1:3]) < LPIPS_MIN_SIZE[net]:
+      raise ValueError(f"LPIPS-{net} needs images of at least {LPIPS_MIN_SIZE[net]}x"
+                       f"{LPIPS_MIN_SIZE[net]}, got {x0.shape[1]}x{x0.shape[2]}; pass resize_to"
+                       + (" or use net='vgg' (16x16 and up)" if net == "alex" else ""))
+    return model.apply(variables, x0, x1)
+
+  return distance

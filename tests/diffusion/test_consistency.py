@@ -13,6 +13,7 @@ import pytest
 from jgen.ops.schedules import get_schedule
 import jgen.run
 from jgen.diffusion import consistency as cm
+from jgen.metrics.weights import LPIPSWeightsNotFoundError
 from jgen.train import init_from as init_from_lib
 from jgen.train import load_method
 from tests.conftest import checkpoint_steps, load_experiment
@@ -276,5 +277,6 @@ def test_clear_errors(tmp_path, teacher_run):
     config.sample.steps = 3
     load_method(config)
   config.consistency.distance = "lpips"
-  with pytest.raises(Exception, match="vgg|LPIPS|lpips"):
+  config.consistency.lpips.weights = "/nonexistent/vgg16.ckpt"
+  with pytest.raises(LPIPSWeightsNotFoundError, match="LPIPS weights .* do not exist"):
     load_method(config)

@@ -6,6 +6,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -29,8 +30,9 @@ def test_parse_metrics_and_auto_features():
   assert evaluate.parse_metrics("fid, IS,pr,fid") == ("fid", "is", "pr")
   assert evaluate.parse_metrics("") == evaluate.parse_metrics(None) == ()
   assert evaluate.parse_metrics(["kid", "dc"]) == ("kid", "dc")
+  assert evaluate.parse_metrics("rfid,lpips") == ("rfid", "lpips")
   with pytest.raises(ValueError, match="unknown sample metric"):
-    evaluate.parse_metrics("fid,lpips")
+    evaluate.parse_metrics("fid,lipips")
   assert evaluate.auto_features("digits") == "domain:digits"
   assert evaluate.auto_features("idx:/usr/share/datasets/fashion-mnist") == (
       "domain:fashion_mnist")
@@ -222,6 +224,47 @@ def test_reconstruction_fid_of_every_held_out_image_once(monkeypatch):
   same = evaluate.evaluate_config(_rfid_config("rfid"), None, method=_Reconstructs(),
                                   reconstruct_fn=lambda x: x)
   assert abs(same["rfid"]) < 1e-3 < got["rfid"]  # a perfect reconstruction scores 0
+
+
+def test_reconstruction_lpips_in_the_same_pass(monkeypatch):
+  """"lpips": the mean of `lpips_distance(net=eval.lpips_net)` over every held-out image and its
+  reconstruction (clipped to [-1, 1]), in the rFID pass; alone it loads no feature network."""
+  net = random_domain_net(batch_size=64)
+  monkeypatch.setattr(networks, "load", lambda spec, **kwargs: net)
+  nets = []
+
+  def fake_lpips(*, net):  # a stand-in distance: the mean |x0 - x1| of each image
+    nets.append(net)
+    return lambda a, b: jnp.mean(jnp.abs(a - b), axis=(1, 2, 3))
+
+  monkeypatch.setattr(evaluate.lpips_lib, "lpips_distance", fake_lpips)
+  held_out = jdata.load_source("digits", split="test", image_size=8, channels=1).images
+  x = held_out.astype(np.float32) / 127.5 - 1.0
+  calls = []
+
+  def brighter(images):
+    calls.append(images.shape[0])
+    return images * 0.5 + 0.75  # above 1 where images > 0.5: clipped before the distance
+
+  config = _rfid_config("rfid,lpips")
+  config.eval.lpips_net = "vgg"
+  got = evaluate.evaluate_config(config, None, method=_Reconstructs(), reconstruct_fn=brighter)
+  assert set(got) == {"features", "rfid", "rfid_num_images", "lpips", "lpips_num_images",
+                      "lpips_net"}
+  assert nets == ["vgg"] and got["lpips_net"] == "vgg" and set(calls) == {40}
+  assert len(calls) == -(-len(held_out) // 40)  # one reconstruction pass for both metrics
+  expected = np.mean(np.abs(x - np.clip(x * 0.5 + 0.75, -1, 1)))
+  assert got["lpips"] == pytest.approx(expected, rel=1e-5)
+  assert got["lpips_num_images"] == len(held_out)
+
+  def no_features(*args, **kwargs):
+    raise AssertionError("reconstruction LPIPS alone loads no feature network")
+
+  monkeypatch.setattr(networks, "load", no_features)
+  alone = evaluate.evaluate_config(_rfid_config("lpips"), None, method=_Reconstructs(),
+                                   reconstruct_fn=brighter)
+  assert set(alone) == {"lpips", "lpips_num_images", "lpips_net"} and nets[-1] == "alex"
+  assert alone["lpips"] == pytest.approx(got["lpips"], rel=1e-6)
 
 
 def test_rfid_of_a_trained_autoencoder(tmp_path, monkeypatch):
