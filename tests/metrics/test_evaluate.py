@@ -286,3 +286,38 @@ def test_rfid_of_a_trained_autoencoder(tmp_path, monkeypatch):
   config.eval.metrics = "fid"
   with pytest.raises(ValueError, match="reconstruction FID"):
     evaluate.evaluate_config(config, None, method=method)
+
+
+def test_ppl_distance_auto_is_lpips_unless_the_network_is_a_domain_classifier(monkeypatch):
+  """eval.ppl_distance: 'auto' keeps the domain classifier's feature distance (digits-sized
+  images) and takes LPIPS-VGG for any other network; 'lpips' / 'features' force either; the
+  face crop reaches the path lengths."""
+  domain_net = random_domain_net(batch_size=16)
+  inception_like = random_domain_net(batch_size=16)
+  inception_like.name = "inception"
+  lpips_nets, crops = [], []
+
+  def fake_lpips(*, net):
+    lpips_nets.append(net)
+    return lambda a, b: jnp.zeros((a.shape[0],))
+
+  def fake_ppl(generator_fn, distance, rng, *, crop, **kwargs):
+    crops.append(crop)
+    return {"ppl": 1.0, "ppl_unfiltered": 1.0, "ppl_std": 0.0, "num_samples": 4.0}
+
+  monkeypatch.setattr(evaluate.lpips_lib, "lpips_distance", fake_lpips)
+  monkeypatch.setattr(evaluate.ppl, "perceptual_path_length", fake_ppl)
+  ev = base_config().eval
+  fns = {"generator_fn": lambda z: z, "space": "w"}
+  got = [evaluate._path_length(domain_net, fns, ev, batch_size=4)["ppl_distance"]]  # pylint: disable=protected-access
+  ev.ppl_crop = True
+  got.append(evaluate._path_length(inception_like, fns, ev, batch_size=4)["ppl_distance"])  # pylint: disable=protected-access
+  ev.ppl_distance = "features"
+  got.append(evaluate._path_length(inception_like, fns, ev, batch_size=4)["ppl_distance"])  # pylint: disable=protected-access
+  ev.ppl_distance = "lpips"
+  got.append(evaluate._path_length(domain_net, fns, ev, batch_size=4)["ppl_distance"])  # pylint: disable=protected-access
+  assert got == ["features:domain-digits", "lpips-vgg", "features:inception", "lpips-vgg"]
+  assert lpips_nets == ["vgg", "vgg"] and crops == [False, True, True, True]
+  ev.ppl_distance = "inception"
+  with pytest.raises(ValueError, match="unknown eval.ppl_distance"):
+    evaluate._path_length(domain_net, fns, ev, batch_size=4)  # pylint: disable=protected-access
