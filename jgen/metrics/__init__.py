@@ -23,8 +23,8 @@ _EXPORTS = {
             "reference_stats", "save_stats"),
     "classifier_score": ("inception_score",),
     "mmd": ("kid", "mmd2_unbiased", "polynomial_kernel"),
-    "lpips": ("LPIPS", "lpips_variables"),
-    "ppl": ("feature_distance", "filtered_mean", "float_features_fn", "lerp", "lpips_distance",
+    "lpips": ("LPIPS", "lpips_distance", "lpips_variables"),
+    "ppl": ("feature_distance", "filtered_mean", "float_features_fn", "lerp",
             "path_length_distances", "perceptual_path_length", "slerp"),
     "precision_recall": ("knn_radii", "pairwise_distances", "prdc"),
 }

@@ -12,13 +12,18 @@ experiment config (``config.eval``), used by ``launch.py --mode=eval``::
   --config.eval.num_samples=10000
 
 Metric names: "fid", "kid", "is", "pr" (precision & recall), "dc" (density & coverage),
-"rfid" (reconstruction FID, `reconstruction_fid`) and "ppl" (perceptual path length,
-`jgen.metrics.ppl`, of a method that gives its latent paths: ``path_length_fns`` of
-`jgen.train.method.PathLengths`; the distance is the squared distance of the same feature
-network's float features, `jgen.metrics.ppl.feature_distance`, not LPIPS).
+"rfid" (reconstruction FID) and "lpips" (the mean LPIPS between every held-out image and its
+reconstruction, ``eval.lpips_net``: 'alex', the LPIPS paper's metric, or 'vgg'; both in
+`reconstruction_metrics`), and "ppl" (perceptual path length, `jgen.metrics.ppl`, of a method
+that gives its latent paths: ``path_length_fns`` of `jgen.train.method.PathLengths`). PPL's
+distance (``eval.ppl_distance``) is LPIPS-VGG, the paper's, or -- the stand-in of digits-sized
+images, where the feature network is a ``domain:<dataset>`` classifier and 'auto' picks it --
+the squared distance of that network's float features (`jgen.metrics.ppl.feature_distance`,
+not comparable to published PPL); ``eval.ppl_crop`` takes StyleGAN's face crop.
 
 Methods that do not sample (the AE, DAE, VQ-VAE and first stages: `jgen.train.Reconstructs`,
-not `Samples`; ``sample_fn=None``) are refused the sample metrics. Their metric is "rfid": every
+not `Samples`; ``sample_fn=None``) are refused the sample metrics. Their metrics are "rfid" and
+"lpips". rFID: every
 image of ``config.data.eval_split`` reconstructed once, against the statistics of those same
 held-out images (not the ``reference_split`` statistics of FID), so it measures what
 reconstruction loses and not the gap between the train and test splits (the rFID of VQGAN /
@@ -40,6 +45,7 @@ from jgen import data as jdata
 from jgen.metrics import domain
 from jgen.metrics import feature_net as fnet
 from jgen.metrics import fid as fid_lib
+from jgen.metrics import lpips as lpips_lib
 from jgen.metrics import classifier_score as is_lib
 from jgen.metrics import mmd as kid_lib
 from jgen.metrics import networks
@@ -47,13 +53,15 @@ from jgen.metrics import ppl
 from jgen.metrics import precision_recall as pr_lib
 from jgen.metrics import weights
 
-__all__ = ["METRICS", "SAMPLE_METRICS", "auto_features", "evaluate_config", "image_metrics",
-           "parse_metrics", "reconstruction_fid", "reference_features", "sample_metrics"]
+__all__ = ["METRICS", "RECONSTRUCTION_METRICS", "SAMPLE_METRICS", "auto_features",
+           "evaluate_config", "image_metrics", "parse_metrics", "reconstruction_metrics",
+           "reference_features", "sample_metrics"]
 
 log = logging.getLogger("jgen")
 
 SAMPLE_METRICS = ("fid", "kid", "is", "pr", "dc")
-METRICS = (*SAMPLE_METRICS, "rfid", "ppl")
+RECONSTRUCTION_METRICS = ("rfid", "lpips")
+METRICS = (*SAMPLE_METRICS, *RECONSTRUCTION_METRICS, "ppl")
 
 
 def parse_metrics(spec: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -127,32 +135,52 @@ def _source_chunks(src: Any, index: np.ndarray, batch_size: int) -> Iterator[np.
       yield np.stack([src[int(i)]["image"] for i in part])
 
 
-def reconstruction_fid(reconstruct_fn: Callable[[np.ndarray], Any],
-                       images: Iterable[np.ndarray], net: fnet.FeatureNet, *,
-                       batch_size: int = 100) -> dict[str, float]:
-  """rFID: FID of the reconstructions of `images` against the statistics of `images` themselves.
+def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
+                           images: Iterable[np.ndarray], *, net: fnet.FeatureNet | None = None,
+                           lpips_fn: Callable[[Any, Any], Any] | None = None,
+                           batch_size: int = 100) -> dict[str, float]:
+  """rFID and reconstruction LPIPS of `images`, each image reconstructed once.
+
+  rFID (with `net`): FID of the reconstructions against the statistics of `images`
+  themselves. LPIPS (with `lpips_fn`): the mean over images of ``lpips_fn(x, clip(x_hat, -1,
+  1))`` on [-1, 1] images (the reconstruction clipped to the image range, as it is shown).
 
   Args:
     reconstruct_fn: images `[batch_size, H, W, C]` in [-1, 1] -> their reconstructions in
       [-1, 1] (or uint8); always called with `batch_size` images (the last batch is padded by
       repeating its last image, the padding dropped), so it compiles once.
-    images: uint8 images (or [-1, 1] floats), an iterable of chunks; each image is
-      reconstructed once.
-    net: the feature network.
+    images: uint8 images (or [-1, 1] floats), an iterable of chunks.
+    net: the feature network of rFID (None: no rFID).
+    lpips_fn: ``(x0, x1) -> [N]`` LPIPS distances (`jgen.metrics.lpips.lpips_distance`, jitted;
+      None: no LPIPS).
     batch_size: images per `reconstruct_fn` call.
 
   Returns:
-    {"rfid", "rfid_num_images"}.
+    {"rfid", "rfid_num_images"} with `net`, {"lpips", "lpips_num_images"} with `lpips_fn`.
   """
-  real = fid_lib.GaussianStats(net.feature_dim)
-  fake = fid_lib.GaussianStats(net.feature_dim)
+  real = fid_lib.GaussianStats(net.feature_dim) if net is not None else None
+  fake = fid_lib.GaussianStats(net.feature_dim) if net is not None else None
+  lpips_sum, count = 0.0, 0
   for batch in fnet.iterate_batches(images, batch_size):
     n = len(batch)
-    x = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
-    x_hat = np.asarray(reconstruct_fn(x.astype(np.float32) / 127.5 - 1.0))[:n]
-    real.update(net(batch)["features"])
-    fake.update(net(x_hat)["features"])
-  return {"rfid": fid_lib.fid_from_stats(fake, real), "rfid_num_images": float(real.count)}
+    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+    x = (padded.astype(np.float32) / 127.5 - 1.0 if padded.dtype == np.uint8
+         else padded.astype(np.float32))
+    x_hat = np.asarray(reconstruct_fn(x))
+    if net is not None:
+      real.update(net(batch)["features"])
+      fake.update(net(x_hat[:n])["features"])
+    if lpips_fn is not None:
+      xh = (x_hat.astype(np.float32) / 127.5 - 1.0 if x_hat.dtype == np.uint8
+            else np.clip(x_hat.astype(np.float32), -1.0, 1.0))
+      lpips_sum += float(np.sum(np.asarray(lpips_fn(x, xh), np.float64)[:n]))
+    count += n
+  out: dict[str, float] = {}
+  if net is not None:
+    out.update(rfid=fid_lib.fid_from_stats(fake, real), rfid_num_images=float(real.count))
+  if lpips_fn is not None:
+    out.update(lpips=lpips_sum / max(count, 1), lpips_num_images=float(count))
+  return out
 
 
 def image_metrics(images: np.ndarray | Iterable[np.ndarray], net: fnet.FeatureNet, *,
@@ -257,10 +285,11 @@ def _check_method(config: Any, metrics: Sequence[str], method: Any, sample_fn: C
     raise ValueError(
         f"ppl (perceptual path length) needs a method with latent paths (path_length_fns, "
         f"jgen.train.method.PathLengths: the GANs); method {config.get('method')} has none")
-  if "rfid" in metrics and reconstruct_fn is None:
+  reconstructed = [m for m in metrics if m in RECONSTRUCTION_METRICS]
+  if reconstructed and reconstruct_fn is None:
     raise ValueError(
-        f"rfid (reconstruction FID) needs a method that reconstructs images "
-        f"(reconstruct_images(state, images), e.g. the AE or VQ-VAE); method "
+        f"{','.join(reconstructed)} (reconstruction metrics) need a method that reconstructs "
+        f"images (reconstruct_images(state, images), e.g. the AE or VQ-VAE); method "
         f"{config.get('method')} gave no reconstruct_fn")
 
 
@@ -287,17 +316,20 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
   reference_max_images (images of the FID statistics; None = the whole split),
   num_reference_features (real images of KID/P&R/D&C; None = num_samples), inception_weights,
   domain_source, is_splits, pr_k, kid_subsets, kid_subset_size, ppl_samples, ppl_epsilon,
-  ppl_sampling.
+  ppl_sampling, ppl_distance, ppl_crop, lpips_net.
 
   Returns:
     {"features": net name, metric: value, ...}, or None when no metrics are asked for, or
     when ``features="auto"`` resolves to a network that is unavailable here (Inception
     weights or the domain data absent; logged). "rfid" adds {"rfid", "rfid_num_images"},
-    "ppl" {"ppl", "ppl_unfiltered", "ppl_std", "ppl_num_samples"}.
+    "lpips" {"lpips", "lpips_num_images", "lpips_net"}, "ppl" {"ppl", "ppl_unfiltered",
+    "ppl_std", "ppl_num_samples", "ppl_distance"}.
 
   Raises:
-    ValueError: sample metrics without a `sample_fn`, or "rfid"
+    ValueError: sample metrics without a `sample_fn`, or "rfid" / "lpips"
       without a `reconstruct_fn`; raised before any feature extraction.
+    jgen.metrics.weights.LPIPSWeightsNotFoundError: "lpips", or "ppl" with LPIPS, without
+      the LPIPS weights (the message names the install command).
   """
   ev = config.get("eval")
   metrics = parse_metrics(ev.get("metrics") if ev is not None else None)
@@ -305,29 +337,27 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
     return None
   _check_method(config, metrics, method, sample_fn, reconstruct_fn, path_length_fns)
   d = config.data
-  spec = auto_features(d.source) if ev.features == "auto" else ev.features
-  kwargs: dict[str, Any] = {"batch_size": ev.batch_size}
-  if spec == "inception":
-    kwargs.update(weights=ev.inception_weights, dtype=ev.dtype)
-  else:
-    kwargs.update(source=ev.domain_source)
-  try:
-    net = networks.load(spec, **kwargs)
-  except (weights.InceptionWeightsNotFoundError, jdata.DatasetUnavailableError) as e:
-    if ev.features != "auto":
-      raise
-    log.warning("sample metrics skipped: eval.features='auto' chose %s, which is unavailable "
-                "here: %s", spec, e)
-    return None
-  result: dict[str, Any] = {"features": net.name}
-  if "rfid" in metrics:
+  net = None
+  if set(metrics) != {"lpips"}:  # reconstruction LPIPS alone needs no feature network
+    net = _feature_net(ev, d.source)
+    if net is None:
+      return None
+  result: dict[str, Any] = {"features": net.name} if net is not None else {}
+  reconstructed = [m for m in metrics if m in RECONSTRUCTION_METRICS]
+  if reconstructed:
     src = jdata.load_source(d.source, split=d.eval_split, data_dir=d.data_dir,
                             image_size=d.image_size, channels=d.channels, resize=d.resize)
-    log.info("reconstruction FID of all %d images of %s/%s with %s features", len(src),
-             d.source, d.eval_split, net.name)
+    lpips_fn = None
+    if "lpips" in metrics:
+      lpips_fn = jax.jit(lpips_lib.lpips_distance(net=ev.lpips_net))
+      result["lpips_net"] = ev.lpips_net
+    log.info("%s of all %d images of %s/%s (rFID with %s features, LPIPS-%s)",
+             ",".join(reconstructed), len(src), d.source, d.eval_split,
+             net.name if net is not None else "no", ev.lpips_net)
     size = config.sample.batch_size
-    result.update(reconstruction_fid(
-        reconstruct_fn, _source_chunks(src, np.arange(len(src)), size), net, batch_size=size))
+    result.update(reconstruction_metrics(
+        reconstruct_fn, _source_chunks(src, np.arange(len(src)), size),
+        net=net if "rfid" in metrics else None, lpips_fn=lpips_fn, batch_size=size))
   if "ppl" in metrics:
     result.update(_path_length(net, path_length_fns, ev, batch_size=config.sample.batch_size))
   sampled = [m for m in metrics if m in SAMPLE_METRICS]
@@ -354,15 +384,49 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
   return result
 
 
+def _feature_net(ev: Any, source: str) -> fnet.FeatureNet | None:
+  """``eval.features``' network; None (logged) when 'auto' chose one unavailable here."""
+  spec = auto_features(source) if ev.features == "auto" else ev.features
+  kwargs: dict[str, Any] = {"batch_size": ev.batch_size}
+  if spec == "inception":
+    kwargs.update(weights=ev.inception_weights, dtype=ev.dtype)
+  else:
+    kwargs.update(source=ev.domain_source)
+  try:
+    return networks.load(spec, **kwargs)
+  except (weights.InceptionWeightsNotFoundError, jdata.DatasetUnavailableError) as e:
+    if ev.features != "auto":
+      raise
+    log.warning("sample metrics skipped: eval.features='auto' chose %s, which is unavailable "
+                "here: %s", spec, e)
+    return None
+
+
+PPL_DISTANCES = ("auto", "lpips", "features")
+
+
 def _path_length(net: fnet.FeatureNet, fns: dict[str, Any], ev: Any, *, batch_size: int
-                 ) -> dict[str, float]:
-  """PPL of the method's latent paths with `net`'s float features as the distance."""
-  distance = ppl.feature_distance(ppl.float_features_fn(net))
-  log.info("PPL (%s space, %s sampling) of %d pairs with %s feature distances",
-           fns.get("space", "z"), ev.ppl_sampling, ev.ppl_samples, net.name)
+                 ) -> dict[str, Any]:
+  """PPL of the method's latent paths: LPIPS-VGG, or `net`'s float features (``ppl_distance``;
+  'auto': the features of a domain classifier, LPIPS otherwise)."""
+  kind = ev.ppl_distance
+  if kind not in PPL_DISTANCES:
+    raise ValueError(f"unknown eval.ppl_distance={kind!r}; choose one of {PPL_DISTANCES}")
+  if kind == "auto":
+    kind = "features" if net.name.startswith("domain") else "lpips"
+  if kind == "lpips":
+    distance = lpips_lib.lpips_distance(net="vgg")
+    what = "LPIPS-VGG"
+  else:
+    distance = ppl.feature_distance(ppl.float_features_fn(net))
+    what = f"{net.name} feature (not LPIPS)"
+  log.info("PPL (%s space, %s sampling%s) of %d pairs with %s distances",
+           fns.get("space", "z"), ev.ppl_sampling, ", face crop" if ev.ppl_crop else "",
+           ev.ppl_samples, what)
   out = ppl.perceptual_path_length(
       fns["generator_fn"], distance, jax.random.key(ev.seed), num_samples=ev.ppl_samples,
       epsilon=ev.ppl_epsilon, sampling=ev.ppl_sampling, batch_size=batch_size,
-      **{k: v for k, v in fns.items() if k != "generator_fn"})
+      crop=bool(ev.ppl_crop), **{k: v for k, v in fns.items() if k != "generator_fn"})
   return {"ppl": out["ppl"], "ppl_unfiltered": out["ppl_unfiltered"],
-          "ppl_std": out["ppl_std"], "ppl_num_samples": out["num_samples"]}
+          "ppl_std": out["ppl_std"], "ppl_num_samples": out["num_samples"],
+          "ppl_distance": "lpips-vgg" if kind == "lpips" else f"features:{net.name}"}

