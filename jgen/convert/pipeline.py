@@ -140,11 +140,19 @@ def _overrides(config: ml_collections.ConfigDict, values: Mapping[str, Any]) -> 
 
 
 def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any,
-                  frozen: Mapping[str, Any] | None = None, *, seed: int = 0) -> str:
+                  frozen: Mapping[str, Any] | None = None, *, seed: int = 0,
+                  batch: Mapping[str, Any] | None = None,
+                  model_state: Mapping[str, Any] | None = None) -> str:
   """Saves converted weights as step 0 of a run of `config` in `workdir`.
 
   The state's structure is checked against the method's own (``jax.eval_shape`` of its
   ``init``: no array is made) before anything is written.
+
+  Args:
+    batch: the fields ``init`` reads, as arrays or ShapeDtypeStructs (default: one ``image``
+      of the config's size and channels).
+    model_state: the state's other collections (batch statistics ...), checked as well;
+      None: none.
 
   Raises:
     FileExistsError: `workdir` already holds a checkpoint (nothing is overwritten).
@@ -156,16 +164,18 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any,
   method = load_method(config)
   rules = rules_lib.parse_rules(config.optim.get("rules", ()))
   rng = jax.random.key(seed)
-  batch = {"image": jax.ShapeDtypeStruct((1, config.data.image_size, config.data.image_size,
-                                          config.data.channels), np.float32)}
-  want = jax.eval_shape(lambda r, b: method.init(r, b).with_rules(rules), rng, batch)
+  if batch is None:
+    batch = {"image": jax.ShapeDtypeStruct((1, config.data.image_size,
+                                            config.data.image_size, config.data.channels),
+                                           np.float32)}
+  want = jax.eval_shape(lambda r, b: method.init(r, b).with_rules(rules), rng, dict(batch))
   ema = want.ema_specs[0].decay if want.ema_specs else None
   state = TrainState.create(params=params, tx=want.tx, rng=rng, ema_decay=ema,
                             ema_warmup=bool(want.ema_specs and want.ema_specs[0].warmup),
-                            frozen=dict(frozen or {}), rules=rules)
+                            frozen=dict(frozen or {}), rules=rules, model_state=model_state)
   shapes = lambda tree: jax.tree.map(lambda x: (tuple(np.shape(x)), np.dtype(x.dtype).name),
                                      tree)
-  for name in ("params", "frozen"):
+  for name in ("params", "frozen") + (("model_state",) if model_state is not None else ()):
     got, expected = shapes(getattr(state, name)), shapes(getattr(want, name))
     if got != expected:
       got_flat = dict(rules_lib.flat(got)) if got else {}
