@@ -115,6 +115,9 @@ def _values(method: str, nets: Mapping[str, tuple[tr.Arch, Any]], *, ndf: int | 
   d = next((nets[k][0] for k in ("discriminator", "d_a", "d_b") if k in nets), None)
   size = image_size or config_size
   if g.kind == "unet" and size % 2 ** g.depth:
+    if image_size:
+      raise tr.ArchError(f"--image_size {image_size}: a U-Net of {g.depth} downsamplings needs "
+                         f"a multiple of {2 ** g.depth}")
     size = 2 ** g.depth
   values: dict[str, Any] = {"model.ngf": g.width, "model.g_norm": g.norm,
                             "data.channels": g.out_channels, "data.image_size": size}

@@ -208,6 +208,9 @@ def test_a_discriminator_alone_or_a_flag_contradiction_writes_nothing(ref, tmp_p
   with pytest.raises(tr.ArchError, match="unet_256"):
     tp.convert_state_dicts({"file": (state_of(ref, "unet_batch"), "G.pth")}, workdir,
                            arch="unet_256")
+  with pytest.raises(tr.ArchError, match="needs a multiple of 64"):
+    tp.convert_state_dicts({"file": (state_of(ref, "unet_batch"), "G.pth")}, workdir,
+                           image_size=96)
   with pytest.raises(tr.ArchError, match="discriminator reads 3 channels"):
     tp.convert_state_dicts({"G": (state_of(ref, "unet_batch"), "G.pth"),
                             "D": (state_of(ref, "patch_instance"), "D.pth")}, workdir)
