@@ -21,7 +21,7 @@ autoregressive priors read a first stage's codes through `init_from` only (no im
 `jgen.convert`'s readers and name maps (published files onto jgen modules) use nn and the
 autoencoders' networks, and Stable Diffusion applies LoRA and textual-inversion files with them
 at sampling (autoencoder < convert < diffusion); the pipelines that write work directories
-(`jgen.convert.pipeline`, `controlnet_pipeline`) are run machinery.
+(`jgen.convert.pipeline`, `controlnet_pipeline`, `translation_pipeline`) are run machinery.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("L4e converters", ("jgen.convert",)),
     ("L4f family diffusion", ("jgen.diffusion",)),
     ("L5 run machinery", ("jgen.train.loop", "jgen.train.inference", "jgen.convert.pipeline",
-                          "jgen.convert.controlnet_pipeline", "jgen.export")),
+                          "jgen.convert.controlnet_pipeline",
+                          "jgen.convert.translation_pipeline", "jgen.export")),
     ("L6 entry points", ("jgen.run", "jgen.cli", "jgen.convert.__main__", "jgen")),
 )
 

@@ -41,6 +41,8 @@ def pix2pix_base(*, smoke: bool = False) -> ml_collections.ConfigDict:
   c.model.g_norm = "batch"       # batch | instance | none
   c.model.d_norm = "batch"
   c.model.dropout = 0.5          # on at train and test time: G's noise
+  c.model.dropout_placement = "bottleneck"  # | reference (pytorch-CycleGAN-and-pix2pix's)
+  c.model.edge_bias = True       # False: no bias on a batch-norm U-Net's e_0 / bottleneck convs
 
   c.gan = ml_collections.ConfigDict()
   c.gan.loss = "non_saturating"  # BCE (the paper); least_squares | hinge | minimax

@@ -9,7 +9,8 @@ Research code loads one model folder as a Flax module and its variables::
   context = text.apply(text_vars, tokenizer(["a photo of a cat"]))
 
 Whole checkpoints become work directories with ``python -m jgen.convert SRC WORKDIR``
-(`jgen.convert.pipeline`; a ControlNet on a converted SD: `controlnet_pipeline`). Modules:
+(`jgen.convert.pipeline`; a ControlNet on a converted SD: `controlnet_pipeline`; pix2pix /
+CycleGAN ``.pth`` files: `translation` reads them, `translation_pipeline` writes the run). Modules:
 `files` (lazy, never-executing readers), `common` (the name-map machinery and its missing /
 unexpected / mis-shaped report), one converter per model (`unet`, `autoencoder`, `clip`,
 `controlnet`), `single_file` (CompVis/LDM layouts), community files (`lora`,

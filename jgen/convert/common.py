@@ -45,7 +45,7 @@ class ConversionError(errors.ConversionError):
   """
 
   def __init__(self, what: str, missing: list[str], unexpected: list[str],
-               misshaped: list[tuple[str, str, tuple, tuple]]):
+               misshaped: list[tuple[str, str, tuple, tuple]], *, hint: str | None = None):
     self.missing, self.unexpected, self.misshaped = missing, unexpected, misshaped
     lines = [f"{what}: the checkpoint does not match this architecture "
              f"({len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} "
@@ -57,8 +57,9 @@ class ConversionError(errors.ConversionError):
                      + (f" ... and {len(items) - len(shown)} more" if len(items) > 25 else ""))
     for name, path, got, want in misshaped[:25]:
       lines.append(f"  mis-shaped: {name} -> {path}: got {got}, the module expects {want}")
-    lines.append("  Check that the file is the model you meant (SD 1.x vs 2.x, a U-Net vs a "
-                 "ControlNet, a DDPM vs an LDM U-Net) and that its config.json matches it.")
+    lines.append("  " + (hint or "Check that the file is the model you meant (SD 1.x vs 2.x, a "
+                         "U-Net vs a ControlNet, a DDPM vs an LDM U-Net) and that its "
+                         "config.json matches it."))
     super().__init__("\n".join(lines))
 
 

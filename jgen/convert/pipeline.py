@@ -150,6 +150,7 @@ def _overrides(config: ml_collections.ConfigDict, values: Mapping[str, Any]) -> 
 
 def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any,
                   frozen: Mapping[str, Any] | None = None, *, seed: int = 0,
+                  batch: Mapping[str, Any] | None = None,
                   model_state: Mapping[str, Any] | None = None,
                   emas: Mapping[str, Any] | None = None) -> str:
   """Saves converted weights as step 0 of a run of `config` in `workdir`.
@@ -158,6 +159,10 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any,
   ``init``: no array is made) before anything is written. `model_state` entries replace the
   method's initial ones (the rest keep their initial values); `emas` ({name: leaves}) replace
   the EMAs, which otherwise start as copies of `params`.
+
+  Args:
+    batch: the fields ``init`` reads, as arrays or ShapeDtypeStructs (default: one ``image``
+      of the config's size and channels).
 
   Raises:
     FileExistsError: `workdir` already holds a checkpoint (nothing is overwritten).
@@ -169,15 +174,17 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any,
   method = load_method(config)
   rules = rules_lib.parse_rules(config.optim.get("rules", ()))
   rng = jax.random.key(seed)
-  batch = {"image": jax.ShapeDtypeStruct((1, config.data.image_size, config.data.image_size,
-                                          config.data.channels), np.float32)}
-  want = jax.eval_shape(lambda r, b: method.init(r, b).with_rules(rules), rng, batch)
+  if batch is None:
+    batch = {"image": jax.ShapeDtypeStruct((1, config.data.image_size,
+                                            config.data.image_size, config.data.channels),
+                                           np.float32)}
+  want = jax.eval_shape(lambda r, b: method.init(r, b).with_rules(rules), rng, dict(batch))
   ema = want.ema_specs[0].decay if want.ema_specs else None
   state = TrainState.create(params=params, tx=want.tx, rng=rng, ema_decay=ema,
                             ema_warmup=bool(want.ema_specs and want.ema_specs[0].warmup),
                             emas=want.ema_specs, frozen=dict(frozen or {}), rules=rules)
   if model_state is not None:
-    initial = method.init(rng, {"image": np.zeros(batch["image"].shape, np.float32)})
+    initial = method.init(rng, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), dict(batch)))
     state = state.replace(model_state={**initial.model_state, **model_state})
   if emas is not None:
     state = state.replace(emas={**state.emas, **emas})

@@ -333,7 +333,8 @@ class CycleGAN:
 
 
 def make_method(config: Any) -> CycleGAN:
-  """CycleGAN from a config: `model` (ngf, n_blocks, g_norm, ndf, d_layers, d_norm, dtype),
+  """CycleGAN from a config: `model` (ngf, n_blocks, g_norm, ndf, d_layers, d_norm, dtype;
+  upsample, down_padding: `ResnetGenerator`'s, absent in old run records: the defaults),
   `gan` (loss, cycle_weight, identity_weight, history_size), `optim` (and `optim_d` over it,
   `jgen.gan.adversarial.discriminator_optim`), `train` (num_steps, ema_decay, ema_warmup),
   `sample.direction`, `data.channels` (both domains)."""
@@ -343,7 +344,8 @@ def make_method(config: Any) -> CycleGAN:
 
   def generator():
     return ResnetGenerator(out_channels=channels, ngf=m.ngf, n_blocks=m.n_blocks,
-                           norm=m.g_norm, dtype=dtype)
+                           norm=m.g_norm, dtype=dtype, upsample=m.get("upsample", "resize"),
+                           down_padding=m.get("down_padding", "reflect"))
 
   def discriminator():
     return PatchDiscriminator(ndf=m.ndf, n_layers=m.d_layers, norm=m.d_norm, dtype=dtype)

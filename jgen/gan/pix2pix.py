@@ -235,7 +235,9 @@ def make_method(config: Any) -> Pix2Pix:
   dtype = compute_dtype(m.dtype)
   generator = UNetGenerator(out_channels=config.data.channels, ngf=m.ngf,
                             num_downs=m.num_downs, norm=m.g_norm, dropout=m.dropout,
-                            dtype=dtype)
+                            dtype=dtype,
+                            dropout_placement=m.get("dropout_placement", "bottleneck"),
+                            edge_bias=m.get("edge_bias", True))
   discriminator = PatchDiscriminator(ndf=m.ndf, n_layers=m.n_layers, norm=m.d_norm,
                                      dtype=dtype)
   total = config.train.num_steps

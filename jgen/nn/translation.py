@@ -31,11 +31,13 @@ import jax.numpy as jnp
 Array = jax.Array
 Dtype = Any
 
-__all__ = ["NORMS", "PatchDiscriminator", "ResnetGenerator", "UNetGenerator",
-           "patch_receptive_field", "unet_num_downs"]
+__all__ = ["DROPOUT_PLACEMENTS", "NORMS", "PADDINGS", "PatchDiscriminator", "ResnetGenerator",
+           "UNetGenerator", "patch_receptive_field", "unet_dropout_levels", "unet_num_downs"]
 
 NORMS = ("batch", "instance", "none")
 UPSAMPLES = ("resize", "transpose")
+PADDINGS = ("reflect", "zero")
+DROPOUT_PLACEMENTS = ("bottleneck", "reference")
 
 
 def _check_norm(norm: str) -> None:
@@ -101,6 +103,25 @@ def unet_num_downs(height: int, width: int, num_downs: int | None = None) -> int
   return num_downs
 
 
+def unet_dropout_levels(num_downs: int, placement: str = "bottleneck",
+                        layers: int = 3) -> tuple[int, ...]:
+  """The decoder levels i (layer d_i, 1 <= i <= n-1) of an n-level U-Net that have dropout.
+
+  'bottleneck': the `layers` levels nearest the bottleneck, n-1 down to n-layers (the paper's
+  CD512 x 3: 7, 6, 5 for n = 8). 'reference': 4 <= i <= n-2, the reference code's n-5 middle
+  blocks of ngf*8 features (6, 5, 4 for n = 8; none for n < 6).
+
+  Raises:
+    ValueError: an unknown placement.
+  """
+  if placement not in DROPOUT_PLACEMENTS:
+    raise ValueError(f"unknown dropout placement {placement!r}; choose one of "
+                     f"{DROPOUT_PLACEMENTS}")
+  if placement == "reference":
+    return tuple(range(num_downs - 2, 3, -1))
+  return tuple(i for i in range(num_downs - 1, 0, -1) if num_downs - 1 - i < layers)
+
+
 class UNetGenerator(nn.Module):
   """The pix2pix U-Net: an encoder-decoder whose decoder layer i also reads encoder layer i.
 
@@ -114,11 +135,18 @@ class UNetGenerator(nn.Module):
 
   every conv 4x4 with stride 2 and padding 1 (Deconv: transposed, doubling H and W), and
   [a, b] the channel concatenation (the skip connection). Dropout(p = `dropout`) follows the
-  norm of the `dropout_layers` decoder layers nearest the bottleneck (the paper's
-  CD512-CD512-CD512; the reference code instead drops out in the blocks between the bottleneck
-  and the four outer levels, none for n < 6). The dropout is the generator's only noise, so it
+  norm of the decoder layers `unet_dropout_levels` names: with `dropout_placement`
+  'bottleneck' the `dropout_layers` nearest the bottleneck (the paper's CD512-CD512-CD512),
+  with 'reference' those of the reference code (`UnetSkipConnectionBlock`'s `use_dropout`
+  blocks: d_i for 4 <= i <= n-2, the ngf*8 levels between the bottleneck's own layer and the
+  four outer levels; none for n < 6). The dropout is the generator's only noise, so it
   is on at train *and* at test time (`train` only switches batch statistics): pass an rng
   stream 'dropout' to `apply`; the same key gives the same output.
+
+  Biases: a conv followed by batch norm has none (the norm's shift replaces it). The two down
+  convs no norm follows (e_0 and the bottleneck e_{n-1}) keep theirs with `edge_bias` (the
+  default); the reference code gives every down conv of a batch-norm U-Net no bias
+  (`edge_bias=False`). With instance norm or none every conv has a bias either way.
 
   Attributes:
     out_channels: output channels C_out.
@@ -126,8 +154,12 @@ class UNetGenerator(nn.Module):
     num_downs: downsamplings; None: `unet_num_downs` (bottleneck 1 x 1).
     norm: 'batch' (the paper), 'instance' or 'none'.
     dropout: the decoder's dropout rate (0: deterministic).
-    dropout_layers: how many decoder layers next to the bottleneck have dropout.
+    dropout_layers: how many decoder layers next to the bottleneck have dropout
+      ('bottleneck' placement only).
     dtype: compute dtype (norms in float32, output float32).
+    dropout_placement: 'bottleneck' (the paper's) or 'reference' (the reference code's).
+    edge_bias: biases on e_0's and the bottleneck's convs under batch norm (False: the
+      reference code's).
   """
 
   out_channels: int
@@ -137,6 +169,8 @@ class UNetGenerator(nn.Module):
   dropout: float = 0.5
   dropout_layers: int = 3
   dtype: Dtype = jnp.float32
+  dropout_placement: str = "bottleneck"
+  edge_bias: bool = True
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -148,7 +182,10 @@ class UNetGenerator(nn.Module):
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
     n = unet_num_downs(x.shape[1], x.shape[2], self.num_downs)
     feats = [self.ngf * min(2 ** i, 8) for i in range(n)]
+    drop = unet_dropout_levels(n, self.dropout_placement, self.dropout_layers)
+    drop = drop if self.dropout > 0 else ()
     bias = self.norm != "batch"
+    edge_bias = bias or self.edge_bias
     pad = ((1, 1), (1, 1))
     tpad = ((2, 2), (2, 2))  # lax.conv_transpose's padding equal to PyTorch's padding=1, k=4
 
@@ -157,8 +194,8 @@ class UNetGenerator(nn.Module):
     for i, f in enumerate(feats):
       if i:
         h = nn.leaky_relu(h, 0.2)
-      h = _conv(f, 4, 2, pad, use_bias=bias or i in (0, n - 1), dtype=self.dtype,
-                name=f"down_{i}")(h)
+      h = _conv(f, 4, 2, pad, use_bias=edge_bias if i in (0, n - 1) else bias,
+                dtype=self.dtype, name=f"down_{i}")(h)
       if 0 < i < n - 1:
         h = _Norm(self.norm, self.dtype, name=f"down_norm_{i}")(h, train=train)
       skips.append(h)
@@ -170,7 +207,7 @@ class UNetGenerator(nn.Module):
       h = nn.ConvTranspose(feats[i - 1], (4, 4), strides=(2, 2), padding=tpad,
                            use_bias=bias, dtype=self.dtype, name=f"up_{i}")(nn.relu(h))
       h = _Norm(self.norm, self.dtype, name=f"up_norm_{i}")(h, train=train)
-      if self.dropout > 0 and n - 1 - i < self.dropout_layers:
+      if i in drop:
         h = nn.Dropout(self.dropout, deterministic=False, name=f"up_dropout_{i}")(h)
     if n > 1:
       h = jnp.concatenate([h, skips[0]], axis=-1)
@@ -278,8 +315,9 @@ class ResnetGenerator(nn.Module):
     h = ReLU(Norm(Up(2 ngf)(h))); h = ReLU(Norm(Up(ngf)(h)))
     y = tanh(Conv7(C_out)(reflect_3(h)))
 
-  Every convolution pads by reflection (the reference zero-pads its two stride-2 convs), so
-  no layer sees a zero border: a constant image maps to a constant image.
+  Every convolution pads by reflection by default, so no layer sees a zero border: a constant
+  image maps to a constant image. The reference code zero-pads its two stride-2 convs
+  (`down_padding='zero'`: Conv3_s2 with padding 1 instead of reflect_1 then a VALID conv).
 
   Upsampling `Up` ('resize', the default): nearest-neighbour x2, then a reflection-padded 3x3
   conv. The reference uses 3x3 stride-2 transposed convs ('transpose', output padding 1: the
@@ -294,6 +332,7 @@ class ResnetGenerator(nn.Module):
     norm: 'instance' (the paper), 'batch' or 'none'.
     dtype: compute dtype (output float32).
     upsample: 'resize' or 'transpose' (see above).
+    down_padding: 'reflect' (the default) or 'zero' (the reference's) for the stride-2 convs.
   """
 
   out_channels: int
@@ -302,6 +341,7 @@ class ResnetGenerator(nn.Module):
   norm: str = "instance"
   dtype: Dtype = jnp.float32
   upsample: str = "resize"
+  down_padding: str = "reflect"
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -311,6 +351,8 @@ class ResnetGenerator(nn.Module):
     _check_norm(self.norm)
     if self.upsample not in UPSAMPLES:
       raise ValueError(f"unknown upsampling {self.upsample!r}; choose one of {UPSAMPLES}")
+    if self.down_padding not in PADDINGS:
+      raise ValueError(f"unknown down_padding {self.down_padding!r}; choose one of {PADDINGS}")
     if x.shape[1] % 4 or x.shape[2] % 4 or min(x.shape[1:3]) < 8:
       raise ValueError("ResnetGenerator downsamples twice by 2 and reflection-pads by 3: it "
                        f"needs H and W multiples of 4 and >= 8, got {x.shape[1]}x{x.shape[2]}")
@@ -321,7 +363,11 @@ class ResnetGenerator(nn.Module):
         _reflect(x.astype(self.dtype), 3))
     h = nn.relu(_Norm(self.norm, self.dtype)(h, train=train))
     for mult in (2, 4):
-      h = _conv(self.ngf * mult, 3, 2, "VALID", use_bias=bias, dtype=self.dtype)(_reflect(h, 1))
+      if self.down_padding == "zero":
+        h = _conv(self.ngf * mult, 3, 2, ((1, 1), (1, 1)), use_bias=bias, dtype=self.dtype)(h)
+      else:
+        h = _conv(self.ngf * mult, 3, 2, "VALID", use_bias=bias, dtype=self.dtype)(
+            _reflect(h, 1))
       h = nn.relu(_Norm(self.norm, self.dtype)(h, train=train))
     for _ in range(self.n_blocks):
       h = _ResnetBlock(self.norm, self.dtype)(h, train=train)

@@ -203,3 +203,41 @@ def test_resnet_transposed_upsampling_is_not_constant():
   v = _init(g, jax.random.normal(KEY, x.shape))
   y = np.asarray(g.apply(v, x, train=False))
   assert np.abs(y - y[:, :1, :1]).max() > 1e-4
+
+
+# ---------------------------------------------------------------------- the reference's settings
+
+
+def test_unet_reference_dropout_and_edge_biases():
+  """pytorch-CycleGAN-and-pix2pix's U-Net: dropout in the ngf*8 blocks between the bottleneck's
+  own level and the four outer levels, no bias on any down conv of a batch-norm U-Net (the
+  parity with the reference itself: tests/convert/test_translation.py)."""
+  x = jnp.zeros((1, 256, 256, 3))
+  g = tr.UNetGenerator(3, ngf=2, num_downs=8, dropout_placement="reference", edge_bias=False)
+  v = jax.eval_shape(lambda: g.init_with_output(
+      {"params": KEY, "dropout": KEY}, x, train=False, capture_intermediates=True)[1])
+  names = {k for k in v["intermediates"] if k.startswith("up_dropout")}
+  assert names == {"up_dropout_6", "up_dropout_5", "up_dropout_4"}
+  params = v["params"]
+  assert not any("bias" in params[f"down_{i}"] for i in range(8))
+  assert "bias" in params["up_0"]  # the outermost up conv keeps its bias (no norm follows)
+  assert tr.unet_dropout_levels(5, "reference") == ()
+  with pytest.raises(ValueError, match="dropout placement"):
+    tr.unet_dropout_levels(8, "everywhere")
+  inst = tr.UNetGenerator(3, ngf=2, num_downs=5, norm="instance", edge_bias=False)
+  p = jax.eval_shape(lambda: _init(inst, jnp.zeros((1, 32, 32, 3))))["params"]
+  assert all("bias" in p[f"down_{i}"] for i in range(5))  # instance norm: biases everywhere
+
+
+def test_resnet_zero_padded_strided_convs_break_constancy():
+  """down_padding='zero' (the reference's): the border sees zeros, so a constant image no
+  longer maps to a constant image; the parameter tree is the same as with reflection."""
+  g = tr.ResnetGenerator(2, ngf=4, n_blocks=1, norm="none", down_padding="zero")
+  x = jnp.full((1, 16, 16, 3), 0.3)
+  v = _init(g, jax.random.normal(KEY, x.shape))
+  y = np.asarray(g.apply(v, x, train=False))
+  assert np.abs(y - y[:, :1, :1]).max() > 1e-4
+  v_reflect = _init(g.clone(down_padding="reflect"), jax.random.normal(KEY, x.shape))
+  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, v_reflect)
+  with pytest.raises(ValueError, match="down_padding"):
+    _init(g.clone(down_padding="replicate"), x)
