@@ -14,8 +14,8 @@ The base (U-Net and text encoder) stays frozen; the token row of "sks" (64 numbe
 row of "seven") and one value offset per cross-attention layer (5 layers, 224 numbers) train
 with Adam 1e-2 for 400 steps of the 4 subject images, the gate at beta 0.75, tau 0.1 (the
 paper's training values); sampling uses beta 0.7, tau 0.15 (``perfusion.bias``,
-``perfusion.temperature``). ``perfusion.word=zwx`` with ``data.train_labels``/``subject_class``
-trains a second concept. `:noedit` trains the token row alone with the U-Net untouched
+``perfusion.temperature``). `:word=zwx,digit=3` trains a second concept on the first four
+MNIST 3s. `:noedit` trains the token row alone with the U-Net untouched
 (textual inversion of the same model, the comparison). `:smoke` is seconds (four bundled 7s,
 no ../shared).
 """
@@ -28,7 +28,7 @@ from jgen.train.config import experiment_module, parse_arg
 _text = experiment_module("../ldm/text_digits", beside=__file__)
 _base = experiment_module("base", beside=__file__)
 
-ARGS = dict(smoke=False, noedit=False)
+ARGS = dict(smoke=False, noedit=False, word="sks", digit=7)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.source = _base.MNIST_TEST
     c.data.split = "test"           # the MNIST copy in ../shared is its 10k test set
     c.data.eval_split = "test"
-  c.data.train_labels = "7"
+  c.data.train_labels = str(a.digit)
   c.data.train_examples = 4
   c.data.batch_size = 4
   c.data.random_flip = False
@@ -48,9 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.init_from.base.into = "params"
   c.init_from.base.source = "ema"
   c.perfusion = ml_collections.ConfigDict()
-  c.perfusion.word = "sks"
-  c.perfusion.subject_class = 7
-  c.perfusion.prompts = "a handwritten sks,the digit sks,sks"
+  c.perfusion.word = a.word
+  c.perfusion.subject_class = a.digit
+  c.perfusion.prompts = ""          # "" = "a handwritten [V]"; or "p1,p2,..." using the word
   c.perfusion.train_bias = 0.75
   c.perfusion.train_temperature = 0.1
   c.perfusion.bias = 0.7

@@ -34,7 +34,7 @@ from jgen.xla import set_cpu_xla_flags
 
 log = logging.getLogger("jgen")
 
-__all__ = ["export", "main", "sample", "score"]
+__all__ = ["combine", "export", "main", "sample", "score"]
 
 
 def _restore(workdir: str):
@@ -68,6 +68,11 @@ def sample(workdir: str, concept_files: Sequence[str], prompts: Sequence[str], *
                                          jax.random.key(seed), g=gate))
 
 
+def _subject_features(net, config) -> np.ndarray:
+  source = inputs.load_data(config, split=config.data.split)
+  return net(np.stack([np.asarray(source[i]["image"]) for i in range(len(source))]))["features"]
+
+
 def score(workdir: str, concepts: dict[str, str], *, num: int = 100, per_other: int = 20,
           gate: perf.Gate, seed: int = 0) -> list[dict[str, Any]]:
   """Rows of subject fidelity and drift (`jgen.metrics.personalization`'s scores): for the base
@@ -76,10 +81,7 @@ def score(workdir: str, concepts: dict[str, str], *, num: int = 100, per_other: 
   domain FID against the real digits of that class) and the other digits (domain FID)."""
   config, method, state = _restore(workdir)
   net = domain.load_feature_net("digits")
-  subject = np.stack([np.asarray(x["image"]) for x in
-                      (lambda s: [s[i] for i in range(len(s))])(
-                          inputs.load_data(config, split=config.data.split))])
-  subject_feats = net(subject)["features"]
+  subject_feats = _subject_features(net, config)
   real_source = inputs.load_data(run_record.latest_config(
       config.init_from.base.workdir), split="train")
   real = [real_source[i] for i in range(len(real_source))]
@@ -119,6 +121,35 @@ def score(workdir: str, concepts: dict[str, str], *, num: int = 100, per_other: 
   return rows
 
 
+def combine(workdirs: Sequence[str], *, num: int = 100, gate: perf.Gate, seed: int = 0
+            ) -> list[dict[str, Any]]:
+  """Several concepts in one model at once: for each run's concept, the fidelity of "a
+  handwritten [V]" to its own subject and to the other runs' subjects, with its file alone and
+  with every run's file loaded (interference of combining concepts without retraining), and
+  the share judged its superordinate digit."""
+  net = domain.load_feature_net("digits")
+  runs = [_restore(w) for w in workdirs]
+  concepts = [m.concept(s.ema_params, s.frozen) for _, m, s in runs]
+  subjects = [_subject_features(net, c) for c, _, _ in runs]
+  _, method, state = runs[0]
+  c_inv = state.frozen[perf.PERFUSION]["c_inv"]
+  rows = []
+  for i, concept in enumerate(concepts):
+    for loaded in ([concept], concepts):
+      images = np.asarray(perf.sample_concepts(
+          method.ldm, state, loaded, c_inv, [f"a handwritten {concept.word}"] * num,
+          jax.random.key(seed + i), g=gate))
+      out = net(images)
+      rows.append({"concept": concept.word, "loaded": "+".join(c.word for c in loaded),
+                   "own": mean_pairwise_cosine(out["features"], subjects[i]),
+                   "others": [mean_pairwise_cosine(out["features"], f)
+                              for j, f in enumerate(subjects) if j != i],
+                   "judged": float(np.mean(out["logits"].argmax(-1) ==
+                                           runs[i][1].subject_class))})
+      log.info("combine: %s", rows[-1])
+  return rows
+
+
 def format_rows(rows: list[dict[str, Any]], k: int) -> str:
   def f(v, fmt):
     return "—" if v is None else format(v, fmt)
@@ -140,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> Any:
   e = sub.add_parser("export", help="write a run's concept file")
   e.add_argument("--run", required=True)
   e.add_argument("--out", required=True)
+  cb = sub.add_parser("combine", help="several concepts at once: fidelity alone and combined")
+  cb.add_argument("--run", action="append", required=True, help="a Perfusion run (repeat)")
+  cb.add_argument("--num", type=int, default=100)
   for name in ("sample", "score"):
     s = sub.add_parser(name)
     s.add_argument("--run", required=True, help="a Perfusion run of the base")
@@ -160,6 +194,14 @@ def main(argv: Sequence[str] | None = None) -> Any:
   logging.basicConfig(level=logging.INFO)
   if args.command == "export":
     return export(args.run, args.out)
+  if args.command == "combine":
+    rows = combine(args.run, num=args.num, gate=perf.Gate(0.7, 0.15))
+    print("| concept | files loaded | fidelity to its subject | to the other subject | judged "
+          "its digit |\n|---|---|---|---|---|")
+    for r in rows:
+      print(f"| {r['concept']} | {r['loaded']} | {r['own']:.3f} | "
+            f"{', '.join(f'{v:.3f}' for v in r['others'])} | {r['judged']:.2f} |")
+    return rows
   gate = perf.Gate(args.bias, args.temperature)
   if args.command == "sample":
     images = sample(args.run, args.concept, args.prompt, gate=gate, seed=args.seed)
