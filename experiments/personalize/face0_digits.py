@@ -29,6 +29,7 @@ from jgen.diffusion.face0 import FACE0_RULES
 from jgen.train.config import experiment_module, parse_arg
 
 _text = experiment_module("../ldm/text_digits", beside=__file__)
+_base = experiment_module("base", beside=__file__)
 
 ARGS = dict(smoke=False)
 
@@ -37,10 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, **ARGS)
   c = _text.get_config("smoke" if a.smoke else None)
   c.method = "diffusion.face0"
-  c.init_from.base = ml_collections.ConfigDict()
-  c.init_from.base.workdir = ""
-  c.init_from.base.into = "params"
-  c.init_from.base.source = "ema"
+  _base.text_base(c, lr=2e-4, rules=FACE0_RULES)
   c.init_from.identity = ml_collections.ConfigDict()
   c.init_from.identity.workdir = ""
   c.init_from.identity.into = "frozen/identity"
@@ -53,10 +51,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.face0.id_scale = 3.0
   c.face0.text_scale = 3.0
   c.face0.prompt = ""
-  c.optim.rules = FACE0_RULES
-  c.optim.lr = 2e-4
-  c.optim.warmup_steps = 0
-  c.optim.schedule = "constant"
   c.sample.num = 4 if a.smoke else 16
   c.sample.batch_size = c.sample.num
   if not a.smoke:

@@ -106,10 +106,7 @@ def image_prompt_accuracy(workdir: str, *, num: int = 300, seed: int = 0,
   other = _other_reference(labels, seed)
   rows = []
   for scale in scales:
-    unet = dataclasses.replace(method.ldm.ddpm.model, image_scale=float(scale))
-    variant = dataclasses.replace(
-        method, ldm=dataclasses.replace(method.ldm, ddpm=dataclasses.replace(
-            method.ldm.ddpm, model=unet)))
+    variant = _with_image_scale(method, scale)
     images = translations.translate_all(variant, state, mesh, held_out["source"],
                                         batch_size=config.sample.batch_size, seed=seed)[:, 0]
     out = net(images)
@@ -119,6 +116,13 @@ def image_prompt_accuracy(workdir: str, *, num: int = 300, seed: int = 0,
                  "other_reference": rowwise_cosine(out["features"], ref[other])})
     log.info("image prompt, lambda %g: %s", scale, rows[-1])
   return rows
+
+
+def _with_image_scale(method, scale: float):
+  """An IP-Adapter method with the image scale lambda (0: the adapter off, the base model)."""
+  unet = dataclasses.replace(method.ldm.ddpm.model, image_scale=float(scale))
+  return dataclasses.replace(method, ldm=dataclasses.replace(
+      method.ldm, ddpm=dataclasses.replace(method.ldm.ddpm, model=unet)))
 
 
 def _other_reference(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -147,10 +151,7 @@ def identity_across_prompts(workdir: str, prompts: Sequence[str] = IDENTITY_PROM
   other = _other_reference(labels, seed)
   variants = [(config.method, method)]
   if config.method == "diffusion.ip_adapter":
-    unet = dataclasses.replace(method.ldm.ddpm.model, image_scale=0.0)
-    variants.append(("base (no identity)", dataclasses.replace(
-        method, ldm=dataclasses.replace(method.ldm, ddpm=dataclasses.replace(
-            method.ldm.ddpm, model=unet)))))
+    variants.append(("base (no identity)", _with_image_scale(method, 0.0)))
   rows = []
   for name, m in variants:
     for prompt in prompts:

@@ -45,6 +45,7 @@ from jgen.diffusion import ldm as ldm_lib
 from jgen.diffusion import noisy_classifier as clf_lib
 from jgen.diffusion.guidance import chained_cfg_eps_fn
 from jgen.nn.classifier import NoisyClassifier
+from jgen.diffusion.ip_adapter import ReferencePrompted, two_condition_drops
 from jgen.nn.ip_adapter import ImageProjection
 from jgen.train import init_from as init_from_lib
 from jgen.train import rules as rules_lib
@@ -74,7 +75,7 @@ def classifier_features(network: NoisyClassifier, params: Any, images: jax.Array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Face0:
+class Face0(ReferencePrompted):
   """Identity tokens appended to the text context of a `TextLatentDiffusion` (module
   docstring).
 
@@ -124,12 +125,8 @@ class Face0:
                              frozen={**base.frozen, IDENTITY: id_params})
 
   def _drops(self, rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-    """(text dropped [n], identity dropped [n]) with the three cases' probabilities."""
-    u = jax.random.uniform(rng, (n,))
-    a, b, c = self.drop_text, self.drop_id, self.drop_both
-    text = (u < a) | ((u >= a + b) & (u < a + b + c))
-    ident = (u >= a) & (u < a + b + c)
-    return text, ident
+    """(text dropped [n], identity dropped [n]) (`two_condition_drops`)."""
+    return two_condition_drops(rng, n, self.drop_text, self.drop_id, self.drop_both)
 
   def context(self, params: Any, frozen: Any, tokens: jax.Array, embedding: jax.Array
               ) -> jax.Array:
@@ -173,20 +170,6 @@ class Face0:
         self.id_scale if id_scale is None else id_scale,
         self.text_scale if text_scale is None else text_scale))
     return ldm.ddpm.run_sampler(eps_fn, rng, reference.shape[0])
-
-  def translation_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    inputs = {"source": batch["image"]}
-    if "label" in batch:
-      inputs["label"] = batch["label"]
-    return inputs
-
-  def translate(self, state: TrainState, rng: jax.Array, source: jax.Array) -> jax.Array:
-    """[B, H, W, C] references -> [B, 1, H, W, C] samples with the prompt `prompt_tokens`."""
-    n = source.shape[0]
-    row = self.ldm.captions[-1] if self.prompt_tokens is None else self.prompt_tokens
-    tokens = jnp.broadcast_to(jnp.asarray(row, jnp.int32), (n, len(row)))
-    z = self.sample_latents(state, rng, source, tokens)
-    return self.ldm.decode_latents(state.frozen, state.model_state, z)[:, None]
 
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     raise errors.ConfigError("Face0 samples for reference images: the loop translates "
