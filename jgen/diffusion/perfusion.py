@@ -87,8 +87,8 @@ PERFUSION = "perfusion"
 PERFUSION_RULES = rules_lib.parse_rules(((f"{PERFUSION}/.*", 1.0), (".*", "frozen")))
 # Module paths (inside the U-Net) of the cross-attention key and value projections: jgen's
 # `CrossAttnBlock` and Stable Diffusion's `TransformerBlock.attn2`.
-KEY_LAYERS = re.compile(r"(.*_cross_attn|(.*/)?attn2)/(k|to_k)")
-VALUE_LAYERS = re.compile(r"(.*_cross_attn|(.*/)?attn2)/(v|to_v)")
+KEY_LAYERS = re.compile(r"(.*_cross_attn(_\d+)?|(.*/)?attn2)/(k|to_k)")
+VALUE_LAYERS = re.compile(r"(.*_cross_attn(_\d+)?|(.*/)?attn2)/(v|to_v)")
 _FORMAT = "jgen-perfusion-concept-1"
 
 PyTree = Any

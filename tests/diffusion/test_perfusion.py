@@ -187,6 +187,10 @@ def test_unets_without_concept_are_the_base_and_with_one_edit_cross_attention(ma
   np.testing.assert_array_equal(same, base)   # no concept: bit for bit
   layers = perf.value_layers(params)
   assert layers and all(("cross_attn" in k) or k.endswith("attn2") for k in layers)
+  flat_params = flat(params["params"])   # every cross-attention value projection, the middle's too
+  want = {p.rsplit("/", 2)[0] for p in flat_params
+          if p.endswith(("/v/kernel", "/to_v/kernel")) and ("cross_attn" in p or "attn2" in p)}
+  assert set(layers) == want and any(k.startswith("mid") for k in layers)
   # A concept at the context's first token with a value offset: the output moves; the same
   # concept with i_s = i* and no offset under the plain edit leaves every K and V as it was.
   i_star = np.asarray(context[0, :1])
