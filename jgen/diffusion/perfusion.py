@@ -234,7 +234,7 @@ def save_concept(path: str, concept: Concept) -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.parent / (out.name + ".tmp")
   save_file(tensors, str(tmp), metadata=meta)
-  tmp.rename(out)
+  tmp.replace(out)   # over an older file of the same name
 
 
 def load_concept(path: str) -> Concept:

@@ -136,7 +136,8 @@ def test_concept_file_round_trips(tmp_path):
                              np.float32), "a/b/attn2": rng.normal(size=3).astype(np.float32)},
                          base="0123456789abcdef")
   path = str(tmp_path / "c" / "sks.safetensors")
-  perf.save_concept(path, concept)
+  perf.save_concept(path, perf.Concept(**{**concept.__dict__, "word": "old"}))
+  perf.save_concept(path, concept)   # replaces the older file
   back = perf.load_concept(path)
   assert (back.word, back.superordinate, back.base) == ("sks", "seven", "0123456789abcdef")
   for name in ("embedding", "i_star", "i_super"):
