@@ -11,7 +11,7 @@ the concept "sks", a kind of 7, from the first four MNIST 7s (thin, sharp stroke
       --run /tmp/perf_7 --out /tmp/sks.safetensors      # the concept file (a few KiB)
 
 The base (U-Net and text encoder) stays frozen; the token row of "sks" (64 numbers, from the
-row of "seven") and one value offset per cross-attention layer (5 layers, 224 numbers) train
+row of "seven") and one value offset per cross-attention layer (7 layers, 352 numbers) train
 with Adam 1e-2 for 400 steps of the 4 subject images, the gate at beta 0.75, tau 0.1 (the
 paper's training values); sampling uses beta 0.7, tau 0.15 (``perfusion.bias``,
 ``perfusion.temperature``). `:word=zwx,digit=3` trains a second concept on the first four
