@@ -47,3 +47,18 @@ def config(method: str, smoke: bool) -> ml_collections.ConfigDict:
   c.sample.num = 8 if smoke else 64
   c.sample.batch_size = 8 if smoke else 64
   return c
+
+
+def text_base(c: ml_collections.ConfigDict, *, lr: float, rules) -> ml_collections.ConfigDict:
+  """What the methods that adapt a trained text latent diffusion run share (IP-Adapter, Imagic,
+  Perfusion, Face0): the run comes in through ``init_from.base`` (its EMA weights into params;
+  --config.init_from.base.workdir names it), the rules say what trains, Adam at `lr`, constant."""
+  c.init_from.base = ml_collections.ConfigDict()
+  c.init_from.base.workdir = ""
+  c.init_from.base.into = "params"
+  c.init_from.base.source = "ema"
+  c.optim.rules = rules
+  c.optim.lr = lr
+  c.optim.warmup_steps = 0
+  c.optim.schedule = "constant"
+  return c

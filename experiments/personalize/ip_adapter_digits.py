@@ -24,6 +24,7 @@ from jgen.diffusion.ip_adapter import IP_RULES
 from jgen.train.config import experiment_module, parse_arg
 
 _text = experiment_module("../ldm/text_digits", beside=__file__)
+_base = experiment_module("base", beside=__file__)
 
 ARGS = dict(smoke=False)
 
@@ -32,10 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, **ARGS)
   c = _text.get_config("smoke" if a.smoke else None)
   c.method = "diffusion.ip_adapter"
-  c.init_from.base = ml_collections.ConfigDict()
-  c.init_from.base.workdir = ""
-  c.init_from.base.into = "params"
-  c.init_from.base.source = "ema"
+  _base.text_base(c, lr=1e-3, rules=IP_RULES)
   c.ip = ml_collections.ConfigDict()
   c.ip.num_tokens = 4
   c.ip.scale = 1.0
@@ -43,10 +41,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ip.drop_image = 0.05
   c.ip.drop_both = 0.05
   c.ip.prompt = ""
-  c.optim.rules = IP_RULES
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 0
-  c.optim.schedule = "constant"
   c.sample.num = 4 if a.smoke else 16
   c.sample.batch_size = c.sample.num
   if not a.smoke:

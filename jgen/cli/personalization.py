@@ -30,7 +30,10 @@ from jgen.xla import set_cpu_xla_flags
 
 log = logging.getLogger("jgen")
 
-__all__ = ["evaluate_runs", "image_prompt_accuracy", "imagic_sweep", "main"]
+__all__ = ["evaluate_runs", "identity_across_prompts", "image_prompt_accuracy", "imagic_sweep",
+           "main"]
+
+IDENTITY_PROMPTS = ("", "a drawing", "a thick sketch", "a small picture")
 
 
 def _examples(source) -> list[dict[str, Any]]:
@@ -100,17 +103,10 @@ def image_prompt_accuracy(workdir: str, *, num: int = 300, seed: int = 0,
   held_out = translations.held_out_inputs(method, config, num)
   labels = held_out["label"]
   ref = net(held_out["source"])["features"]
-  rng = np.random.default_rng(seed)
-  other = np.arange(len(labels))
-  for k in np.unique(labels):  # another reference of the same digit for each image
-    idx = np.flatnonzero(labels == k)
-    other[idx] = np.roll(idx, 1 + rng.integers(max(len(idx) - 1, 1)))
+  other = _other_reference(labels, seed)
   rows = []
   for scale in scales:
-    unet = dataclasses.replace(method.ldm.ddpm.model, image_scale=float(scale))
-    variant = dataclasses.replace(
-        method, ldm=dataclasses.replace(method.ldm, ddpm=dataclasses.replace(
-            method.ldm.ddpm, model=unet)))
+    variant = _with_image_scale(method, scale)
     images = translations.translate_all(variant, state, mesh, held_out["source"],
                                         batch_size=config.sample.batch_size, seed=seed)[:, 0]
     out = net(images)
@@ -119,6 +115,56 @@ def image_prompt_accuracy(workdir: str, *, num: int = 300, seed: int = 0,
                  "own_reference": rowwise_cosine(out["features"], ref),
                  "other_reference": rowwise_cosine(out["features"], ref[other])})
     log.info("image prompt, lambda %g: %s", scale, rows[-1])
+  return rows
+
+
+def _with_image_scale(method, scale: float):
+  """An IP-Adapter method with the image scale lambda (0: the adapter off, the base model)."""
+  unet = dataclasses.replace(method.ldm.ddpm.model, image_scale=float(scale))
+  return dataclasses.replace(method, ldm=dataclasses.replace(
+      method.ldm, ddpm=dataclasses.replace(method.ldm.ddpm, model=unet)))
+
+
+def _other_reference(labels: np.ndarray, seed: int) -> np.ndarray:
+  """For each held-out image, the index of another held-out image of the same digit."""
+  rng = np.random.default_rng(seed)
+  other = np.arange(len(labels))
+  for k in np.unique(labels):
+    idx = np.flatnonzero(labels == k)
+    other[idx] = np.roll(idx, 1 + rng.integers(max(len(idx) - 1, 1)))
+  return other
+
+
+def identity_across_prompts(workdir: str, prompts: Sequence[str] = IDENTITY_PROMPTS, *,
+                            num: int = 300, seed: int = 0) -> list[dict[str, Any]]:
+  """Identity preservation of an identity-conditioned run (Face0, or IP-Adapter) across
+  prompts: for each prompt, samples for `num` held-out references, the share the classifier
+  judges the reference's digit and the feature cosine to their own reference against another
+  reference of the same digit. An IP-Adapter run adds the base model's rows (lambda = 0: the
+  adapter off, the prompt alone)."""
+  net = domain.load_feature_net("digits")
+  config = run_record.latest_config(workdir)
+  method, mesh, state = inference.restore_for_inference(config, workdir)
+  held_out = translations.held_out_inputs(method, config, num)
+  labels = held_out["label"]
+  ref = net(held_out["source"])["features"]
+  other = _other_reference(labels, seed)
+  variants = [(config.method, method)]
+  if config.method == "diffusion.ip_adapter":
+    variants.append(("base (no identity)", _with_image_scale(method, 0.0)))
+  rows = []
+  for name, m in variants:
+    for prompt in prompts:
+      tokens = np.asarray(m.ldm.tokenizer.encode([prompt]), np.int32)[0] if prompt else None
+      variant = dataclasses.replace(m, prompt_tokens=tokens)
+      images = translations.translate_all(variant, state, mesh, held_out["source"],
+                                          batch_size=config.sample.batch_size, seed=seed)[:, 0]
+      out = net(images)
+      rows.append({"run": name, "prompt": prompt or "(none)", "num": len(labels),
+                   "accuracy": float(np.mean(out["logits"].argmax(-1) == labels)),
+                   "own_reference": rowwise_cosine(out["features"], ref),
+                   "other_reference": rowwise_cosine(out["features"], ref[other])})
+      log.info("identity: %s", rows[-1])
   return rows
 
 
@@ -158,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   p.add_argument("--image_prompt", metavar="WORKDIR", help="an IP-Adapter run: accuracy of the "
                  "reference's digit at lambda 0 and 1")
   p.add_argument("--imagic", metavar="WORKDIR", help="an Imagic run: the eta sweep")
+  p.add_argument("--identity", action="append", default=[], metavar="WORKDIR",
+                 help="a Face0 or IP-Adapter run (repeat): identity across prompts")
   p.add_argument("--num", type=int, default=100, help="samples of [V] and of the class")
   p.add_argument("--per_other_class", type=int, default=20)
   p.add_argument("--seed", type=int, default=0)
@@ -170,6 +218,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
           "\n|---|---|---|---|")
     for r in rows:
       print(f"| {r['scale']:g} | {r['accuracy']:.3f} | {r['own_reference']:.3f} | "
+            f"{r['other_reference']:.3f} |")
+    return rows
+  if args.identity:
+    rows = [r for w in args.identity for r in identity_across_prompts(w, num=args.num * 3,
+                                                                       seed=args.seed)]
+    print("| run | prompt | digit of the reference | cosine to own reference | to another of "
+          "its digit |\n|---|---|---|---|---|")
+    for r in rows:
+      print(f"| {r['run']} | {r['prompt']} | {r['accuracy']:.3f} | {r['own_reference']:.3f} | "
             f"{r['other_reference']:.3f} |")
     return rows
   if args.imagic:

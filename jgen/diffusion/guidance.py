@@ -17,13 +17,13 @@ affine in the prediction at fixed x_t, t).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["cfg_eps_fn", "concat_conditions"]
+__all__ = ["cfg_eps_fn", "chained_cfg_eps_fn", "concat_conditions"]
 
 CondEpsFn = Callable[[jax.Array, jax.Array, Mapping[str, jax.Array]], jax.Array]
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -88,5 +88,41 @@ def cfg_eps_fn(eps_cond_fn: CondEpsFn, conditions: Mapping[str, jax.Array],
     eps = eps_cond_fn(jnp.concatenate([x, x], axis=0), jnp.concatenate([t, t], axis=0), both)
     eps_c, eps_u = jnp.split(eps, 2, axis=0)
     return eps_u + jnp.asarray(w, eps.dtype) * (eps_c - eps_u)
+
+  return eps_fn
+
+
+def chained_cfg_eps_fn(eps_cond_fn: CondEpsFn, chain: Sequence[Mapping[str, jax.Array]],
+                       scales: Sequence[float]) -> EpsFn:
+  """Guidance over a chain of conditions c_0 (all null), c_1, ..., c_K, each adding one
+  condition to the one before, with a scale per step:
+
+      eps = eps(c_0) + sum_k s_k (eps(c_k) - eps(c_{k-1})).
+
+  Face0's separable guidance is K = 2: c_0 = (no identity, no text), c_1 = (identity, no
+  text), c_2 = (identity, text), s_1 the identity scale, s_2 the text scale; K = 1 is
+  `cfg_eps_fn`'s ``eps_u + w (eps_c - eps_u)``. The K + 1 predictions come from one batched
+  forward pass.
+
+  Raises:
+    ValueError: ``len(scales) != len(chain) - 1``, or conditions of other keys.
+  """
+  chain = [dict(c) for c in chain]
+  if len(scales) != len(chain) - 1 or not scales:
+    raise ValueError(f"{len(chain)} conditions need {len(chain) - 1} scales, got {len(scales)}")
+  keys = set(chain[0])
+  if any(set(c) != keys for c in chain):
+    raise ValueError(f"every condition of the chain needs the keys {sorted(keys)}")
+  stacked = {k: jnp.concatenate([jnp.asarray(c[k]) for c in chain], axis=0) for k in keys}
+  n = len(chain)
+
+  def eps_fn(x: jax.Array, t: jax.Array) -> jax.Array:
+    t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
+    eps = jnp.split(eps_cond_fn(jnp.concatenate([x] * n, axis=0),
+                                jnp.concatenate([t] * n, axis=0), stacked), n, axis=0)
+    out = eps[0]
+    for k, s in enumerate(scales, start=1):
+      out = out + jnp.asarray(s, out.dtype) * (eps[k] - eps[k - 1])
+    return out
 
   return eps_fn

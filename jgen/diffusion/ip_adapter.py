@@ -38,14 +38,46 @@ from jgen.nn.ip_adapter import ImageProjection
 from jgen.train import rules as rules_lib
 from jgen.train.state import TrainState
 
-__all__ = ["IP_RULES", "IPAdapter", "make_method"]
+__all__ = ["IP_RULES", "IPAdapter", "ReferencePrompted", "make_method", "two_condition_drops"]
 
 IP_RULES = rules_lib.parse_rules(((r"unet/.*/(k_ip|v_ip)/.*", 1.0), (r"ip_proj/.*", 1.0),
                                   (".*", "frozen")))
 
 
+def two_condition_drops(rng: jax.Array, n: int, first: float, second: float, both: float
+                        ) -> tuple[jax.Array, jax.Array]:
+  """(first dropped [n], second dropped [n]): one uniform per example, split into the three
+  cases (first only, second only, both) of probabilities `first`, `second`, `both`."""
+  u = jax.random.uniform(rng, (n,))
+  a, b, c = first, second, both
+  one = (u < a) | ((u >= a + b) & (u < a + b + c))
+  two = (u >= a) & (u < a + b + c)
+  return one, two
+
+
+class ReferencePrompted:
+  """What the loop needs from a method that samples for reference images and a prompt
+  (IP-Adapter, Face0; `Translates`): held-out images are the references. The class provides
+  ``ldm``, ``prompt_tokens`` (int32 [L] or None: the empty prompt) and
+  ``sample_latents(state, rng, references, tokens)``."""
+
+  def translation_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    inputs = {"source": batch["image"]}
+    if "label" in batch:
+      inputs["label"] = batch["label"]
+    return inputs
+
+  def translate(self, state: TrainState, rng: jax.Array, source: jax.Array) -> jax.Array:
+    """[B, H, W, C] references -> [B, 1, H, W, C] samples (with the prompt `prompt_tokens`)."""
+    n = source.shape[0]
+    row = self.ldm.captions[-1] if self.prompt_tokens is None else self.prompt_tokens
+    tokens = jnp.broadcast_to(jnp.asarray(row, jnp.int32), (n, len(row)))
+    z = self.sample_latents(state, rng, source, tokens)
+    return self.ldm.decode_latents(state.frozen, state.model_state, z)[:, None]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class IPAdapter:
+class IPAdapter(ReferencePrompted):
   """Decoupled image-prompt cross-attention on a `TextLatentDiffusion` (module docstring).
 
   Attributes:
@@ -101,13 +133,8 @@ class IPAdapter:
                              model_state={"scale_factor": scale}, frozen=frozen)
 
   def _drops(self, rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-    """(text dropped [n], image dropped [n]): one uniform per example, split into the three
-    cases (text only, image only, both) of probabilities drop_text, drop_image, drop_both."""
-    u = jax.random.uniform(rng, (n,))
-    a, b, c = self.drop_text, self.drop_image, self.drop_both
-    text = (u < a) | ((u >= a + b) & (u < a + b + c))
-    image = (u >= a) & (u < a + b + c)
-    return text, image
+    """(text dropped [n], image dropped [n]) (`two_condition_drops`)."""
+    return two_condition_drops(rng, n, self.drop_text, self.drop_image, self.drop_both)
 
   def loss_fn(self, params, frozen: Any, model_state: Any, batch: dict[str, jax.Array],
               rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -147,20 +174,6 @@ class IPAdapter:
       return ldm.ddpm.eps_fn(ema["unet"], c, train=False)(x, t)
     eps_fn = cfg_eps_fn(eps_cond_fn, cond, null, ldm.guidance_scale)
     return ldm.ddpm.run_sampler(eps_fn, rng, reference.shape[0])
-
-  def translation_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    inputs = {"source": batch["image"]}
-    if "label" in batch:
-      inputs["label"] = batch["label"]
-    return inputs
-
-  def translate(self, state: TrainState, rng: jax.Array, source: jax.Array) -> jax.Array:
-    """[B, H, W, C] image prompts -> [B, 1, H, W, C] samples (with the prompt `prompt_tokens`)."""
-    n = source.shape[0]
-    row = self.ldm.captions[-1] if self.prompt_tokens is None else self.prompt_tokens
-    tokens = jnp.broadcast_to(jnp.asarray(row, jnp.int32), (n, len(row)))
-    z = self.sample_latents(state, rng, source, tokens)
-    return self.ldm.decode_latents(state.frozen, state.model_state, z)[:, None]
 
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     raise ValueError("IP-Adapter samples for image prompts: the loop translates held-out "

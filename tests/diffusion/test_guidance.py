@@ -7,7 +7,7 @@ import pytest
 
 from jgen.diffusion import ddim_sample, dpmpp_2m_sample, euler_sample, make_schedule
 from jgen.diffusion import linear_beta_schedule
-from jgen.diffusion.guidance import cfg_eps_fn, concat_conditions
+from jgen.diffusion.guidance import cfg_eps_fn, chained_cfg_eps_fn, concat_conditions
 from jgen.nn.conditioning import null_conditions
 from jgen.nn.unet import UNet
 
@@ -124,3 +124,29 @@ def test_runs_inside_the_solvers(unet, solver):
   out = jax.jit(lambda rng: solver(eps_fn, schedule, rng, (2, 8, 8, 1), steps=3))(
       jax.random.PRNGKey(3))
   assert out.shape == (2, 8, 8, 1) and np.isfinite(out).all()
+
+
+def test_chained_guidance_is_face0s_separable_formula_in_one_pass():
+  """eps = e(0,0) + s_id (e(id,0) - e(0,0)) + s_txt (e(id,txt) - e(id,0)), one batched call;
+  with one scale it is `cfg_eps_fn`."""
+  calls = []
+
+  def eps_cond_fn(x, t, c):
+    calls.append(x.shape[0])
+    return x * c["a"][:, None] + t[:, None] * 0.01 + c["b"][:, None]
+
+  x = jnp.arange(6.0).reshape(2, 3)
+  t = jnp.array([1.0, 2.0])
+  chain = [{"a": jnp.array([0.5, 1.0]), "b": jnp.array([0.0, 1.0])},
+           {"a": jnp.array([2.0, -1.0]), "b": jnp.array([3.0, 0.5])},
+           {"a": jnp.array([1.5, 0.3]), "b": jnp.array([-2.0, 4.0])}]
+  e = [np.asarray(eps_cond_fn(x, t, c)) for c in chain]
+  calls.clear()
+  got = chained_cfg_eps_fn(eps_cond_fn, chain, (2.5, 4.0))(x, t)
+  np.testing.assert_allclose(got, e[0] + 2.5 * (e[1] - e[0]) + 4.0 * (e[2] - e[1]), rtol=1e-6)
+  assert calls == [6]
+  one = chained_cfg_eps_fn(eps_cond_fn, chain[:2], (3.0,))(x, t)
+  np.testing.assert_allclose(one, cfg_eps_fn(eps_cond_fn, chain[1], chain[0], 3.0)(x, t),
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="scales"):
+    chained_cfg_eps_fn(eps_cond_fn, chain, (1.0,))
