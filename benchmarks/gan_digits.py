@@ -7,7 +7,8 @@
       --run experiments/gan/wgan_gp_digits.py=/tmp/wgan_gp_digits
 
 Each `--run CONFIG[:VARIANT]=WORKDIR[@KEY=VALUE;...]` restores the latest checkpoint of a run
-(GANs, DDPMs: any method of the loop) and draws `--num` samples with its EMA parameters; a
+(GANs, DDPMs: any method of the loop) and draws `--num` samples with its EMA parameters
+(`--weights=trained`: with the trained ones, to see what the EMA adds or costs); a
 `Conditional` method is asked for the classes 0..9 in turn. `@...` overrides config fields for
 sampling, e.g. a classifier-free guidance sweep of a conditional DDPM, with a plot:
 
@@ -92,6 +93,9 @@ flags.DEFINE_integer("ppl", 0, "Latent pairs of a perceptual path length column 
 flags.DEFINE_enum("reference", "train", ["train", "held_out"], "The real digits of FID and "
                   "precision/recall: the train split, or the held-out split (small-data runs "
                   "trained on a subset of train: `data.train_examples`).")
+flags.DEFINE_enum("weights", "ema", ["ema", "trained"], "Sample with the run's EMA parameters "
+                  "(what sampling uses) or with the trained ones (the EMA left out): a lagging "
+                  "EMA shows up as the trained weights scoring better.")
 flags.DEFINE_string("plot", "", "Write a PNG of precision / recall / accuracy against "
                     "--plot_key to this path (needs the plot extra: matplotlib).")
 flags.DEFINE_string("plot_key", "", "The swept override of the plot's x axis, e.g. "
@@ -218,6 +222,8 @@ def score(runs: list[str]) -> tuple[dict, list[dict], int, int]:
                        fid_lib.GaussianStats(net.feature_dim).update(real["features"]),
                        train_stats)}
     method, mesh, state = restore_for_inference(config, workdir)
+    if FLAGS.weights == "trained":
+      state = state.replace(emas={})  # `ema_params` is then the trained parameters
     rate = float("nan")
     if FLAGS.reconstruct:
       if not isinstance(method, Reconstructs):
