@@ -16,6 +16,7 @@ Fields beyond `jgen.train.config.base_config`:
   (hair colour); `gan.target_sampling`: 'uniform' over the target table or 'permute' (the
   official code).
 * `gan.n_critic` (5), `gan.lambda_gp` (10), `gan.lambda_cls` (1), `gan.lambda_rec` (10),
+  `gan.lambda_id` (0: the paper has no identity term; > 0 adds lambda_id E|x - G(x, c_org)|),
 * `optim` is G's optimizer (`optim.schedule = "linear"` holds the learning rate, then decays it
   linearly to 0 from the fraction `optim.decay_from` of the run, for both networks); `optim_d`
   follows it field by field unless set (as in base_gan).
@@ -55,6 +56,7 @@ def stargan_base(*, batch: int, n_critic: int = 5) -> ml_collections.ConfigDict:
   c.gan.lambda_gp = 10.0
   c.gan.lambda_cls = 1.0
   c.gan.lambda_rec = 10.0
+  c.gan.lambda_id = 0.0
 
   c.optim.name = "adam"
   c.optim.lr = 1e-4

@@ -7,16 +7,25 @@ head D_src (per-patch scores, averaged) and class head D_cls (K logits):
     L_D = E[D_src(G(x, c_trg))] - E[D_src(x)] + lambda_cls L_cls(D_cls(x), c_org)
           + lambda_gp E[(||grad_xhat sum_patches D_src(x_hat)|| - 1)^2]
     L_G = -E[D_src(G(x, c_trg))] + lambda_cls L_cls(D_cls(G(x, c_trg)), c_trg)
-          + lambda_rec E|x - G(G(x, c_trg), c_org)|
+          + lambda_rec E|x - G(G(x, c_trg), c_org)| + lambda_id E|x - G(x, c_org)|
 
     L_cls(l, c) = E_b sum_k [-c_k log sigmoid(l_k) - (1 - c_k) log(1 - sigmoid(l_k))]
 
 (multi-label binary cross entropy, summed over attributes, mean over the batch; the
 reconstruction goes back to the *original* domain c_org). Paper values: lambda_cls = 1,
 lambda_rec = 10, lambda_gp = 10, n_critic = 5, Adam(1e-4, 0.5, 0.999), linear decay of the
-learning rate to 0 over the last half of the run. The gradient penalty follows the official
-code: the gradient of the sum of D's patch scores (`jgen.gan.updates.gradient_penalty`), while
-the adversarial terms average them.
+learning rate to 0 over the last half of the run, and no identity term (lambda_id = 0).
+
+The identity term (`lambda_id` > 0, not in the paper) is CycleGAN's identity loss in StarGAN's
+form, the source domain as the target. Nothing else in L_G says where the content must stay:
+the reconstruction asks only that G(., c_org) undo G(., c_trg), which a private invertible
+code for each domain satisfies as well as the domain's true transform (the paper relies on
+the convolutional generator's locality for the rest). `benchmarks/stargan_inverse.py`
+measures which of the two a trained G learned; docs/families/image_to_image.md has the
+digits figures with and without the term.
+
+The gradient penalty follows the official code: the gradient of the sum of D's patch scores
+(`jgen.gan.updates.gradient_penalty`), while the adversarial terms average them.
 
 Composition (`jgen.gan.updates`): one loop step is `n_critic` critic `updates.update`s (each with
 the `gradient_penalty` regularizer on D's source head) on chunks of the batch, then one
@@ -141,6 +150,8 @@ class StarGAN:
     exclusive: groups of attribute indices of which targets set exactly one.
     target_sampling: 'uniform' over `targets` or 'permute' the batch's c_org.
     n_critic, lambda_gp, lambda_cls, lambda_rec: the paper's 5, 10, 1, 10.
+    lambda_id: weight of the identity term E|x - G(x, c_org)| (CycleGAN's identity loss with
+      the source domain as target; 0, the paper: no term and no extra G pass).
     ema_decay, ema_warmup: EMA of G used by translate / evaluate (0: none, the paper).
   """
 
@@ -157,6 +168,7 @@ class StarGAN:
   lambda_gp: float = 10.0
   lambda_cls: float = 1.0
   lambda_rec: float = 10.0
+  lambda_id: float = 0.0
   ema_decay: float = 0.0
   ema_warmup: bool = True
 
@@ -172,6 +184,8 @@ class StarGAN:
                        f"{TARGET_SAMPLING}")
     if self.n_critic < 1:
       raise ValueError(f"n_critic must be >= 1, got {self.n_critic}")
+    if self.lambda_id < 0:
+      raise ValueError(f"lambda_id must be >= 0 (0: no identity term), got {self.lambda_id}")
     if self.lambda_gp <= 0:
       raise ValueError(f"StarGAN's WGAN-GP critic needs lambda_gp > 0 (10), got "
                        f"{self.lambda_gp}")
@@ -254,8 +268,8 @@ class StarGAN:
   def generator_loss(self, params: PyTree, model_state: PyTree, x_real: jax.Array,
                      c_org: jax.Array, c_trg: jax.Array
                      ) -> tuple[jax.Array, tuple[PyTree, Metrics]]:
-    """L_G: adversarial, lambda_cls L_cls(D_cls(G(x, c_trg)), c_trg) and lambda_rec
-    E|x - G(G(x, c_trg), c_org)|."""
+    """L_G: adversarial, lambda_cls L_cls(D_cls(G(x, c_trg)), c_trg), lambda_rec
+    E|x - G(G(x, c_trg), c_org)| and, when lambda_id > 0, lambda_id E|x - G(x, c_org)|."""
     g = params["generator"]
     fake, _ = self.g_apply(g, model_state["generator"], x_real, {"attributes": c_trg},
                            train=True)
@@ -265,7 +279,13 @@ class StarGAN:
     cls = classification_loss(cls_fake, c_trg)
     rec_l1 = reconstruction_loss(x_real, rec)
     total = adv + self.lambda_cls * cls + self.lambda_rec * rec_l1
-    return total, (model_state, {"g_loss": adv, "g_cls": cls, "g_rec": rec_l1})
+    metrics = {"g_loss": adv, "g_cls": cls, "g_rec": rec_l1}
+    if self.lambda_id:
+      same, _ = self.g_apply(g, model_state["generator"], x_real, {"attributes": c_org},
+                             train=True)
+      metrics["g_id"] = reconstruction_loss(x_real, same)
+      total = total + self.lambda_id * metrics["g_id"]
+    return total, (model_state, metrics)
 
   # ------------------------------------------------------------------ the loop's contract
 
@@ -419,5 +439,5 @@ def make_method(config: Any) -> StarGAN:
       attribute_indices=tuple(int(i) for i in g.attribute_indices),
       exclusive=tuple(tuple(int(i) for i in grp) for grp in g.exclusive),
       target_sampling=g.target_sampling, n_critic=g.n_critic, lambda_gp=g.lambda_gp,
-      lambda_cls=g.lambda_cls, lambda_rec=g.lambda_rec, ema_decay=config.train.ema_decay,
-      ema_warmup=config.train.ema_warmup)
+      lambda_cls=g.lambda_cls, lambda_rec=g.lambda_rec, lambda_id=g.lambda_id,
+      ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)

@@ -92,6 +92,24 @@ def test_reconstruction_goes_back_to_the_original_domain():
   np.testing.assert_allclose(m["g_rec"], 0.0)
 
 
+def test_identity_term_translates_to_the_source_domain():
+  x = jnp.zeros((4, 4, 4, 1))
+  c_org, c_trg = jnp.ones((4, 3)), jnp.zeros((4, 3))
+  paper = _stub_method()
+  state = paper.init(jax.random.key(0), {"image": x})
+  base, (_, m) = paper.generator_loss(state.params, state.model_state, x, c_org, c_trg)
+  assert "g_id" not in m  # lambda_id = 0 (the paper): no identity term, no extra G pass
+  method = _stub_method(lambda_id=5.0)
+  total, (_, m) = method.generator_loss(state.params, state.model_state, x, c_org, c_trg)
+  # G(x, c_org) = c_org_0 = 1 everywhere: E|x - 1| = 1; with c_trg (0) it would be 0.
+  np.testing.assert_allclose(m["g_id"], 1.0)
+  np.testing.assert_allclose(total, base + 5.0 * 1.0, rtol=1e-6)
+  _, (_, m) = method.generator_loss(state.params, state.model_state, x, c_trg, c_org)
+  np.testing.assert_allclose(m["g_id"], 0.0)
+  with pytest.raises(ValueError, match="lambda_id"):
+    _stub_method(lambda_id=-1.0)
+
+
 def test_critic_loss_by_hand():
   method = _stub_method()
   x = jnp.zeros((2, 4, 4, 1))
