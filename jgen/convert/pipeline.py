@@ -17,7 +17,7 @@ single-file SD / LDM checkpoint            the same, parts renamed by
 diffusers ``DDPMPipeline`` folder or a     ``diffusion.ddpm`` (experiments/ddpm/cifar.py
 ``UNet2DModel`` folder                     for ``google/ddpm-cifar10-32``)
 NVlabs StyleGAN2-ADA pickle (``.pkl``:     ``gan.stylegan2`` (experiments/gan/
-``G``, ``D``, ``G_ema``, ``augment_pipe``)  stylegan2_transfer.py): ``params/generator`` = G,
+``G``, ``D``, ``G_ema``, ...)              stylegan2_transfer.py): ``params/generator`` = G,
                                            ``params/discriminator`` = D, the EMA = G_ema,
                                            ``model_state/w_avg``, ``model_state/ada/p``
 =========================================  ============================================

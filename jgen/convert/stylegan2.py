@@ -17,15 +17,17 @@ G ``mapping.fc{i}.weight`` / ``.bias``       generator/mapping/fc{i}/kernel, bia
 G ``mapping.embed.weight`` / ``.bias``       generator/mapping/embed/...           W.T, b
 G ``synthesis.b4.const`` [C, 4, 4]           generator/synthesis/const             CHW->HWC
 G ``synthesis.b{r}.conv{0,1}.weight``        .../b{l}_conv{0,1}/conv/kernel        HWIO*sqrt(k k I)
-G ``...conv{0,1}.affine.weight`` / ``.bias`` .../b{l}_conv{0,1}/conv/affine/...    W.T, b
+G ``...conv{0,1}.affine.*``                  .../b{l}_conv{0,1}/conv/affine/...    W.T, b
 G ``...conv{0,1}.noise_strength``, ``bias``  .../b{l}_conv{0,1}/noise_strength...  as is
 G ``...conv{0,1}.noise_const`` [r, r]        .../b{l}_conv{0,1}/noise_const        as is
 G ``synthesis.b{r}.torgb.weight``            .../b{l}_torgb/kernel                 HWIO*sqrt(I)
-G ``...torgb.affine.*``, ``torgb.bias``      .../b{l}_torgb/affine/..., b{l}_torgb_bias
+G ``...torgb.affine.*``, ``torgb.bias``      .../b{l}_torgb/affine/...,            W.T, b
+                                             b{l}_torgb_bias
 G ``mapping.w_avg``                          model_state/w_avg                     as is
 D ``b{R}.fromrgb.weight`` / ``.bias``        discriminator/from_rgb/kernel, bias   HWIO, b
-D ``b{r}.conv0.*``                           discriminator/b{l}_conv0/kernel, bias HWIO, b
-D ``b{r}.conv1.weight`` / ``.bias``          .../b{l}_conv1/kernel, b{l}_conv1_bias
+D ``b{r}.conv0.*``                           .../b{l}_conv0/kernel, bias           HWIO, b
+D ``b{r}.conv1.weight`` / ``.bias``          .../b{l}_conv1/kernel,                HWIO, b
+                                             b{l}_conv1_bias
 D ``b{r}.skip.weight``                       .../b{l}_skip/kernel                  HWIO
 D ``b4.conv.*``, ``b4.fc.*``, ``b4.out.*``   .../epilogue_conv, epilogue_fc, out   HWIO / W.T
 D ``mapping.embed.*``, ``mapping.fc{i}.*``   discriminator/cmap/embed, fc{i}       W.T, b

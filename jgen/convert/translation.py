@@ -15,7 +15,7 @@ U-Net level i (0 outermost) lives in ``P_i``:       ``UNetGenerator``
 (norm), 0 < i < n-1                                 ``up_norm_i``
 ``P_{n-1} 1``, ``P_{n-1} 3``, ``P_{n-1} 4`` (norm)  ``down_{n-1}``, ``up_{n-1}``, ``up_norm_{n-1}``
 ResNet: ``model.1`` conv 7x7, ``model.2`` norm      ``ResnetGenerator``: ``Conv_0``, ``_Norm_0``
-``model.4`` / ``model.7`` stride-2 convs, norms 5/8 ``Conv_1`` / ``Conv_2``, ``_Norm_1`` / ``_2``
+``model.4`` / ``.7`` stride-2 convs, norms 5 / 8    ``Conv_1`` / ``Conv_2``, ``_Norm_1`` / ``_2``
 ``model.{10+b}.conv_block.{1,2,5,6}``               ``_ResnetBlock_b/Conv_0, _Norm_0, Conv_1,
                                                     _Norm_1``
 ``model.{10+B}`` / ``{13+B}`` transposed convs,     ``ConvTranspose_0`` / ``_1``, ``_Norm_3`` /

@@ -3,16 +3,16 @@
 =========================================  ============================================
 source                                     work directory
 =========================================  ============================================
-a U-Net generator file (``latest_net_G``   ``gan.pix2pix``
-``.pth``, the zoo's ``facades_label2photo  (experiments/translation/pix2pix_facades.py):
-.pth``), or a pix2pix checkpoint folder    ``params/generator`` and, from a folder's
-(``latest_net_G.pth`` + ``latest_net_D``   ``latest_net_D.pth``, ``params/discriminator``;
-``.pth``)                                  batch statistics into ``model_state``
-a ResNet generator file (``horse2zebra``   ``gan.cyclegan``
-``.pth``, ``latest_net_G_A.pth``), or a    (experiments/translation/cyclegan_horse2zebra.py):
-CycleGAN folder (``latest_net_G_A``,       ``g_ab`` = G_A (A -> B), ``g_ba`` = G_B,
-``G_B``, ``D_A``, ``D_B``)                 ``d_b`` = D_A (it judges G_A's B images),
-                                           ``d_a`` = D_B
+a U-Net generator file                     ``gan.pix2pix``
+(``latest_net_G.pth``, the zoo's           (experiments/translation/pix2pix_facades.py):
+``facades_label2photo.pth``), or a         ``params/generator`` and, from a folder's
+pix2pix checkpoint folder                  ``latest_net_D.pth``, ``params/discriminator``;
+(``latest_net_G``, ``_D.pth``)             batch statistics into ``model_state``
+a ResNet generator file                    ``gan.cyclegan``
+(``horse2zebra.pth``,                      (experiments/translation/cyclegan_horse2zebra.py):
+``latest_net_G_A.pth``), or a              ``g_ab`` = G_A (A -> B), ``g_ba`` = G_B,
+CycleGAN folder (``latest_net_G_A``,       ``d_b`` = D_A (it judges G_A's B images),
+``G_B``, ``D_A``, ``D_B``)                 ``d_a`` = D_B
 =========================================  ============================================
 
 Every network is read and converted (`jgen.convert.translation`: the architecture from the
