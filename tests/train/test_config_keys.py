@@ -104,13 +104,13 @@ def test_the_launch_path_with_a_variant_loads_like_config_flags():
   assert config.data.image_size == 8
 
 
-_COMMAND = re.compile(r"experiments/([a-z0-9_/]+)\.py(?::([A-Za-z0-9_,=.]*[A-Za-z0-9_]))?")
+_COMMAND = re.compile(r"experiments/([a-z0-9_/]+)\.py(?::([A-Za-z0-9_,=./-]*[A-Za-z0-9_]))?")
 
 
 def test_every_config_path_the_docs_name_loads_with_its_argument():
   """`experiments/<path>.py[:ARG]` in README, docs, docstrings and benchmarks: the file is there and
-  `get_config(ARG)` builds (ARG in capitals is a placeholder; a family base is only checked to
-  be there)."""
+  `get_config(ARG)` builds (ARG in capitals is a placeholder, as is one naming a path, e.g.
+  ``init_from=/tmp/run``: that run need not exist; a family base is only checked to be there)."""
   named = set()
   docs = [p for p in REPO.glob("docs/**/*.md")
           if p.name != "add_method.md"]  # its experiments/gaussian/ is the template it writes
@@ -120,6 +120,6 @@ def test_every_config_path_the_docs_name_loads_with_its_argument():
   assert len(named) > 50
   for name, arg in sorted(named):
     assert (EXPERIMENTS / f"{name}.py").is_file(), name
-    if os.path.basename(name).startswith("base") or re.search(r"[A-Z]{3}", arg):
+    if os.path.basename(name).startswith("base") or re.search(r"[A-Z]{3}|/", arg):
       continue
     check_config_keys(experiment_module(name, str(EXPERIMENTS / "_")).get_config(arg or None))
