@@ -97,10 +97,7 @@ def image_prompt_accuracy(workdir: str, *, num: int = 300, seed: int = 0,
   classifier's judgement), and their feature cosine to their own reference against a reference
   of the same digit they were not prompted by, at each image scale lambda (0: the adapter off,
   the empty prompt alone)."""
-  net = domain.load_feature_net("digits")
-  config = run_record.latest_config(workdir)
-  method, mesh, state = inference.restore_for_inference(config, workdir)
-  held_out = translations.held_out_inputs(method, config, num)
+  net, config, method, mesh, state, held_out = _references(workdir, num)
   labels = held_out["label"]
   ref = net(held_out["source"])["features"]
   other = _other_reference(labels, seed)
@@ -109,11 +106,7 @@ def image_prompt_accuracy(workdir: str, *, num: int = 300, seed: int = 0,
     variant = _with_image_scale(method, scale)
     images = translations.translate_all(variant, state, mesh, held_out["source"],
                                         batch_size=config.sample.batch_size, seed=seed)[:, 0]
-    out = net(images)
-    rows.append({"scale": float(scale), "num": len(labels),
-                 "accuracy": float(np.mean(out["logits"].argmax(-1) == labels)),
-                 "own_reference": rowwise_cosine(out["features"], ref),
-                 "other_reference": rowwise_cosine(out["features"], ref[other])})
+    rows.append({"scale": float(scale), **_identity_scores(net(images), labels, ref, other)})
     log.info("image prompt, lambda %g: %s", scale, rows[-1])
   return rows
 
@@ -123,6 +116,23 @@ def _with_image_scale(method, scale: float):
   unet = dataclasses.replace(method.ldm.ddpm.model, image_scale=float(scale))
   return dataclasses.replace(method, ldm=dataclasses.replace(
       method.ldm, ddpm=dataclasses.replace(method.ldm.ddpm, model=unet)))
+
+
+def _references(workdir: str, num: int):
+  """The digits judge, and the restored run of `workdir` with `num` held-out references."""
+  net = domain.load_feature_net("digits")
+  config = run_record.latest_config(workdir)
+  method, mesh, state = inference.restore_for_inference(config, workdir)
+  return net, config, method, mesh, state, translations.held_out_inputs(method, config, num)
+
+
+def _identity_scores(out: dict[str, np.ndarray], labels: np.ndarray, ref: np.ndarray,
+                     other: np.ndarray) -> dict[str, Any]:
+  """Share of samples judged their reference's digit, and their feature cosine to their own
+  reference against another reference of the same digit."""
+  return {"num": len(labels), "accuracy": float(np.mean(out["logits"].argmax(-1) == labels)),
+          "own_reference": rowwise_cosine(out["features"], ref),
+          "other_reference": rowwise_cosine(out["features"], ref[other])}
 
 
 def _other_reference(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -142,10 +152,7 @@ def identity_across_prompts(workdir: str, prompts: Sequence[str] = IDENTITY_PROM
   judges the reference's digit and the feature cosine to their own reference against another
   reference of the same digit. An IP-Adapter run adds the base model's rows (lambda = 0: the
   adapter off, the prompt alone)."""
-  net = domain.load_feature_net("digits")
-  config = run_record.latest_config(workdir)
-  method, mesh, state = inference.restore_for_inference(config, workdir)
-  held_out = translations.held_out_inputs(method, config, num)
+  net, config, method, mesh, state, held_out = _references(workdir, num)
   labels = held_out["label"]
   ref = net(held_out["source"])["features"]
   other = _other_reference(labels, seed)
@@ -159,11 +166,8 @@ def identity_across_prompts(workdir: str, prompts: Sequence[str] = IDENTITY_PROM
       variant = dataclasses.replace(m, prompt_tokens=tokens)
       images = translations.translate_all(variant, state, mesh, held_out["source"],
                                           batch_size=config.sample.batch_size, seed=seed)[:, 0]
-      out = net(images)
-      rows.append({"run": name, "prompt": prompt or "(none)", "num": len(labels),
-                   "accuracy": float(np.mean(out["logits"].argmax(-1) == labels)),
-                   "own_reference": rowwise_cosine(out["features"], ref),
-                   "other_reference": rowwise_cosine(out["features"], ref[other])})
+      rows.append({"run": name, "prompt": prompt or "(none)",
+                   **_identity_scores(net(images), labels, ref, other)})
       log.info("identity: %s", rows[-1])
   return rows
 
