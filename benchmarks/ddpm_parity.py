@@ -39,11 +39,12 @@ Shared by both sides: the **initial weights** (the seeded ``UNet2DModel`` is sav
 directory that the jgen run starts from through ``init_from``), the **data order and flips**
 (the reference reads its batches from jgen's own pipeline, ``ds[step]`` of
 `jgen.train.inputs.make_dataset` with the run's seed, so step k of both runs sees the same 64
-images flipped the same way; the JPEGs are decoded once, by the same code) and ``--seed``
+images flipped the same way; both decode the JPEGs with the same code) and ``--seed``
 (init, data order, noise). ``--stage sample_fid`` then converts the reference's EMA U-Net into a
-jgen work directory and treats both runs alike with jgen's own modes: ``--mode=eval`` (the
+jgen work directory and treats both runs alike with what jgen's ``--mode=eval`` and
+``--mode=sample`` run (`jgen.run.main` in this process): the evaluation (the
 held-out eps-MSE of the EMA parameters on ``--eval_batches`` test batches, the same batches,
-t and noise for every run) and ``--mode=sample`` with DDIM-100 (eta 0, uniform spacing, x0
+t and noise for every run) and DDIM-100 samples (eta 0, uniform spacing, x0
 clipped; the same starting noise for every run); FID of ``--num_samples`` samples against the
 Inception statistics of a seeded random ``--reference_images`` subset of the train split
 (`jgen.metrics.fid`; the first N images of the class-sorted zip would be two classes only).
@@ -63,7 +64,8 @@ What the two recipes cannot share (everything else is set equal):
   the cap is reached at k = 215,443 (diffusers) and 89,991 (jgen). jgen has no field for the
   power-law warm-up.
 * **Noise and timesteps** are drawn by each framework's own generator (torch's global one
-  seeded with ``--seed``; jgen's ``fold_in(key(seed), step)``): same distributions, other draws.
+  seeded with ``--seed``; jgen's keys, folded from ``key(seed)`` and the step): same
+  distributions, other draws.
 * **Gradient clipping**: torch scales by 1 / (norm + 1e-6), optax by 1 / norm (both only when
   the global norm exceeds 1.0).
 * **The length of the cosine**: diffusers' example sets it to epochs x batches per epoch; here
