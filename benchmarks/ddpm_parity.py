@@ -119,7 +119,6 @@ from jgen.convert import files  # noqa: E402
 from jgen.convert.pipeline import write_workdir  # noqa: E402
 from jgen.convert.unet import unet_from_diffusers  # noqa: E402
 from jgen.metrics import evaluate, networks  # noqa: E402
-from jgen.metrics import feature_net as fnet  # noqa: E402
 from jgen.metrics import fid as fid_lib  # noqa: E402
 from jgen.train import inputs  # noqa: E402
 from jgen.train.config import experiment_module  # noqa: E402
@@ -494,18 +493,9 @@ def train(side: str, r: Recipe, *, root: str, seed: int, log_every: int) -> None
 
 def reference_stats(net, *, n: int, seed: int = 0):
   """Inception statistics of a seeded random `n`-subset of the train split (cached)."""
-  name = f"{pathlib.Path(FLAGS.zip).stem}-train-random{n}-seed{seed}-{net.name}.npz"
-  path = os.path.join(fnet.cache_dir("fid_stats"), name)
-  if os.path.exists(path):
-    return fid_lib.load_stats(path)
-  source = jdata.load_source(f"folder:{FLAGS.zip}", split="train", image_size=32, channels=3)
-  index = np.random.default_rng(seed).permutation(len(source))[:n]
-  size = FLAGS.inception_batch
-  chunks = (np.stack([source[int(i)]["image"] for i in index[k:k + size]])
-            for k in range(0, n, size))
-  stats, _ = fid_lib.accumulate(net, chunks, batch_size=size)
-  fid_lib.save_stats(path, stats, source=FLAGS.zip, split="train", count=n, seed=seed)
-  return fid_lib.load_stats(path)
+  return fid_lib.reference_stats(net, f"folder:{FLAGS.zip}", split="train", image_size=32,
+                                 channels=3, max_images=n, seed=seed,
+                                 batch_size=FLAGS.inception_batch)
 
 
 def eval_overrides(num_samples: int, eval_batches: int) -> dict[str, Any]:

@@ -112,10 +112,8 @@ def reference_features(net: fnet.FeatureNet, source: str, *, num: int, split: st
         return f["features"]
   src = jdata.load_source(source, split=split, data_dir=data_dir, image_size=image_size,
                           channels=channels, resize=resize)
-  n = min(num, len(src))
-  index = np.sort(np.random.default_rng(seed).permutation(len(src))[:n])
-
-  _, kept = fid_lib.accumulate(net, _source_chunks(src, index, batch_size),
+  index = fid_lib.subset_index(len(src), num, seed)
+  _, kept = fid_lib.accumulate(net, fid_lib.source_chunks(src, index, batch_size),
                                batch_size=batch_size, keep=("features",))
   features = kept["features"]
   if path:
@@ -123,16 +121,6 @@ def reference_features(net: fnet.FeatureNet, source: str, *, num: int, split: st
     np.savez(tmp, features=features, key=np.array(key))
     os.replace(tmp, path)
   return features
-
-
-def _source_chunks(src: Any, index: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-  """uint8 images `src[index]` of a data source, `batch_size` at a time."""
-  for start in range(0, len(index), batch_size):
-    part = index[start:start + batch_size]
-    if hasattr(src, "images"):
-      yield src.images[part]
-    else:
-      yield np.stack([src[int(i)]["image"] for i in part])
 
 
 def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
@@ -313,7 +301,8 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
 
   Reads ``config.eval``: metrics ("fid,is,pr"; "" = off), features ("auto", "inception",
   "domain:<dataset>"), num_samples, batch_size, dtype, reference_split ("" = data.split),
-  reference_max_images (images of the FID statistics; None = the whole split),
+  reference_max_images (a random subset of the split for the FID statistics, seeded by
+  eval.seed; None = the whole split),
   num_reference_features (real images of KID/P&R/D&C; None = num_samples), inception_weights,
   domain_source, is_splits, pr_k, kid_subsets, kid_subset_size, ppl_samples, ppl_epsilon,
   ppl_sampling, ppl_distance, ppl_crop, lpips_net.
@@ -356,7 +345,7 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
              net.name if net is not None else "no", ev.lpips_net)
     size = config.sample.batch_size
     result.update(reconstruction_metrics(
-        reconstruct_fn, _source_chunks(src, np.arange(len(src)), size),
+        reconstruct_fn, fid_lib.source_chunks(src, np.arange(len(src)), size),
         net=net if "rfid" in metrics else None, lpips_fn=lpips_fn, batch_size=size))
   if "ppl" in metrics:
     result.update(_path_length(net, path_length_fns, ev, batch_size=config.sample.batch_size))
@@ -369,6 +358,7 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
   ref_stats = None
   if "fid" in sampled:
     ref_stats = fid_lib.reference_stats(net, d.source, max_images=ev.reference_max_images,
+                                        seed=ev.seed,
                                         **data_kw)
   ref_feats = None
   if {"kid", "pr", "dc"} & set(sampled):

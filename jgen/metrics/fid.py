@@ -36,7 +36,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -216,16 +216,35 @@ def _slug(text: str) -> str:
   return f"{slug}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
+def subset_index(size: int, num: int | None, seed: int) -> np.ndarray:
+  """Sorted indices of a seeded random `num`-subset of `size` items (all of them for None or
+  num >= size): a random subset, not the first images, because folder and zip sources are
+  sorted by class (the first 10,000 CIFAR-10 training images are two classes)."""
+  if num is None or num >= size:
+    return np.arange(size)
+  return np.sort(np.random.default_rng(seed).permutation(size)[:num])
+
+
+def source_chunks(src: Any, index: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+  """uint8 images `src[index]` of a `jgen.data` source, `batch_size` at a time."""
+  for start in range(0, len(index), batch_size):
+    part = index[start:start + batch_size]
+    if hasattr(src, "images"):
+      yield src.images[part]
+    else:
+      yield np.stack([src[int(i)]["image"] for i in part])
+
+
 def reference_stats(net: fnet.FeatureNet, source: str, *, split: str = "train",
                     data_dir: str | None = None, image_size: int | None = None,
                     channels: int | None = None, resize: bool = False,
-                    max_images: int | None = None, batch_size: int = 200,
+                    max_images: int | None = None, seed: int = 0, batch_size: int = 200,
                     cache: bool = True) -> dict[str, Any]:
   """Feature statistics of a dataset split, computed once and cached as .npz.
 
   The cache file is ``<cache>/fid_stats/<net.name>/<source>-<split>-<shape>-<n>.npz`` under
   ``$JGEN_CACHE`` (default ``~/.cache/jgen``), one per feature network + dataset + split (+ the
-  image size/channels the data were adapted to, and the number of images used).
+  image size/channels the data were adapted to, and the subset used).
 
   Args:
     net: the feature network.
@@ -234,16 +253,18 @@ def reference_stats(net: fnet.FeatureNet, source: str, *, split: str = "train",
     data_dir: tfds data_dir.
     image_size, channels, resize: as in `jgen.data.load_source` (use the model's data config,
       so that the reference images look like the model's training images).
-    max_images: use only the first `max_images` images (all by default).
+    max_images: use a random subset of `max_images` images (`subset_index` with `seed`; all
+      by default, or when the split has no more).
+    seed: the subset's seed.
     batch_size: images per network call.
     cache: read/write the cache file.
 
   Returns:
     {'mu', 'sigma', 'count', 'path' (the cache file or None)}.
   """
-  key = f"{source}|{split}|{image_size}|{channels}|{resize}|{max_images}"
-  name = _slug(f"{source}-{split}-{image_size}x{channels}{'r' if resize else ''}-"
-               f"{max_images or 'all'}")
+  subset = "all" if max_images is None else f"{max_images}s{seed}"
+  key = f"{source}|{split}|{image_size}|{channels}|{resize}|{subset}"
+  name = _slug(f"{source}-{split}-{image_size}x{channels}{'r' if resize else ''}-{subset}")
   path = os.path.join(fnet.cache_dir("fid_stats", net.name), f"{name}.npz") if cache else None
   if path and os.path.exists(path):
     stats = load_stats(path)
@@ -251,19 +272,12 @@ def reference_stats(net: fnet.FeatureNet, source: str, *, split: str = "train",
       return {**stats, "path": path}
   src = jdata.load_source(source, split=split, data_dir=data_dir, image_size=image_size,
                           channels=channels, resize=resize)
-  n = len(src) if max_images is None else min(max_images, len(src))
-
-  def chunks():
-    if hasattr(src, "images"):
-      yield src.images[:n]
-      return
-    for start in range(0, n, batch_size):
-      yield np.stack([src[i]["image"] for i in range(start, min(n, start + batch_size))])
-
-  acc, _ = accumulate(net, chunks(), batch_size=batch_size)
+  index = subset_index(len(src), max_images, seed)
+  acc, _ = accumulate(net, source_chunks(src, index, batch_size), batch_size=batch_size)
   if path:
     save_stats(path, acc, key=key, net=net.name, source=source, split=split)
-    log.info("reference statistics of %s/%s (%d images) cached in %s", source, split, n, path)
+    log.info("reference statistics of %s/%s (%d images) cached in %s", source, split,
+             len(index), path)
   return {"mu": acc.mean, "sigma": acc.cov, "count": acc.count, "path": path}
 
 

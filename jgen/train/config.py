@@ -252,7 +252,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 200         # images per feature-network call
   c.eval.dtype = "float32"        # Inception compute dtype (bfloat16 on GPU/TPU is faster)
   c.eval.reference_split = ""     # "" = data.split (FID against the training split, as papers)
-  c.eval.reference_max_images = ml_collections.FieldReference(None, field_type=int)  # None: all
+  c.eval.reference_max_images = ml_collections.FieldReference(None, field_type=int)  # None: all;
+  #                                 N: a random N of the split, seeded by eval.seed
   c.eval.num_reference_features = ml_collections.FieldReference(None, field_type=int)  # KID/P&R
   c.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)  # None: search
   c.eval.domain_source = ml_collections.FieldReference(None, field_type=str)  # domain:mnist data

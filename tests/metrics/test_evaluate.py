@@ -101,6 +101,28 @@ def test_reference_features_are_a_cached_random_subset(monkeypatch, isolated_cac
       evaluate.reference_features(net, "digits", num=30, seed=5, image_size=8, channels=1), feats)
 
 
+def test_reference_stats_of_max_images_are_a_seeded_random_subset():
+  """Not the first N (folder sources are sorted by class): the statistics of the images that
+  `subset_index` picks, another subset for another seed, and all images when N covers them."""
+  net = random_domain_net()
+  images = jdata.load_source("digits", split="train").images
+  kw = dict(image_size=8, channels=1, cache=False)
+  stats = fid.reference_stats(net, "digits", max_images=200, seed=3, **kw)
+  index = fid.subset_index(len(images), 200, 3)
+  assert len(index) == 200 and len(set(index)) == 200 and index.max() >= 200
+  direct = fid.accumulate(net, images[index])[0]
+  np.testing.assert_allclose(stats["mu"], direct.mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(stats["sigma"], direct.cov, rtol=1e-4, atol=1e-6)
+  first = fid.accumulate(net, images[:200])[0]
+  assert np.abs(stats["mu"] - first.mean).max() > 1e-3
+  other = fid.reference_stats(net, "digits", max_images=200, seed=4, **kw)
+  assert np.abs(stats["mu"] - other["mu"]).max() > 1e-3
+  every = fid.reference_stats(net, "digits", max_images=10**6, seed=3, **kw)
+  np.testing.assert_array_equal(fid.subset_index(len(images), 10**6, 3),
+                                np.arange(len(images)))
+  assert every["count"] == len(images)
+
+
 def test_evaluate_config_off_auto_skip_and_explicit_failure(tmp_path, monkeypatch, caplog):
   config = base_config()
   assert evaluate.evaluate_config(config, lambda i, n: None) is None  # off by default
