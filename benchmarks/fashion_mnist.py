@@ -1,4 +1,4 @@
-"""Fashion-MNIST: trains DCGAN, WGAN-GP, VAE, Glow and PixelCNN for a CPU budget each and scores them.
+"""Fashion-MNIST: DCGAN, WGAN-GP, VAE, Glow and PixelCNN, each trained for a CPU budget and scored.
 
   python benchmarks/fashion_mnist.py --root /tmp/fmnist                 # train, eval, table
   python benchmarks/fashion_mnist.py --root /tmp/fmnist --models glow --stage eval
@@ -60,7 +60,8 @@ flags.DEFINE_bool("retrain", False, "Train again a model that results.json recor
 flags.DEFINE_integer("num_samples", 2000, "Samples per FID.")
 flags.DEFINE_enum("reference_split", "test", ["test", "train"], "Split of the FID statistics "
                   "(test: the 10,000 test images, the reference set of Lucic et al. 2018).")
-flags.DEFINE_integer("num_reference", 10000, "Images of the FID statistics (the split's first N).")
+flags.DEFINE_integer("num_reference", None, "Images of the FID statistics: a seeded random "
+                     "subset of the split (default: all of it).")
 flags.DEFINE_float("budget_min", 15.0, "Training wall-time budget per model, in minutes.")
 flags.DEFINE_bool("full", False, "Each config's own network size and steps, no time budget "
                   "(a GPU run; with --num_samples 10000 the protocol of Lucic et al.).")
@@ -115,9 +116,10 @@ def _launch(name: str, mode: str) -> float:
     steps = _steps(name)
     sized = [f"train.num_steps={steps}", f"train.checkpoint_every={steps}", *cpu_extra]
   num = _num_samples(name)
+  subset = [] if FLAGS.num_reference is None else [
+      f"eval.reference_max_images={FLAGS.num_reference}"]
   fid = ["eval.metrics=fid", "eval.features=inception", f"eval.num_samples={num}",
-         f"eval.reference_split={FLAGS.reference_split}",
-         f"eval.reference_max_images={FLAGS.num_reference}"] if num else []
+         f"eval.reference_split={FLAGS.reference_split}", *subset] if num else []
   overrides = [f"data.source=idx:{FLAGS.data}", *sized, "train.eval_every=0",
                "train.sample_every=0", "train.log_every=10", *fid, *extra]
   cmd = [sys.executable, str(REPO / "launch.py"), f"--config={REPO / config}",
@@ -219,8 +221,9 @@ def main(argv):
       r["eval"] = _latest_eval(os.path.join(FLAGS.root, name))
       r["num_samples"], r["num_reference"] = _num_samples(name), FLAGS.num_reference
       _save(results)
-  print(f"\nFashion-MNIST, FID of {FLAGS.num_samples} EMA samples vs {FLAGS.num_reference} "
-        f"{FLAGS.reference_split} images (FID Inception; PixelCNN: none on CPU)\n")
+  print(f"\nFashion-MNIST, FID of {FLAGS.num_samples} EMA samples vs the "
+        f"{FLAGS.num_reference or 'all'} {FLAGS.reference_split} images (FID Inception; "
+        "PixelCNN: none on CPU)\n")
   print(table(results))
   if FLAGS.images:
     os.makedirs(FLAGS.images, exist_ok=True)
