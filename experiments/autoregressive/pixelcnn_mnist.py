@@ -15,9 +15,9 @@ y_test=y[9000:])"
 The data default to tensorflow-datasets' MNIST (prepared offline); the real MNIST test set in
 ../shared (10,000 images, no training set) serves split into 9,000 training and 1,000 held-out
 images as above (the flows' `flow_mnist.py` split). pixelcnn_digits' network (32 features, 6
-gated layers, 5 logistic components); `--mode=eval` prints `bpd` of p(x | label) and
-`bpd_marginal` of p(x) (the label summed out), the figure next to the flows'. Variants:
-`:uncond` (no labels), `:smoke` (a tiny model for the tests).
+gated layers with 3x5 vertical kernels, 5 logistic components); `--mode=eval` prints `bpd` of
+p(x | label) and `bpd_marginal` of p(x) (the label summed out), the figure next to the flows'.
+Variants: `:uncond` (no labels), `:smoke` (a tiny model for the tests).
 """
 
 import ml_collections
@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.num_classes = 0 if a.uncond else 10
   c.model.features = 32
   c.model.num_layers = 6
-  c.model.kernel_size = 3
+  c.model.kernel_size = 5        # receptive_rows 16 (k = 3: 9); see pixelcnn_digits
   c.train.num_steps = 600
   c.train.eval_every = 300
   c.train.checkpoint_every = 300

@@ -16,9 +16,9 @@ models; it exceeds ``bpd`` (of p(x | y_true)) by at most log2(N) / (H W C).
 Sampling is one jitted `lax.scan` over the H W pixel positions; step i draws pixel i from its
 mixture (`sample_logistic_mixture`: a Gumbel-max component, a logistic per channel, clipped and
 quantized to the 256 levels). Each step recomputes only the rows pixel i needs: the network's
-output at row i reads rows i - R + 1 .. i (`PixelCNN.receptive_rows`, R = 9 for the digits
-network), so the step runs the network on the R-row window of the canvas that ends at row i
-(the top R rows while i < R - 1), which gives exactly the full-image output at pixel i (tests
+output at row i reads rows i - R + 1 .. i (`PixelCNN.receptive_rows`; R = 16 for the digits
+and MNIST networks), so the step runs the network on the R-row window of the canvas that ends at
+row i (the top R rows while i < R - 1), which gives exactly the full-image output at pixel i (tests
 check the samples agree) at R / H of the cost. Rows rather than a per-layer cache of both streams
 (the analogue of a transformer's key/value cache) because a cache would need every layer's
 streams stored and updated per pixel, a second implementation of the network, while the window
