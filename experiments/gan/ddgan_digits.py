@@ -7,7 +7,9 @@
 
 A small U-Net generator (z through the mapping network into its time embedding) and the
 time-conditional discriminator, non-saturating loss, lazy R1 on real x_{t-1}, EMA generator;
-the method's fields and the paper's values are in experiments/gan/base_ddgan.py. Sampling is T = 4
+the method's fields and the paper's values are in experiments/gan/base_ddgan.py, with the
+digits schedule (beta_max 10) and rates (G 1.6e-4, D 1e-3) and why. 1,800 steps in 10.6 min on 2
+idle CPU cores: 9/10 classes, domain FID 122.2 (docs/families/few_step.md). Sampling is T = 4
 generator calls (`sample.steps` must stay T). Variant `:smoke` is a seconds-long run for tests.
 """
 

@@ -160,7 +160,8 @@ def test_sampler_is_the_hand_written_chain(smoke):
   rng = jax.random.key(5)
   out = np.asarray(jax.jit(method.sample_with_params, static_argnums=2)(params, rng, n))
   shape = (n, *method.image_shape)
-  betas = ddgan.vp_betas(steps)
+  betas = ddgan.vp_betas(steps, beta_min=config.diffusion.beta_min,
+                         beta_max=config.diffusion.beta_max)
   x = np.asarray(jax.random.normal(jax.random.fold_in(rng, steps), shape), np.float64)
   g = jax.jit(lambda x, t, z: method.generator.apply({"params": params}, x, t, z, train=False))
   for i in range(steps):
@@ -213,3 +214,23 @@ def test_train_resume_and_sample_through_the_loop(runs):
   images = np.load(paths["npz"])["images"]
   assert images.shape == (config.sample.num, 8, 8, 1) and images.dtype == np.uint8
   assert images.std() > 0
+
+
+def test_digits_schedule_lets_the_discriminator_see_the_top_step():
+  """Issue 37: with the paper's beta_max 20 (fit for CIFAR-10's 3,072 dimensions) the top
+  step's x_{T-2} carried its x0 at c1 / sigma = 0.058 per pixel, too little for the
+  discriminator on 16x16 digits; the digits config must keep it >= 0.2 while x_{T-1} stays
+  close to N(0, I) (abar_{T-1} < 0.01)."""
+  config = load_experiment("gan/ddgan_digits")
+  dif = config.diffusion
+  betas = ddgan.vp_betas(dif.num_timesteps, beta_min=dif.beta_min, beta_max=dif.beta_max)
+  abar = np.cumprod(1.0 - betas)
+  top = dif.num_timesteps - 1
+  c1 = np.sqrt(abar[top - 1]) * betas[top] / (1.0 - abar[top])
+  sigma = np.sqrt(betas[top] * (1.0 - abar[top - 1]) / (1.0 - abar[top]))
+  assert c1 / sigma >= 0.2 and abar[top] < 0.01
+  paper = ddgan.vp_betas(dif.num_timesteps)
+  abar_p = np.cumprod(1.0 - paper)
+  c1_p = np.sqrt(abar_p[top - 1]) * paper[top] / (1.0 - abar_p[top])
+  sigma_p = np.sqrt(paper[top] * (1.0 - abar_p[top - 1]) / (1.0 - abar_p[top]))
+  np.testing.assert_allclose(c1_p / sigma_p, 0.058, atol=1e-3)
