@@ -17,7 +17,6 @@ usage over all held-out codes. Parameter counts exclude the VQ statistics.
 
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +26,8 @@ from absl import app, flags
 from jgen.ops import quantizer as vq
 from jgen.autoencoder.ae import corrupt
 from jgen.ops.image import psnr
-from jgen.train.config import experiment_module
 from jgen.train.inference import restore_for_inference
+from run_specs import load_config
 from jgen.train.inputs import load_data
 
 FLAGS = flags.FLAGS
@@ -36,12 +35,6 @@ flags.DEFINE_multi_string("run", [], "CONFIG[:VARIANT]=WORKDIR of a trained run.
 flags.DEFINE_integer("chunk", 99, "Held-out images per jitted evaluation call.")
 flags.DEFINE_integer("seed", 0, "Seed of corruption, binarization and posterior samples.")
 flags.DEFINE_integer("iwae_k", None, "IWAE samples (default: the config's vae.iwae_k).")
-
-
-def load_config(spec: str):
-  path, _, arg = spec.partition(":")
-  name = os.path.splitext(os.path.basename(path))[0]
-  return experiment_module(name, path).get_config(arg or None)
 
 
 def heldout(config) -> np.ndarray:

@@ -30,7 +30,8 @@ import optax
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gan_digits import load_config, split_images  # noqa: E402  (benchmarks/ sibling)
+from gan_digits import split_images  # noqa: E402  (benchmarks/ siblings)
+from run_specs import load_config, parse_run  # noqa: E402
 
 from jgen.gan.adversarial import discriminator_optim  # noqa: E402
 from jgen.gan.ddgan import q_sample_pair  # noqa: E402
@@ -64,8 +65,7 @@ def main(argv):
   if len(FLAGS.run) != 1:
     raise app.UsageError("give exactly one --run CONFIG=WORKDIR[@KEY=VALUE;...] of a gan.ddgan "
                          "run")
-  spec, _, rest = FLAGS.run[0].partition("=")
-  workdir, _, overrides = rest.partition("@")
+  spec, workdir, overrides = parse_run(FLAGS.run[0])
   config = load_config(spec, overrides)
   method, _, state = restore_for_inference(config, workdir)
   images = jnp.asarray(split_images(config, "train").astype(np.float32) / 127.5 - 1.0)

@@ -59,7 +59,6 @@ column compares generators with real data at the same sample size.
 from __future__ import annotations
 
 import ast
-import os
 import time
 
 import jax
@@ -70,12 +69,12 @@ from jgen.metrics import domain
 from jgen.metrics import feature_net as fnet
 from jgen.metrics import fid as fid_lib
 from jgen.metrics import precision_recall as pr_lib
-from jgen.train.config import experiment_module
 from jgen.train.inference import restore_for_inference
 from jgen.train.inputs import load_data
 from jgen.train.sampling import jit_sampler
 from jgen.metrics import ppl as ppl_lib
 from jgen.train.method import Conditional, PathLengths, Reconstructs
+from run_specs import load_config, parse_run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("run", [], "CONFIG[:VARIANT]=WORKDIR of a trained run.")
@@ -100,22 +99,6 @@ flags.DEFINE_string("plot", "", "Write a PNG of precision / recall / accuracy ag
                     "--plot_key to this path (needs the plot extra: matplotlib).")
 flags.DEFINE_string("plot_key", "", "The swept override of the plot's x axis, e.g. "
                     "sample.guidance_scale.")
-
-
-def load_config(spec: str, overrides: str = ""):
-  """The config of `CONFIG[:VARIANT]` with `KEY=VALUE;...` overrides (Python literals)."""
-  path, _, arg = spec.partition(":")
-  name = os.path.splitext(os.path.basename(path))[0]
-  config = experiment_module(name, path).get_config(arg or None)
-  for item in filter(None, overrides.split(";")):
-    key, _, value = item.partition("=")
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    parsed = ast.literal_eval(value)
-    node[leaf] = parsed if node[leaf] is None else type(node[leaf])(parsed)
-  return config
 
 
 def split_images(config, split: str) -> np.ndarray:
@@ -203,8 +186,7 @@ def score(runs: list[str]) -> tuple[dict, list[dict], int, int]:
   net = domain.load_feature_net("digits")
   rows, train, train_stats, reference, num_real = [], None, None, None, 0
   for run in runs:
-    spec, _, rest = run.partition("=")
-    workdir, _, overrides = rest.partition("@")
+    spec, workdir, overrides = parse_run(run)
     config = load_config(spec, overrides)
     if train_stats is None:
       ref_split = config.data.split if FLAGS.reference == "train" else config.data.eval_split

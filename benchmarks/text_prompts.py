@@ -70,8 +70,7 @@ def main(argv):
   del argv
   if len(FLAGS.run) != 1:
     raise app.UsageError("give one --run CONFIG=WORKDIR[@overrides] of a text-conditioned run")
-  spec, _, rest = FLAGS.run[0].partition("=")
-  workdir, _, overrides = rest.partition("@")
+  spec, workdir, overrides = gan_digits.parse_run(FLAGS.run[0])
   net = domain.load_feature_net("digits")
   table = {}
   for w in FLAGS.guidance:

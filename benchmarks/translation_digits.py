@@ -33,18 +33,13 @@ from jgen import data as jdata
 from jgen.metrics import networks
 from jgen.metrics import translation as tm
 from jgen.train import translations
-from jgen.train.config import experiment_module
 from jgen.train.inference import restore_for_inference
+from run_specs import load_config, parse_run
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("run", [], "CONFIG[:VARIANT]=WORKDIR of a trained run.")
+flags.DEFINE_multi_string("run", [], "CONFIG[:VARIANT]=WORKDIR[@KEY=VALUE;...] of a trained run "
+                          "(overrides as in gan_digits.py).")
 flags.DEFINE_integer("judge_steps", 600, "Adam steps of each half's judge.")
-
-
-def load_config(spec: str):
-  path, _, arg = spec.partition(":")
-  name = os.path.splitext(os.path.basename(path))[0]
-  return experiment_module(name, path).get_config(arg or None)
 
 
 def nearest_training_targets(method, config, source: np.ndarray) -> np.ndarray | None:
@@ -69,8 +64,8 @@ def main(argv):
   net = networks.load("domain:digits")
   rows = []
   for run in FLAGS.run:
-    spec, _, workdir = run.partition("=")
-    config = load_config(spec)
+    spec, workdir, overrides = parse_run(run)
+    config = load_config(spec, overrides)
     method, mesh, state = restore_for_inference(config, workdir)
     inputs = translations.held_out_inputs(method, config, None)
     source, target, labels = inputs["source"], inputs.get("target"), inputs.get("label")
