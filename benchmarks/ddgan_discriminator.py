@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gan_digits import split_images  # noqa: E402  (benchmarks/ siblings)
 from run_specs import load_config, parse_run  # noqa: E402
 
+from jgen.gan import losses  # noqa: E402
 from jgen.gan.adversarial import discriminator_optim  # noqa: E402
 from jgen.gan.ddgan import q_sample_pair  # noqa: E402
 from jgen.train.inference import restore_for_inference  # noqa: E402
@@ -99,7 +100,7 @@ def main(argv):
 
       def loss_fn(p, real, fake, cond):
         r, f = _scores(method, p, real, fake, cond, train=True)
-        loss = jnp.mean(jax.nn.softplus(-r)) + jnp.mean(jax.nn.softplus(f))
+        loss = losses.discriminator_loss("non_saturating", r, f)  # the loop's D loss
         return loss, 0.5 * (jnp.mean(r > 0) + jnp.mean(f < 0))
 
       @jax.jit
