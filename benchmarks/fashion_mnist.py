@@ -70,8 +70,9 @@ flags.DEFINE_string("images", None, "If set, copy each run's final sample grid (
 
 # (config, CPU steps, CPU-only overrides, overrides). CPU steps: about what the budget allows on
 # 2 cores (1.25 s/step for DCGAN, about 1.1 s/step for the VAE, 0.43 s/step for Glow in short
-# probes, 0.8 s/step for the PixelCNN's 3x5 kernels in its run); --budget_min stops a slower run, and the table reports the step it reached. With
-# --full the CPU-only overrides and steps are dropped: each config's own size and steps.
+# probes, 0.8 s/step for the PixelCNN's 3x5 kernels in its run); --budget_min stops a slower
+# run, and the table reports the step it reached. With --full the CPU-only overrides and steps
+# are dropped: each config's own size and steps.
 MODELS: dict[str, tuple[str, int, tuple[str, ...], tuple[str, ...]]] = {
     "dcgan": ("experiments/gan/mnist.py:method=dcgan", 700,
               ("model.g_features=32", "model.d_features=32"), ()),
