@@ -19,12 +19,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.kernel_size = 5        # vertical kernel 3x5, horizontal 1x3
   c.model.num_mixtures = 5       # logistic components per pixel
   c.model.num_classes = 0        # > 0: class-conditional (label bias in every gated layer)
+  c.model.null_class = False     # True: a learned null class (label num_classes) for CFG
   c.model.cond_dim = 32
   c.model.dropout = 0.0
 
   c.pixelcnn = ml_collections.ConfigDict()
   c.pixelcnn.num_bins = 256      # levels per channel (8-bit data)
   c.pixelcnn.window_rows = True  # sample on the receptive-field rows only (False: whole image)
+  c.pixelcnn.cond_drop_prob = 0.0  # train with the null class this often (needs null_class)
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3
@@ -43,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.sample.num = 64
   c.sample.batch_size = 64
+  c.sample.temperature = 1.0     # filters of each pixel's per-bin distribution (1, 0, 1: the
+  c.sample.top_k = 0             # model's own; sampling.filter_logits)
+  c.sample.top_p = 1.0
+  c.sample.guidance_scale = 1.0  # classifier-free guidance w (1: none; needs null_class)
   return c
 
 

@@ -38,17 +38,53 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgen.nn.conditioning import conditions_from_batch
+from jgen.autoregressive.sampling import sample_logits
+from jgen.nn.conditioning import conditions_from_batch, drop_conditions
 from jgen.nn.pixelcnn import PixelCNN
-from jgen.ops.likelihoods import (logistic_mixture_log_prob, sample_logistic_mixture,
+from jgen.ops.likelihoods import (LogisticMixture, logistic_mixture_channel_log_probs,
+                                  logistic_mixture_log_prob, sample_logistic_mixture,
                                   split_mixture_params)
 from jgen.train.optim import make_optimizer
 from jgen.train.state import TrainState
 
-__all__ = ["ConditionalPixelCNNMethod", "PixelCNNMethod", "make_method", "pixelcnn_from_config"]
+__all__ = ["ConditionalPixelCNNMethod", "PixelCNNMethod", "make_method", "pixelcnn_from_config",
+           "sample_pixel_bins"]
 
 PyTree = Any
 Conditions = dict[str, jax.Array]
+
+
+def sample_pixel_bins(rng: jax.Array, mix: LogisticMixture, num_bins: int = 256, *,
+                      null_mix: LogisticMixture | None = None, guidance_scale: float = 1.0,
+                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+                      ) -> jax.Array:
+  """One draw of each pixel [..., C] from reshaped per-bin categoricals, channel by channel.
+
+  Channel c's bin logits are the mixture's exact conditional given the channels drawn before
+  it (`logistic_mixture_channel_log_probs`), l_c(b) = log P(x_c = b | x_{<c}), or with the
+  null condition's mixture `null_mix` and classifier-free guidance at scale w,
+  l_c(b) = log P_u(b | x_{<c}) + w (log P(b | x_{<c}) - log P_u(b | x_{<c}))
+  (w = 1: none, the convention of `jgen.diffusion.guidance`); then the token filters of
+  `jgen.autoregressive.sampling` (temperature, top-k, top-p over the bins; T = 0: the most
+  probable bin) and a categorical draw with the key ``fold_in(rng, c)``. With w = 1, T = 1
+  and no truncation the draws follow `mix` exactly, the distribution that
+  `sample_logistic_mixture` draws from by inverting the logistic (the sampler of that case:
+  no per-bin table).
+  """
+  if null_mix is None and guidance_scale != 1.0:
+    raise ValueError(f"guidance_scale={guidance_scale} needs the null condition's mixture "
+                     "(null_mix)")
+  centres = jnp.linspace(-1.0, 1.0, num_bins, dtype=mix.means.dtype)
+  x = jnp.zeros(mix.means.shape[:-1], mix.means.dtype)                       # [..., C]
+  for c in range(mix.means.shape[-2]):
+    logits = logistic_mixture_channel_log_probs(mix, x, c, num_bins)
+    if null_mix is not None:
+      base = logistic_mixture_channel_log_probs(null_mix, x, c, num_bins)
+      logits = base + guidance_scale * (logits - base)
+    b = sample_logits(jax.random.fold_in(rng, c), logits, temperature=temperature, top_k=top_k,
+                      top_p=top_p)
+    x = x.at[..., c].set(centres[b])
+  return x
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -63,6 +99,9 @@ class PixelCNNMethod:
     ema_decay, ema_warmup: EMA of the parameters used by `evaluate` and `sample`.
     window_rows: sample with the network on the `receptive_rows` window ending at the current
       row (exact, cheaper); False reruns the whole image per pixel.
+    temperature, top_k, top_p: the token filters of each channel's per-bin categorical
+      (`sample_pixel_bins`; T = 1, 0, 1: the model's own distribution, T = 0: the most
+      probable bin).
   """
 
   model: PixelCNN
@@ -72,8 +111,15 @@ class PixelCNNMethod:
   ema_decay: float = 0.999
   ema_warmup: bool = True
   window_rows: bool = True
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
 
   def __post_init__(self):
+    if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"sample.temperature={self.temperature}, top_k={self.top_k}, "
+                       f"top_p={self.top_p}: use T >= 0 (1: the model's own, 0: the most "
+                       "probable bin), top_k >= 0 (0: off) and top_p in (0, 1] (1: off)")
     if len(self.image_shape) != 3 or min(self.image_shape) < 1:
       raise ValueError(f"image_shape must be (H, W, C), got {self.image_shape}")
     if self.image_shape[-1] != self.model.channels:
@@ -108,35 +154,70 @@ class PixelCNNMethod:
     """-log2 p(x) / (H W C) from log p(x) in nats."""
     return -log_p / (self.num_dims * math.log(2.0))
 
+  def training_conditions(self, batch: dict[str, jax.Array], rng: jax.Array
+                          ) -> Conditions | None:
+    """The conditions the loss sees (the batch's; a conditional method may drop them)."""
+    del rng
+    return self.batch_conditions(batch)
+
   def loss_fn(self, params: PyTree, batch: dict[str, jax.Array], rng: jax.Array
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`(loss, metrics)`: the batch's mean bits/dim (also `bpd`, and `nll` in nats/image)."""
-    log_p = self.log_prob(params, batch["image"], self.batch_conditions(batch), train=True,
-                          dropout_rng=rng)
+    drop_rng = jax.random.fold_in(rng, 1)
+    log_p = self.log_prob(params, batch["image"], self.training_conditions(batch, drop_rng),
+                          train=True, dropout_rng=rng)
     loss = jnp.mean(self.bits_per_dim(log_p))
     return loss, {"loss": loss, "bpd": loss, "nll": -jnp.mean(log_p)}
 
   # ------------------------------------------------------------------ sampling
 
   def sample_images(self, params: PyTree, rng: jax.Array, n: int,
-                    conditions: Conditions | None = None) -> jax.Array:
+                    conditions: Conditions | None = None, *, guidance_scale: float = 1.0
+                    ) -> jax.Array:
     """`n` images [n, H, W, C] in [-1, 1] on the `num_bins` grid, pixel by pixel in raster order.
 
     One `lax.scan` over the H W positions; step i runs the network on the canvas (pixels < i
     drawn, the rest zeros, which the output at i never reads), on its `receptive_rows` window
     ending at pixel i's row when `window_rows`, and draws pixel i with the key
-    `fold_in(rng, i)`.
+    `fold_in(rng, i)`: from the model's mixture (`sample_logistic_mixture`) when nothing
+    reshapes it, otherwise from the per-bin categoricals of `sample_pixel_bins` with the
+    method's `temperature`, `top_k`, `top_p` and classifier-free guidance scale
+    `guidance_scale` (w != 1 runs the network on the canvas twice per step, with the labels
+    and with the null class).
     """
     h, w, c = self.image_shape
     rows = min(h, self.model.receptive_rows) if self.window_rows else h
+    guided = guidance_scale != 1.0
+    if guided:
+      if not conditions or not self.model.null_class:
+        raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional PixelCNN "
+                         "trained with a null class (model.null_class=True, "
+                         "pixelcnn.cond_drop_prob > 0); or set sample.guidance_scale=1.0")
+      null = jnp.full_like(conditions["label"], self.model.num_classes)
+      net_conditions = {"label": jnp.concatenate([conditions["label"], null])}
+    else:
+      net_conditions = conditions
+
+    filters = dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+    def draw(key, out):
+      mix = split_mixture_params(out, c, self.model.num_mixtures)
+      if not guided and filters == dict(temperature=1.0, top_k=0, top_p=1.0):
+        return sample_logistic_mixture(key, mix, self.num_bins)
+      if not guided:
+        return sample_pixel_bins(key, mix, self.num_bins, **filters)
+      given, null_mix = (jax.tree.map(lambda a: a[:n], mix), jax.tree.map(lambda a: a[n:], mix))
+      return sample_pixel_bins(key, given, self.num_bins, null_mix=null_mix,
+                               guidance_scale=guidance_scale, **filters)
 
     def step(canvas, index):
       i, j = index // w, index % w
       top = jnp.clip(i - rows + 1, 0, h - rows)
       window = jax.lax.dynamic_slice_in_dim(canvas, top, rows, axis=1)
-      out = self.model.apply({"params": params}, window, conditions, train=False)
-      mix = split_mixture_params(out[:, i - top, j], c, self.model.num_mixtures)
-      pixel = sample_logistic_mixture(jax.random.fold_in(rng, index), mix, self.num_bins)
+      if guided:
+        window = jnp.concatenate([window, window])
+      out = self.model.apply({"params": params}, window, net_conditions, train=False)
+      pixel = draw(jax.random.fold_in(rng, index), out[:, i - top, j])
       return canvas.at[:, i, j].set(pixel), None
 
     canvas, _ = jax.lax.scan(step, jnp.zeros((n, h, w, c), jnp.float32), jnp.arange(h * w))
@@ -176,13 +257,44 @@ class PixelCNNMethod:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ConditionalPixelCNNMethod(PixelCNNMethod):
-  """A class-conditional `PixelCNNMethod`: the loop's `Conditional` method."""
+  """A class-conditional `PixelCNNMethod`: the loop's `Conditional` method.
+
+  Classifier-free guidance (Ho & Salimans 2022, carried to autoregressive models as in
+  LlamaGen, Sun et al. 2024): trained with the label replaced by the null class with
+  probability `cond_drop_prob` (`jgen.nn.conditioning.drop_conditions`; the network needs
+  `null_class`), one network gives both P(x_i | x_{<i}, y) and P(x_i | x_{<i}), and sampling at
+  scale `guidance_scale` w draws each pixel's channels from
+  P_u(b)^(1 - w) P(b | y)^w (normalized over the bins; `sample_pixel_bins`).
+
+  Attributes:
+    cond_drop_prob: probability of training an example with the null class.
+    guidance_scale: w of `sample` and `sample_conditional` (1: the conditional model).
+  """
+
+  cond_drop_prob: float = 0.0
+  guidance_scale: float = 1.0
 
   def __post_init__(self):
     super().__post_init__()
     if self.model.num_classes < 1:
       raise ValueError("a ConditionalPixelCNNMethod needs a class-conditional network "
                        "(model.num_classes > 0); use PixelCNNMethod for an unconditional one")
+    if not 0.0 <= self.cond_drop_prob < 1.0:
+      raise ValueError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
+    if (self.cond_drop_prob > 0 or self.guidance_scale != 1.0) and not self.model.null_class:
+      raise ValueError(f"cond_drop_prob={self.cond_drop_prob}, guidance_scale="
+                       f"{self.guidance_scale}: classifier-free guidance needs the null class; "
+                       "set model.null_class=True (and pixelcnn.cond_drop_prob > 0 to train it)")
+
+  def training_conditions(self, batch: dict[str, jax.Array], rng: jax.Array
+                          ) -> Conditions | None:
+    """The batch's labels, each replaced by the null class with probability `cond_drop_prob`."""
+    conditions = self.batch_conditions(batch)
+    if self.cond_drop_prob == 0:
+      return conditions
+    dropped = drop_conditions(conditions, rng, self.cond_drop_prob,
+                              num_classes=self.model.num_classes)
+    return {"label": dropped["label"]}
 
   @property
   def num_classes(self) -> int:
@@ -204,8 +316,9 @@ class ConditionalPixelCNNMethod(PixelCNNMethod):
 
   def sample_conditional(self, state: TrainState, rng: jax.Array, conditions: Conditions,
                          n: int) -> jax.Array:
-    """`n` images for `conditions["label"]` [n] (EMA parameters)."""
-    return self.sample_images(state.ema_params, rng, n, {"label": conditions["label"]})
+    """`n` images for `conditions["label"]` [n] (EMA parameters, `guidance_scale`)."""
+    return self.sample_images(state.ema_params, rng, n, {"label": conditions["label"]},
+                              guidance_scale=self.guidance_scale)
 
   def sample(self, state: TrainState, rng: jax.Array, n: int) -> jax.Array:
     """`n` images of the classes 0, 1, ..., num_classes - 1 in turn."""
@@ -218,7 +331,8 @@ def pixelcnn_from_config(model_config: Any, channels: int) -> PixelCNN:
   m = model_config
   return PixelCNN(channels=channels, features=m.features, num_layers=m.num_layers,
                   kernel_size=m.kernel_size, num_mixtures=m.num_mixtures,
-                  num_classes=int(m.num_classes), cond_dim=m.cond_dim, dropout=m.dropout,
+                  num_classes=int(m.num_classes), null_class=bool(m.null_class),
+                  cond_dim=m.cond_dim, dropout=m.dropout,
                   dtype=jnp.dtype(m.dtype))
 
 
@@ -227,8 +341,17 @@ def make_method(config: Any) -> PixelCNNMethod:
   `config.model.num_classes` > 0)."""
   d = config.data
   model = pixelcnn_from_config(config.model, d.channels)
-  cls = ConditionalPixelCNNMethod if model.num_classes > 0 else PixelCNNMethod
-  return cls(model=model, tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
-             image_shape=(d.image_size, d.image_size, d.channels),
-             num_bins=config.pixelcnn.num_bins, window_rows=config.pixelcnn.window_rows,
-             ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)
+  p, s = config.pixelcnn, config.sample
+  common = dict(model=model, tx=make_optimizer(config.optim, total_steps=config.train.num_steps),
+                image_shape=(d.image_size, d.image_size, d.channels), num_bins=p.num_bins,
+                window_rows=p.window_rows, ema_decay=config.train.ema_decay,
+                ema_warmup=config.train.ema_warmup, temperature=float(s.temperature),
+                top_k=int(s.top_k), top_p=float(s.top_p))
+  if model.num_classes > 0:
+    return ConditionalPixelCNNMethod(**common, cond_drop_prob=float(p.cond_drop_prob),
+                                     guidance_scale=float(s.guidance_scale))
+  if s.guidance_scale != 1.0 or p.cond_drop_prob > 0:
+    raise ValueError(f"sample.guidance_scale={s.guidance_scale}, pixelcnn.cond_drop_prob="
+                     f"{p.cond_drop_prob}: classifier-free guidance needs a class-conditional "
+                     "PixelCNN (model.num_classes > 0)")
+  return PixelCNNMethod(**common)

@@ -146,6 +146,8 @@ class PixelCNN(nn.Module):
     num_mixtures: K logistic components per pixel.
     num_classes: label classes (0: unconditional); a label embedding of `cond_dim` enters
       every gated layer as a bias.
+    null_class: one more embedding row, label `num_classes`: the learned null class of
+      classifier-free guidance (`jgen.nn.conditioning`); False keeps `num_classes` rows.
     cond_dim: size of the label embedding.
     dropout: dropout rate of the gated layers.
     dtype: compute dtype (parameters stay float32).
@@ -157,6 +159,7 @@ class PixelCNN(nn.Module):
   kernel_size: int = 3
   num_mixtures: int = 5
   num_classes: int = 0
+  null_class: bool = False
   cond_dim: int = 32
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
@@ -189,7 +192,8 @@ class PixelCNN(nn.Module):
       if not conditions or "label" not in conditions:
         raise ValueError(f"this PixelCNN is class-conditional (num_classes={self.num_classes}): "
                          "pass conditions={'label': int32 [B]}")
-      cond = nn.Embed(self.num_classes, self.cond_dim, name="label_embed")(conditions["label"])
+      rows = self.num_classes + int(self.null_class)
+      cond = nn.Embed(rows, self.cond_dim, name="label_embed")(conditions["label"])
     f, k = self.features, self.kernel_size
     kh = k // 2 + 1
     x = x.astype(self.dtype)

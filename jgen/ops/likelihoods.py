@@ -22,9 +22,9 @@ LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
 
 __all__ = ["LIKELIHOODS", "LogisticMixture", "bernoulli_log_prob", "binarize",
            "diag_gaussian_log_prob", "discretized_logistic_log_prob", "gaussian_kl",
-           "logistic_mixture_log_prob", "mixture_num_params", "quantize_to_bins",
-           "reparameterize", "sample_logistic_mixture", "split_mixture_params",
-           "standard_normal_log_prob", "bits_per_dim"]
+           "logistic_mixture_channel_log_probs", "logistic_mixture_log_prob",
+           "mixture_num_params", "quantize_to_bins", "reparameterize", "sample_logistic_mixture",
+           "split_mixture_params", "standard_normal_log_prob", "bits_per_dim"]
 
 
 def _sum_rest(x: jax.Array) -> jax.Array:
@@ -225,6 +225,33 @@ def sample_logistic_mixture(rng: jax.Array, mix: LogisticMixture, num_bins: int 
       loc = loc + coeffs[..., _pair(c, c_prev)] * xs[c_prev]
     xs.append(quantize_to_bins(loc + noise[..., c], num_bins))
   return jnp.stack(xs, axis=-1)
+
+
+def logistic_mixture_channel_log_probs(mix: LogisticMixture, x: jax.Array, channel: int,
+                                       num_bins: int = 256) -> jax.Array:
+  """log P(x_c = b | x_{<c}) of every bin b of one channel: [..., num_bins] in nats.
+
+  The mixture's conditional of channel c given the pixel's earlier channels x_{<c} (``x``
+  [..., C]; its channels >= c are not read):
+  P(x_c = b | x_{<c}) = sum_k r_k P_k(x_c = b | x_{<c}), with the components' posterior
+  r_k proportional to softmax(logits)_k prod_{c' < c} P_k(x_{c'} | x_{<c'}); for c = 0,
+  r = softmax(logits). Bin b is the b-th of the `num_bins` centres from -1 to 1. Chaining
+  the channels gives `logistic_mixture_log_prob`: sum_c log P(x_c | x_{<c}) = log P(x). A
+  sampler that reshapes each channel's categorical (temperature, truncation, guidance) draws
+  from these tables (`jgen.autoregressive.pixelcnn.sample_pixel_bins`).
+  """
+  if not 0 <= channel < mix.means.shape[-2]:
+    raise ValueError(f"channel {channel} of a {mix.means.shape[-2]}-channel mixture")
+  locs = _channel_locations(mix, x)                                          # [..., C, K]
+  log_r = jax.nn.log_softmax(mix.logits, axis=-1)
+  for c_prev in range(channel):
+    log_r = log_r + _log_bin_prob(x[..., c_prev, None], locs[..., c_prev, :],
+                                  mix.log_scales[..., c_prev, :], num_bins)
+  log_r = log_r - jax.nn.logsumexp(log_r, axis=-1, keepdims=True)
+  centres = jnp.linspace(-1.0, 1.0, num_bins, dtype=mix.means.dtype)
+  log_bins = _log_bin_prob(centres[:, None], locs[..., None, channel, :],
+                           mix.log_scales[..., None, channel, :], num_bins)   # [..., bins, K]
+  return jax.nn.logsumexp(log_r[..., None, :] + log_bins, axis=-1)
 
 
 def standard_normal_log_prob(z: jax.Array) -> jax.Array:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
+from jgen.autoregressive.pixelcnn import sample_pixel_bins
 from jgen.ops import likelihoods as lik
 
 
@@ -136,3 +137,68 @@ def test_sampler_draws_follow_the_log_probs(channels, num_bins):
   again = lik.sample_logistic_mixture(jax.random.key(0), broadcast(mix, 16), num_bins)
   np.testing.assert_array_equal(again, lik.sample_logistic_mixture(jax.random.key(0),
                                                                    broadcast(mix, 16), num_bins))
+
+
+@pytest.mark.parametrize("channels,num_bins", [(1, 256), (3, 6)])
+def test_channel_conditionals_normalize_and_chain_to_the_joint(channels, num_bins):
+  rng = np.random.default_rng(40 + channels)
+  mix = random_mixture(rng, (5,), channels, 4)
+  x = jnp.asarray(rng.integers(0, num_bins, size=(5, channels)) * 2 / (num_bins - 1) - 1,
+                  jnp.float32)
+  total = np.zeros(5)
+  for c in range(channels):
+    table = np.asarray(lik.logistic_mixture_channel_log_probs(mix, x, c, num_bins))
+    assert table.shape == (5, num_bins)
+    np.testing.assert_allclose(special.logsumexp(table, axis=-1), 0.0, atol=1e-5)
+    bins = np.round((np.asarray(x[:, c]) + 1) * (num_bins - 1) / 2).astype(int)
+    total += table[np.arange(5), bins]
+  # sum_c log P(x_c | x_{<c}) is the joint log P(x) of SciPy's formula.
+  np.testing.assert_allclose(total, scipy_log_prob(x, mix, num_bins), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="channel"):
+    lik.logistic_mixture_channel_log_probs(mix, x, channels, num_bins)
+
+
+@pytest.mark.parametrize("channels,num_bins", [(1, 256), (3, 4)])
+def test_bin_sampler_follows_the_mixture_and_its_guided_tempered_truncated_forms(channels,
+                                                                                  num_bins):
+  rng = np.random.default_rng(60 + channels)
+  mix, null = (random_mixture(rng, (1,), channels, 3, log_scale=(-2.0, -0.5)) for _ in "ab")
+  values = grid(num_bins, channels)
+  log_p = np.asarray(lik.logistic_mixture_log_prob(values, broadcast(mix, len(values)), num_bins),
+                     np.float64)
+  log_u = np.asarray(lik.logistic_mixture_log_prob(values, broadcast(null, len(values)),
+                                                   num_bins), np.float64)
+  n = 200_000
+  draw = jax.jit(sample_pixel_bins, static_argnums=2,
+                 static_argnames=("temperature", "guidance_scale", "top_p"))
+
+  def tv(draws, target_log):
+    levels = np.asarray(jnp.round((draws + 1) * (num_bins - 1) / 2)).astype(int)
+    cells = np.ravel_multi_index(levels.T, (num_bins,) * channels)
+    freq = np.bincount(cells, minlength=num_bins ** channels) / n
+    return 0.5 * np.abs(freq - np.exp(target_log - special.logsumexp(target_log))).sum()
+
+  # T = 1, w = 1: the mixture itself (sampling noise ~0.01 at 256 cells, 2e5 draws).
+  assert tv(draw(jax.random.key(0), broadcast(mix, n), num_bins), log_p) < 0.02
+  if channels == 1:
+    # One channel: the tempered guided draw is exactly softmax([log P_u + w (log P - log P_u)] / T)
+    # over the bins (for C > 1 each channel is guided given the earlier ones, not the joint).
+    guided = draw(jax.random.key(1), broadcast(mix, n), num_bins, temperature=0.7,
+                  null_mix=broadcast(null, n), guidance_scale=2.5)
+    assert tv(guided, (log_u + 2.5 * (log_p - log_u)) / 0.7) < 0.02
+    assert tv(guided, log_p) > 0.1   # and it is a different distribution from the mixture's
+    # Top-p keeps the most probable bins whose mass reaches p (the token filter of
+    # jgen.autoregressive.sampling): none of the draws lands outside that set.
+    p = np.exp(log_p - special.logsumexp(log_p))
+    order = np.argsort(-p, kind="stable")
+    kept = order[:np.searchsorted(np.cumsum(p[order]), 0.5) + 1]
+    nucleus = draw(jax.random.key(3), broadcast(mix, 4000), num_bins, top_p=0.5)
+    levels = np.round((np.asarray(nucleus)[:, 0] + 1) * (num_bins - 1) / 2).astype(int)
+    assert set(levels) <= set(kept) and len(set(levels)) > 1
+  else:
+    # w = 0 draws from the null mixture alone.
+    unguided = draw(jax.random.key(2), broadcast(mix, n), num_bins, null_mix=broadcast(null, n),
+                    guidance_scale=0.0)
+    assert tv(unguided, log_u) < 0.02
+  with pytest.raises(ValueError, match="null_mix"):
+    sample_pixel_bins(jax.random.key(0), mix, num_bins, guidance_scale=2.0)
