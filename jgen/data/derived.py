@@ -10,6 +10,8 @@ and ``target`` have the same shape (one-channel results are repeated to C channe
     (``scipy.ndimage.sobel``'s 'reflect'): a step edge of height h gives h; white edges on
     black.
   ``grayscale``: the luma, rounded (as ``load_source``'s 3 -> 1 channel conversion).
+  ``inverted``: the negative, 255 - image (a global, pixelwise change: on the digits, dark
+    strokes on white; `jgen.gan.domains.inverted` on uint8).
   ``outline``: the one-pixel inner boundary of the foreground as white (255) on black, for
     images of a plain background (``jgen.data.fill``'s discs, digits): a pixel is foreground
     when some channel differs from the top-left pixel's by more than 48 levels, and on the
@@ -35,7 +37,8 @@ from jgen import errors
 __all__ = ["TRANSFORMS", "DerivedPairSource", "box_mask", "center_mask", "downsample_image",
            "grayscale_image", "outline_image", "parse_transform", "sobel_edges"]
 
-TRANSFORMS = ("edges", "grayscale", "outline", "downsample:K", "mask:box", "mask:center")
+TRANSFORMS = ("edges", "grayscale", "inverted", "outline", "downsample:K", "mask:box",
+              "mask:center")
 OUTLINE_TOLERANCE = 48  # uint8 levels: above JPEG noise, below any fill colour's contrast
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -112,7 +115,7 @@ def center_mask(height: int, width: int) -> np.ndarray:
 def parse_transform(name: str) -> tuple[str, int | str | None]:
   """'edges' -> ('edges', None); 'downsample:4' -> ('downsample', 4); 'mask:box' -> ..."""
   kind, _, arg = name.partition(":")
-  if kind in ("edges", "grayscale", "outline") and not arg:
+  if kind in ("edges", "grayscale", "inverted", "outline") and not arg:
     return kind, None
   if kind == "downsample" and arg.isdigit() and int(arg) >= 2:
     return kind, int(arg)
@@ -168,6 +171,8 @@ class DerivedPairSource:
       source = sobel_edges(image)
     elif self.kind == "outline":
       source = outline_image(image)
+    elif self.kind == "inverted":
+      source = np.uint8(255) - image.astype(np.uint8)
     else:
       source = grayscale_image(image)
     return {"source": source, "target": image, **out}

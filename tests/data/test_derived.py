@@ -61,7 +61,7 @@ def test_downsample_equals_pil_box_then_nearest(factor):
 
 
 def test_derived_sources_keep_labels_and_specs():
-  for transform in ("edges", "grayscale", "downsample:2", "mask:center", "mask:box"):
+  for transform in ("edges", "grayscale", "inverted", "downsample:2", "mask:center", "mask:box"):
     src = jdata.load_source(f"derived:{transform}:digits", split="test", image_size=16,
                             channels=3, resize=True)
     digits = jdata.load_source("digits", split="test", image_size=16, channels=3, resize=True)
@@ -76,6 +76,9 @@ def test_derived_sources_keep_labels_and_specs():
   np.testing.assert_array_equal(
       jdata.load_source("derived:edges:digits")[3]["source"],
       derived.sobel_edges(jdata.load_source("digits")[3]["image"]))
+  np.testing.assert_array_equal(  # the negative, as jgen.gan.domains.inverted on [-1, 1]
+      jdata.load_source("derived:inverted:digits")[3]["source"].astype(int),
+      255 - jdata.load_source("digits")[3]["image"].astype(int))
   with pytest.raises(ValueError, match="divisible by 3"):
     jdata.load_source("derived:downsample:3:digits")
 
