@@ -40,6 +40,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("run", [], "CONFIG[:VARIANT]=WORKDIR[@KEY=VALUE;...] of a trained run "
                           "(overrides as in gan_digits.py).")
 flags.DEFINE_integer("judge_steps", 600, "Adam steps of each half's judge.")
+flags.DEFINE_bool("per_domain", False, "Also print content preserved and domain success per "
+                  "target domain of every trained run (StarGAN's 2^K domains).")
 
 
 def nearest_training_targets(method, config, source: np.ndarray) -> np.ndarray | None:
@@ -62,7 +64,7 @@ def main(argv):
   if not FLAGS.run:
     raise app.UsageError("give at least one --run CONFIG=WORKDIR")
   net = networks.load("domain:digits")
-  rows = []
+  rows, per_domain = [], []
   for run in FLAGS.run:
     spec, workdir, overrides = parse_run(run)
     config = load_config(spec, overrides)
@@ -74,7 +76,12 @@ def main(argv):
     name = os.path.splitext(os.path.basename(spec))[0]
     score = lambda out: tm.translation_metrics(source, out, target, labels, feature_net=net,
                                                judge_steps=FLAGS.judge_steps)
-    rows.append((f"{name} (step {int(state.step)}, {len(source)} held-out)", score(outputs)))
+    trained = score(outputs)
+    rows.append((f"{name} (step {int(state.step)}, {len(source)} held-out)", trained))
+    if FLAGS.per_domain and "content/0" in trained:
+      per_domain += [(f"{name}{f' ({overrides})' if overrides else ''}", d_name,
+                      trained[f"content/{d}"], trained[f"domain_success/{d}"])
+                     for d, d_name in enumerate(getattr(method, "translation_names", ()))]
     d = outputs.shape[1]
     if source.shape[-1] == outputs.shape[-1]:
       rows.append((f"{name}: identity baseline", score(np.repeat(source[:, None], d, axis=1))))
@@ -91,6 +98,11 @@ def main(argv):
     print(f"| {label} | {m['l1']:.4f} | {m['psnr']:.2f} | {100 * m['content']:.1f}% | "
           f"{100 * m['domain_success']:.1f}% | {100 * m['judge_accuracy']:.1f}% | "
           f"{m['fid']:.2f} |")
+  if per_domain:
+    print("\n| run | target domain | content preserved | domain success |")
+    print("|---|---|---|---|")
+    for run_name, d_name, content, success in per_domain:
+      print(f"| {run_name} | {d_name} | {100 * content:.1f}% | {100 * success:.1f}% |")
 
 
 if __name__ == "__main__":
