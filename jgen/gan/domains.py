@@ -8,6 +8,9 @@ set. Transforms are pure JAX functions on float images in [-1, 1], `[B, H, W, C]
 |-----------|-------------------------------------------------------------------------|
 | thick     | max_{|di|,|dj| <= 1} x[i + di, j + dj]: a 3x3 grey dilation (max-pool,    |
 |           | stride 1, 'same' size, the border padded with -inf, i.e. never chosen)   |
+| edges     | the Sobel gradient magnitude / 4 of each channel on the 0..255 scale,   |
+|           | clipped to 0..255 (borders mirrored): white stroke outlines on black,   |
+|           | `jgen.data.derived.sobel_edges` of a gray image, unrounded               |
 | rot90     | the image rotated 90 degrees counter-clockwise (`np.rot90` of H, W)     |
 | hflip     | the image mirrored left-right                                           |
 | inverted  | -x                                                                      |
@@ -16,13 +19,20 @@ Ink polarity: in the digits data (scikit-learn's digits, MNIST) ink is *bright*:
 stroke, -1 the background, so the dilation of the clean image thickens the strokes.
 
 Composition order is fixed, whatever the order of `names` (which only says which attribute
-index means which transform): `ORDER = ("thick", "rot90", "hflip", "inverted")`. Dilation
-comes first so that "thick" always thickens the ink (a dilation after inversion would grow the
-now-bright background, i.e. thin the strokes); rot90 and the dilation commute (the 3x3 window
-and the -inf border are symmetric), inversion commutes with the geometric transforms, and
-hflip after rot90 is a reflection about the anti-diagonal. So
+index means which transform): `ORDER = ("thick", "edges", "rot90", "hflip", "inverted")`.
+Dilation comes first so that "thick" always thickens the ink (a dilation after inversion would
+grow the now-bright background, i.e. thin the strokes), then the outline of the (thickened)
+strokes; rot90 and hflip commute with both (the 3x3 windows and the borders are symmetric, and
+the Sobel magnitude is invariant to swapping or negating its two gradients), inversion commutes
+with the geometric transforms, and hflip after rot90 is a reflection about the anti-diagonal.
+So
 
-    apply_domain(x, c) = inverted^{c_inv} o hflip^{c_flip} o rot90^{c_rot} o thick^{c_thick} (x).
+    apply_domain(x, c) = inverted^{c_inv} o hflip^{c_flip} o rot90^{c_rot} o edges^{c_edges}
+                         o thick^{c_thick} (x).
+
+*Local* transforms (thick, edges) change each pixel from its 3x3 neighbourhood, as the
+attribute edits of StarGAN's paper (hair colour, age) change a face in place; *global* ones
+(inverted, rot90, hflip) change every pixel's value or position.
 
 `apply_domain` is vectorised over the batch: each transform runs on the whole batch and
 `jnp.where` keeps it for the examples whose attribute is set (K transforms per call, not 2^K).
@@ -41,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["CLEAN", "ORDER", "TRANSFORMS", "all_domains", "apply_domain", "check_names",
-           "domain_name", "hflip", "inverted", "rot90", "thick"]
+           "domain_name", "edges", "hflip", "inverted", "rot90", "thick"]
 
 CLEAN = "clean"  # the name of the all-zero domain (no transform)
 
@@ -55,6 +65,22 @@ def thick(x: jax.Array) -> jax.Array:
   """3x3 grey dilation, y[i, j] = max over the 3x3 window around (i, j), per channel (border
   padded with -inf, so it never wins): bright strokes grow by one pixel on every side."""
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
+
+
+def edges(x: jax.Array) -> jax.Array:
+  """Sobel magnitude / 4 per channel on the 0..255 scale, clipped, back in [-1, 1].
+
+  With u = 127.5 (x + 1) padded by mirroring (`np.pad` 'symmetric', scipy's 'reflect'),
+  g_y = [1, 2, 1]-smoothed u[i + 1] - u[i - 1] and g_x likewise across columns; the result is
+  min(sqrt(g_x^2 + g_y^2) / 4, 255) / 127.5 - 1 (a step of height h gives h).
+  """
+  u = jnp.pad(127.5 * (x + 1.0), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="symmetric")
+  dy = u[:, 2:] - u[:, :-2]
+  gy = dy[:, :, :-2] + 2 * dy[:, :, 1:-1] + dy[:, :, 2:]
+  dx = u[:, :, 2:] - u[:, :, :-2]
+  gx = dx[:, :-2] + 2 * dx[:, 1:-1] + dx[:, 2:]
+  magnitude = jnp.sqrt(gx * gx + gy * gy + 1e-12) / 4.0
+  return jnp.minimum(magnitude, 255.0) / 127.5 - 1.0
 
 
 def rot90(x: jax.Array) -> jax.Array:
@@ -74,8 +100,8 @@ def hflip(x: jax.Array) -> jax.Array:
 
 
 TRANSFORMS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "thick": thick, "rot90": rot90, "hflip": hflip, "inverted": inverted}
-ORDER = ("thick", "rot90", "hflip", "inverted")  # the composition order of apply_domain
+    "thick": thick, "edges": edges, "rot90": rot90, "hflip": hflip, "inverted": inverted}
+ORDER = ("thick", "edges", "rot90", "hflip", "inverted")  # the composition order of apply_domain
 
 
 def check_names(names: Sequence[str]) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from jgen.data import derived
 from jgen.gan import domains
 
 NAMES = ("inverted", "thick", "rot90")
@@ -28,6 +29,7 @@ def _np_domain(x, c, names):
   ops = {"thick": lambda v: ndimage.grey_dilation(v, size=(3, 3, 1), mode="constant",
                                                    cval=-np.inf),
          "rot90": lambda v: np.rot90(v, 1, axes=(0, 1)),
+         "edges": lambda v: np.asarray(domains.edges(jnp.asarray(v[None])))[0],
          "hflip": lambda v: v[:, ::-1],
          "inverted": lambda v: -v}
   for name in domains.ORDER:  # the documented order
@@ -56,6 +58,32 @@ def test_thick_thickens_bright_ink():
   x[0, 2, 2, 0] = 1.0  # one ink pixel on the background
   y = np.asarray(domains.thick(jnp.asarray(x)))
   assert (y[0, 1:4, 1:4, 0] == 1.0).all() and (y == 1.0).sum() == 9
+
+
+def test_edges_is_the_sobel_magnitude_of_the_data_pairs():
+  levels = np.random.default_rng(2).integers(0, 256, (3, 9, 9, 1))
+  x = jnp.asarray(levels / 127.5 - 1.0, jnp.float32)
+  got = (np.asarray(jax.jit(domains.edges)(x)) + 1.0) * 127.5
+  for i in range(3):  # the uint8 edge maps of the CycleGAN/pix2pix pairs, before their rounding
+    ref = derived.sobel_edges(levels[i].astype(np.uint8)).astype(np.float64)
+    assert np.abs(got[i] - ref).max() <= 0.5 + 1e-3
+  # SciPy's Sobel with mirrored borders, unrounded and unclipped below 255.
+  u = levels[..., 0].astype(np.float64)
+  mag = np.stack([np.hypot(ndimage.sobel(v, axis=0, mode="reflect"),
+                           ndimage.sobel(v, axis=1, mode="reflect")) / 4 for v in u])
+  np.testing.assert_allclose(got[..., 0], np.minimum(mag, 255), atol=2e-3)
+  step = -np.ones((1, 6, 6, 1), np.float32)
+  step[:, :, 3:] = 1.0  # a step of full height 255 gives 255 beside it, 0 away from it
+  e = np.asarray(domains.edges(jnp.asarray(step)))
+  np.testing.assert_allclose(e[0, :, 2:4, 0], 1.0, atol=1e-5)
+  np.testing.assert_allclose(e[0, :, [0, 5], 0], -1.0, atol=1e-5)
+
+
+def test_local_transforms_commute_with_the_geometric_ones():
+  x = jnp.asarray(_images(h=8))
+  for local in (domains.thick, domains.edges):
+    for geometric in (domains.rot90, domains.hflip):
+      np.testing.assert_allclose(geometric(local(x)), local(geometric(x)), atol=1e-4)
 
 
 def test_rot90_and_hflip():
@@ -90,6 +118,9 @@ def test_composition_order_is_fixed():
   np.testing.assert_array_equal(domains.apply_domain(jnp.asarray(x), all_on, four), ref)
   np.testing.assert_array_equal(  # explicitly: flip(rot(thick(x))), inverted
       ref, -np.rot90(_np_max_filter(x), 1, axes=(1, 2))[:, :, ::-1])
+  # edges after thick: the outline of the thickened strokes, whatever the names' order
+  pair = np.asarray(domains.apply_domain(jnp.asarray(x), np.ones((len(x), 2)), ("edges", "thick")))
+  np.testing.assert_allclose(pair, domains.edges(domains.thick(jnp.asarray(x))), atol=1e-6)
 
 
 def test_rot90_commutes_with_thick():
