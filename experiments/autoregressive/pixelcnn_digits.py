@@ -17,7 +17,7 @@ with the flows' unconditional bits/dim). `--mode=sample` writes a grid (row by r
 Measured on 2 CPU cores: 2,000 steps of the network (32 features, 6 gated layers with 3x5
 vertical kernels, 5 logistic components, a null class for guidance) in 10 min 40 s (a test
 run shared the cores; 9 min 36 s idle without the null class, the same network); held-out
-`bpd` 2.225, `bpd_marginal` 2.235 (256 held-out digits); guided sampling 1.2 images/s
+`bpd` 2.225, `bpd_marginal` 2.235 (256 held-out digits); guided sampling 1.5 images/s
 (batch 100, two passes per pixel). Variants: `:uncond` (no labels), `:smoke` (a
 seconds-long run for the tests).
 """
