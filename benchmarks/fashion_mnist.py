@@ -76,7 +76,7 @@ flags.DEFINE_string("images", None, "If set, copy each run's final sample grid (
 MODELS: dict[str, tuple[str, int, tuple[str, ...], tuple[str, ...]]] = {
     "dcgan": ("experiments/gan/mnist.py:method=dcgan", 700,
               ("model.g_features=32", "model.d_features=32"), ()),
-    "wgan_gp": ("experiments/gan/mnist.py:method=wgan_gp", 560,
+    "wgan_gp": ("experiments/gan/mnist.py:method=wgan_gp", 1000,
                 ("model.g_features=32", "model.d_features=32"), ()),
     "vae": ("experiments/autoencoder/mnist.py:method=vae", 650, (),
             ("vae.likelihood=logistic", "train.eval_batches=78")),
