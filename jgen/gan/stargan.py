@@ -24,6 +24,17 @@ the convolutional generator's locality for the rest). `benchmarks/stargan_invers
 measures which of the two a trained G learned; docs/families/image_to_image.md has the
 digits figures with and without the term.
 
+The PatchNCE term (`lambda_nce` > 0, not in the paper: CUT's content loss, Park et al. 2020,
+`jgen.gan.patch_nce`) adds lambda_nce L_PatchNCE to L_G, with G's own encoder as the feature
+extractor as in CUT: the keys are the encoder features of the forward pass G(x, c_trg) at
+`nce_layers` (the source x), the queries those of the way back G(G(x, c_trg), c_org) (the
+translation), so the term needs no extra G pass. Each patch of the translation must identify
+the source's patch at the same place among the source's other patches: a translation that
+recodes the content elsewhere (what the cycle alone allows) pays for it. A small MLP head per
+layer (`nce_head`, CUT's F) trains with G's optimizer in G's update. It asks for a
+correspondence in place, so it suits appearance changes (inversion, strokes), not geometric
+ones (a rotation moves every patch).
+
 The gradient penalty follows the official code: the gradient of the sum of D's patch scores
 (`jgen.gan.updates.gradient_penalty`), while the adversarial terms average them.
 
@@ -70,8 +81,10 @@ import optax
 from jgen.gan import domains as domains_lib
 from jgen.gan.adversarial import discriminator_optim, split_critic_batches
 from jgen.gan import updates
+from jgen.gan.patch_nce import PatchNCEHead, patch_nce_loss
 from jgen.nn.dtypes import compute_dtype
-from jgen.nn.stargan import StarGANDiscriminator, StarGANGenerator
+from jgen.nn.stargan import (ENCODER_COLLECTION, StarGANDiscriminator, StarGANGenerator,
+                             encoder_layers)
 from jgen.ops.image import psnr
 from jgen.train.optim import make_optimizer
 from jgen.train.state import EmaSpec, TrainState, per_network
@@ -152,6 +165,11 @@ class StarGAN:
     n_critic, lambda_gp, lambda_cls, lambda_rec: the paper's 5, 10, 1, 10.
     lambda_id: weight of the identity term E|x - G(x, c_org)| (CycleGAN's identity loss with
       the source domain as target; 0, the paper: no term and no extra G pass).
+    lambda_nce: weight of the PatchNCE content term (0: none, the paper; see the module
+      docstring).
+    nce_layers: G's encoder features it compares (`jgen.nn.stargan.encoder_layers` names).
+    nce_tau, nce_patches, nce_features: its temperature, locations per layer and head width
+      (CUT's 0.07, 256, 256).
     ema_decay, ema_warmup: EMA of G used by translate / evaluate (0: none, the paper).
   """
 
@@ -169,6 +187,11 @@ class StarGAN:
   lambda_cls: float = 1.0
   lambda_rec: float = 10.0
   lambda_id: float = 0.0
+  lambda_nce: float = 0.0
+  nce_layers: tuple[str, ...] = ()
+  nce_tau: float = 0.07
+  nce_patches: int = 256
+  nce_features: int = 256
   ema_decay: float = 0.0
   ema_warmup: bool = True
 
@@ -189,6 +212,16 @@ class StarGAN:
     if self.lambda_gp <= 0:
       raise ValueError(f"StarGAN's WGAN-GP critic needs lambda_gp > 0 (10), got "
                        f"{self.lambda_gp}")
+    if self.lambda_nce < 0:
+      raise ValueError(f"lambda_nce must be >= 0 (0: no PatchNCE term), got {self.lambda_nce}")
+    if self.lambda_nce:
+      known = encoder_layers(self.generator.n_down, self.generator.n_blocks)
+      if not self.nce_layers or set(self.nce_layers) - set(known):
+        raise ValueError(f"lambda_nce > 0 needs nce_layers, a non-empty subset of G's encoder "
+                         f"features {known}; got {self.nce_layers}")
+      if self.nce_tau <= 0 or self.nce_patches < 1 or self.nce_features < 1:
+        raise ValueError(f"PatchNCE needs nce_tau > 0, nce_patches >= 1 and nce_features >= "
+                         f"1, got {self.nce_tau}, {self.nce_patches}, {self.nce_features}")
     target_table(self.attribute_names, self.exclusive)  # validates the groups
 
   # ------------------------------------------------------------------ domains
@@ -245,6 +278,22 @@ class StarGAN:
   def d_src_apply(self) -> updates.ApplyFn:
     return _head_apply(self.discriminator, 0)
 
+  @property
+  def nce_head(self) -> PatchNCEHead:
+    return PatchNCEHead(features=self.nce_features)
+
+  @property
+  def g_networks(self) -> tuple[str, ...]:
+    """The networks of the generator update: G, and the PatchNCE head when it is on."""
+    return ("generator", "nce_head") if self.lambda_nce else ("generator",)
+
+  def encode(self, g_params: PyTree, x: jax.Array, c: jax.Array
+             ) -> tuple[jax.Array, list[jax.Array]]:
+    """`(G(x, c), [G's encoder features at each of nce_layers])` (training mode)."""
+    y, sown = self.generator.apply({"params": g_params}, x, c, train=True,
+                                   mutable=[ENCODER_COLLECTION])
+    return y, [sown[ENCODER_COLLECTION][name][0] for name in self.nce_layers]
+
   def generate(self, g_params: PyTree, x: jax.Array, c: jax.Array) -> jax.Array:
     """G(x, c) in inference mode."""
     return self.g_apply(g_params, {}, x, {"attributes": c}, train=False)[0]
@@ -266,20 +315,36 @@ class StarGAN:
     return adv + self.lambda_cls * cls, (model_state, metrics)
 
   def generator_loss(self, params: PyTree, model_state: PyTree, x_real: jax.Array,
-                     c_org: jax.Array, c_trg: jax.Array
+                     c_org: jax.Array, c_trg: jax.Array, rng: jax.Array | None = None
                      ) -> tuple[jax.Array, tuple[PyTree, Metrics]]:
     """L_G: adversarial, lambda_cls L_cls(D_cls(G(x, c_trg)), c_trg), lambda_rec
-    E|x - G(G(x, c_trg), c_org)| and, when lambda_id > 0, lambda_id E|x - G(x, c_org)|."""
+    E|x - G(G(x, c_trg), c_org)|, when lambda_id > 0 lambda_id E|x - G(x, c_org)| and, when
+    lambda_nce > 0, lambda_nce PatchNCE(source: G(x, c_trg)'s encoder, translation:
+    G(fake, c_org)'s encoder) with `rng` drawing its patch locations."""
     g = params["generator"]
-    fake, _ = self.g_apply(g, model_state["generator"], x_real, {"attributes": c_trg},
-                           train=True)
+    if self.lambda_nce:
+      fake, source_features = self.encode(g, x_real, c_trg)
+    else:
+      fake, _ = self.g_apply(g, model_state["generator"], x_real, {"attributes": c_trg},
+                             train=True)
     src_fake, cls_fake = self.discriminate(params["discriminator"], fake)
-    rec, _ = self.g_apply(g, model_state["generator"], fake, {"attributes": c_org}, train=True)
+    if self.lambda_nce:
+      rec, fake_features = self.encode(g, fake, c_org)
+    else:
+      rec, _ = self.g_apply(g, model_state["generator"], fake, {"attributes": c_org},
+                            train=True)
     adv = -jnp.mean(src_fake)
     cls = classification_loss(cls_fake, c_trg)
     rec_l1 = reconstruction_loss(x_real, rec)
     total = adv + self.lambda_cls * cls + self.lambda_rec * rec_l1
     metrics = {"g_loss": adv, "g_cls": cls, "g_rec": rec_l1}
+    if self.lambda_nce:
+      if rng is None:
+        raise ValueError("the PatchNCE term draws patch locations: pass rng")
+      metrics["g_nce"] = patch_nce_loss(
+          self.nce_head, params["nce_head"], source_features, fake_features, rng,
+          num_patches=self.nce_patches, tau=self.nce_tau)
+      total = total + self.lambda_nce * metrics["g_nce"]
     if self.lambda_id:
       same, _ = self.g_apply(g, model_state["generator"], x_real, {"attributes": c_org},
                              train=True)
@@ -295,11 +360,18 @@ class StarGAN:
     c = jnp.zeros((1, self.num_attributes), jnp.float32)
     params = {"generator": self.generator.init(g_rng, x, c, train=False)["params"],
               "discriminator": self.discriminator.init(d_rng, x, train=False)["params"]}
+    txs = {"generator": self.tx_g, "discriminator": self.tx_d}
+    model_state = {"generator": {}, "discriminator": {}}
+    if self.lambda_nce:  # CUT's head F, trained with G's optimizer
+      _, features = self.encode(params["generator"], x, c)
+      locations = [jnp.arange(f.shape[1] * f.shape[2]) for f in features]
+      params["nce_head"] = self.nce_head.init(jax.random.fold_in(g_rng, 1), features,
+                                              locations)["params"]
+      txs["nce_head"], model_state["nce_head"] = self.tx_g, {}
     emas = ((EmaSpec("ema", self.ema_decay, self.ema_warmup, "generator/.*"),)
             if self.ema_decay else ())
-    return TrainState.create(
-        params=params, tx=per_network({"generator": self.tx_g, "discriminator": self.tx_d}),
-        rng=state_rng, emas=emas, model_state={"generator": {}, "discriminator": {}})
+    return TrainState.create(params=params, tx=per_network(txs), rng=state_rng, emas=emas,
+                             model_state=model_state)
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
                  ) -> tuple[TrainState, Metrics]:
@@ -324,8 +396,8 @@ class StarGAN:
     state, d_metrics = jax.lax.scan(critic_step, state, jnp.arange(n), unroll=True)
     d_metrics = jax.tree.map(jnp.mean, d_metrics)
     last = n - 1
-    g_loss = lambda p, ms, r: self.generator_loss(p, ms, xs[last], cos[last], cts[last])
-    state, g_metrics = updates.update(state, g_loss, networks="generator",
+    g_loss = lambda p, ms, r: self.generator_loss(p, ms, xs[last], cos[last], cts[last], r)
+    state, g_metrics = updates.update(state, g_loss, networks=self.g_networks,
                                       rng=jax.random.fold_in(rng, n), step=state.step,
                                       count_step=True)
     g_metrics["g_grad_norm"] = g_metrics.pop("grad_norm")
@@ -440,4 +512,6 @@ def make_method(config: Any) -> StarGAN:
       exclusive=tuple(tuple(int(i) for i in grp) for grp in g.exclusive),
       target_sampling=g.target_sampling, n_critic=g.n_critic, lambda_gp=g.lambda_gp,
       lambda_cls=g.lambda_cls, lambda_rec=g.lambda_rec, lambda_id=g.lambda_id,
+      lambda_nce=g.lambda_nce, nce_layers=tuple(g.nce_layers), nce_tau=g.nce_tau,
+      nce_patches=g.nce_patches, nce_features=g.nce_features,
       ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)

@@ -14,6 +14,10 @@ with zero padding and instance norm with a learned scale and bias (the paper's
 inference (the official code also tracks running statistics, but its test mode never switches
 to them), so G has no `model_state`. No bias before a norm (it would be cancelled).
 
+The encoder's features (the image, the stem and every downsampling and residual block's output)
+are sown into the `ENCODER_COLLECTION` collection for content losses on them (PatchNCE,
+`jgen.gan.patch_nce`); they are no parameters, so the tree is that of the paper's G.
+
 Discriminator `D(x, *, train) -> (src [B, h, w], cls [B, K])`: PatchGAN
 
     n_layers x [conv 4x4 s2 p1 (ndf, 2 ndf, 4 ndf, ...) + LeakyReLU(0.01)]   (6 in the paper)
@@ -35,7 +39,18 @@ import jax.numpy as jnp
 Array = jax.Array
 Dtype = Any
 
-__all__ = ["StarGANDiscriminator", "StarGANGenerator", "tile_domain"]
+__all__ = ["ENCODER_COLLECTION", "StarGANDiscriminator", "StarGANGenerator", "encoder_layers",
+           "tile_domain"]
+
+# The collection G sows its encoder's features into (read with `mutable=[...]`; a no-op
+# otherwise): "input" (the image), "stem", "down_1".."down_n", "block_1".."block_m".
+ENCODER_COLLECTION = "encoder"
+
+
+def encoder_layers(n_down: int, n_blocks: int) -> tuple[str, ...]:
+  """Names of the encoder features `StarGANGenerator` sows, input first."""
+  return ("input", "stem", *(f"down_{i + 1}" for i in range(n_down)),
+          *(f"block_{i + 1}" for i in range(n_blocks)))
 
 
 def tile_domain(x: Array, c: Array) -> Array:
@@ -97,15 +112,19 @@ class StarGANGenerator(nn.Module):
     if x.shape[1] % 2 ** self.n_down or x.shape[2] % 2 ** self.n_down:
       raise ValueError(f"StarGANGenerator with n_down={self.n_down} needs H and W divisible "
                        f"by {2 ** self.n_down}, got {x.shape[1]} x {x.shape[2]}")
+    self.sow(ENCODER_COLLECTION, "input", x)
     h = tile_domain(x, c).astype(self.dtype)
     h = _ConvNormReLU(self.ngf, 7, 1, 3, dtype=self.dtype)(h)
+    self.sow(ENCODER_COLLECTION, "stem", h)
     ch = self.ngf
-    for _ in range(self.n_down):
+    for i in range(self.n_down):
       ch *= 2
       h = _ConvNormReLU(ch, 4, 2, 1, dtype=self.dtype)(h)
-    for _ in range(self.n_blocks):
+      self.sow(ENCODER_COLLECTION, f"down_{i + 1}", h)
+    for i in range(self.n_blocks):
       r = _ConvNormReLU(ch, 3, 1, 1, dtype=self.dtype)(h)
       h = h + _ConvNormReLU(ch, 3, 1, 1, relu=False, dtype=self.dtype)(r)
+      self.sow(ENCODER_COLLECTION, f"block_{i + 1}", h)
     for _ in range(self.n_down):
       ch //= 2
       h = _ConvNormReLU(ch, 4, 2, 1, transpose=True, dtype=self.dtype)(h)
