@@ -18,8 +18,9 @@ Fields beyond `jgen.train.config.base_config`:
 * `gan.n_critic` (5), `gan.lambda_gp` (10), `gan.lambda_cls` (1), `gan.lambda_rec` (10),
   `gan.lambda_id` (0: the paper has no identity term; > 0 adds lambda_id E|x - G(x, c_org)|),
 * `gan.lambda_nce` (0: none, the paper), `gan.nce_layers` (names of G's encoder features,
-  `jgen.nn.stargan.encoder_layers`), `gan.nce_tau`, `gan.nce_patches`, `gan.nce_features`:
-  the PatchNCE content term of CUT (Park et al. 2020), `jgen.gan.stargan`'s docstring.
+  `jgen.nn.stargan.encoder_layers`), `gan.nce_tau`, `gan.nce_patches`, `gan.nce_features`,
+  `gan.nce_query`: the PatchNCE content term of CUT (Park et al. 2020), `jgen.gan.stargan`'s
+  docstring.
 * `optim` is G's optimizer (`optim.schedule = "linear"` holds the learning rate, then decays it
   linearly to 0 from the fraction `optim.decay_from` of the run, for both networks); `optim_d`
   follows it field by field unless set (as in base_gan).
@@ -65,6 +66,7 @@ def stargan_base(*, batch: int, n_critic: int = 5) -> ml_collections.ConfigDict:
   c.gan.nce_tau = 0.07
   c.gan.nce_patches = 256
   c.gan.nce_features = 256
+  c.gan.nce_query = "way_back"
 
   c.optim.name = "adam"
   c.optim.lr = 1e-4

@@ -28,9 +28,11 @@ The PatchNCE term (`lambda_nce` > 0, not in the paper: CUT's content loss, Park 
 `jgen.gan.patch_nce`) adds lambda_nce L_PatchNCE to L_G, with G's own encoder as the feature
 extractor as in CUT: the keys are the encoder features of the forward pass G(x, c_trg) at
 `nce_layers` (the source x), the queries those of the way back G(G(x, c_trg), c_org) (the
-translation), so the term needs no extra G pass. Each patch of the translation must identify
-the source's patch at the same place among the source's other patches: a translation that
-recodes the content elsewhere (what the cycle alone allows) pays for it. A small MLP head per
+translation), so the term needs no extra G pass (`nce_query = "target"`: those of
+G(G(x, c_trg), c_trg) instead, the encoder that read the source, one more pass). Each patch of
+the translation must identify the source's patch at the same place among the source's other
+patches: a translation that recodes the content elsewhere (what the cycle alone allows) pays
+for it. A small MLP head per
 layer (`nce_head`, CUT's F) trains with G's optimizer in G's update. It asks for a
 correspondence in place, so it suits appearance changes (inversion, strokes), not geometric
 ones (a rotation moves every patch).
@@ -96,6 +98,7 @@ __all__ = ["StarGAN", "classification_loss", "make_method",
            "reconstruction_loss", "target_table"]
 
 TARGET_SAMPLING = ("uniform", "permute")
+NCE_QUERIES = ("way_back", "target")
 
 
 def classification_loss(logits: jax.Array, c: jax.Array) -> jax.Array:
@@ -170,6 +173,9 @@ class StarGAN:
     nce_layers: G's encoder features it compares (`jgen.nn.stargan.encoder_layers` names).
     nce_tau, nce_patches, nce_features: its temperature, locations per layer and head width
       (CUT's 0.07, 256, 256).
+    nce_query: the translation's features: 'way_back' (the encoder of G(fake, c_org), no extra
+      pass) or 'target' (of G(fake, c_trg): the encoder that read the source, CUT's form, one
+      more G pass).
     ema_decay, ema_warmup: EMA of G used by translate / evaluate (0: none, the paper).
   """
 
@@ -192,6 +198,7 @@ class StarGAN:
   nce_tau: float = 0.07
   nce_patches: int = 256
   nce_features: int = 256
+  nce_query: str = "way_back"
   ema_decay: float = 0.0
   ema_warmup: bool = True
 
@@ -219,6 +226,8 @@ class StarGAN:
       if not self.nce_layers or set(self.nce_layers) - set(known):
         raise ValueError(f"lambda_nce > 0 needs nce_layers, a non-empty subset of G's encoder "
                          f"features {known}; got {self.nce_layers}")
+      if self.nce_query not in NCE_QUERIES:
+        raise ValueError(f"unknown nce_query {self.nce_query!r}; choose one of {NCE_QUERIES}")
       if self.nce_tau <= 0 or self.nce_patches < 1 or self.nce_features < 1:
         raise ValueError(f"PatchNCE needs nce_tau > 0, nce_patches >= 1 and nce_features >= "
                          f"1, got {self.nce_tau}, {self.nce_patches}, {self.nce_features}")
@@ -328,7 +337,7 @@ class StarGAN:
       fake, _ = self.g_apply(g, model_state["generator"], x_real, {"attributes": c_trg},
                              train=True)
     src_fake, cls_fake = self.discriminate(params["discriminator"], fake)
-    if self.lambda_nce:
+    if self.lambda_nce and self.nce_query == "way_back":
       rec, fake_features = self.encode(g, fake, c_org)
     else:
       rec, _ = self.g_apply(g, model_state["generator"], fake, {"attributes": c_org},
@@ -341,6 +350,8 @@ class StarGAN:
     if self.lambda_nce:
       if rng is None:
         raise ValueError("the PatchNCE term draws patch locations: pass rng")
+      if self.nce_query == "target":
+        _, fake_features = self.encode(g, fake, c_trg)
       metrics["g_nce"] = patch_nce_loss(
           self.nce_head, params["nce_head"], source_features, fake_features, rng,
           num_patches=self.nce_patches, tau=self.nce_tau)
@@ -513,5 +524,5 @@ def make_method(config: Any) -> StarGAN:
       target_sampling=g.target_sampling, n_critic=g.n_critic, lambda_gp=g.lambda_gp,
       lambda_cls=g.lambda_cls, lambda_rec=g.lambda_rec, lambda_id=g.lambda_id,
       lambda_nce=g.lambda_nce, nce_layers=tuple(g.nce_layers), nce_tau=g.nce_tau,
-      nce_patches=g.nce_patches, nce_features=g.nce_features,
+      nce_patches=g.nce_patches, nce_features=g.nce_features, nce_query=g.nce_query,
       ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)

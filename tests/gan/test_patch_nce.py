@@ -154,3 +154,25 @@ def test_stargan_nce_errors():
     load_method(_nce_config(nce_layers=("stem", "block_9")))
   with pytest.raises(ValueError, match="lambda_nce"):
     load_method(_nce_config(lambda_nce=-1.0))
+
+
+def test_stargan_nce_query_target_reads_the_translation_with_the_target_domain():
+  config = _nce_config(nce_query="target")
+  method = load_method(config)
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
+  state = method.init(jax.random.key(0), {"image": x})
+  c_org, c_trg = jnp.zeros((4, 3)), jnp.ones((4, 3))
+  _, (_, m) = method.generator_loss(state.params, state.model_state, x, c_org, c_trg,
+                                    jax.random.key(4))
+  g = state.params["generator"]
+  fake, keys = method.encode(g, x, c_trg)
+  _, queries = method.encode(g, fake, c_trg)
+  want = patch_nce.patch_nce_loss(method.nce_head, state.params["nce_head"], keys, queries,
+                                  jax.random.key(4), num_patches=method.nce_patches)
+  np.testing.assert_allclose(m["g_nce"], want, rtol=1e-6)
+  _, way_back = method.encode(g, fake, c_org)
+  other = patch_nce.patch_nce_loss(method.nce_head, state.params["nce_head"], keys, way_back,
+                                   jax.random.key(4), num_patches=method.nce_patches)
+  assert abs(float(other) - float(want)) > 1e-6
+  with pytest.raises(ValueError, match="nce_query"):
+    load_method(_nce_config(nce_query="forward"))
