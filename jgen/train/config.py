@@ -259,6 +259,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.domain_source = ml_collections.FieldReference(None, field_type=str)  # domain:mnist data
   c.eval.is_splits = 10
   c.eval.pr_k = 3
+  c.eval.checkpoint_step = ml_collections.FieldReference(None, field_type=int)  # --mode=eval /
+  #                                 sample: that kept checkpoint (None: the latest)
   c.eval.kid_subsets = 100
   c.eval.kid_subset_size = 1000
   c.eval.seed = 0                 # sampling key and real-subset / KID-subset seed

@@ -26,6 +26,7 @@ from jgen.train import inputs
 from jgen.train import mesh as mesh_lib
 from jgen.train import sampling
 from jgen.train import translations
+from jgen.errors import CheckpointError
 from jgen.train.checkpoint import Checkpointer
 from jgen.train.method import (Method, PathLengths, Reconstructs, SampleFigures, Translates,
                                Truncates, load_method, sample_tag)
@@ -43,22 +44,41 @@ def _is_main() -> bool:
   return jax.process_index() == 0
 
 
-def restore_for_inference(config, workdir: str) -> tuple[Method, Any, TrainState]:
-  """(method, mesh, state) of the latest checkpoint in `workdir`, without building a fresh state."""
+def restore_for_inference(config, workdir: str, step: int | None = None
+                          ) -> tuple[Method, Any, TrainState]:
+  """(method, mesh, state) of checkpoint `step` in `workdir` (None: the latest), without
+  building a fresh state.
+
+  Raises:
+    CheckpointError: `step` is not one of the run's kept checkpoints (checked before any
+      tracing), or no checkpoint / an unreadable one.
+  """
   method = load_method(config)
   mesh = mesh_lib.make_mesh(fsdp=mesh_lib.fsdp_from_config(config))
   jdata.check_batch_size(config.data.batch_size, num_devices=mesh.size,
                          process_count=jax.process_count())  # eval batches, state shapes
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  if step is not None and step not in ckpt.all_steps():
+    steps = ckpt.all_steps()
+    ckpt.close()
+    raise CheckpointError(f"no checkpoint of step {step} in {workdir}/checkpoints; the run "
+                          f"keeps steps {steps}: set eval.checkpoint_step to one of them, or "
+                          f"leave it unset for the latest")
   batch = inputs.inference_batch(method, config, mesh)
   abstract = abstract_state(method, config, jax.random.key(config.seed), batch, mesh)
-  items = ckpt.restore(abstract.checkpoint_items())
+  items = ckpt.restore(abstract.checkpoint_items(), step=step)
   ckpt.close()
   return method, mesh, abstract.from_checkpoint_items(items)
 
 
+def _checkpoint_step(config) -> int | None:
+  """``config.eval.checkpoint_step``: the checkpoint --mode=eval / sample read (None: latest)."""
+  return config.get("eval", {}).get("checkpoint_step")
+
+
 def sample(config, workdir: str) -> dict[str, str]:
-  """Loads the latest checkpoint and writes config.sample.num samples (EMA params).
+  """Loads the latest checkpoint (or ``eval.checkpoint_step``) and writes config.sample.num
+  samples (EMA params).
 
   Writes `samples/<tag>.png` (a grid) and `samples/<tag>.npz` (uint8 images [N, H, W, C]),
   where the tag names the step and the method's sampler settings. A `Translates` method
@@ -68,7 +88,7 @@ def sample(config, workdir: str) -> dict[str, str]:
   Returns:
     Paths of the written files.
   """
-  method, mesh, state = restore_for_inference(config, workdir)
+  method, mesh, state = restore_for_inference(config, workdir, _checkpoint_step(config))
   tag = f"step{int(state.step)}_{sample_tag(method)}"
   out_dir = os.path.join(workdir, "samples")
   upscale = sampling.upscale(config)
@@ -170,9 +190,10 @@ def translation_eval(method: Translates, state: TrainState, mesh, config: Any
 
 
 def evaluate(config, workdir: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint (EMA params): the method's `evaluate` on
-  config.data.eval_split, and the sample metrics of ``config.eval`` (FID/KID/IS/P&R/D&C of EMA
-  samples, `jgen.metrics.evaluate.evaluate_config`; off unless ``config.eval.metrics`` is set).
+  """Evaluates the latest checkpoint (or ``eval.checkpoint_step``; EMA params): the method's
+  `evaluate` on config.data.eval_split, and the sample metrics of ``config.eval``
+  (FID/KID/IS/P&R/D&C of EMA samples, `jgen.metrics.evaluate.evaluate_config`; off unless
+  ``config.eval.metrics`` is set).
 
   Logs the results, writes them as ``eval/...`` scalars (sample metrics as
   ``eval/<feature net>/<metric>``) and to ``workdir/eval_step<N>.json``.
@@ -183,7 +204,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   Raises:
     ValueError: the method has no evaluate() and no sample metrics are configured.
   """
-  method, mesh, state = restore_for_inference(config, workdir)
+  method, mesh, state = restore_for_inference(config, workdir, _checkpoint_step(config))
   step = int(state.step)
   wants_samples = bool(metrics_lib.parse_metrics(config.get("eval", {}).get("metrics")))
   translates = isinstance(method, Translates)

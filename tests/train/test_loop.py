@@ -37,6 +37,15 @@ def test_train_checkpoint_sample_eval(tmp_path, smoke_config):
   result = jgen.run.main(smoke_config, workdir=workdir, mode="eval")
   assert result["step"] == 6 and np.isfinite(result["loss"])
 
+  smoke_config.eval.checkpoint_step = 3   # an earlier kept checkpoint (a FID-vs-steps curve)
+  earlier = jgen.run.main(smoke_config, workdir=workdir, mode="eval")
+  assert earlier["step"] == 3 and earlier["loss"] != result["loss"]
+  assert os.path.exists(os.path.join(workdir, "eval_step3.json"))
+  assert "step3_" in jgen.run.main(smoke_config, workdir=workdir, mode="sample")["png"]
+  smoke_config.eval.checkpoint_step = 4
+  with pytest.raises(CheckpointError, match=r"keeps steps \[3, 6\]"):
+    jgen.run.main(smoke_config, workdir=workdir, mode="eval")
+
 
 def test_kill_and_resume_is_bitwise_equal(tmp_path, smoke_config, monkeypatch):
   straight = jgen.run.main(smoke_config, workdir=str(tmp_path / "a"))
