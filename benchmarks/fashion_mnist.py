@@ -34,29 +34,24 @@ docs/results.md: `--images docs/images`).
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 from absl import app, flags
 
-from jgen.train.preemption import EXIT_PREEMPTED
+import budget_runs
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "/tmp/fmnist", "Parent of the work directories.")
 flags.DEFINE_string("data", "/usr/share/datasets/fashion-mnist", "Fashion-MNIST idx files.")
 flags.DEFINE_list("models", None, "Models to run (default: all).")
 flags.DEFINE_enum("stage", "all", ["all", "train", "eval", "table"], "What to do.")
 flags.DEFINE_list("steps", [], "model=N overrides of the training steps.")
-flags.DEFINE_bool("retrain", False, "Train again a model that results.json records as trained "
-                  "(default: skip what it records, so an interrupted table resumes; "
-                  "--stage eval always evaluates).")
+flags.DEFINE_bool("retrain", False, "Train again a model that results.json records as trained, "
+                  "from scratch (its old work directory is renamed, not resumed; default: "
+                  "skip what it records, so an interrupted table resumes; --stage eval always "
+                  "evaluates).")
 flags.DEFINE_integer("num_samples", 2000, "Samples per FID.")
 flags.DEFINE_enum("reference_split", "test", ["test", "train"], "Split of the FID statistics "
                   "(test: the 10,000 test images, the reference set of Lucic et al. 2018).")
@@ -108,8 +103,7 @@ def _num_samples(name: str) -> int:
 
 
 def _launch(name: str, mode: str) -> float:
-  """Runs launch.py; a training run still going after --budget_min gets SIGTERM (the loop then
-  finishes its step, saves it and exits with code 75), so no run trains longer than the budget."""
+  """Runs launch.py for a model (`budget_runs.launch`; training is stopped at --budget_min)."""
   config, _, cpu_extra, extra = MODELS[name]
   if FLAGS.full:
     sized = []
@@ -123,61 +117,9 @@ def _launch(name: str, mode: str) -> float:
          f"eval.reference_split={FLAGS.reference_split}", *subset] if num else []
   overrides = [f"data.source=idx:{FLAGS.data}", *sized, "train.eval_every=0",
                "train.sample_every=0", "train.log_every=10", *fid, *extra]
-  cmd = [sys.executable, str(REPO / "launch.py"), f"--config={REPO / config}",
-         f"--workdir={os.path.join(FLAGS.root, name)}", f"--mode={mode}",
-         *(f"--config.{o}" for o in overrides)]
-  print("+", " ".join(cmd), flush=True)
-  t0 = time.perf_counter()
-  proc = subprocess.Popen(cmd, cwd=REPO)
-  try:
-    budget = FLAGS.budget_min * 60 if mode == "train" and not FLAGS.full else None
-    rc = proc.wait(timeout=budget)
-  except subprocess.TimeoutExpired:
-    print(f"{name}: {FLAGS.budget_min} minutes reached: SIGTERM", flush=True)
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait()
-  if rc not in (0, EXIT_PREEMPTED):
-    raise subprocess.CalledProcessError(rc, cmd)
-  return time.perf_counter() - t0
-
-
-def _results_path() -> str:
-  return os.path.join(FLAGS.root, "results.json")
-
-
-def _load_results() -> dict:
-  path = _results_path()
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  return {}
-
-
-def _save(results: dict) -> None:
-  os.makedirs(FLAGS.root, exist_ok=True)
-  with open(_results_path() + ".tmp", "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(_results_path() + ".tmp", _results_path())
-
-
-def _latest_eval(workdir: str) -> dict:
-  files = sorted(pathlib.Path(workdir).glob("eval_step*.json"),
-                 key=lambda p: int(p.stem.removeprefix("eval_step")))
-  if not files:
-    raise FileNotFoundError(f"no eval_step*.json in {workdir}: run --stage eval first")
-  return json.loads(files[-1].read_text())
-
-
-def _checkpoint_step(workdir: str) -> int:
-  """The step of the run's latest checkpoint (orbax step directories)."""
-  steps = [int(p.name) for p in pathlib.Path(workdir, "checkpoints").iterdir() if p.name.isdigit()]
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-  return max(steps)
-
-
-def _fmt(value, digits: int = 2) -> str:
-  return "-" if value is None else f"{value:.{digits}f}"
+  budget = FLAGS.budget_min * 60 if mode == "train" and not FLAGS.full else None
+  return budget_runs.launch(config, os.path.join(FLAGS.root, name), mode, overrides,
+                            budget_s=budget)
 
 
 def table(results: dict) -> str:
@@ -193,8 +135,9 @@ def table(results: dict) -> str:
     bpd = ", ".join(f"{k} {ev[k]:.3f}" for k in BPD_KEYS.get(name, ()) if k in ev) or "-"
     train_min = r.get("train_s", 0) / 60 if "train_s" in r else None
     eval_min = r.get("eval_s", 0) / 60 if "eval_s" in r else None
-    rows.append(f"| {name} | `{MODELS[name][0]}` | {r.get('steps', '-')} | {_fmt(train_min, 1)} "
-                f"| {_fmt(fid, 1)} ({r.get('num_samples', '-')}) | {bpd} | {_fmt(eval_min, 1)} |")
+    fmt = budget_runs.fmt
+    rows.append(f"| {name} | `{MODELS[name][0]}` | {r.get('steps', '-')} | {fmt(train_min, 1)} "
+                f"| {fmt(fid, 1)} ({r.get('num_samples', '-')}) | {bpd} | {fmt(eval_min, 1)} |")
   return "\n".join(rows)
 
 
@@ -207,25 +150,28 @@ def main(argv):
   if FLAGS.stage != "table" and not os.path.isdir(FLAGS.data):
     raise app.UsageError(f"no Fashion-MNIST at {FLAGS.data}: `apt install dataset-fashion-mnist` "
                          "(Debian) or pass --data DIR with the four idx .gz files")
-  results = _load_results()
+  results = budget_runs.Results(os.path.join(FLAGS.root, "results.json"))
   for name in names:
-    r = results.setdefault(name, {})
+    r = results.record(name)
+    workdir = os.path.join(FLAGS.root, name)
     trained = False
     if FLAGS.stage in ("all", "train") and ("train_s" not in r or FLAGS.retrain):
+      if FLAGS.retrain:
+        budget_runs.set_aside(workdir)  # else launch.py would resume its last checkpoint
       r["train_s"] = _launch(name, "train")
-      r["steps"] = _checkpoint_step(os.path.join(FLAGS.root, name))
-      _save(results)
+      r["steps"] = budget_runs.checkpoint_steps(workdir)[-1]
+      results.save()
       trained = True
     if FLAGS.stage == "eval" or (FLAGS.stage == "all" and ("eval" not in r or trained)):
       r["eval_s"] = _launch(name, "eval")
       _launch(name, "sample")  # the grid of the evaluated checkpoint (a stopped run wrote none)
-      r["eval"] = _latest_eval(os.path.join(FLAGS.root, name))
+      r["eval"] = budget_runs.eval_record(workdir)
       r["num_samples"], r["num_reference"] = _num_samples(name), FLAGS.num_reference
-      _save(results)
+      results.save()
   print(f"\nFashion-MNIST, FID of {FLAGS.num_samples} EMA samples vs the "
         f"{FLAGS.num_reference or 'all'} {FLAGS.reference_split} images (FID Inception; "
         "PixelCNN: none on CPU)\n")
-  print(table(results))
+  print(table(results.data))
   if FLAGS.images:
     os.makedirs(FLAGS.images, exist_ok=True)
     for name in names:
