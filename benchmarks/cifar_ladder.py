@@ -1,0 +1,261 @@
+"""CIFAR-10 at the scale of this machine: DDPM, StyleGAN2-ADA, a VQ-GAN first stage with latent
+diffusion on it, and flow matching, each trained for a wall-time budget and scored with the FID
+Inception against the training images' statistics.
+
+  python benchmarks/cifar_ladder.py --root /tmp/cifar_ladder                # all, 45 min each
+  python benchmarks/cifar_ladder.py --root /tmp/cifar_ladder --models ddpm,flow_matching
+  python benchmarks/cifar_ladder.py --root /tmp/cifar_ladder --stage table --plot docs/images
+  python benchmarks/cifar_ladder.py --root /tmp/ladder_smoke --smoke       # plumbing, minutes
+
+Data: `../shared/data/cifar10-jpeg.zip` (`--data`; a JPEG copy of CIFAR-10's 50,000 / 10,000
+images, so figures are close to, not equal to, those on the PNG originals), read as
+`folder:<zip>` with x-flips.
+
+Each model is its CIFAR config (`experiments/ddpm/cifar.py`, `gan/stylegan2_cifar.py`,
+`first_stage/vqgan_cifar.py`, `ldm/cifar.py` on the VQ-GAN run, `ddpm/flow_matching_cifar.py`)
+with the CPU sizes of `MODELS` (the papers' networks take GPU days): a constant learning rate
+after warm-up, so that the budget (`--budget_min`, SIGTERM: the loop saves the step it is at)
+may stop a run anywhere, and a checkpoint every `curve_every` steps, all kept. Then:
+
+* the curve: `--mode=eval` of up to `--curve_points` kept checkpoints (`eval.checkpoint_step`),
+  FID of `--curve_samples` EMA samples each (FID of fewer samples is biased upward: the curve
+  shows the trend, the table gives FID-10k);
+* the table: FID of `--num_samples` (10,000) EMA samples of the last checkpoint, precision and
+  recall (k = 3, against as many training features), each against the statistics of all
+  50,000 training images (computed once and cached, `jgen.metrics.fid.reference_stats`), and
+  the VQ-GAN's reconstruction of the 10,000 test images (rFID, PSNR, LPIPS-AlexNet);
+* `--plot DIR`: `DIR/cifar_ladder_fid.png` (FID against training steps, one line per model)
+  and each model's newest sample grid as `DIR/cifar_<model>.png`.
+
+Results go to `ROOT/results.json` (an interrupted ladder resumes; `--retrain` starts a model
+again in a fresh work directory). The published figures beside each row are the papers' at full
+scale, with the compute they took (`PUBLISHED`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+
+from absl import app, flags
+
+import budget_runs
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", "/tmp/cifar_ladder", "Parent of the work directories.")
+flags.DEFINE_string("data", str(budget_runs.REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"),
+                    "CIFAR-10: a .zip or folder with train/<class>/ and test/<class>/ images.")
+flags.DEFINE_list("models", None, "Models to run, in order (default: all; ldm needs vqgan).")
+flags.DEFINE_enum("stage", "all", ["all", "train", "eval", "table"], "What to do.")
+flags.DEFINE_bool("retrain", False, "Train a model again, from scratch (its old work directory "
+                  "is renamed, not resumed).")
+flags.DEFINE_float("budget_min", 45.0, "Training wall-time budget per model, in minutes.")
+flags.DEFINE_integer("num_samples", 10000, "Samples of the final FID (and its P&R).")
+flags.DEFINE_integer("curve_points", 4, "Kept checkpoints scored for the FID curve.")
+flags.DEFINE_integer("curve_samples", 2000, "Samples per FID of the curve.")
+flags.DEFINE_string("plot", None, "If set, write the FID curve and the sample grids there.")
+flags.DEFINE_bool("smoke", False, "The configs' :smoke variants, 1-minute budgets and 64 "
+                  "samples against 64 training images: checks the plumbing, not the models.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """One rung: its config, the CPU overrides, what --mode=eval scores and how it samples."""
+  config: str
+  cpu: tuple[str, ...]
+  curve_every: int
+  metrics: str = "fid,pr"
+  sample: tuple[str, ...] = ()
+  needs: str | None = None    # a model whose work directory init_from reads
+
+
+# One U-Net for the two pixel-space objectives, so that they compare: 64 channels at 32x32,
+# (1, 2, 2) multipliers (32 -> 16 -> 8), one residual block per level, attention at 16x16
+# (the papers' is 128 channels, (1, 2, 2, 2), two blocks: 35.7M parameters).
+_UNET = ("model.ch=64", "model.ch_mult=(1,2,2)", "model.num_res_blocks=1",
+         "model.attn_resolutions=(16,)", "model.num_groups=32", "data.batch_size=64",
+         "optim.warmup_steps=200", "train.ema_decay=0.999", "train.ema_warmup=True")
+
+MODELS: dict[str, Model] = {
+    "ddpm": Model("experiments/ddpm/cifar.py", _UNET, curve_every=250,
+                  sample=("sample.sampler=ddim", "sample.steps=100")),
+    "stylegan2": Model(
+        "experiments/gan/stylegan2_cifar.py",
+        ("model.features=(128,128,128,128)", "model.z_dim=128", "model.w_dim=128",
+         "model.mbstd_group=4",
+         # G's EMA half-life of 10k images (the paper's 500k is 7,800 of these steps) and ADA's
+         # p adjusted 0 -> 1 over 100k images (500k in the paper) for a run of about 100k.
+         f"train.ema_decay={0.5 ** (64 / 10_000)}", "gan.ada_kimg=100.0"),
+        curve_every=250),
+    "vqgan": Model(
+        "experiments/first_stage/vqgan_cifar.py",
+        ("model.ch=64", "model.num_res_blocks=1", "data.batch_size=32",
+         "optim.schedule=constant", "loss.disc_start=1000"),
+        curve_every=500, metrics="rfid,lpips"),
+    "ldm": Model(
+        "experiments/ldm/cifar.py",
+        ("model.ch=64", "model.num_res_blocks=1", "data.batch_size=64",
+         "train.ema_decay=0.999", "train.ema_warmup=True"),
+        curve_every=250, needs="vqgan"),
+    "flow_matching": Model("experiments/ddpm/flow_matching_cifar.py", _UNET, curve_every=250),
+}
+
+# The papers' CIFAR-10 figures at full scale and what they took (for the table's last column).
+PUBLISHED = {
+    "ddpm": "FID 3.17 (Ho et al. 2020, 50k samples vs train; 35.7M U-Net, 800k steps at batch "
+            "128, 10.6 h on a TPU v3-8)",
+    "stylegan2": "FID 2.92 (Karras et al. 2020, ADA, class-conditional; 100M images)",
+    "vqgan": "no CIFAR-10 first stage published (LDM's vq-f4 is trained on OpenImages)",
+    "ldm": "no CIFAR-10 model in the LDM paper",
+    "flow_matching": "FID 6.35 (Lipman et al. 2023, OT path, dopri5 at 142 NFE; ADM U-Net)",
+}
+
+
+def _workdir(name: str) -> str:
+  return os.path.join(FLAGS.root, name)
+
+
+def _overrides(name: str, mode: str, *, step: int | None = None,
+               num: int | None = None) -> list[str]:
+  m = MODELS[name]
+  out = [f"data.source=folder:{FLAGS.data}", *m.cpu, *m.sample, "train.num_steps=1000000",
+         f"train.checkpoint_every={m.curve_every}", "train.keep_checkpoints=1000",
+         "train.log_every=50", "train.eval_every=0", "train.sample_every=0"]
+  if FLAGS.smoke:
+    out = [*m.sample, "train.num_steps=6", "train.checkpoint_every=2",
+           "train.keep_checkpoints=1000", "train.sample_every=0", "train.eval_every=0"]
+  if m.needs:
+    out.append(f"init_from.workdir={_workdir(m.needs)}")
+  if mode == "eval":
+    n = num or FLAGS.num_samples
+    out += [f"eval.metrics={m.metrics}", "eval.features=inception",
+            f"eval.num_samples={n}", "eval.reference_split=train"]
+    if "pr" in m.metrics:
+      out.append(f"eval.num_reference_features={n}")
+    if FLAGS.smoke:
+      out.append("eval.reference_max_images=64")
+  if step is not None:
+    out.append(f"eval.checkpoint_step={step}")
+  return out
+
+
+def _config(name: str) -> str:
+  return MODELS[name].config + (":smoke" if FLAGS.smoke else "")
+
+
+def _curve_steps(steps: list[int], points: int) -> list[int]:
+  """Up to `points` of the kept steps, evenly spread, the last always included."""
+  if len(steps) <= points:
+    return steps
+  idx = [round(i * (len(steps) - 1) / (points - 1)) for i in range(points)]
+  return sorted({steps[i] for i in idx})
+
+
+def _sample_scores(record: dict) -> dict:
+  return record.get("sample_metrics", {}) or {}
+
+
+def train_and_eval(name: str, results: budget_runs.Results) -> None:
+  r = results.record(name)
+  workdir = _workdir(name)
+  budget = (1.0 if FLAGS.smoke else FLAGS.budget_min) * 60
+  if FLAGS.stage in ("all", "train") and ("train_s" not in r or FLAGS.retrain):
+    if FLAGS.retrain:
+      budget_runs.set_aside(workdir)
+    r.clear()
+    r["train_s"] = budget_runs.launch(_config(name), workdir, "train", _overrides(name, "train"),
+                                      budget_s=budget)
+    r["steps"] = budget_runs.checkpoint_steps(workdir)[-1]
+    results.save()
+  if FLAGS.stage not in ("all", "eval") or "train_s" not in r:
+    return
+  steps = budget_runs.checkpoint_steps(workdir)
+  curve = r.setdefault("curve", {})
+  for step in _curve_steps(steps, FLAGS.curve_points)[:-1]:
+    if str(step) in curve:
+      continue
+    num = 64 if FLAGS.smoke else FLAGS.curve_samples
+    budget_runs.launch(_config(name), workdir, "eval",
+                       _overrides(name, "eval", step=step, num=num))
+    curve[str(step)] = _sample_scores(budget_runs.eval_record(workdir, step))
+    results.save()
+  if "eval" not in r:
+    num = 64 if FLAGS.smoke else FLAGS.num_samples
+    r["eval_s"] = budget_runs.launch(_config(name), workdir, "eval",
+                                     _overrides(name, "eval", num=num))
+    r["eval"] = budget_runs.eval_record(workdir, steps[-1])
+    r["num_samples"] = num
+    curve[str(steps[-1])] = _sample_scores(r["eval"])
+    budget_runs.launch(_config(name), workdir, "sample", _overrides(name, "sample"))
+    results.save()
+
+
+def table(data: dict) -> str:
+  rows = ["| model | steps | train wall (min) | FID (samples) | precision | recall "
+          "| reconstruction (test) | eval wall (min) | published, full scale |",
+          "|---|---|---|---|---|---|---|---|---|"]
+  fmt = budget_runs.fmt
+  for name in MODELS:
+    r = data.get(name)
+    if not r or "eval" not in r:
+      continue
+    ev = r["eval"]
+    s = _sample_scores(ev)
+    rec = ", ".join(f"{k} {ev[k]:.3f}" for k in ("rfid", "psnr", "lpips") if k in ev) or "-"
+    rows.append(f"| {name} | {r['steps']} | {fmt(r['train_s'] / 60, 1)} "
+                f"| {fmt(s.get('fid'), 1)} ({r.get('num_samples', '-')}) "
+                f"| {fmt(s.get('precision'), 3)} | {fmt(s.get('recall'), 3)} | {rec} "
+                f"| {fmt(r.get('eval_s', 0) / 60, 1)} | {PUBLISHED[name]} |")
+  return "\n".join(rows)
+
+
+def plot(data: dict, out_dir: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  os.makedirs(out_dir, exist_ok=True)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, r in data.items():
+    points = sorted((int(k), v["fid"]) for k, v in r.get("curve", {}).items() if "fid" in v)
+    if points:
+      ax.plot(*zip(*points), marker="o", label=name)
+  ax.set_xlabel("training steps")
+  ax.set_ylabel("FID (train statistics)")
+  ax.set_yscale("log")
+  ax.set_title(f"CIFAR-10 on 2 CPU cores, {FLAGS.budget_min:g} min per model")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "cifar_ladder_fid.png"), dpi=100)
+  for name in data:
+    grids = sorted(pathlib.Path(_workdir(name), "samples").glob("step*.png"),
+                   key=os.path.getmtime)
+    if grids:
+      shutil.copyfile(grids[-1], os.path.join(out_dir, f"cifar_{name}.png"))
+
+
+def main(argv):
+  del argv
+  names = FLAGS.models or list(MODELS)
+  unknown = sorted(set(names) - set(MODELS))
+  if unknown:
+    raise app.UsageError(f"unknown --models {unknown}; choose from {sorted(MODELS)}")
+  if FLAGS.stage != "table" and not FLAGS.smoke and not os.path.exists(FLAGS.data):
+    raise app.UsageError(f"no CIFAR-10 at {FLAGS.data}: pass --data (a .zip or folder with "
+                         "train/<class>/ and test/<class>/ images)")
+  results = budget_runs.Results(os.path.join(FLAGS.root, "results.json"))
+  for name in names:
+    needs = MODELS[name].needs
+    if needs and FLAGS.stage != "table" and not os.path.isdir(_workdir(needs)):
+      raise app.UsageError(f"{name} trains on the {needs} run: run --models {needs} first")
+    train_and_eval(name, results)
+  print(f"\nCIFAR-10, {FLAGS.budget_min:g} minutes of 2 CPU cores per model; FID against the "
+        "50,000 training images (FID Inception)\n")
+  print(table(results.data))
+  if FLAGS.plot:
+    plot(results.data, FLAGS.plot)
+
+
+if __name__ == "__main__":
+  app.run(main)
