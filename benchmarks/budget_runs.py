@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +101,27 @@ class Results:
     with open(self.path + ".tmp", "w") as f:
       json.dump(self.data, f, indent=1)
     os.replace(self.path + ".tmp", self.path)
+
+
+def selected(models: Sequence[str] | None, known: Sequence[str]) -> list[str]:
+  """The --models a table runs (all `known` when None), in the order given.
+
+  Raises:
+    ValueError: a name that is not in `known`.
+  """
+  names = list(models or known)
+  unknown = sorted(set(names) - set(known))
+  if unknown:
+    raise ValueError(f"unknown --models {unknown}; choose from {sorted(known)}")
+  return names
+
+
+def copy_newest_grid(workdir: str, dest: str) -> bool:
+  """Copies the run's newest `samples/step*.png` to `dest`; False when it has none."""
+  grids = sorted(pathlib.Path(workdir, "samples").glob("step*.png"), key=os.path.getmtime)
+  if grids:
+    shutil.copyfile(grids[-1], dest)
+  return bool(grids)
 
 
 def fmt(value, digits: int = 2) -> str:

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
-import shutil
 
 from absl import app, flags
 
@@ -231,18 +229,15 @@ def plot(data: dict, out_dir: str) -> None:
   fig.tight_layout()
   fig.savefig(os.path.join(out_dir, "cifar_ladder_fid.png"), dpi=100)
   for name in data:
-    grids = sorted(pathlib.Path(_workdir(name), "samples").glob("step*.png"),
-                   key=os.path.getmtime)
-    if grids:
-      shutil.copyfile(grids[-1], os.path.join(out_dir, f"cifar_{name}.png"))
+    budget_runs.copy_newest_grid(_workdir(name), os.path.join(out_dir, f"cifar_{name}.png"))
 
 
 def main(argv):
   del argv
-  names = FLAGS.models or list(MODELS)
-  unknown = sorted(set(names) - set(MODELS))
-  if unknown:
-    raise app.UsageError(f"unknown --models {unknown}; choose from {sorted(MODELS)}")
+  try:
+    names = budget_runs.selected(FLAGS.models, list(MODELS))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   if FLAGS.stage != "table" and not (budget_runs.REPO / FLAGS.data).exists():
     raise app.UsageError(f"no CIFAR-10 at {FLAGS.data}: pass --data (a .zip or folder with "
                          "train/<class>/ and test/<class>/ images)")

@@ -35,8 +35,6 @@ docs/results.md: `--images docs/images`).
 from __future__ import annotations
 
 import os
-import pathlib
-import shutil
 
 from absl import app, flags
 
@@ -143,10 +141,10 @@ def table(results: dict) -> str:
 
 def main(argv):
   del argv
-  names = FLAGS.models or list(MODELS)
-  unknown = sorted(set(names) - set(MODELS))
-  if unknown:
-    raise app.UsageError(f"unknown --models {unknown}; choose from {sorted(MODELS)}")
+  try:
+    names = budget_runs.selected(FLAGS.models, list(MODELS))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   if FLAGS.stage != "table" and not os.path.isdir(FLAGS.data):
     raise app.UsageError(f"no Fashion-MNIST at {FLAGS.data}: `apt install dataset-fashion-mnist` "
                          "(Debian) or pass --data DIR with the four idx .gz files")
@@ -175,10 +173,8 @@ def main(argv):
   if FLAGS.images:
     os.makedirs(FLAGS.images, exist_ok=True)
     for name in names:
-      grids = sorted(pathlib.Path(FLAGS.root, name, "samples").glob("step*.png"),
-                     key=os.path.getmtime)
-      if grids:
-        shutil.copyfile(grids[-1], os.path.join(FLAGS.images, f"fashion_mnist_{name}.png"))
+      budget_runs.copy_newest_grid(os.path.join(FLAGS.root, name),
+                                   os.path.join(FLAGS.images, f"fashion_mnist_{name}.png"))
 
 
 if __name__ == "__main__":
