@@ -16,8 +16,11 @@ with Adam 1e-2 for 400 steps of the 4 subject images, the gate at beta 0.75, tau
 paper's training values); sampling uses beta 0.7, tau 0.15 (``perfusion.bias``,
 ``perfusion.temperature``). `:word=zwx,digit=3` trains a second concept on the first four
 MNIST 3s. `:noedit` trains the token row alone with the U-Net untouched
-(textual inversion of the same model, the comparison). `:smoke` is seconds (four bundled 7s,
-no ../shared).
+(textual inversion of the same model, the comparison). `:canvas` trains on the two-digit
+base (`experiments/ldm/text_canvas_digits.py`, its run as ``init_from.base``): the subject
+images side by side, captioned "a sks and a sks", ...; two such concepts combine in "a sks and
+a zwx" (`python -m jgen.cli.perfusion combine`, each scored in its half). `:smoke` is seconds
+(four bundled 7s, no ../shared).
 """
 
 import ml_collections
@@ -26,14 +29,15 @@ from jgen.diffusion.perfusion import PERFUSION_RULES
 from jgen.train.config import experiment_module, parse_arg
 
 _text = experiment_module("../ldm/text_digits", beside=__file__)
+_canvas = experiment_module("../ldm/text_canvas_digits", beside=__file__)
 _base = experiment_module("base", beside=__file__)
 
-ARGS = dict(smoke=False, noedit=False, word="sks", digit=7)
+ARGS = dict(smoke=False, noedit=False, canvas=False, word="sks", digit=7)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, **ARGS)
-  c = _text.get_config("smoke" if a.smoke else None)
+  c = (_canvas if a.canvas else _text).get_config("smoke" if a.smoke else None)
   c.method = "diffusion.perfusion"
   if not a.smoke:
     c.data.source = _base.MNIST_TEST

@@ -6,6 +6,8 @@ prompts with one or several concept files, and score subject fidelity against dr
       --concept /tmp/zwx.safetensors --prompt "a handwritten sks" --prompt "zwx" \
       --bias 0.7 --temperature 0.15 --out /tmp/grid.png
   python -m jgen.cli.perfusion score --run /tmp/perf_7 --concept sks=/tmp/sks.safetensors
+  python -m jgen.cli.perfusion combine --run /tmp/perf_7 --run /tmp/perf_3
+  python -m jgen.cli.perfusion combine --run /tmp/perf_c7 --run /tmp/perf_c3  # on a canvas
 
 ``--run`` is any Perfusion run of the base (its U-Net, text encoder, first stage and C^-1 are
 the base's; its own concept is used only through the file ``export`` writes).
@@ -34,7 +36,7 @@ from jgen.xla import set_cpu_xla_flags
 
 log = logging.getLogger("jgen")
 
-__all__ = ["combine", "export", "main", "sample", "score"]
+__all__ = ["canvas_combine", "combine", "export", "main", "sample", "score"]
 
 
 def _restore(workdir: str):
@@ -68,9 +70,21 @@ def sample(workdir: str, concept_files: Sequence[str], prompts: Sequence[str], *
                                          jax.random.key(seed), g=gate))
 
 
+def _canvas(config) -> int:
+  return max(1, int(config.data.get("canvas", 0) or 0))
+
+
+def _slots(images: np.ndarray, count: int) -> list[np.ndarray]:
+  """The `count` digits of canvases [N, H, count W, C], left to right, each [N, H, W, C]."""
+  return np.split(np.asarray(images), count, axis=2)
+
+
 def _subject_features(net, config) -> np.ndarray:
+  """Features of the run's subject images (on a canvas: the left slots, which at epoch 0 hold
+  the selected images in order)."""
   source = inputs.load_data(config, split=config.data.split)
-  return net(np.stack([np.asarray(source[i]["image"]) for i in range(len(source))]))["features"]
+  images = np.stack([np.asarray(source[i]["image"]) for i in range(len(source))])
+  return net(_slots(images, _canvas(config))[0])["features"]
 
 
 def score(workdir: str, concepts: dict[str, str], *, num: int = 100, per_other: int = 20,
@@ -150,6 +164,56 @@ def combine(workdirs: Sequence[str], *, num: int = 100, gate: perf.Gate, seed: i
   return rows
 
 
+def _named(word: str) -> str:
+  return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def canvas_combine(workdirs: Sequence[str], *, num: int = 100, gate: perf.Gate, seed: int = 0
+                   ) -> list[dict[str, Any]]:
+  """Two concepts of the canvas base in one image: "a sks and a zwx" with both files loaded,
+  each slot scored against the subject of the concept named there (fidelity, and the share
+  judged its superordinate digit); beside it the base's "a seven and a three" (where the
+  subjects' classes stand without concepts) and each concept alone beside the other's class.
+
+  Raises:
+    ConfigError: not two runs, or runs that are not on a canvas of two digits.
+  """
+  if len(workdirs) != 2:
+    raise errors.ConfigError(f"combine on a canvas takes two Perfusion runs, got "
+                             f"{len(workdirs)}")
+  net = domain.load_feature_net("digits")
+  runs = [_restore(w) for w in workdirs]
+  if any(_canvas(c) != 2 for c, _, _ in runs):
+    raise errors.ConfigError("canvas_combine scores two-digit canvases: train both concepts "
+                             "with perfusion_digits.py:canvas on a text_canvas_digits base")
+  concepts = [m.concept(s.ema_params, s.frozen) for _, m, s in runs]
+  classes = [m.subject_class for _, m, _ in runs]
+  subjects = {k: _subject_features(net, c) for k, (c, _, _) in zip(classes, runs)}
+  _, method, state = runs[0]
+  c_inv = state.frozen[perf.PERFUSION]["c_inv"]
+  digit = [text_lib.DIGIT_WORDS[k] for k in classes]
+  word = [c.word for c in concepts]
+  plans = [((digit[0], digit[1]), []), ((digit[1], digit[0]), []),
+           ((word[0], digit[1]), [concepts[0]]), ((digit[0], word[1]), [concepts[1]]),
+           ((word[0], word[1]), concepts), ((word[1], word[0]), concepts)]
+  slot_class = {**dict(zip(digit, classes)), **dict(zip(word, classes))}
+  rows = []
+  for i, (names, loaded) in enumerate(plans):
+    prompt = " and ".join(_named(n) for n in names)
+    images = np.asarray(perf.sample_concepts(method.ldm, state, loaded, c_inv, [prompt] * num,
+                                             jax.random.key(seed + i), g=gate))
+    row: dict[str, Any] = {"prompt": prompt,
+                           "loaded": "+".join(c.word for c in loaded) or "none"}
+    for side, (name, half) in zip(("left", "right"), zip(names, _slots(images, 2))):
+      k = slot_class[name]
+      out = net(half)
+      row[side] = {"fidelity": mean_pairwise_cosine(out["features"], subjects[k]),
+                   "judged": float(np.mean(out["logits"].argmax(-1) == k))}
+    log.info("canvas combine: %s", row)
+    rows.append(row)
+  return rows
+
+
 def format_rows(rows: list[dict[str, Any]], k: int) -> str:
   def f(v, fmt):
     return "—" if v is None else format(v, fmt)
@@ -194,6 +258,15 @@ def main(argv: Sequence[str] | None = None) -> Any:
   logging.basicConfig(level=logging.INFO)
   if args.command == "export":
     return export(args.run, args.out)
+  if args.command == "combine" and _canvas(run_record.latest_config(args.run[0])) > 1:
+    rows = canvas_combine(args.run, num=args.num, gate=perf.Gate(0.7, 0.15))
+    print("| prompt | concept files | left: fidelity to its subject | left: judged its digit "
+          "| right: fidelity to its subject | right: judged its digit |\n|---|---|---|---|---|---|")
+    for r in rows:
+      print(f"| {r['prompt']} | {r['loaded']} | {r['left']['fidelity']:.3f} | "
+            f"{r['left']['judged']:.2f} | {r['right']['fidelity']:.3f} | "
+            f"{r['right']['judged']:.2f} |")
+    return rows
   if args.command == "combine":
     rows = combine(args.run, num=args.num, gate=perf.Gate(0.7, 0.15))
     print("| concept | files loaded | fidelity to its subject | to the other subject | judged "

@@ -80,7 +80,7 @@ from jgen.train.method import load_method
 from jgen.train.state import TrainState
 
 __all__ = ["CONDITIONINGS", "FROZEN", "TEXT_FROZEN", "LatentDiffusion", "TextLatentDiffusion",
-           "load_first_stage", "latent_train_step", "load_frozen_first_stage",
+           "image_width", "load_first_stage", "latent_train_step", "load_frozen_first_stage",
            "make_method", "measure_scale_factor", "text_method_on_base"]
 
 log = logging.getLogger(__name__)
@@ -435,6 +435,12 @@ def load_first_stage(workdir: str) -> tuple[FirstStage, Any]:
   return method, config
 
 
+def image_width(config: Any) -> int:
+  """The images' width: ``data.image_size``, times ``data.canvas`` for a canvas of digits side
+  by side (`jgen.data.canvas`)."""
+  return int(config.data.image_size) * max(1, int(config.data.get("canvas", 0) or 0))
+
+
 def load_frozen_first_stage(config: Any, method: str, example: str
                             ) -> tuple[FirstStage, PyTree, tuple[int, int, int], str]:
   """`(first_stage, ae_params, latent_shape, workdir)` of the config's first-stage load
@@ -461,13 +467,14 @@ def load_frozen_first_stage(config: Any, method: str, example: str
                      "take its 'autoencoder' parameters; set "
                      "--config.init_from.subtree=autoencoder")
   size, channels = config.data.image_size, config.data.channels
+  width = image_width(config)
   if (size, channels) != (fs_config.data.image_size, fs_config.data.channels):
     raise ValueError(
         f"data.image_size/channels = {size}/{channels}, but the first stage {spec.workdir} "
         f"was trained on {fs_config.data.image_size}/{fs_config.data.channels}: set them to "
         "match")
   ae_params, step = init_from_lib.load(spec)
-  image = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+  image = jax.ShapeDtypeStruct((1, size, width, channels), jnp.float32)  # a canvas: wider
   abstract = jax.eval_shape(
       lambda r, x: init_from_lib.subtree(first_stage.init(r, {"image": x}).params,
                                          "autoencoder", "the first stage's parameters"),
@@ -512,7 +519,7 @@ def make_method(config: Any, make_diffusion: Callable[..., ddpm_lib.DDPM] = ddpm
                              context_dim=int(lc.context_dim),
                              cross_attn_heads=int(lc.cross_attn_heads))
   factor = 2 ** (len(unet.ch_mult) - 1)
-  if latent_shape[0] % factor:
+  if latent_shape[0] % factor or latent_shape[1] % factor:
     raise ValueError(f"the latents are {latent_shape[0]}x{latent_shape[1]}, not divisible by "
                      f"2**(len(model.ch_mult)-1)={factor}: shorten model.ch_mult")
   base = make_diffusion(config, image_shape=latent_shape)  # every DDPM setting, once
@@ -525,7 +532,7 @@ def make_method(config: Any, make_diffusion: Callable[..., ddpm_lib.DDPM] = ddpm
   log.info("latent diffusion: scale factor %s, %s conditioning",
            "measured at init" if scale is None else f"fixed {scale}", conditioning)
   common = dict(first_stage=first_stage, ae_params=ae_params,
-                image_shape=(size, size, channels),
+                image_shape=(size, image_width(config), channels),
                 scale_factor=None if scale is None else float(scale),
                 quantize_samples=bool(lc.quantize_samples),
                 first_stage_workdir=workdir)
@@ -543,18 +550,26 @@ def _make_text_method(config: Any, base: ddpm_lib.ConditionalDDPM, unet: UNet,
   caption and prompt is tokenized (and checked) here, before any compile."""
   tc = config.ldm.text
   num_classes = int(config.model.num_classes)
-  if num_classes > len(text_lib.DIGIT_WORDS):
-    raise ValueError(f"model.num_classes={num_classes}: the text captions name digits 0..9 "
-                     "(ldm.conditioning='text' is for 10-class digit data)")
-  tokenizer = text_lib.WordTokenizer(max_len=int(tc.max_len))
   templates = tuple(tc.templates)
   if not templates:
     raise ValueError("ldm.text.templates is empty: give at least one caption template")
-  texts = [text_lib.caption(t, k) for k in range(num_classes) for t in templates]
+  slots = text_lib.template_slots(templates)
+  canvas = image_width(config) // int(config.data.image_size)
+  if slots != canvas:
+    raise ValueError(f"ldm.text.templates name {slots} digit(s) per caption but data.canvas="
+                     f"{canvas}: use text.PAIR_TEMPLATES-like templates ({{word0}}, {{word1}}) "
+                     "for a canvas of two digits, text.TEMPLATES for one")
+  if num_classes > 10 ** slots:
+    raise ValueError(f"model.num_classes={num_classes}: the text captions name digits 0..9 "
+                     f"({10 ** slots} labels for {slots} digit(s); ldm.conditioning='text' is "
+                     "for 10-class digit data)")
+  tokenizer = text_lib.WordTokenizer(max_len=int(tc.max_len))
+  texts = [text_lib.caption(t, k, slots) for k in range(num_classes) for t in templates]
   tokenizer.check(texts, what="caption (ldm.text.templates)")
   captions = tokenizer.encode(texts + [""])  # [K T + 1, L]: row K T is the empty prompt
   given = text_lib.parse_prompts(config.sample.prompts)
-  prompts = given or tuple(text_lib.default_prompt(k) for k in range(num_classes))
+  prompts = given or tuple(text_lib.caption(templates[0], k, slots) if slots > 1
+                           else text_lib.default_prompt(k) for k in range(num_classes))
   tokenizer.check(prompts, what="--config.sample.prompts entry")
   encoder = text_lib.TransformerTextEncoder(text_lib.TextTransformer(
       vocab_size=tokenizer.vocab_size, max_len=tokenizer.max_len,

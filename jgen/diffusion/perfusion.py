@@ -554,13 +554,15 @@ def make_method(config: Any) -> Perfusion:
                              cond_drop_prob=0.0)
   pc = config.perfusion
   word, k = str(pc.word), int(pc.subject_class)
-  if not 0 <= k < text.num_caption_classes:
-    raise errors.ConfigError(f"perfusion.subject_class={k} must be a digit of the base, 0..."
-                             f"{text.num_caption_classes - 1}")
-  tokenizer, encoder = extend_text(text, [word])
   templates = tuple(config.ldm.text.templates)
-  concept = [t.format(word=word, digit=word, a="a") for t in templates]
-  classes = [text_lib.caption(t, k) for t in templates]
+  slots = text_lib.template_slots(templates)   # 2 on a canvas: the subject beside itself
+  digits = min(text.num_caption_classes, len(text_lib.DIGIT_WORDS))
+  if not 0 <= k < digits:
+    raise errors.ConfigError(f"perfusion.subject_class={k} must be a digit of the base, 0..."
+                             f"{digits - 1}")
+  tokenizer, encoder = extend_text(text, [word])
+  concept = [text_lib.caption(t, 0, slots, word=word) for t in templates]
+  classes = [text_lib.caption(t, int(str(k) * slots), slots) for t in templates]
   prompts = text_lib.parse_prompts(pc.prompts) or (concept[0],)
   tokenizer.check(prompts, what="perfusion.prompts entry")
   concept_tokens = tokenizer.encode(concept)
@@ -568,7 +570,7 @@ def make_method(config: Any) -> Perfusion:
   if not np.array_equal(concept_tokens == tokenizer.vocab_size - 1,
                         np.isin(class_tokens, [tokenizer.vocab.index(str(k)),
                                                tokenizer.vocab.index(text_lib.DIGIT_WORDS[k])])):
-    raise errors.ConfigError("every caption template must name the digit once ({word} or "
+    raise errors.ConfigError("every caption template must name each digit once ({word} or "
                              f"{{digit}}), so [V] takes its place: {templates}")
   base = config.init_from.base
   return Perfusion(ldm=text, word=word, subject_class=k, tokenizer=tokenizer, encoder=encoder,

@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import string
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,9 +60,9 @@ from jgen.nn.transformer import Block, _attend
 Array = jax.Array
 PyTree = Any
 
-__all__ = ["DIGIT_WORDS", "SPECIAL_TOKENS", "TEMPLATES", "VOCAB", "TextEncoder",
+__all__ = ["DIGIT_WORDS", "PAIR_TEMPLATES", "SPECIAL_TOKENS", "TEMPLATES", "VOCAB", "TextEncoder",
            "TextTransformer", "TransformerTextEncoder", "WordTokenizer", "caption",
-           "default_prompt", "parse_prompts"]
+           "default_prompt", "parse_prompts", "template_slots"]
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0, 1, 2, 3
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -78,24 +79,68 @@ VOCAB = SPECIAL_TOKENS + tuple(str(d) for d in range(10)) + DIGIT_WORDS + _CAPTI
 # article ("an eight"). The first is the default prompt of a label.
 TEMPLATES = ("a handwritten {word}", "the digit {digit}", "{digit}", "{word}",
              "a picture of {a} {word}")
+# Templates of a canvas of two digits side by side (`jgen.data.canvas`, label 10 k0 + k1):
+# {word0}, {digit0}, {a0} name the left digit, {word1}, {digit1}, {a1} the right one.
+PAIR_TEMPLATES = ("{a0} {word0} and {a1} {word1}", "{digit0} and {digit1}",
+                  "{digit0} {digit1}", "{word0} {word1}",
+                  "a handwritten {word0} and {a1} {word1}")
 
 _WORD_RE = re.compile(r"[a-z]+|[0-9]|\S")
+_SLOT_FIELDS = ("word", "digit", "a")
 
 
-def caption(template: str, label: int) -> str:
-  """The caption of digit `label` (0..9) in `template` (`TEMPLATES`' placeholders).
+def template_slots(templates: Sequence[str]) -> int:
+  """How many digits the templates name: 1 ({word}, {digit}, {a}) or n ({word0} .. {a<n-1>}).
 
   Raises:
-    ValueError: a label outside 0..9 or a placeholder other than {word}, {digit}, {a}.
+    ValueError: an unknown placeholder, or templates that name different numbers of digits.
   """
-  if not 0 <= label < len(DIGIT_WORDS):
-    raise ValueError(f"digit captions exist for labels 0..9, got {label}")
-  word = DIGIT_WORDS[label]
+  counts = set()
+  for t in templates:
+    try:
+      names = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+    except ValueError as e:
+      raise ValueError(f"caption template {t!r}: {e}") from e
+    slots = set()
+    for name in names:
+      m = re.fullmatch(r"(word|digit|a)(\d*)", name)
+      if m is None:
+        raise ValueError(f"caption template {t!r}: use only the placeholders {{word}}, "
+                         "{digit}, {a} (one digit) or {word0}, {digit0}, {a0}, {word1}, ... "
+                         f"(a canvas of digits), got {{{name}}}")
+      slots.add(-1 if m.group(2) == "" else int(m.group(2)))
+    if -1 in slots and len(slots) > 1:
+      raise ValueError(f"caption template {t!r} mixes {{word}} with numbered placeholders")
+    counts.add(1 if not slots or -1 in slots else max(slots) + 1)
+  if len(counts) > 1:
+    raise ValueError(f"the caption templates name different numbers of digits: {templates}")
+  return counts.pop() if counts else 1
+
+
+def caption(template: str, label: int, slots: int = 1, *, word: str | None = None) -> str:
+  """The caption of `label` in `template`: one digit 0..9 (`TEMPLATES`' placeholders) or, for
+  ``slots`` > 1, a canvas of that many digits read left to right in base 10 (label 73 = 7
+  then 3; `PAIR_TEMPLATES`' numbered placeholders). With `word`, every digit is named by that
+  word instead (a new word such as Perfusion's "sks", article "a"; `label` is ignored).
+
+  Raises:
+    ValueError: a label outside 0..10^slots - 1 or a placeholder the template may not use.
+  """
+  if not 0 <= label < 10 ** slots:
+    raise ValueError(f"digit captions of {slots} digit(s) exist for labels 0..{10 ** slots - 1}"
+                     f", got {label}")
+  digits = [int(d) for d in str(label).zfill(slots)]
+  fields = {}
+  for i, k in enumerate(digits):
+    name = DIGIT_WORDS[k] if word is None else word
+    suffix = "" if slots == 1 else str(i)
+    fields.update({f"word{suffix}": name, f"digit{suffix}": str(k) if word is None else word,
+                   f"a{suffix}": "an" if word is None and name[0] in "aeiou" else "a"})
   try:
-    return template.format(word=word, digit=str(label), a="an" if word[0] in "aeiou" else "a")
+    return template.format(**fields)
   except (KeyError, IndexError) as e:
-    raise ValueError(f"caption template {template!r}: use only the placeholders {{word}}, "
-                     "{digit} and {a}") from e
+    names = ", ".join("{" + f + "}" for f in fields)
+    raise ValueError(f"caption template {template!r}: use only the placeholders {names}") from e
 
 
 def default_prompt(label: int) -> str:

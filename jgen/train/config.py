@@ -163,6 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.skip_corrupt = False    # folder/zip sources: skip undecodable files (else an error)
   c.data.train_examples = 0      # > 0: train on the first N examples of data.split only
   c.data.train_labels = ""       # "7" or "1,7": train on the examples of these labels only
+  c.data.canvas = 0              # >= 2: that many examples side by side (jgen.data.canvas)
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = "float32"      # compute dtype; bfloat16 on GPU/TPU. Params stay float32.

@@ -1,9 +1,10 @@
 """What a run reads: the data source of ``config.data``, its dataset, and batch shapes.
 
 `load_data` selects the examples (``data.train_labels``, ``data.train_examples`` on the
-training split; evaluation always sees the whole split); `make_dataset` batches them for this
-process; `abstract_batch` and `inference_batch` give the global batch's shapes without reading
-any data, from which the train state's shapes are built.
+training split; evaluation always sees the whole split), then lays ``data.canvas`` of them side
+by side (`jgen.data.canvas`: a two-object task, in every split); `make_dataset` batches them
+for this process; `abstract_batch` and `inference_batch` give the global batch's shapes without
+reading any data, from which the train state's shapes are built.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import jax
 
 from jgen import data as jdata
+from jgen.data.canvas import Canvas
 from jgen.data.unpaired_derived import IndexSubset
 from jgen.nn.clip_tokenizer import CLIPTokenizer
 from jgen.train import mesh as mesh_lib
@@ -50,6 +52,12 @@ def load_data(config: Any, *, split: str):
       raise ValueError(f"data.train_examples={limit} exceeds the {len(source)} examples of "
                        f"{d.source!r} split {split!r}: lower it, or 0 for all")
     source = IndexSubset(source, range(limit))
+  count = int(d.get("canvas", 0) or 0)
+  if count > 1:  # after the selection: a few subject images make canvases of the subject
+    if d.random_flip:
+      raise ValueError("data.canvas with data.random_flip: a flip swaps the examples the "
+                       "canvas's label names left to right; set data.random_flip=False")
+    source = Canvas(source, count, seed=config.seed)
   return source
 
 

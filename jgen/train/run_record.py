@@ -37,10 +37,10 @@ __all__ = ["BLOCKING", "ConfigChangeError", "RECORD", "RunRecordError", "append_
 # ending in "." covers its whole block. Every other change (train.num_steps, log / eval /
 # sample / checkpoint cadence, sample.*, eval.*, data.source ...) is allowed and logged.
 BLOCKING = ("method", "seed", "model.", "diffusion.", "gan.", "classifier.", "data.image_size",
-            "data.channels", "data.batch_size", "optim.name", "optim.schedule", "optim.lr",
-            "optim.warmup_steps", "optim.decay_from", "optim.decay_rate", "optim.b1", "optim.b2",
-            "optim.rules", "bottleneck.", "loss.", "disc.", "pixelcnn.num_bins",
-            "optim_d.", "lora.", "personalize.")
+            "data.channels", "data.canvas", "data.batch_size", "optim.name", "optim.schedule",
+            "optim.lr", "optim.warmup_steps", "optim.decay_from", "optim.decay_rate",
+            "optim.b1", "optim.b2", "optim.rules", "bottleneck.", "loss.", "disc.",
+            "pixelcnn.num_bins", "optim_d.", "lora.", "personalize.")
 
 
 class RunRecordError(errors.CheckpointError, ValueError):

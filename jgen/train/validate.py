@@ -84,7 +84,7 @@ RULES: dict[str, Rule] = {
     "data.image_size": _POSITIVE, "data.channels": one_of((1, 3)),
     "data.batch_size": _POSITIVE, "data.resize": _BOOL, "data.random_flip": _BOOL,
     "data.prefetch": _COUNT, "data.cache": _BOOL, "data.skip_corrupt": _BOOL,
-    "data.train_examples": _COUNT,
+    "data.train_examples": _COUNT, "data.canvas": _COUNT,
     "model.dtype": one_of(tuple(COMPUTE_DTYPES)),
     **{f"optim.{k}": r for k, r in _OPTIM.items()},
     **{f"optim_d.{k}": (lambda v, ok=ok: v is None or ok(v), f"{words} or None (as optim)")

@@ -253,3 +253,33 @@ def test_a_concept_trains_exports_and_combines(tmp_path, fs_run, text_base):
   assert np.all(np.isfinite(base_images))
   with pytest.raises(errors.ConfigError, match="vocabulary"):
     perf.sample_concepts(method.ldm, state, [], c_inv, ["a handwritten sks"], jax.random.key(0))
+
+
+@pytest.mark.slow  # a canvas base, two concepts and 6 x 4 samplings: about 3 min on 2 cores
+def test_two_concepts_on_a_canvas_base_combine_in_one_image(tmp_path, fs_run):
+  from jgen.cli import perfusion as cli   # pylint: disable=import-outside-toplevel
+  base = load_experiment("ldm/text_canvas_digits", "smoke")
+  base.init_from.workdir = fs_run
+  base.train.eval_every = 0
+  jgen.run.main(base, workdir=str(tmp_path / "canvas"))
+  runs = []
+  for word, digit in (("sks", 7), ("zwx", 3)):
+    config = load_experiment("personalize/perfusion_digits",
+                             f"smoke,canvas,word={word},digit={digit}")
+    config.init_from.workdir = fs_run
+    config.init_from.base.workdir = str(tmp_path / "canvas")
+    runs.append(str(tmp_path / word))
+    jgen.run.main(config, workdir=runs[-1])
+  method = load_method(config)
+  assert method.prompts == ("a zwx and a zwx",)
+  assert method.ldm.tokenizer.decode(method.class_captions)[0] == "a three and a three"
+  rows = cli.canvas_combine(runs, num=4, gate=perf.Gate(0.7, 0.15))
+  assert [r["prompt"] for r in rows] == [
+      "a seven and a three", "a three and a seven", "a sks and a three", "a seven and a zwx",
+      "a sks and a zwx", "a zwx and a sks"]
+  assert rows[4]["loaded"] == "sks+zwx" and rows[0]["loaded"] == "none"
+  for r in rows:
+    for side in ("left", "right"):
+      assert -1 <= r[side]["fidelity"] <= 1 and 0 <= r[side]["judged"] <= 1
+  with pytest.raises(errors.ConfigError, match="two Perfusion runs"):
+    cli.canvas_combine(runs[:1], gate=perf.Gate())

@@ -35,6 +35,25 @@ def test_ids_by_hand_and_round_trip():
       "a handwritten three", "the digit 7")
 
 
+def test_captions_of_a_canvas_and_of_a_new_word():
+  assert text.template_slots(text.TEMPLATES) == 1 and text.template_slots(text.PAIR_TEMPLATES) == 2
+  assert [text.caption(t, 73, 2) for t in text.PAIR_TEMPLATES] == [
+      "a seven and a three", "7 and 3", "7 3", "seven three", "a handwritten seven and a three"]
+  assert text.caption(text.PAIR_TEMPLATES[0], 8, 2) == "a zero and an eight"   # label 08
+  assert text.caption(text.PAIR_TEMPLATES[0], 0, 2, word="sks") == "a sks and a sks"
+  assert text.caption("the digit {digit}", 5, word="sks") == "the digit sks"
+  captions = [text.caption(t, k, 2) for k in range(100) for t in text.PAIR_TEMPLATES]
+  TOK.check(captions)                              # every canvas caption is in the vocabulary
+  with pytest.raises(ValueError, match="0..99"):
+    text.caption(text.PAIR_TEMPLATES[0], 100, 2)
+  with pytest.raises(ValueError, match="different numbers of digits"):
+    text.template_slots(text.TEMPLATES + text.PAIR_TEMPLATES)
+  with pytest.raises(ValueError, match="mixes"):
+    text.template_slots(["{word} and {word1}"])
+  with pytest.raises(ValueError, match="placeholders"):
+    text.template_slots(["a {colour0}"])
+
+
 def test_errors_name_the_problem():
   with pytest.raises(ValueError, match=r"outside the vocabulary: \['sevn', '!'\].*handwritten"):
     TOK.encode("a handwritten sevn!")
