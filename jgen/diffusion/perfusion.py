@@ -78,13 +78,20 @@ from jgen.train import init_from as init_from_lib
 from jgen.train import rules as rules_lib
 from jgen.train.state import TrainState
 
-__all__ = ["KEY_LAYERS", "PERFUSION", "PERFUSION_RULES", "VALUE_LAYERS", "Concept", "Gate",
+__all__ = ["DREAMBOOTH_RULES", "KEY_LAYERS", "MODES", "PERFUSION", "PERFUSION_RULES",
+           "VALUE_LAYERS", "Concept", "Gate",
            "Perfusion", "concept_arrays", "extend_text", "gate", "input_covariance",
            "load_concept", "make_method", "perfusion_edit", "rank_one_similarity",
            "sample_concepts", "save_concept", "value_layers"]
 
 PERFUSION = "perfusion"
 PERFUSION_RULES = rules_lib.parse_rules(((f"{PERFUSION}/.*", 1.0), (".*", "frozen")))
+# DreamBooth on the same model: the token row and the whole U-Net train, the row at 100 times
+# the U-Net's rate (DreamBooth's Adam 1e-4 for the U-Net; 1e-2 for the row, the rate at which
+# the row of textual inversion and Perfusion moves away from the class word's in 400 steps).
+DREAMBOOTH_RULES = rules_lib.parse_rules(((f"{PERFUSION}/embedding", 100.0), ("unet/.*", 1.0),
+                                          (".*", "frozen")))
+MODES = ("perfusion", "textual_inversion", "dreambooth")
 # Module paths (inside the U-Net) of the cross-attention key and value projections: jgen's
 # `CrossAttnBlock` and Stable Diffusion's `TransformerBlock.attn2`.
 KEY_LAYERS = re.compile(r"(.*_cross_attn(_\d+)?|(.*/)?attn2)/(k|to_k)")
@@ -331,8 +338,14 @@ class Perfusion:
     corpus_size: random prompts of the vocabulary in the covariance corpus.
     base_load: the ``init_from.base`` load (to estimate C before training).
     c_inv: float32 [D, D] once `prepare` has estimated it.
-    edit: the K / V edits are on (False: the token row alone trains and the U-Net is the
-      base's: textual inversion of the text model, the ablation of the paper's comparison).
+    mode: "perfusion" (the K / V edits on); "textual_inversion" (the token row alone trains,
+      the U-Net is the base's: the ablation of the paper's comparison); "dreambooth" (the token
+      row and the whole U-Net train, no edit, plus the prior-preservation loss on class
+      latents the base samples: the paper's other comparison).
+    prior_weight: DreamBooth's lambda (0 in the other modes).
+    num_class_images: DreamBooth's class latents, sampled by the base in `prepare`.
+    class_latents: float32 [N, h, w, c] and class_caption_index: int32 [N] (rows of
+      `class_captions`) once `prepare` has made them.
   """
 
   ldm: ldm_lib.TextLatentDiffusion
@@ -349,7 +362,23 @@ class Perfusion:
   corpus_size: int = 500
   base_load: init_from_lib.InitFrom | None = None
   c_inv: np.ndarray | None = None
-  edit: bool = True
+  mode: str = "perfusion"
+  prior_weight: float = 0.0
+  num_class_images: int = 100
+  class_latents: np.ndarray | None = None
+  class_caption_index: np.ndarray | None = None
+
+  def __post_init__(self):
+    _check_mode(self.mode)
+    if (self.mode == "dreambooth") != (self.prior_weight > 0):
+      raise errors.ConfigError(
+          f"perfusion.prior_weight={self.prior_weight} with mode {self.mode!r}: DreamBooth "
+          "has the prior-preservation term (> 0), the other modes none (0)")
+
+  @property
+  def edit(self) -> bool:
+    """The K / V edits are on (Perfusion proper)."""
+    return self.mode == "perfusion"
 
   @property
   def token_id(self) -> int:
@@ -390,7 +419,30 @@ class Perfusion:
       raise errors.ConfigError("Perfusion estimates C with the base text encoder: set "
                                "--config.init_from.base.workdir to the trained text run")
     base, _ = init_from_lib.load(self.base_load)
-    return dataclasses.replace(self, c_inv=self.estimate_c_inv(base[ldm_lib.TEXT_FROZEN]))
+    out = dataclasses.replace(self, c_inv=self.estimate_c_inv(base[ldm_lib.TEXT_FROZEN]))
+    if self.mode == "dreambooth":
+      latents, index = self.class_prior(jax.device_put(base))
+      out = dataclasses.replace(out, class_latents=latents, class_caption_index=index)
+    return out
+
+  def class_prior(self, base: PyTree) -> tuple[np.ndarray, np.ndarray]:
+    """DreamBooth's class data: `num_class_images` latents the frozen base samples (its
+    sampler and guidance) for the class captions, template j = i mod T for latent i; the
+    latents themselves, not decoded and re-encoded (seed 0: the same in every run)."""
+    n, t = self.num_class_images, self.class_captions.shape[0]
+    index = np.arange(n, dtype=np.int32) % t
+    tokens = jnp.asarray(self.class_captions)[index]
+    text = self.ldm
+    enc = base[ldm_lib.TEXT_FROZEN]
+    cond = text.context(enc, tokens)
+    null = jnp.broadcast_to(jnp.asarray(text.captions[-1]), tokens.shape)
+    uncond = text.context(enc, null)
+
+    def eps_cond_fn(x, t_, c):
+      return text.ddpm.sampling_fn(base["unet"], c)(x, t_)
+    eps_fn = cfg_eps_fn(eps_cond_fn, {"context": cond}, {"context": uncond}, text.guidance_scale)
+    z = jax.jit(lambda key: text.ddpm.run_sampler(eps_fn, key, n))(jax.random.key(0))
+    return np.asarray(z, np.float32), index
 
   # ------------------------------------------------------------------ training
 
@@ -404,6 +456,13 @@ class Perfusion:
     dim = self.ldm.text_encoder.context_dim
     c_inv = jnp.eye(dim, dtype=jnp.float32) if self.c_inv is None else jnp.asarray(self.c_inv)
     frozen = {**state.frozen, PERFUSION: {"c_inv": c_inv}}
+    if self.mode == "dreambooth":
+      n = self.num_class_images
+      latents = (np.zeros((n, *self.ldm.latent_shape), np.float32)
+                 if self.class_latents is None else self.class_latents)
+      index = (np.zeros((n,), np.int32) if self.class_caption_index is None
+               else self.class_caption_index)
+      frozen["prior"] = {"latents": jnp.asarray(latents), "caption": jnp.asarray(index)}
     return TrainState.create(params=params, tx=self.ldm.ddpm.tx,
                              rng=jax.random.fold_in(rng, 1), ema_decay=self.ldm.ddpm.ema_decay,
                              ema_warmup=self.ldm.ddpm.ema_warmup,
@@ -448,7 +507,19 @@ class Perfusion:
     with perfusion_edit(arrays if self.edit else None, self.train_gate):
       loss, metrics = self.ldm.ddpm.loss_fn(params["unet"], {"image": z, "context": context},
                                             loss_rng)
-    return loss, {**metrics, "i_star_norm": jnp.linalg.norm(arrays["i_star"])}
+    metrics = {**metrics, "i_star_norm": jnp.linalg.norm(arrays["i_star"])}
+    if self.mode == "dreambooth":   # + lambda * the class prior's loss (Ruiz et al., eq. 2)
+      prior = frozen["prior"]
+      prior_rng, pick_rng, loss_rng = jax.random.split(jax.random.fold_in(rng, 1), 3)
+      pick = jax.random.randint(pick_rng, (z.shape[0],), 0, prior["latents"].shape[0])
+      tokens = jnp.asarray(self.class_captions)[prior["caption"][pick]]
+      context = self.ldm.context(params[ldm_lib.TEXT_FROZEN], tokens)
+      prior_loss, _ = self.ldm.ddpm.loss_fn(
+          params["unet"], {"image": prior["latents"][pick], "context": context}, prior_rng)
+      metrics = {**metrics, "instance_loss": loss, "prior_loss": prior_loss}
+      loss = loss + self.prior_weight * prior_loss
+      metrics["loss"] = loss
+    return loss, metrics
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -465,7 +536,7 @@ class Perfusion:
                    embedding=np.asarray(self.token_row(params)),
                    i_star=np.asarray(arrays["i_star"][0]),
                    i_super=np.asarray(arrays["i_super"][0]), values=values,
-                   base=init_from_lib.fingerprint(jax.device_get(enc))[:16])
+                   base=_fingerprint(enc, params["unet"] if self.mode == "dreambooth" else None))
 
   def sample_conditional(self, state: TrainState, rng: jax.Array,
                          conditions: dict[str, jax.Array], n: int) -> jax.Array:
@@ -483,9 +554,25 @@ class Perfusion:
   @property
   def sample_tag(self) -> str:
     g = self.sample_gate
+    if self.mode == "dreambooth":
+      return "perfusion_dreambooth_" + self.ldm.sample_tag
     if not self.edit:
       return "perfusion_noedit_" + self.ldm.sample_tag
     return f"perfusion_b{g.bias:g}_t{g.temperature:g}_" + self.ldm.sample_tag
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise errors.ConfigError(f"perfusion.mode={mode!r}: choose one of {MODES}")
+
+
+def _fingerprint(encoder: PyTree, unet: PyTree | None = None) -> str:
+  """A concept's `base`: the text encoder's fingerprint, and for a DreamBooth concept (whose
+  row goes with its fine-tuned U-Net) "+unet:" and the U-Net's."""
+  out = init_from_lib.fingerprint(jax.device_get(encoder))[:16]
+  if unet is not None:
+    out += "+unet:" + init_from_lib.fingerprint(jax.device_get(unet))[:16]
+  return out
 
 
 def _sample(text: ldm_lib.TextLatentDiffusion, encoder: text_lib.TransformerTextEncoder,
@@ -524,11 +611,15 @@ def sample_concepts(text: ldm_lib.TextLatentDiffusion, state: TrainState,
   ema = state.ema_params
   enc = text.encoder_params(ema, state.frozen)
   if concepts:
-    base = init_from_lib.fingerprint(jax.device_get(enc))[:16]
+    base = _fingerprint(enc)
     for c in concepts:
-      if c.base and c.base != base:
+      encoder_print, _, unet_print = c.base.partition("+unet:")
+      if encoder_print and encoder_print != base:
         raise errors.ConfigError(f"concept {c.word!r} was trained on another text encoder "
-                                 f"({c.base}, this base's is {base})")
+                                 f"({encoder_print}, this base's is {base})")
+      if unet_print and _fingerprint(enc, ema["unet"]) != c.base:
+        raise errors.ConfigError(f"concept {c.word!r} is a DreamBooth concept: its token row "
+                                 "goes with the U-Net its run fine-tuned; sample with that run")
   tokenizer, encoder = extend_text(text, [c.word for c in concepts])
   try:
     tokens = jnp.asarray(tokenizer.encode(list(prompts)))
@@ -548,8 +639,15 @@ def make_method(config: Any) -> Perfusion:
   """Perfusion of an ldm_text_digits-like config with ``init_from.base`` (the trained text
   run) and the ``perfusion`` block (``word``, ``subject_class``, ``prompts``, ``train_bias``,
   ``train_temperature``, ``bias``, ``temperature``, ``corpus_size``)."""
-  text = ldm_lib.text_method_on_base(config, "diffusion.perfusion", PERFUSION_RULES,
-                                     trains="the concept's token row and value offsets only")
+  mode = str(config.perfusion.get("mode", "perfusion"))
+  _check_mode(mode)   # before the rules, which depend on it
+  if mode == "dreambooth":
+    text = ldm_lib.text_method_on_base(config, "diffusion.perfusion (mode dreambooth)",
+                                       DREAMBOOTH_RULES,
+                                       trains="the concept's token row and the U-Net")
+  else:
+    text = ldm_lib.text_method_on_base(config, "diffusion.perfusion", PERFUSION_RULES,
+                                       trains="the concept's token row and value offsets only")
   text = dataclasses.replace(text, ddpm=dataclasses.replace(text.ddpm, cond_drop_prob=0.0),
                              cond_drop_prob=0.0)
   pc = config.perfusion
@@ -578,6 +676,8 @@ def make_method(config: Any) -> Perfusion:
                    prompts=prompts, prompt_tokens=tokenizer.encode(prompts),
                    train_gate=Gate(float(pc.train_bias), float(pc.train_temperature)),
                    sample_gate=Gate(float(pc.bias), float(pc.temperature)),
-                   corpus_size=int(pc.corpus_size), edit=bool(pc.get("edit", True)),
+                   corpus_size=int(pc.corpus_size), mode=mode,
+                   prior_weight=float(pc.get("prior_weight", 0.0)),
+                   num_class_images=int(pc.get("num_class_images", 100)),
                    base_load=init_from_lib.InitFrom(base.workdir, step=base.get("step"),
                                                     source=base.get("source", "ema")))

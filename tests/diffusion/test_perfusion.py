@@ -226,6 +226,18 @@ def test_bad_words_and_rules_are_refused(fs_run, text_base):
   config.optim.rules = ()
   with pytest.raises(ValueError, match="token row and value offsets"):
     load_method(config)
+  config = _config(fs_run, text_base)
+  config.perfusion.mode = "dreambooth"
+  config.perfusion.prior_weight = 1.0
+  with pytest.raises(ValueError, match="token row and the U-Net"):
+    load_method(config)                     # DreamBooth with Perfusion's rules
+  config.optim.rules = perf.DREAMBOOTH_RULES
+  config.perfusion.prior_weight = 0.0
+  with pytest.raises(errors.ConfigError, match="prior-preservation"):
+    load_method(config)
+  config.perfusion.mode = "rome"
+  with pytest.raises(errors.ConfigError, match="choose one of"):
+    load_method(config)
 
 
 @pytest.mark.slow  # a loop run, an export and two samplings: about 2 min on 2 cores
@@ -283,3 +295,36 @@ def test_two_concepts_on_a_canvas_base_combine_in_one_image(tmp_path, fs_run):
       assert -1 <= r[side]["fidelity"] <= 1 and 0 <= r[side]["judged"] <= 1
   with pytest.raises(errors.ConfigError, match="two Perfusion runs"):
     cli.canvas_combine(runs[:1], gate=perf.Gate())
+
+
+@pytest.mark.slow  # a DreamBooth loop run on the text model and two samplings: about 1 min
+def test_dreambooth_on_the_text_model_trains_the_unet_with_its_class_prior(tmp_path, fs_run,
+                                                                           text_base):
+  config = load_experiment("personalize/perfusion_digits", "smoke,dreambooth")
+  config.init_from.workdir = fs_run
+  config.init_from.base.workdir = text_base
+  workdir = str(tmp_path / "db")
+  state = jgen.run.main(config, workdir=workdir)
+  base, _ = init_from_lib.load(init_from_lib.InitFrom(text_base))
+  method = load_method(config).prepare(workdir)
+  assert method.mode == "dreambooth" and not method.edit
+  latents, index = method.class_prior(jax.device_put(base))   # seed 0: the run's own
+  np.testing.assert_allclose(state.frozen["prior"]["latents"], latents, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(state.frozen["prior"]["caption"], index)
+  assert latents.shape == (8, *method.ldm.latent_shape) and list(index[:6]) == [0, 1, 2, 3, 4, 0]
+  stored, old = flat(state.params), flat(base)
+  assert any(not np.array_equal(stored[p], old[p]) for p in old if p.startswith("unet/"))
+  for p in old:
+    if not p.startswith("unet/"):
+      np.testing.assert_array_equal(np.asarray(stored[p]), np.asarray(old[p]), err_msg=p)
+  concept = method.concept(state.ema_params, state.frozen)
+  assert "+unet:" in concept.base and concept.values == {}
+  c_inv = state.frozen["perfusion"]["c_inv"]
+  images = perf.sample_concepts(method.ldm, state, [concept], c_inv, ["a handwritten sks"],
+                                jax.random.key(0))
+  assert np.all(np.isfinite(images))
+  other = perf.Concept(**{**concept.__dict__,
+                          "base": concept.base.split("+unet:")[0] + "+unet:0123456789abcdef"})
+  with pytest.raises(errors.ConfigError, match="DreamBooth concept"):
+    perf.sample_concepts(method.ldm, state, [other], c_inv, ["a handwritten sks"],
+                         jax.random.key(0))
