@@ -28,6 +28,15 @@ the architecture as in sd/txt2img, e.g. ``kind=lora,arch=sd21``), the kinds:
   from ``init_token``) learned from a plain image folder (``--config.data.source=folder:DIR``)
   with template captions ("a photo of a {}", ...), lr 5e-3, 2,000 steps; everything else
   frozen. ``python -m jgen.export WORKDIR learned_embeds.safetensors --what=embedding``.
+* ``perfusion``: Perfusion (Tewel et al. 2023, `jgen.diffusion.sd_perfusion`): the token
+  ``textual_inversion.train_token`` starting from its superordinate word ``init_token`` (a
+  plain image folder, the same template captions) and one value offset per cross-attention
+  layer, the keys locked to the superordinate's; lr 5e-3, 400 steps; the gate
+  ``perfusion.train_bias`` / ``train_temperature`` (0.75 / 0.1) in training, ``perfusion.bias``
+  / ``temperature`` (0.7 / 0.15) at sampling. The concept file:
+  ``python -m jgen.cli.perfusion export --run WORKDIR --out concept.safetensors``; sample one or
+  several files with ``--mode=sample --config.perfusion.concepts="a.safetensors|b.safetensors"``
+  in any Perfusion run of the same base.
 """
 
 import ml_collections
@@ -35,7 +44,7 @@ import ml_collections
 from jgen.train.config import experiment_module, parse_arg
 
 _base = experiment_module("txt2img", beside=__file__)
-KINDS = ("lora", "full", "dreambooth", "dreambooth_lora", "textual_inversion")
+KINDS = ("lora", "full", "dreambooth", "dreambooth_lora", "textual_inversion", "perfusion")
 # Textual inversion's captions (the templates of Gal et al. 2023 / diffusers' example); "{}"
 # stands for the trained token.
 TI_TEMPLATES = ("a photo of a {}|a rendering of a {}|a cropped photo of the {}|the photo of a {}|"
@@ -71,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.eval_every = 0
   c.diffusion.cond_drop_prob = 0.0 if kind.startswith("dreambooth") else 0.1
-  if kind == "textual_inversion":
+  if kind in ("textual_inversion", "perfusion"):
     c.data.source = "folder:/path/to/images"
     c.text.captions = TI_TEMPLATES
     c.textual_inversion.train_token = "<my-token>"
@@ -81,6 +90,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.lr = 5e-3
     c.train.num_steps = 2000
     c.diffusion.cond_drop_prob = 0.0
+    if kind == "perfusion":
+      c.method = "diffusion.sd_perfusion"
+      c.textual_inversion.init_token = "dog"   # the superordinate: the key lock's word
+      c.optim.rules = (("token_offsets", 1.0), ("perfusion/.*", 1.0), (".*", "frozen"))
+      c.train.num_steps = 400
+      c.perfusion = ml_collections.ConfigDict()
+      c.perfusion.train_bias = 0.75       # the gate in training (the paper's beta, tau)
+      c.perfusion.train_temperature = 0.1
+      c.perfusion.bias = 0.7              # the gate at sampling
+      c.perfusion.temperature = 0.15
+      c.perfusion.corpus_size = 32 if arch == "tiny" else 500  # random prompts in C's corpus
+      c.perfusion.concepts = ""           # sampling: '|'-separated concept files
   elif kind.endswith("lora"):
     c.lora.rank = 4
     c.lora.alpha = 4.0

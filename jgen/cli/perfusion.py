@@ -27,6 +27,7 @@ import numpy as np
 
 from jgen import errors
 from jgen.diffusion import perfusion as perf
+from jgen.diffusion import sd_perfusion
 from jgen.metrics import domain
 from jgen.metrics.personalization import feature_fid, mean_pairwise_cosine
 from jgen.nn import text as text_lib
@@ -48,9 +49,14 @@ def _restore(workdir: str):
 
 
 def export(workdir: str, out: str) -> perf.Concept:
-  """Writes the concept of a Perfusion run (its EMA parameters) to `out`."""
-  _, method, state = _restore(workdir)
-  concept = method.concept(state.ema_params, state.frozen)
+  """Writes the concept of a Perfusion run (its EMA parameters) to `out`: a
+  ``diffusion.perfusion`` run or a Stable Diffusion one (``diffusion.sd_perfusion``)."""
+  config = run_record.latest_config(workdir)
+  method, _, state = inference.restore_for_inference(config, workdir)
+  if not isinstance(method, (perf.Perfusion, sd_perfusion.SDPerfusion)):
+    raise errors.ConfigError(f"{workdir} is a {config.method} run, not diffusion.perfusion or "
+                             "diffusion.sd_perfusion")
+  concept = method.concept(jax.device_get(state.ema_params), jax.device_get(state.frozen))
   perf.save_concept(out, concept)
   log.info("concept %r (%s): %d trained numbers, %d bytes in %s", concept.word,
            concept.superordinate, concept.num_parameters, os.path.getsize(out), out)

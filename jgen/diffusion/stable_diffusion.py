@@ -49,6 +49,7 @@ example (templates, as textual inversion's "a photo of a T").
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -307,11 +308,12 @@ def make_tokenizer(text_config: Any) -> CLIPTokenizer:
   return CLIPTokenizer.from_spec(str(text_config.tokenizer), pad_token=text_config.pad_token)
 
 
-def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CLIPTokenizer
+def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CLIPTokenizer,
+                     new_tokens: Mapping[str, np.ndarray] | None = None
                      ) -> tuple[dict[str, Any], dict[str, Lora], Any, tuple[int, ...]]:
-  """The sampler's arrays of ``lora.file`` and ``textual_inversion.file``, their `Lora`s, the
-  prompt expansion of multi-vector tokens, and the init ids of a trained token (the tokenizer
-  gains the new tokens: the file's, then the trained one's).
+  """The sampler's arrays of ``lora.file``, ``textual_inversion.file`` and `new_tokens`, their
+  `Lora`s, the prompt expansion of multi-vector tokens, and the init ids of a trained token
+  (the tokenizer gains the new tokens: the file's, then `new_tokens`, then the trained one's).
 
   Raises:
     ValueError: a file that does not fit these networks (`jgen.convert.lora.LoraFormatError`,
@@ -339,21 +341,28 @@ def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CL
       loras[part] = dataclasses.replace(lora, alpha=lora.scale * lora.rank * scale)
   embeddings: dict[str, np.ndarray] = {}
   ti_cfg = config.textual_inversion
+  sources = []   # (what, {token: rows})
   if ti_cfg.file:
-    embeddings = textual_inversion.read_embedding(ti_cfg.file, token=ti_cfg.token or None)
-    rows = []
-    for token, vectors in embeddings.items():
+    sources.append(("textual_inversion.file",
+                    textual_inversion.read_embedding(ti_cfg.file, token=ti_cfg.token or None)))
+  if new_tokens:
+    sources.append(("new token", dict(new_tokens)))
+  rows = []
+  for what, tokens in sources:
+    for token, vectors in tokens.items():
       vectors = np.atleast_2d(np.asarray(vectors, np.float32))
       if vectors.shape[1] != text.hidden_size:
-        raise ValueError(f"textual_inversion.file: {token!r} has width {vectors.shape[1]}, the "
+        raise ValueError(f"{what}: {token!r} has width {vectors.shape[1]}, the "
                          f"text encoder {text.hidden_size} (SD 1.x is 768 wide, SD 2.x 1024)")
       names = textual_inversion.vector_tokens(token, vectors.shape[0])
       ids = tokenizer.add_tokens(names)
       if ids != list(range(text.vocab_size + sum(len(r) for r in rows),
                            text.vocab_size + sum(len(r) for r in rows) + len(names))):
-        raise ValueError(f"textual_inversion.file: tokens {names} did not take new ids after "
+        raise ValueError(f"{what}: tokens {names} did not take new ids after "
                          f"the {text.vocab_size}-token vocabulary (are they already in it?)")
       rows.append(vectors)
+      embeddings[token] = vectors
+  if rows:
     extras["token_rows"] = np.concatenate(rows)
   train = ti_cfg.train_token
   init_ids: tuple[int, ...] = ()
@@ -374,8 +383,16 @@ def _community_files(config: Any, unet: UNet, text: CLIPTextModel, tokenizer: CL
           lambda prompt: textual_inversion.expand_prompt(prompt, embeddings), init_ids)
 
 
-def make_method(config: Any) -> StableDiffusion:
-  """Translates ``config`` (experiments/sd/txt2img.py) into a `StableDiffusion`."""
+def make_method(config: Any, *, new_tokens: Mapping[str, np.ndarray] | None = None
+                ) -> StableDiffusion:
+  """Translates ``config`` (experiments/sd/txt2img.py) into a `StableDiffusion`.
+
+  Args:
+    config: the experiment config.
+    new_tokens: more tokens for prompts, ``{token: rows [n, D]}`` (e.g. Perfusion concepts'
+      words), added as ``textual_inversion.file``'s are (after the file's tokens): they reach
+      the sampler as `sample_frozen` ``token_rows``.
+  """
   m, t, a, s = config.model, config.text, config.autoencoder, config.sample
   dtype = compute_dtype(m.dtype)
   unet = UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
@@ -401,7 +418,8 @@ def make_method(config: Any) -> StableDiffusion:
   if tokenizer.max_length != t.max_length:
     raise ValueError(f"text.max_length={t.max_length} but the tokenizer pads to "
                      f"{tokenizer.max_length}")
-  extras, loras, expand, init_ids = _community_files(config, unet, text, tokenizer)
+  extras, loras, expand, init_ids = _community_files(config, unet, text, tokenizer,
+                                                      new_tokens)
   prompts = tuple(expand(p) for p in split_prompts(s.prompts))
   if not prompts:
     raise ValueError("sample.prompts is empty: give one or more prompts separated by '|', e.g. "
