@@ -125,6 +125,10 @@ def score(workdir: str, concepts: dict[str, str], *, num: int = 100, per_other: 
       c = perf.load_concept(file)
       row["trainable"] = c.num_parameters
       row["bytes"] = os.path.getsize(file)
+      if "+unet:" in c.base:  # DreamBooth: the row goes with its run's fine-tuned U-Net
+        unet = jax.tree.leaves(state.ema_params["unet"])
+        row["trainable"] += sum(int(np.size(x)) for x in unet)
+        row["bytes"] += sum(int(np.asarray(x).nbytes) for x in unet)
       v = draw(files, [f"a handwritten {c.word}"] * num, 1)
       out = net(v)
       row["fidelity"] = mean_pairwise_cosine(out["features"], subject_feats)
@@ -223,8 +227,9 @@ def canvas_combine(workdirs: Sequence[str], *, num: int = 100, gate: perf.Gate, 
 def format_rows(rows: list[dict[str, Any]], k: int) -> str:
   def f(v, fmt):
     return "—" if v is None else format(v, fmt)
-  lines = [f"| run | trained numbers | file bytes | [V] fidelity | [V] judged {k} | {k} fidelity "
-           f"(drift) | {k} domain FID | other digits domain FID | other digits judged right |",
+  lines = [f"| run | trained numbers | file bytes (+ U-Net) | [V] fidelity | [V] judged {k} "
+           f"| {k} fidelity (drift) | {k} domain FID | other digits domain FID "
+           "| other digits judged right |",
            "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['run']} | {f(r.get('trainable'), ',')} | {f(r.get('bytes'), ',')} | "
