@@ -249,15 +249,17 @@ def main(argv: Sequence[str] | None = None) -> Any:
   cb = sub.add_parser("combine", help="several concepts at once: fidelity alone and combined")
   cb.add_argument("--run", action="append", required=True, help="a Perfusion run (repeat)")
   cb.add_argument("--num", type=int, default=100)
-  for name in ("sample", "score"):
-    s = sub.add_parser(name)
-    s.add_argument("--run", required=True, help="a Perfusion run of the base")
-    s.add_argument("--concept", action="append", default=[],
-                   help="a concept file (repeat)" if name == "sample" else "NAME=FILE (repeat)")
+  for name in ("sample", "score", "combine"):
+    s = cb if name == "combine" else sub.add_parser(name)
     s.add_argument("--bias", type=float, default=0.7, help="the gate's beta at sampling")
     s.add_argument("--temperature", type=float, default=0.15,
                    help="the gate's tau at sampling (0: no gate)")
     s.add_argument("--seed", type=int, default=0)
+    if name == "combine":
+      continue
+    s.add_argument("--run", required=True, help="a Perfusion run of the base")
+    s.add_argument("--concept", action="append", default=[],
+                   help="a concept file (repeat)" if name == "sample" else "NAME=FILE (repeat)")
     if name == "sample":
       s.add_argument("--prompt", action="append", required=True, help="one per image (repeat)")
       s.add_argument("--out", required=True, help="PNG grid")
@@ -270,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
   if args.command == "export":
     return export(args.run, args.out)
   if args.command == "combine" and _canvas(run_record.latest_config(args.run[0])) > 1:
-    rows = canvas_combine(args.run, num=args.num, gate=perf.Gate(0.7, 0.15))
+    rows = canvas_combine(args.run, num=args.num, seed=args.seed,
+                          gate=perf.Gate(args.bias, args.temperature))
     print("| prompt | concept files | left: fidelity to its subject | left: judged its digit "
           "| right: fidelity to its subject | right: judged its digit |\n|---|---|---|---|---|---|")
     for r in rows:
@@ -279,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
             f"{r['right']['judged']:.2f} |")
     return rows
   if args.command == "combine":
-    rows = combine(args.run, num=args.num, gate=perf.Gate(0.7, 0.15))
+    rows = combine(args.run, num=args.num, seed=args.seed,
+                   gate=perf.Gate(args.bias, args.temperature))
     print("| concept | files loaded | fidelity to its subject | to the other subject | judged "
           "its digit |\n|---|---|---|---|---|")
     for r in rows:
