@@ -271,9 +271,9 @@ def main(argv: Sequence[str] | None = None) -> Any:
   logging.basicConfig(level=logging.INFO)
   if args.command == "export":
     return export(args.run, args.out)
+  gate = perf.Gate(args.bias, args.temperature)
   if args.command == "combine" and _canvas(run_record.latest_config(args.run[0])) > 1:
-    rows = canvas_combine(args.run, num=args.num, seed=args.seed,
-                          gate=perf.Gate(args.bias, args.temperature))
+    rows = canvas_combine(args.run, num=args.num, seed=args.seed, gate=gate)
     print("| prompt | concept files | left: fidelity to its subject | left: judged its digit "
           "| right: fidelity to its subject | right: judged its digit |\n|---|---|---|---|---|---|")
     for r in rows:
@@ -282,15 +282,13 @@ def main(argv: Sequence[str] | None = None) -> Any:
             f"{r['right']['judged']:.2f} |")
     return rows
   if args.command == "combine":
-    rows = combine(args.run, num=args.num, seed=args.seed,
-                   gate=perf.Gate(args.bias, args.temperature))
+    rows = combine(args.run, num=args.num, seed=args.seed, gate=gate)
     print("| concept | files loaded | fidelity to its subject | to the other subject | judged "
           "its digit |\n|---|---|---|---|---|")
     for r in rows:
       print(f"| {r['concept']} | {r['loaded']} | {r['own']:.3f} | "
             f"{', '.join(f'{v:.3f}' for v in r['others'])} | {r['judged']:.2f} |")
     return rows
-  gate = perf.Gate(args.bias, args.temperature)
   if args.command == "sample":
     images = sample(args.run, args.concept, args.prompt, gate=gate, seed=args.seed)
     save_image_grid(images, args.out)
