@@ -149,6 +149,8 @@ def _curve_steps(steps: list[int], points: int) -> list[int]:
   """Up to `points` of the kept steps, evenly spread, the last always included."""
   if len(steps) <= points:
     return steps
+  if points <= 1:
+    return steps[-1:]
   idx = [round(i * (len(steps) - 1) / (points - 1)) for i in range(points)]
   return sorted({steps[i] for i in idx})
 

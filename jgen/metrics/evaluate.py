@@ -155,9 +155,9 @@ def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
     x = (padded.astype(np.float32) / 127.5 - 1.0 if padded.dtype == np.uint8
          else padded.astype(np.float32))
     x_hat = np.asarray(reconstruct_fn(x))
-    if net is not None:
-      real.update(net(batch)["features"])
-      fake.update(net(x_hat[:n])["features"])
+    if net is not None:  # feature nets take uint8 (the Inception refuses floats)
+      real.update(net(fnet.as_uint8(batch))["features"])
+      fake.update(net(fnet.as_uint8(x_hat[:n]))["features"])
     if lpips_fn is not None:
       xh = (x_hat.astype(np.float32) / 127.5 - 1.0 if x_hat.dtype == np.uint8
             else np.clip(x_hat.astype(np.float32), -1.0, 1.0))

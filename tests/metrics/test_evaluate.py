@@ -248,6 +248,28 @@ def test_reconstruction_fid_of_every_held_out_image_once(monkeypatch):
   assert abs(same["rfid"]) < 1e-3 < got["rfid"]  # a perfect reconstruction scores 0
 
 
+class _Uint8Only:
+  """A feature net that refuses floats, as the FID Inception does."""
+
+  feature_dim = 4
+
+  def __call__(self, images):
+    assert images.dtype == np.uint8, images.dtype
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    return {"features": flat[:, :4] + flat[:, 4:8] ** 2 / 255.0}
+
+
+def test_reconstruction_fid_feeds_the_feature_net_uint8():
+  """Reconstructions come back as [-1, 1] floats; the Inception takes uint8 only (the CIFAR
+  ladder's VQ-GAN rFID failed on that): both sides reach the net quantized."""
+  images = np.random.default_rng(0).integers(0, 256, (30, 4, 4, 1), dtype=np.uint8)
+  same = evaluate.reconstruction_metrics(lambda x: x, [images], net=_Uint8Only(), batch_size=8)
+  assert same["rfid_num_images"] == 30 and abs(same["rfid"]) < 1e-6  # the round trip is exact
+  darker = evaluate.reconstruction_metrics(lambda x: x * 0.5 - 0.5, [images], net=_Uint8Only(),
+                                           batch_size=8)
+  assert darker["rfid"] > 1.0
+
+
 def test_reconstruction_lpips_in_the_same_pass(monkeypatch):
   """"lpips": the mean of `lpips_distance(net=eval.lpips_net)` over every held-out image and its
   reconstruction (clipped to [-1, 1]), in the rFID pass; alone it loads no feature network."""
