@@ -639,7 +639,9 @@ def make_method(config: Any) -> Perfusion:
   """Perfusion of an ldm_text_digits-like config with ``init_from.base`` (the trained text
   run) and the ``perfusion`` block (``word``, ``subject_class``, ``prompts``, ``train_bias``,
   ``train_temperature``, ``bias``, ``temperature``, ``corpus_size``)."""
-  mode = str(config.perfusion.get("mode", "perfusion"))
+  pc = config.perfusion
+  # Runs recorded before `mode` had `edit` (False: the token row alone).
+  mode = str(pc.get("mode") or ("perfusion" if pc.get("edit", True) else "textual_inversion"))
   _check_mode(mode)   # before the rules, which depend on it
   if mode == "dreambooth":
     text = ldm_lib.text_method_on_base(config, "diffusion.perfusion (mode dreambooth)",
@@ -650,7 +652,6 @@ def make_method(config: Any) -> Perfusion:
                                        trains="the concept's token row and value offsets only")
   text = dataclasses.replace(text, ddpm=dataclasses.replace(text.ddpm, cond_drop_prob=0.0),
                              cond_drop_prob=0.0)
-  pc = config.perfusion
   word, k = str(pc.word), int(pc.subject_class)
   templates = tuple(config.ldm.text.templates)
   slots = text_lib.template_slots(templates)   # 2 on a canvas: the subject beside itself

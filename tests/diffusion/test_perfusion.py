@@ -240,6 +240,16 @@ def test_bad_words_and_rules_are_refused(fs_run, text_base):
     load_method(config)
 
 
+def test_a_run_recorded_with_edit_false_is_textual_inversion(fs_run, text_base):
+  """Runs recorded before `perfusion.mode` said `perfusion.edit` (False: the row alone)."""
+  config = _config(fs_run, text_base)
+  del config.perfusion["mode"]
+  config.perfusion.edit = False
+  assert load_method(config).mode == "textual_inversion"
+  config.perfusion.edit = True
+  assert load_method(config).mode == "perfusion"
+
+
 @pytest.mark.slow  # a loop run, an export and two samplings: about 2 min on 2 cores
 def test_a_concept_trains_exports_and_combines(tmp_path, fs_run, text_base):
   config = _config(fs_run, text_base)
