@@ -433,14 +433,8 @@ class Perfusion:
     index = np.arange(n, dtype=np.int32) % t
     tokens = jnp.asarray(self.class_captions)[index]
     text = self.ldm
-    enc = base[ldm_lib.TEXT_FROZEN]
-    cond = text.context(enc, tokens)
-    null = jnp.broadcast_to(jnp.asarray(text.captions[-1]), tokens.shape)
-    uncond = text.context(enc, null)
-
-    def eps_cond_fn(x, t_, c):
-      return text.ddpm.sampling_fn(base["unet"], c)(x, t_)
-    eps_fn = cfg_eps_fn(eps_cond_fn, {"context": cond}, {"context": uncond}, text.guidance_scale)
+    eps_fn = _guided_eps_fn(text, text.text_encoder, base[ldm_lib.TEXT_FROZEN], base["unet"],
+                            tokens)
     z = jax.jit(lambda key: text.ddpm.run_sampler(eps_fn, key, n))(jax.random.key(0))
     return np.asarray(z, np.float32), index
 
@@ -510,7 +504,7 @@ class Perfusion:
     metrics = {**metrics, "i_star_norm": jnp.linalg.norm(arrays["i_star"])}
     if self.mode == "dreambooth":   # + lambda * the class prior's loss (Ruiz et al., eq. 2)
       prior = frozen["prior"]
-      prior_rng, pick_rng, loss_rng = jax.random.split(jax.random.fold_in(rng, 1), 3)
+      prior_rng, pick_rng, _ = jax.random.split(jax.random.fold_in(rng, 1), 3)  # as measured
       pick = jax.random.randint(pick_rng, (z.shape[0],), 0, prior["latents"].shape[0])
       tokens = jnp.asarray(self.class_captions)[prior["caption"][pick]]
       context = self.ldm.context(params[ldm_lib.TEXT_FROZEN], tokens)
@@ -575,20 +569,26 @@ def _fingerprint(encoder: PyTree, unet: PyTree | None = None) -> str:
   return out
 
 
+def _guided_eps_fn(text: ldm_lib.TextLatentDiffusion, encoder: text_lib.TextEncoder,
+                   encoder_params: PyTree, unet_params: PyTree, tokens: jax.Array):
+  """eps_u + w (eps_c - eps_u) of the prompt tokens [n, L] against the empty prompt, w the base's
+  guidance scale (`cfg_eps_fn`)."""
+  null = jnp.broadcast_to(jnp.asarray(text.captions[-1]), tokens.shape)
+  cond = encoder.encode(encoder_params, tokens, tokens != text.tokenizer.pad_id)
+  uncond = encoder.encode(encoder_params, null, null != text.tokenizer.pad_id)
+
+  def eps_cond_fn(x, t, c):
+    return text.ddpm.sampling_fn(unet_params, c)(x, t)
+  return cfg_eps_fn(eps_cond_fn, {"context": cond}, {"context": uncond}, text.guidance_scale)
+
+
 def _sample(text: ldm_lib.TextLatentDiffusion, encoder: text_lib.TransformerTextEncoder,
             encoder_params: PyTree, unet_params: PyTree, state: TrainState,
             arrays: Mapping[str, Any] | None, g: Gate, tokens: jax.Array, rng: jax.Array,
             n: int) -> jax.Array:
   """Decoded samples of prompt tokens [n, L] with the edit `arrays`, CFG against the empty
   prompt (edited too, as every context the U-Net sees)."""
-  mask = tokens != text.tokenizer.pad_id
-  null = jnp.broadcast_to(jnp.asarray(text.captions[-1]), tokens.shape)
-  cond = encoder.encode(encoder_params, tokens, mask)
-  uncond = encoder.encode(encoder_params, null, null != text.tokenizer.pad_id)
-
-  def eps_cond_fn(x, t, c):
-    return text.ddpm.sampling_fn(unet_params, c)(x, t)
-  eps_fn = cfg_eps_fn(eps_cond_fn, {"context": cond}, {"context": uncond}, text.guidance_scale)
+  eps_fn = _guided_eps_fn(text, encoder, encoder_params, unet_params, tokens)
   with perfusion_edit(arrays, g):
     z = text.ddpm.run_sampler(eps_fn, rng, n)
   return text.decode_latents(state.frozen, state.model_state, z)
