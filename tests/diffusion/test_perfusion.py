@@ -6,6 +6,8 @@ Tolerances: the edit is float32 matrix products of width <= 8 on inputs of norm 
 with float64 NumPy: rtol/atol 1e-5.
 """
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -238,6 +240,30 @@ def test_bad_words_and_rules_are_refused(fs_run, text_base):
   config.perfusion.mode = "rome"
   with pytest.raises(errors.ConfigError, match="choose one of"):
     load_method(config)
+
+
+def test_dreambooth_loss_is_instance_plus_lambda_prior(fs_run, text_base):
+  """Ruiz et al. eq. 2: L = L_instance + lambda L_prior (lambda 1 and 3 differ by exactly
+  2 L_prior, the instance term unchanged)."""
+  from jgen.train import inputs   # pylint: disable=import-outside-toplevel
+  config = load_experiment("personalize/perfusion_digits", "smoke,dreambooth")
+  config.init_from.workdir = fs_run
+  config.init_from.base.workdir = text_base
+  method = load_method(config)
+  source = inputs.load_data(config, split=config.data.split)
+  batch = {"image": jnp.asarray(np.stack([source[i]["image"] for i in range(4)]),
+                                jnp.float32) / 127.5 - 1.0}
+  state = method.init(jax.random.key(0), batch)
+  prior = {"latents": jax.random.normal(jax.random.key(1), state.frozen["prior"]["latents"].shape),
+           "caption": state.frozen["prior"]["caption"]}
+  frozen = {**state.frozen, "prior": prior}
+  args = (state.params, frozen, state.model_state, batch, jax.random.key(2))
+  one, m1 = method.loss_fn(*args)
+  three, m3 = dataclasses.replace(method, prior_weight=3.0).loss_fn(*args)
+  np.testing.assert_allclose(float(one), float(m1["instance_loss"] + m1["prior_loss"]), rtol=1e-6)
+  np.testing.assert_allclose(float(three - one), 2 * float(m1["prior_loss"]), rtol=1e-5)
+  assert float(m3["instance_loss"]) == float(m1["instance_loss"])
+  assert float(m1["prior_loss"]) > 0
 
 
 def test_a_run_recorded_with_edit_false_is_textual_inversion(fs_run, text_base):
