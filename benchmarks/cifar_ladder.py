@@ -45,14 +45,18 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "/tmp/cifar_ladder", "Parent of the work directories.")
 flags.DEFINE_string("data", "../shared/data/cifar10-jpeg.zip",
                     "CIFAR-10: a .zip or folder with train/<class>/ and test/<class>/ images "
-                    "(a relative path is from the repository root; the path is part of the "
-                    "cached statistics' key, so keep one spelling).")
+                    "(a relative path is from the repository root; it is made absolute, the "
+                    "spelling of benchmarks/ddpm_parity.py's --zip, so that the two share the "
+                    "cached statistics of the same subset).")
 flags.DEFINE_list("models", None, "Models to run, in order (default: all; ldm needs vqgan).")
 flags.DEFINE_enum("stage", "all", ["all", "train", "eval", "table"], "What to do.")
 flags.DEFINE_bool("retrain", False, "Train a model again, from scratch (its old work directory "
                   "is renamed, not resumed).")
 flags.DEFINE_float("budget_min", 45.0, "Training wall-time budget per model, in minutes.")
 flags.DEFINE_integer("num_samples", 10000, "Samples of the final FID (and its P&R).")
+flags.DEFINE_integer("reference_images", 10000,
+                     "Training images of the FID statistics and the P&R features: a seeded "
+                     "random subset (eval.seed 0), 0 for all 50,000.")
 flags.DEFINE_integer("curve_points", 4, "Kept checkpoints scored for the FID curve.")
 flags.DEFINE_integer("curve_samples", 2000, "Samples per FID of the curve.")
 flags.DEFINE_string("plot", None, "If set, write the FID curve and the sample grids there.")
@@ -71,12 +75,15 @@ class Model:
   needs: str | None = None    # a model whose work directory init_from reads
 
 
-# One U-Net for the two pixel-space objectives, so that they compare: 64 channels at 32x32,
-# (1, 2, 2) multipliers (32 -> 16 -> 8), one residual block per level, attention at 16x16
-# (the papers' is 128 channels, (1, 2, 2, 2), two blocks: 35.7M parameters).
-_UNET = ("model.ch=64", "model.ch_mult=(1,2,2)", "model.num_res_blocks=1",
-         "model.attn_resolutions=(16,)", "model.num_groups=32", "data.batch_size=64",
-         "optim.warmup_steps=200", "train.ema_decay=0.999", "train.ema_warmup=True")
+# One U-Net for the two pixel-space objectives, so that they compare, and the one of
+# benchmarks/ddpm_parity.py: 16 channels at 32x32, (1, 2, 2) multipliers (32 -> 16 -> 8), one
+# residual block per level, attention at 16x16, no dropout (0.28M parameters; the papers' is
+# 128 channels, (1, 2, 2, 2), two blocks: 35.7M). Its train step at batch 64 took 0.56 s on
+# this CPU in the parity run: about 4,800 steps in 45 minutes.
+_UNET = ("model.ch=16", "model.ch_mult=(1,2,2)", "model.num_res_blocks=1",
+         "model.attn_resolutions=(16,)", "model.num_groups=8", "model.dropout=0.0",
+         "data.batch_size=64", "optim.warmup_steps=200", "train.ema_decay=0.999",
+         "train.ema_warmup=True")
 
 MODELS: dict[str, Model] = {
     "ddpm": Model("experiments/ddpm/cifar.py", _UNET, curve_every=250,
@@ -92,7 +99,7 @@ MODELS: dict[str, Model] = {
     "vqgan": Model(
         "experiments/first_stage/vqgan_cifar.py",
         ("model.ch=64", "model.num_res_blocks=1", "data.batch_size=32",
-         "optim.schedule=constant", "loss.disc_start=1000"),
+         "optim.schedule=constant", "loss.disc_start=1000", "loss.skip_before_start=True"),
         curve_every=500, metrics="rfid,lpips"),
     "ldm": Model(
         "experiments/ldm/cifar.py",
@@ -113,6 +120,10 @@ PUBLISHED = {
 }
 
 
+def _data() -> str:
+  return str((budget_runs.REPO / FLAGS.data).resolve())
+
+
 def _workdir(name: str) -> str:
   return os.path.join(FLAGS.root, name)
 
@@ -120,7 +131,7 @@ def _workdir(name: str) -> str:
 def _overrides(name: str, mode: str, *, step: int | None = None,
                num: int | None = None) -> list[str]:
   m = MODELS[name]
-  out = [f"data.source=folder:{FLAGS.data}", *m.cpu, *m.sample, "train.num_steps=1000000",
+  out = [f"data.source=folder:{_data()}", *m.cpu, *m.sample, "train.num_steps=1000000",
          f"train.checkpoint_every={m.curve_every}", "train.keep_checkpoints=1000",
          "train.log_every=50", "train.eval_every=0", "train.sample_every=0"]
   if FLAGS.smoke:
@@ -130,12 +141,15 @@ def _overrides(name: str, mode: str, *, step: int | None = None,
     out.append(f"init_from.workdir={_workdir(m.needs)}")
   if mode == "eval":
     n = num or FLAGS.num_samples
-    out += [f"eval.metrics={m.metrics}", "eval.features=inception",
+    metrics = m.metrics if step is None else m.metrics.replace(",pr", "")  # the curve: FID
+    out += [f"eval.metrics={metrics}", "eval.features=inception",
             f"eval.num_samples={n}", "eval.reference_split=train"]
-    if "pr" in m.metrics:
-      out.append(f"eval.num_reference_features={n}")
-    if FLAGS.smoke:
-      out.append("eval.reference_max_images=64")
+    ref = 64 if FLAGS.smoke else FLAGS.reference_images
+    if ref:
+      out.append(f"eval.reference_max_images={ref}")
+    if "pr" in metrics:
+      # The FID's reference subset, so that one Inception pass serves both.
+      out.append(f"eval.num_reference_features={ref or n}")
   if step is not None:
     out.append(f"eval.checkpoint_step={step}")
   return out
@@ -240,7 +254,7 @@ def main(argv):
     names = budget_runs.selected(FLAGS.models, list(MODELS))
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  if FLAGS.stage != "table" and not (budget_runs.REPO / FLAGS.data).exists():
+  if FLAGS.stage != "table" and not os.path.exists(_data()):
     raise app.UsageError(f"no CIFAR-10 at {FLAGS.data}: pass --data (a .zip or folder with "
                          "train/<class>/ and test/<class>/ images)")
   results = budget_runs.Results(os.path.join(FLAGS.root, "results.json"))

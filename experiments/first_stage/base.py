@@ -62,6 +62,7 @@ def get_config(kind: str, *, smoke: bool = False, adversarial: bool = True
   c.loss.disc_weight = (0.8 if kind == "vq" else 0.5) if adversarial else 0.0
   c.loss.disc_start = 500
   c.loss.adaptive = True
+  c.loss.skip_before_start = False  # True: skip the GAN terms before disc_start (faster)
 
   c.disc = ml_collections.ConfigDict()
   c.disc.ndf = 32

@@ -355,15 +355,19 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
   split = ev.reference_split or d.split
   data_kw = dict(split=split, data_dir=d.data_dir, image_size=d.image_size,
                  channels=d.channels, resize=d.resize, batch_size=ev.batch_size)
-  ref_stats = None
-  if "fid" in sampled:
-    ref_stats = fid_lib.reference_stats(net, d.source, max_images=ev.reference_max_images,
-                                        seed=ev.seed,
-                                        **data_kw)
   ref_feats = None
   if {"kid", "pr", "dc"} & set(sampled):
     ref_feats = reference_features(net, d.source, num=ev.num_reference_features
                                    or ev.num_samples, seed=ev.seed, **data_kw)
+  ref_stats = None
+  if "fid" in sampled:
+    # The same seeded subset as the P&R features: its statistics come from those features
+    # (one pass of the network over the real images instead of two).
+    shared = (ref_feats if ref_feats is not None
+              and ev.reference_max_images == (ev.num_reference_features or ev.num_samples)
+              else None)
+    ref_stats = fid_lib.reference_stats(net, d.source, max_images=ev.reference_max_images,
+                                        seed=ev.seed, features=shared, **data_kw)
   log.info("sample metrics %s of %d samples with %s features against %s/%s",
            ",".join(sampled), ev.num_samples, net.name, d.source, split)
   result.update(sample_metrics(

@@ -239,7 +239,7 @@ def reference_stats(net: fnet.FeatureNet, source: str, *, split: str = "train",
                     data_dir: str | None = None, image_size: int | None = None,
                     channels: int | None = None, resize: bool = False,
                     max_images: int | None = None, seed: int = 0, batch_size: int = 200,
-                    cache: bool = True) -> dict[str, Any]:
+                    cache: bool = True, features: np.ndarray | None = None) -> dict[str, Any]:
   """Feature statistics of a dataset split, computed once and cached as .npz.
 
   The cache file is ``<cache>/fid_stats/<net.name>/<source>-<split>-<shape>-<n>.npz`` under
@@ -258,6 +258,9 @@ def reference_stats(net: fnet.FeatureNet, source: str, *, split: str = "train",
     seed: the subset's seed.
     batch_size: images per network call.
     cache: read/write the cache file.
+    features: the network's features [n, D] of exactly this subset, already computed (e.g.
+      `jgen.metrics.evaluate.reference_features` of the same split, size and seed, for P&R):
+      the statistics are taken from them instead of running the network a second time.
 
   Returns:
     {'mu', 'sigma', 'count', 'path' (the cache file or None)}.
@@ -273,7 +276,13 @@ def reference_stats(net: fnet.FeatureNet, source: str, *, split: str = "train",
   src = jdata.load_source(source, split=split, data_dir=data_dir, image_size=image_size,
                           channels=channels, resize=resize)
   index = subset_index(len(src), max_images, seed)
-  acc, _ = accumulate(net, source_chunks(src, index, batch_size), batch_size=batch_size)
+  if features is None:
+    acc, _ = accumulate(net, source_chunks(src, index, batch_size), batch_size=batch_size)
+  elif len(features) != len(index):
+    raise ValueError(f"reference_stats got features of {len(features)} images for a subset of "
+                     f"{len(index)}: pass the features of exactly that subset (or none)")
+  else:
+    acc = GaussianStats(net.feature_dim).update(features)
   if path:
     save_stats(path, acc, key=key, net=net.name, source=source, split=split)
     log.info("reference statistics of %s/%s (%d images) cached in %s", source, split,

@@ -2,6 +2,7 @@
 start step, the KL closed form, l2-normalized codes, encode/decode shapes, the perceptual
 options, and the loop (train, eval with rFID, resume) on the smoke configs."""
 
+import dataclasses
 import os
 
 import jax
@@ -107,6 +108,37 @@ def test_discriminator_term_is_zero_before_the_start_step_and_not_after():
   assert any(not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(s3.params["discriminator"]), jax.tree.leaves(s4.params["discriminator"])))
   assert int(s4.step) == 4
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_skipped_steps_before_the_start_equal_the_steps_of_no_critic(norm):
+  """loss.skip_before_start: before disc_start the autoencoder moves exactly as without a
+  critic (the skipped term was 0 x L_G), the critic's parameters stay and its Adam count moves
+  as under a zero gradient, the skipped metrics read 0; from the start step on the term is
+  back (the loss differs from the critic-less one)."""
+  batch = _batch()
+  m = _method("vq", disc_start=3, skip_before_start=True)
+  m = dataclasses.replace(m, discriminator=PatchDiscriminator(ndf=8, n_layers=1, norm=norm))
+  bare = _method("vq", disc_weight=0.0)
+  s, b = m.init(jax.random.key(0), batch), bare.init(jax.random.key(0), batch)
+  d0 = s.params["discriminator"]
+  step, bare_step = jax.jit(m.train_step), jax.jit(bare.train_step)
+  for i in range(3):
+    s, metrics = step(s, batch, jax.random.key(10 + i))
+    b, bare_metrics = bare_step(b, batch, jax.random.key(10 + i))
+    assert float(metrics["loss"]) == float(bare_metrics["loss"])
+    assert float(metrics["g_loss"]) == 0.0 and float(metrics["real_score"]) == 0.0
+    for x, y in zip(jax.tree.leaves(s.params["autoencoder"]),
+                    jax.tree.leaves(b.params["autoencoder"])):
+      np.testing.assert_array_equal(x, y)
+  for x, y in zip(jax.tree.leaves(d0), jax.tree.leaves(s.params["discriminator"])):
+    np.testing.assert_array_equal(x, y)
+  adam = [leaf for leaf in jax.tree.leaves(s.opt_state) if np.ndim(leaf) == 0]
+  assert 3 in [int(c) for c in adam]  # the critic's Adam count moved with the steps
+  s, after = step(s, batch, jax.random.key(13))
+  b, bare_after = bare_step(b, batch, jax.random.key(13))
+  assert float(after["adv_term"]) != 0.0
+  assert float(after["loss"]) != float(bare_after["loss"])
 
 
 def test_kl_term_equals_its_closed_form():

@@ -123,6 +123,26 @@ def test_reference_stats_of_max_images_are_a_seeded_random_subset():
   assert every["count"] == len(images)
 
 
+def test_reference_stats_from_the_subsets_features_equal_a_network_pass(monkeypatch):
+  """`features=` (what evaluate passes when the P&R features cover the same seeded subset):
+  the statistics the network pass gives, without the pass; features of another count refused."""
+  net = random_domain_net()
+  kw = dict(image_size=8, channels=1, cache=False)
+  direct = fid.reference_stats(net, "digits", max_images=200, seed=3, **kw)
+  feats = evaluate.reference_features(net, "digits", num=200, seed=3, **kw)
+
+  def no_pass(*args, **kwargs):
+    raise AssertionError("the network ran although the subset's features were given")
+
+  monkeypatch.setattr(fid, "accumulate", no_pass)
+  shared = fid.reference_stats(net, "digits", max_images=200, seed=3, features=feats, **kw)
+  np.testing.assert_allclose(shared["mu"], direct["mu"], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(shared["sigma"], direct["sigma"], rtol=1e-5, atol=1e-7)
+  assert shared["count"] == 200
+  with pytest.raises(ValueError, match="exactly that subset"):
+    fid.reference_stats(net, "digits", max_images=200, seed=3, features=feats[:150], **kw)
+
+
 def test_evaluate_config_off_auto_skip_and_explicit_failure(tmp_path, monkeypatch, caplog):
   config = base_config()
   assert evaluate.evaluate_config(config, lambda i, n: None) is None  # off by default
