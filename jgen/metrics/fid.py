@@ -258,9 +258,9 @@ def reference_stats(net: fnet.FeatureNet, source: str, *, split: str = "train",
     seed: the subset's seed.
     batch_size: images per network call.
     cache: read/write the cache file.
-    features: the network's features [n, D] of exactly this subset, already computed (e.g.
-      `jgen.metrics.evaluate.reference_features` of the same split, size and seed, for P&R):
-      the statistics are taken from them instead of running the network a second time.
+    features: the network's features [n, D] of exactly this subset, already computed, as
+      `jgen.metrics.evaluate.reference_features` of the same split, size and seed gives them
+      for P&R; the statistics are then taken from them, and the network is not run again.
 
   Returns:
     {'mu', 'sigma', 'count', 'path' (the cache file or None)}.
