@@ -87,8 +87,8 @@ _UNET = ("model.ch=16", "model.ch_mult=(1,2,2)", "model.num_res_blocks=1",
          "train.ema_warmup=True")
 
 # Both pixel-space models sample with 50 network evaluations: DDIM-50 (the DDPM configs' default)
-# and 50 Euler steps of the flow's ODE. 2,000 DDIM-100 samples of this U-Net took 466 s in the
-# parity run (with their Inception pass), so 100 steps would make the FID-10k about 39 minutes.
+# and 50 Euler steps of the flow's ODE. Drawing 2,000 DDIM-100 samples of this U-Net took 466 s
+# in the parity run, so 100 steps would spend about 39 minutes drawing the FID-10k's samples.
 _SAMPLE_50 = ("sample.steps=50",)
 
 MODELS: dict[str, Model] = {
