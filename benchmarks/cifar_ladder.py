@@ -106,11 +106,16 @@ MODELS: dict[str, Model] = {
          # p adjusted 0 -> 1 over 100k images (500k in the paper) for a run of about 100k.
          f"train.ema_decay={0.5 ** (64 / 10_000)}", "gan.ada_kimg=100.0"),
         curve_every=250),
+    # LPIPS-VGG and the critic, not the autoencoder, set the step's cost on this CPU (at batch
+    # 32 with the GAN term: 7.7 s per step at 64 channels, 6.5 s at 32), so the rung keeps 64
+    # channels and halves the batch. The GAN term runs from step 0 (LDM's vq-f4 does) and
+    # inline: under `loss.skip_before_start`'s `lax.cond` its steps took 11.9 s, and the steps
+    # before the start 5.7 s (docs/results.md, "The VQ-GAN's size").
     "vqgan": Model(
         "experiments/first_stage/vqgan_cifar.py",
-        ("model.ch=64", "model.num_res_blocks=1", "data.batch_size=32",
-         "optim.schedule=constant", "loss.disc_start=1000", "loss.skip_before_start=True"),
-        curve_every=500, metrics="rfid,lpips"),
+        ("model.ch=64", "model.num_res_blocks=1", "data.batch_size=16",
+         "optim.schedule=constant", "optim.warmup_steps=100", "loss.disc_start=0"),
+        curve_every=150, metrics="rfid,lpips"),
     "ldm": Model(
         "experiments/ldm/cifar.py",
         ("model.ch=64", "model.num_res_blocks=1", "data.batch_size=64",
