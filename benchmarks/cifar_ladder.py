@@ -241,10 +241,11 @@ def table(data: dict) -> str:
       continue
     ev = r["eval"]
     s = _sample_scores(ev)
-    rec = ", ".join(f"{k} {ev[k]:.3f}" for k in ("rfid", "psnr", "lpips") if k in ev) or "-"
-    rows.append(f"| {name} | {r['steps']} | {fmt(r['train_s'] / 60, 1)} "
-                f"| {fmt(s.get('fid'), 1)} ({r.get('num_samples', '-')}) "
-                f"| {fmt(s.get('precision'), 3)} | {fmt(s.get('recall'), 3)} | {rec} "
+    scores = {**ev, **s}  # PSNR is the eval loss's, rFID and LPIPS the sample metrics'
+    rec = ", ".join(f"{k} {scores[k]:.3f}" for k in ("rfid", "psnr", "lpips") if k in scores)
+    fid = f"{fmt(s['fid'], 1)} ({r.get('num_samples', '-')})" if "fid" in s else "-"
+    rows.append(f"| {name} | {r['steps']} | {fmt(r['train_s'] / 60, 1)} | {fid} "
+                f"| {fmt(s.get('precision'), 3)} | {fmt(s.get('recall'), 3)} | {rec or '-'} "
                 f"| {fmt(r.get('eval_s', 0) / 60, 1)} | {PUBLISHED[name]} |")
   return "\n".join(rows)
 
@@ -256,11 +257,14 @@ def plot(data: dict, out_dir: str) -> None:
   os.makedirs(out_dir, exist_ok=True)
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, r in data.items():
-    points = sorted((int(k), v["fid"]) for k, v in r.get("curve", {}).items() if "fid" in v)
+    # Generators: FID of samples against the training images; first stages: rFID of the test
+    # images' reconstructions against the test images.
+    key = "rfid" if MODELS[name].metrics.startswith("rfid") else "fid"
+    points = sorted((int(k), v[key]) for k, v in r.get("curve", {}).items() if key in v)
     if points:
-      ax.plot(*zip(*points), marker="o", label=name)
+      ax.plot(*zip(*points), marker="o", label=f"{name} (rFID, test)" if key == "rfid" else name)
   ax.set_xlabel("training steps")
-  ax.set_ylabel("FID (train statistics)")
+  ax.set_ylabel("FID of samples vs train (rFID: test)")
   ax.set_yscale("log")
   ax.set_title(f"CIFAR-10 on 2 CPU cores, {FLAGS.budget_min:g} min per model")
   ax.legend()
