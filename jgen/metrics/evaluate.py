@@ -126,7 +126,8 @@ def reference_features(net: fnet.FeatureNet, source: str, *, num: int, split: st
 def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
                            images: Iterable[np.ndarray], *, net: fnet.FeatureNet | None = None,
                            lpips_fn: Callable[[Any, Any], Any] | None = None,
-                           batch_size: int = 100) -> dict[str, float]:
+                           batch_size: int = 100,
+                           reference_stats: dict[str, Any] | None = None) -> dict[str, float]:
   """rFID and reconstruction LPIPS of `images`, each image reconstructed once.
 
   rFID (with `net`): FID of the reconstructions against the statistics of `images`
@@ -142,11 +143,18 @@ def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
     lpips_fn: ``(x0, x1) -> [N]`` LPIPS distances (`jgen.metrics.lpips.lpips_distance`, jitted;
       None: no LPIPS).
     batch_size: images per `reconstruct_fn` call.
+    reference_stats: `net`'s statistics of exactly `images` ({"mu", "sigma", "count"}, as
+      `jgen.metrics.fid.reference_stats` of their split caches them); None: taken here, which
+      runs the network over the real images as well as the reconstructions.
 
   Returns:
     {"rfid", "rfid_num_images"} with `net`, {"lpips", "lpips_num_images"} with `lpips_fn`.
+
+  Raises:
+    ValueError: `reference_stats` of a different number of images.
   """
-  real = fid_lib.GaussianStats(net.feature_dim) if net is not None else None
+  cached = reference_stats is not None
+  real = (None if net is None or cached else fid_lib.GaussianStats(net.feature_dim))
   fake = fid_lib.GaussianStats(net.feature_dim) if net is not None else None
   lpips_sum, count = 0.0, 0
   for batch in fnet.iterate_batches(images, batch_size):
@@ -156,7 +164,8 @@ def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
          else padded.astype(np.float32))
     x_hat = np.asarray(reconstruct_fn(x))
     if net is not None:  # feature nets take uint8 (the Inception refuses floats)
-      real.update(net(fnet.as_uint8(batch))["features"])
+      if not cached:
+        real.update(net(fnet.as_uint8(batch))["features"])
       fake.update(net(fnet.as_uint8(x_hat[:n]))["features"])
     if lpips_fn is not None:
       xh = (x_hat.astype(np.float32) / 127.5 - 1.0 if x_hat.dtype == np.uint8
@@ -165,7 +174,11 @@ def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
     count += n
   out: dict[str, float] = {}
   if net is not None:
-    out.update(rfid=fid_lib.fid_from_stats(fake, real), rfid_num_images=float(real.count))
+    if cached and int(reference_stats["count"]) != count:
+      raise ValueError(f"reference_stats are of {int(reference_stats['count'])} images, the "
+                       f"reconstructions of {count}: pass the statistics of exactly these images")
+    ref = reference_stats if cached else real
+    out.update(rfid=fid_lib.fid_from_stats(fake, ref), rfid_num_images=float(count))
   if lpips_fn is not None:
     out.update(lpips=lpips_sum / max(count, 1), lpips_num_images=float(count))
   return out
@@ -344,9 +357,17 @@ def evaluate_config(config: Any, sample_fn: Callable[[int, int], Any] | None, *,
              ",".join(reconstructed), len(src), d.source, d.eval_split,
              net.name if net is not None else "no", ev.lpips_net)
     size = config.sample.batch_size
+    real_stats = None
+    if "rfid" in metrics:
+      # The split's statistics, cached: a later evaluation runs the network over the
+      # reconstructions only (half the feature passes).
+      real_stats = fid_lib.reference_stats(
+          net, d.source, split=d.eval_split, data_dir=d.data_dir, image_size=d.image_size,
+          channels=d.channels, resize=d.resize, batch_size=ev.batch_size)
     result.update(reconstruction_metrics(
         reconstruct_fn, fid_lib.source_chunks(src, np.arange(len(src)), size),
-        net=net if "rfid" in metrics else None, lpips_fn=lpips_fn, batch_size=size))
+        net=net if "rfid" in metrics else None, lpips_fn=lpips_fn, batch_size=size,
+        reference_stats=real_stats))
   if "ppl" in metrics:
     result.update(_path_length(net, path_length_fns, ev, batch_size=config.sample.batch_size))
   sampled = [m for m in metrics if m in SAMPLE_METRICS]

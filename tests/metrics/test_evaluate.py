@@ -268,6 +268,45 @@ def test_reconstruction_fid_of_every_held_out_image_once(monkeypatch):
   assert abs(same["rfid"]) < 1e-3 < got["rfid"]  # a perfect reconstruction scores 0
 
 
+def test_reconstruction_fid_caches_the_held_out_statistics(monkeypatch):
+  """The held-out images' statistics are cached (`fid.reference_stats` of the eval split): a
+  second evaluation runs the network over the reconstructions only, with the same rFID."""
+  net = random_domain_net(batch_size=64)
+  seen = []
+
+  def counting(images):
+    seen.append(len(images))
+    return net(images)
+
+  counting.feature_dim, counting.name = net.feature_dim, net.name
+  monkeypatch.setattr(networks, "load", lambda spec, **kwargs: counting)
+  n = len(jdata.load_source("digits", split="test", image_size=8, channels=1))
+  first = evaluate.evaluate_config(_rfid_config("rfid"), None, method=_Reconstructs(),
+                                   reconstruct_fn=lambda x: x * 0.5 - 0.5)
+  assert sum(seen) == 2 * n
+  seen.clear()
+  second = evaluate.evaluate_config(_rfid_config("rfid"), None, method=_Reconstructs(),
+                                    reconstruct_fn=lambda x: x * 0.5 - 0.5)
+  assert sum(seen) == n and second["rfid_num_images"] == n
+  assert second["rfid"] == pytest.approx(first["rfid"], rel=1e-6)
+
+
+def test_reconstruction_fid_with_given_statistics():
+  """`reference_stats` of the same images gives the rFID taken in the pass, without running the
+  net over them; statistics of another number of images are refused."""
+  images = np.random.default_rng(0).integers(0, 256, (30, 4, 4, 1), dtype=np.uint8)
+  darker = lambda x: x * 0.5 - 0.5  # noqa: E731
+  inline = evaluate.reconstruction_metrics(darker, [images], net=_Uint8Only(), batch_size=8)
+  real = fid.GaussianStats(4).update(_Uint8Only()(images)["features"])
+  stats = {"mu": real.mean, "sigma": real.cov, "count": real.count}
+  given = evaluate.reconstruction_metrics(darker, [images], net=_Uint8Only(), batch_size=8,
+                                          reference_stats=stats)
+  assert given["rfid"] == pytest.approx(inline["rfid"], rel=1e-9)
+  with pytest.raises(ValueError, match="statistics of exactly these images"):
+    evaluate.reconstruction_metrics(darker, [images[:20]], net=_Uint8Only(), batch_size=8,
+                                    reference_stats=stats)
+
+
 class _Uint8Only:
   """A feature net that refuses floats, as the FID Inception does."""
 
