@@ -14,9 +14,10 @@ experiment config (``config.eval``), used by ``launch.py --mode=eval``::
 Metric names: "fid", "kid", "is", "pr" (precision & recall), "dc" (density & coverage),
 "rfid" (reconstruction FID) and "lpips" (the mean LPIPS between every held-out image and its
 reconstruction, ``eval.lpips_net``: 'alex', the LPIPS paper's metric, or 'vgg'; both in
-`reconstruction_metrics`), and "ppl" (perceptual path length, `jgen.metrics.ppl`, of a method
-that gives its latent paths: ``path_length_fns`` of `jgen.train.method.PathLengths`). PPL's
-distance (``eval.ppl_distance``) is LPIPS-VGG, the paper's, or -- the stand-in of digits-sized
+`reconstruction_metrics`, which also reports their mean PSNR), and "ppl" (perceptual path
+length, `jgen.metrics.ppl`, of a method that gives its latent paths: ``path_length_fns`` of
+`jgen.train.method.PathLengths`). PPL's distance (``eval.ppl_distance``) is LPIPS-VGG, the
+paper's, or -- the stand-in of digits-sized
 images, where the feature network is a ``domain:<dataset>`` classifier and 'auto' picks it --
 the squared distance of that network's float features (`jgen.metrics.ppl.feature_distance`,
 not comparable to published PPL); ``eval.ppl_crop`` takes StyleGAN's face crop.
@@ -52,6 +53,7 @@ from jgen.metrics import networks
 from jgen.metrics import ppl
 from jgen.metrics import precision_recall as pr_lib
 from jgen.metrics import weights
+from jgen.ops import image as image_ops
 
 __all__ = ["METRICS", "RECONSTRUCTION_METRICS", "SAMPLE_METRICS", "auto_features",
            "evaluate_config", "image_metrics", "parse_metrics", "reconstruction_metrics",
@@ -128,11 +130,13 @@ def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
                            lpips_fn: Callable[[Any, Any], Any] | None = None,
                            batch_size: int = 100,
                            reference_stats: dict[str, Any] | None = None) -> dict[str, float]:
-  """rFID and reconstruction LPIPS of `images`, each image reconstructed once.
+  """rFID, reconstruction LPIPS and PSNR of `images`, each image reconstructed once.
 
   rFID (with `net`): FID of the reconstructions against the statistics of `images`
   themselves. LPIPS (with `lpips_fn`): the mean over images of ``lpips_fn(x, clip(x_hat, -1,
   1))`` on [-1, 1] images (the reconstruction clipped to the image range, as it is shown).
+  PSNR (always): the mean over images of `jgen.ops.image.psnr`, 10 log10(1 / MSE) on [0, 1]
+  of the clipped reconstruction (the first stages' held-out ``psnr``, over every image).
 
   Args:
     reconstruct_fn: images `[batch_size, H, W, C]` in [-1, 1] -> their reconstructions in
@@ -148,7 +152,8 @@ def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
       runs the network over the real images as well as the reconstructions.
 
   Returns:
-    {"rfid", "rfid_num_images"} with `net`, {"lpips", "lpips_num_images"} with `lpips_fn`.
+    {"psnr"}, {"rfid", "rfid_num_images"} with `net`, {"lpips", "lpips_num_images"} with
+    `lpips_fn`.
 
   Raises:
     ValueError: `reference_stats` of a different number of images.
@@ -156,7 +161,7 @@ def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
   cached = reference_stats is not None
   real = (None if net is None or cached else fid_lib.GaussianStats(net.feature_dim))
   fake = fid_lib.GaussianStats(net.feature_dim) if net is not None else None
-  lpips_sum, count = 0.0, 0
+  lpips_sum, psnr_sum, count = 0.0, 0.0, 0
   for batch in fnet.iterate_batches(images, batch_size):
     n = len(batch)
     padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
@@ -167,12 +172,13 @@ def reconstruction_metrics(reconstruct_fn: Callable[[np.ndarray], Any],
       if not cached:
         real.update(net(fnet.as_uint8(batch))["features"])
       fake.update(net(fnet.as_uint8(x_hat[:n]))["features"])
+    xh = (x_hat.astype(np.float32) / 127.5 - 1.0 if x_hat.dtype == np.uint8
+          else np.clip(x_hat.astype(np.float32), -1.0, 1.0))
+    psnr_sum += float(np.sum(np.asarray(image_ops.psnr(xh[:n], x[:n]), np.float64)))
     if lpips_fn is not None:
-      xh = (x_hat.astype(np.float32) / 127.5 - 1.0 if x_hat.dtype == np.uint8
-            else np.clip(x_hat.astype(np.float32), -1.0, 1.0))
       lpips_sum += float(np.sum(np.asarray(lpips_fn(x, xh), np.float64)[:n]))
     count += n
-  out: dict[str, float] = {}
+  out: dict[str, float] = {"psnr": psnr_sum / max(count, 1)}
   if net is not None:
     if cached and int(reference_stats["count"]) != count:
       raise ValueError(f"reference_stats are of {int(reference_stats['count'])} images, the "

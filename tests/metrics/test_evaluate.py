@@ -256,7 +256,7 @@ def test_reconstruction_fid_of_every_held_out_image_once(monkeypatch):
 
   got = evaluate.evaluate_config(_rfid_config("rfid"), None, method=_Reconstructs(),
                                  reconstruct_fn=darker)
-  assert set(got) == {"features", "rfid", "rfid_num_images"}
+  assert set(got) == {"features", "rfid", "rfid_num_images", "psnr"}
   assert got["rfid_num_images"] == len(held_out) and set(calls) == {40}
   assert len(calls) == -(-len(held_out) // 40)
   x = held_out.astype(np.float32) / 127.5 - 1.0
@@ -353,12 +353,17 @@ def test_reconstruction_lpips_in_the_same_pass(monkeypatch):
   config.eval.lpips_net = "vgg"
   got = evaluate.evaluate_config(config, None, method=_Reconstructs(), reconstruct_fn=brighter)
   assert set(got) == {"features", "rfid", "rfid_num_images", "lpips", "lpips_num_images",
-                      "lpips_net"}
+                      "lpips_net", "psnr"}
   assert nets == ["vgg"] and got["lpips_net"] == "vgg" and set(calls) == {40}
   assert len(calls) == -(-len(held_out) // 40)  # one reconstruction pass for both metrics
   expected = np.mean(np.abs(x - np.clip(x * 0.5 + 0.75, -1, 1)))
   assert got["lpips"] == pytest.approx(expected, rel=1e-5)
   assert got["lpips_num_images"] == len(held_out)
+  # PSNR in the same pass: per image 10 log10(1 / MSE) on [0, 1] of the clipped
+  # reconstruction, averaged over every held-out image (NumPy, float64).
+  err = (np.clip(x * 0.5 + 0.75, -1, 1).astype(np.float64) - x) / 2.0
+  per_image = 10.0 * np.log10(1.0 / np.mean(err.reshape(len(x), -1) ** 2, axis=1))
+  assert got["psnr"] == pytest.approx(per_image.mean(), rel=1e-5)
 
   def no_features(*args, **kwargs):
     raise AssertionError("reconstruction LPIPS alone loads no feature network")
@@ -366,7 +371,7 @@ def test_reconstruction_lpips_in_the_same_pass(monkeypatch):
   monkeypatch.setattr(networks, "load", no_features)
   alone = evaluate.evaluate_config(_rfid_config("lpips"), None, method=_Reconstructs(),
                                    reconstruct_fn=brighter)
-  assert set(alone) == {"lpips", "lpips_num_images", "lpips_net"} and nets[-1] == "alex"
+  assert set(alone) == {"lpips", "lpips_num_images", "lpips_net", "psnr"} and nets[-1] == "alex"
   assert alone["lpips"] == pytest.approx(got["lpips"], rel=1e-6)
 
 
