@@ -246,7 +246,9 @@ def table(data: dict) -> str:
       continue
     ev = r["eval"]
     s = _sample_scores(ev)
-    scores = {**ev, **s}  # PSNR is the eval loss's, rFID and LPIPS the sample metrics'
+    # A first stage's rFID, LPIPS and PSNR over every test image (its sample metrics), not the
+    # eval loss's PSNR of a few batches.
+    scores = {**ev, **s}
     rec = ", ".join(f"{k} {scores[k]:.3f}" for k in ("rfid", "psnr", "lpips") if k in scores)
     fid = f"{fmt(s['fid'], 1)} ({r.get('num_samples', '-')})" if "fid" in s else "-"
     rows.append(f"| {name} | {r['steps']} | {fmt(r['train_s'] / 60, 1)} | {fid} "

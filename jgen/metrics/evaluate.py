@@ -17,10 +17,10 @@ reconstruction, ``eval.lpips_net``: 'alex', the LPIPS paper's metric, or 'vgg'; 
 `reconstruction_metrics`, which also reports their mean PSNR), and "ppl" (perceptual path
 length, `jgen.metrics.ppl`, of a method that gives its latent paths: ``path_length_fns`` of
 `jgen.train.method.PathLengths`). PPL's distance (``eval.ppl_distance``) is LPIPS-VGG, the
-paper's, or -- the stand-in of digits-sized
-images, where the feature network is a ``domain:<dataset>`` classifier and 'auto' picks it --
-the squared distance of that network's float features (`jgen.metrics.ppl.feature_distance`,
-not comparable to published PPL); ``eval.ppl_crop`` takes StyleGAN's face crop.
+paper's, or -- the stand-in of digits-sized images, where the feature network is a
+``domain:<dataset>`` classifier and 'auto' picks it -- the squared distance of that network's
+float features (`jgen.metrics.ppl.feature_distance`, not comparable to published PPL);
+``eval.ppl_crop`` takes StyleGAN's face crop.
 
 Methods that do not sample (the AE, DAE, VQ-VAE and first stages: `jgen.train.Reconstructs`,
 not `Samples`; ``sample_fn=None``) are refused the sample metrics. Their metrics are "rfid" and
