@@ -137,7 +137,9 @@ PUBLISHED = {
     "vqgan": "none on CIFAR-10; LDM's vq-f4 (the same f = 4, 8192 x 3-d codes): rFID 0.58, "
              "PSNR 27.43 on ImageNet val at 256x256 after 533k steps on OpenImages (the "
              "latent-diffusion model zoo)",
-    "ldm": "no CIFAR-10 model in the LDM paper",
+    "ldm": "none on CIFAR-10; LDM-4-G on ImageNet 256 (class-conditional, classifier-free "
+           "guidance, 250 DDIM steps): FID 3.60 with 400M parameters and 271 V100-days "
+           "(Rombach et al. 2022)",
     "flow_matching": "FID 6.35 (Lipman et al. 2023, OT path, dopri5 at 142 NFE; ADM U-Net)",
 }
 
