@@ -261,8 +261,9 @@ def sample_metrics(sample_fn: Callable[[int, int], Any], num_samples: int,
   """`image_metrics` of `num_samples` samples drawn chunk by chunk, never all in memory.
 
   Args:
-    sample_fn: (chunk index i, n) -> n images [n, H, W, C] in [-1, 1] (or uint8); chunk i must
-      use its own randomness (e.g. ``fold_in(key, i)``).
+    sample_fn: (chunk index i, n) -> n images [n, H, W, C], float (clipped to [-1, 1] and
+      quantized as the sample grids are) or uint8; chunk i must use its own randomness (e.g.
+      ``fold_in(key, i)``).
     num_samples: total samples (the last chunk is trimmed).
     net: the feature network.
     sample_batch_size: n of every `sample_fn` call (one compiled sampler shape).
@@ -272,7 +273,12 @@ def sample_metrics(sample_fn: Callable[[int, int], Any], num_samples: int,
 
   def chunks() -> Iterator[np.ndarray]:
     for i in range(math.ceil(num_samples / size)):
-      yield np.asarray(sample_fn(i, size))[:num_samples - i * size]
+      images = np.asarray(sample_fn(i, size))[:num_samples - i * size]
+      # A sample is scored as the image it is once saved: clipped to [-1, 1] and quantized (as
+      # the grids' writer, EDM's and torchcfm's FID scripts do). An unclipped ODE sampler
+      # (flow matching, EDM) overshoots that range (to [-3.91, 4.19] at the CIFAR-10 ladder's
+      # flow-matching step 250), which `as_uint8`'s check of data ranges would refuse.
+      yield images if images.dtype == np.uint8 else fnet.to_uint8(images)
 
   return image_metrics(chunks(), net, **kwargs)
 

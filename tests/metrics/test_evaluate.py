@@ -84,6 +84,21 @@ def test_sample_metrics_draw_chunks_of_one_shape():
   assert got == pytest.approx(direct, rel=1e-6)
 
 
+def test_sample_metrics_score_overshooting_samples_as_their_clipped_images():
+  net = random_domain_net(batch_size=8)
+  images = digits(20).astype(np.float32) / 127.5 - 1.0
+  # An unclipped ODE sample overshoots [-1, 1]: it is scored as the clipped image it saves as.
+  over = images * 4.0 + np.where(images > 0, 0.3, -0.3).astype(np.float32)
+  stats = fid.GaussianStats(net.feature_dim).update(net(digits(40, seed=3))["features"])
+  got = evaluate.sample_metrics(lambda i, n: over[i * n:(i + 1) * n], 20, net,
+                                sample_batch_size=10, metrics=("fid",), reference_stats=stats)
+  clipped = np.round((np.clip(over, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+  direct = evaluate.image_metrics(clipped, net, metrics=("fid",), reference_stats=stats)
+  assert got == pytest.approx(direct, rel=1e-6)
+  with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):  # data keep the range check
+    evaluate.image_metrics(over, net, metrics=("fid",), reference_stats=stats)
+
+
 def test_reference_features_are_a_cached_random_subset(monkeypatch, isolated_cache):
   net = random_domain_net()
   feats = evaluate.reference_features(net, "digits", num=30, seed=5, image_size=8, channels=1)
